@@ -1,0 +1,227 @@
+//! The crate's one error type: an opaque [`Error`] with a matchable [`ErrorKind`]
+//! and predicates for the common questions.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// `Result<T, multiproc::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, for matching. New kinds may be added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The task panicked; [`Error::panic_message`] and [`Error::location`] say where.
+    TaskPanicked,
+    /// The worker process running the task died (signal or exit code).
+    WorkerDied,
+    /// A time bound passed: a `get` with a timeout, or the pool's per-task timeout.
+    Timeout,
+    /// The task was cancelled before it ran (the pool was terminated or dropped).
+    Cancelled,
+    /// The pool no longer accepts tasks (it was closed or terminated).
+    PoolNotRunning,
+    /// The operation needs a closed pool (`join` before `close`).
+    PoolStillRunning,
+    /// The pool's initializer failed in a worker.
+    InitializerFailed,
+    /// A value could not be serialized.
+    Serialize,
+    /// A value could not be deserialized.
+    Deserialize,
+    /// A worker is not the same build as its parent.
+    BuildMismatch,
+    /// An argument was out of range (0 workers, chunksize 0, …).
+    InvalidArgument,
+    /// The result was already taken by an earlier `get`.
+    ResultTaken,
+    /// The operation is not valid in the object's current state (e.g. `start` twice).
+    InvalidState,
+    /// A peer sent bytes that are not a valid frame.
+    Protocol,
+    /// An operating-system call failed.
+    Io,
+}
+
+#[derive(Debug)]
+struct Inner {
+    kind: ErrorKind,
+    message: String,
+    pid: Option<u32>,
+    signal: Option<i32>,
+    exit_code: Option<i32>,
+    panic: Option<(String, Option<String>)>,
+    io: Option<std::io::Error>,
+}
+
+/// The error of every fallible multiproc operation.
+///
+/// Cheap to clone (a reference count), so a task's error can be handed to a
+/// callback and still be returned by every later `get`.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{ErrorKind, Pool};
+///
+/// fn boom(_: ()) -> u32 { panic!("boom") }
+///
+/// let pool = Pool::new(1).unwrap();
+/// let err = pool.apply(boom, ()).unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::TaskPanicked);
+/// assert_eq!(err.panic_message(), Some("boom"));
+/// ```
+#[derive(Clone)]
+pub struct Error(Arc<Inner>);
+
+impl Error {
+    fn build(kind: ErrorKind, message: String) -> Inner {
+        Inner { kind, message, pid: None, signal: None, exit_code: None, panic: None, io: None }
+    }
+
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error(Arc::new(Self::build(kind, message.into())))
+    }
+
+    pub(crate) fn io(context: impl fmt::Display, err: std::io::Error) -> Error {
+        let mut inner = Self::build(ErrorKind::Io, format!("{context}: {err}"));
+        inner.io = Some(err);
+        Error(Arc::new(inner))
+    }
+
+    pub(crate) fn panicked(message: String, location: Option<String>, pid: Option<u32>) -> Error {
+        let text = match (&location, pid) {
+            (Some(loc), Some(pid)) => format!("task panicked in worker {pid} at {loc}: {message}"),
+            (Some(loc), None) => format!("task panicked at {loc}: {message}"),
+            (None, Some(pid)) => format!("task panicked in worker {pid}: {message}"),
+            (None, None) => format!("task panicked: {message}"),
+        };
+        let mut inner = Self::build(ErrorKind::TaskPanicked, text);
+        inner.panic = Some((message, location));
+        inner.pid = pid;
+        Error(Arc::new(inner))
+    }
+
+    pub(crate) fn worker_died(
+        pid: u32,
+        signal: Option<i32>,
+        exit_code: Option<i32>,
+        doing: &str,
+    ) -> Error {
+        let how = match (signal, exit_code) {
+            (Some(sig), _) => format!("was killed by {}", crate::sys::signal_name(sig)),
+            (None, Some(code)) => format!("exited with code {code}"),
+            (None, None) => "closed its channel".to_string(),
+        };
+        let text = format!("worker {pid} {how} {doing}; the pool started a replacement");
+        let mut inner = Self::build(ErrorKind::WorkerDied, text);
+        inner.pid = Some(pid);
+        inner.signal = signal;
+        inner.exit_code = exit_code;
+        Error(Arc::new(inner))
+    }
+
+    pub(crate) fn with_pid(self, pid: u32) -> Error {
+        let mut inner = Self::build(self.0.kind, self.0.message.clone());
+        inner.pid = Some(pid);
+        inner.signal = self.0.signal;
+        inner.exit_code = self.0.exit_code;
+        inner.panic = self.0.panic.clone();
+        Error(Arc::new(inner))
+    }
+
+    pub(crate) fn timeout(message: impl Into<String>) -> Error {
+        Self::new(ErrorKind::Timeout, message)
+    }
+
+    pub(crate) fn not_running() -> Error {
+        Self::new(
+            ErrorKind::PoolNotRunning,
+            "the pool is not running: it was closed or terminated, so it takes no new tasks",
+        )
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.0.kind
+    }
+
+    /// True when a time bound passed.
+    pub fn is_timeout(&self) -> bool {
+        self.0.kind == ErrorKind::Timeout
+    }
+
+    /// True when the task panicked.
+    pub fn is_panic(&self) -> bool {
+        self.0.kind == ErrorKind::TaskPanicked
+    }
+
+    /// True when the worker process running the task died.
+    pub fn is_worker_died(&self) -> bool {
+        self.0.kind == ErrorKind::WorkerDied
+    }
+
+    /// True when the task was cancelled before it could finish.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.kind == ErrorKind::Cancelled
+    }
+
+    /// True for a (de)serialisation failure in either direction.
+    pub fn is_serialization(&self) -> bool {
+        matches!(self.0.kind, ErrorKind::Serialize | ErrorKind::Deserialize)
+    }
+
+    /// The pid of the worker involved, when one was.
+    pub fn pid(&self) -> Option<u32> {
+        self.0.pid
+    }
+
+    /// The signal that killed the worker, for [`ErrorKind::WorkerDied`].
+    pub fn signal(&self) -> Option<i32> {
+        self.0.signal
+    }
+
+    /// The exit code of the worker, for [`ErrorKind::WorkerDied`].
+    pub fn exit_code(&self) -> Option<i32> {
+        self.0.exit_code
+    }
+
+    /// The panic message, for [`ErrorKind::TaskPanicked`].
+    pub fn panic_message(&self) -> Option<&str> {
+        self.0.panic.as_ref().map(|(m, _)| m.as_str())
+    }
+
+    /// Where the task panicked (`file:line:column`), for [`ErrorKind::TaskPanicked`].
+    pub fn location(&self) -> Option<&str> {
+        self.0.panic.as_ref().and_then(|(_, l)| l.as_deref())
+    }
+
+    /// The full message.
+    pub fn message(&self) -> &str {
+        &self.0.message
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.message)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Error {{ kind: {:?}, message: {:?} }}", self.0.kind, self.0.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.io.as_ref().map(|e| e as _)
+    }
+}
+
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> Self {
+        std::io::Error::other(e)
+    }
+}

@@ -1,0 +1,39 @@
+//! Process pools, thread pools and processes for Rust: what Python's
+//! `multiprocessing` gives Python programs, faster and impossible to hang.
+//!
+//! ```
+//! use multiproc::Pool;
+//!
+//! fn square(x: u64) -> u64 { x * x }
+//!
+//! let pool = Pool::new(2)?;
+//! assert_eq!(pool.map(square, 0..5)?, vec![0, 1, 4, 9, 16]);
+//! # Ok::<(), multiproc::Error>(())
+//! ```
+//!
+//! Worker processes are this same executable, re-executed and diverted
+//! before `main` runs: there is no setup line to write, and it works the same
+//! in binaries, examples, tests, benches and doctests. A task is a `fn` item or
+//! a closure that captures nothing, with serde arguments and result; a worker
+//! proves it is the same build as its parent before it runs any.
+//!
+//! Nothing here blocks forever because a worker died: a crash fails only the
+//! task the worker was running, with an error naming the pid and the signal or
+//! exit code, and the pool starts a replacement.
+//!
+//! Linux only for now.
+
+mod error;
+mod pool;
+mod process;
+mod spawn;
+mod sys;
+mod task;
+mod wire;
+mod worker;
+
+pub use error::{Error, ErrorKind, Result};
+pub use pool::{AsyncResult, Chunked, IMap, Pool, PoolBuilder, ThreadPool, ThreadPoolBuilder};
+pub use process::{active_children, cpu_count, current_process, parent_process, Process, ProcessInfo, Run};
+pub use spawn::ChildInfo;
+pub use task::TaskFn;

@@ -1,0 +1,301 @@
+//! Chunking, `map` collection and the lazy `imap` iterators, written once for
+//! both pools on top of [`ChunkRunner`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex};
+
+use super::result::{AsyncResult, Completion};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Called once with one outcome per item of a chunk.
+pub(crate) type ChunkDone<R> = Box<dyn FnOnce(Vec<Result<R>>) + Send>;
+
+/// How a pool runs a chunk of items through one function.
+pub(crate) trait ChunkRunner<A, R> {
+    /// Runs `items` as one task; `done` gets exactly one outcome per item,
+    /// whatever happens to the pool or its workers.
+    fn run_chunk(&self, items: Vec<A>, done: ChunkDone<R>);
+    /// Fails when the pool takes no new tasks.
+    fn check_running(&self) -> Result<()>;
+    /// The pool's number of workers.
+    fn workers(&self) -> usize;
+}
+
+/// Python's rule: `ceil(len / (workers * 4))`, at least 1.
+pub(crate) fn default_chunksize(len: usize, workers: usize) -> usize {
+    len.div_ceil(workers.max(1) * 4).max(1)
+}
+
+pub(crate) fn check_chunksize(chunksize: Option<usize>) -> Result<()> {
+    if chunksize == Some(0) {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "chunksize must be at least 1 (got 0); leave it unset for the default",
+        ));
+    }
+    Ok(())
+}
+
+struct Collect<R> {
+    parts: Vec<Option<Vec<R>>>,
+    remaining: usize,
+}
+
+/// Submits `items` in chunks; the result completes with every output in order,
+/// or with the first error to arrive.
+pub(crate) fn map_async<A, R: Send + 'static>(
+    runner: &impl ChunkRunner<A, R>,
+    items: Vec<A>,
+    chunksize: Option<usize>,
+) -> AsyncResult<Vec<R>> {
+    if let Err(e) = check_chunksize(chunksize).and_then(|()| runner.check_running()) {
+        return AsyncResult::failed(e);
+    }
+    let completion = Completion::new();
+    let result = AsyncResult::new(completion.clone());
+    if items.is_empty() {
+        completion.complete(Ok(Vec::new()));
+        return result;
+    }
+    let size = chunksize.unwrap_or_else(|| default_chunksize(items.len(), runner.workers()));
+    let n_chunks = items.len().div_ceil(size);
+    let collect = Arc::new(Mutex::new(Collect {
+        parts: (0..n_chunks).map(|_| None).collect(),
+        remaining: n_chunks,
+    }));
+    let mut items = items.into_iter();
+    for index in 0..n_chunks {
+        let chunk: Vec<A> = items.by_ref().take(size).collect();
+        let (collect, completion) = (collect.clone(), completion.clone());
+        runner.run_chunk(
+            chunk,
+            Box::new(move |outcomes| {
+                let mut values = Vec::with_capacity(outcomes.len());
+                for o in outcomes {
+                    match o {
+                        Ok(v) => values.push(v),
+                        Err(e) => return completion.complete(Err(e)),
+                    }
+                }
+                let mut c = collect.lock().unwrap_or_else(|e| e.into_inner());
+                c.parts[index] = Some(values);
+                c.remaining -= 1;
+                if c.remaining == 0 {
+                    let all = c.parts.iter_mut().flat_map(|p| p.take().unwrap_or_default());
+                    let all: Vec<R> = all.collect();
+                    drop(c);
+                    completion.complete(Ok(all));
+                }
+            }),
+        );
+    }
+    result
+}
+
+struct Arrived<R> {
+    by_index: HashMap<usize, Vec<Result<R>>>,
+    in_order_of_arrival: VecDeque<Vec<Result<R>>>,
+}
+
+struct Shared<R> {
+    arrived: Mutex<Arrived<R>>,
+    cond: Condvar,
+}
+
+type Feeder<R> = Box<dyn FnMut(usize, ChunkDone<R>) -> bool>;
+
+/// The iterator returned by `imap` and `imap_unordered`.
+///
+/// It reads its input lazily: at most a bounded number of chunks are in
+/// flight, and the next input is read only as results are consumed, so an
+/// endless or huge input never sits in memory. Each item is a `Result`: a task
+/// that fails yields its error in its place and the iteration goes on.
+#[must_use = "iterators are lazy and do nothing unless consumed"]
+pub struct IMap<R> {
+    shared: Arc<Shared<R>>,
+    feeder: Option<Feeder<R>>,
+    ordered: bool,
+    window: usize,
+    submitted: usize,
+    consumed: usize,
+    current: VecDeque<Result<R>>,
+    pending_error: Option<Error>,
+}
+
+impl<R: Send + 'static> IMap<R> {
+    pub(crate) fn new<A: 'static>(
+        runner: impl ChunkRunner<A, R> + 'static,
+        input: impl IntoIterator<Item = A> + 'static,
+        chunksize: Option<usize>,
+        ordered: bool,
+    ) -> IMap<R> {
+        let shared = Arc::new(Shared {
+            arrived: Mutex::new(Arrived {
+                by_index: HashMap::new(),
+                in_order_of_arrival: VecDeque::new(),
+            }),
+            cond: Condvar::new(),
+        });
+        let window = (runner.workers() * 8).max(16);
+        let mut imap = IMap {
+            shared,
+            feeder: None,
+            ordered,
+            window,
+            submitted: 0,
+            consumed: 0,
+            current: VecDeque::new(),
+            pending_error: None,
+        };
+        if let Err(e) = check_chunksize(chunksize).and_then(|()| runner.check_running()) {
+            imap.pending_error = Some(e);
+            return imap;
+        }
+        let size = chunksize.unwrap_or(1);
+        let mut input = input.into_iter();
+        imap.feeder = Some(Box::new(move |_index, done| {
+            let chunk: Vec<A> = input.by_ref().take(size).collect();
+            if chunk.is_empty() {
+                return false;
+            }
+            runner.run_chunk(chunk, done);
+            true
+        }));
+        imap
+    }
+
+    fn top_up(&mut self) {
+        while self.submitted - self.consumed < self.window {
+            let Some(feed) = self.feeder.as_mut() else { return };
+            let index = self.submitted;
+            let shared = self.shared.clone();
+            let ordered = self.ordered;
+            let done: ChunkDone<R> = Box::new(move |outcomes| {
+                let mut a = shared.arrived.lock().unwrap_or_else(|e| e.into_inner());
+                if ordered {
+                    a.by_index.insert(index, outcomes);
+                } else {
+                    a.in_order_of_arrival.push_back(outcomes);
+                }
+                drop(a);
+                shared.cond.notify_all();
+            });
+            if feed(index, done) {
+                self.submitted += 1;
+            } else {
+                self.feeder = None;
+            }
+        }
+    }
+}
+
+impl<R: Send + 'static> Iterator for IMap<R> {
+    type Item = Result<R>;
+
+    fn next(&mut self) -> Option<Result<R>> {
+        loop {
+            if let Some(item) = self.current.pop_front() {
+                return Some(item);
+            }
+            if let Some(e) = self.pending_error.take() {
+                return Some(Err(e));
+            }
+            self.top_up();
+            if self.consumed == self.submitted {
+                return None;
+            }
+            let mut a = self.shared.arrived.lock().unwrap_or_else(|e| e.into_inner());
+            let chunk = loop {
+                let got = if self.ordered {
+                    a.by_index.remove(&self.consumed)
+                } else {
+                    a.in_order_of_arrival.pop_front()
+                };
+                match got {
+                    Some(c) => break c,
+                    // Every submitted chunk is completed by its pool, even on
+                    // crash, termination or drop, so this wait always ends.
+                    None => a = self.shared.cond.wait(a).unwrap_or_else(|e| e.into_inner()),
+                }
+            };
+            drop(a);
+            self.consumed += 1;
+            self.current.extend(chunk);
+        }
+    }
+}
+
+impl<R> std::fmt::Debug for IMap<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IMap")
+            .field("ordered", &self.ordered)
+            .field("in_flight", &(self.submitted - self.consumed))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    /// Runs chunks inline on the caller's thread: the scheduler-free runner.
+    #[derive(Clone)]
+    struct Inline;
+
+    impl ChunkRunner<u64, u64> for Inline {
+        fn run_chunk(&self, items: Vec<u64>, done: ChunkDone<u64>) {
+            done(
+                items
+                    .into_iter()
+                    .map(|x| {
+                        if x == 13 {
+                            Err(Error::new(ErrorKind::TaskPanicked, "13"))
+                        } else {
+                            Ok(x * 2)
+                        }
+                    })
+                    .collect(),
+            )
+        }
+        fn check_running(&self) -> Result<()> {
+            Ok(())
+        }
+        fn workers(&self) -> usize {
+            2
+        }
+    }
+
+    #[test]
+    fn default_chunksize_follows_python() {
+        assert_eq!(default_chunksize(1000, 5), 50);
+        assert_eq!(default_chunksize(1001, 5), 51);
+        assert_eq!(default_chunksize(3, 4), 1);
+        assert_eq!(default_chunksize(0, 4), 1);
+    }
+
+    #[test]
+    fn map_keeps_order_and_fails_whole() {
+        let r = map_async(&Inline, (0..10).collect(), Some(3)).get().unwrap();
+        assert_eq!(r, (0..10).map(|x| x * 2).collect::<Vec<_>>());
+        assert!(map_async(&Inline, (0..20).collect(), None).get().is_err());
+        assert!(map_async(&Inline, Vec::new(), None).get().unwrap().is_empty());
+        let e = map_async(&Inline, vec![1], Some(0)).get().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    }
+
+    #[test]
+    fn imap_reads_input_lazily() {
+        let pulled = Rc::new(Cell::new(0u64));
+        let p = pulled.clone();
+        let input = (0..u64::MAX).inspect(move |_| p.set(p.get() + 1));
+        let mut it = IMap::new(Inline, input, Some(2), true);
+        assert_eq!(it.next().unwrap().unwrap(), 0);
+        // A bounded window of chunks, not the whole (endless) input.
+        assert!(pulled.get() <= 2 * 16 + 2, "pulled {}", pulled.get());
+        let rest: Vec<_> = it.take(20).collect();
+        assert_eq!(rest[12].as_ref().unwrap_err().message(), "13");
+        assert_eq!(*rest[13].as_ref().unwrap(), 28);
+    }
+}

@@ -1,0 +1,326 @@
+//! `AsyncResult`, and the one completion mechanism under it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, ErrorKind, Result};
+
+type SuccessCb<T> = Box<dyn FnOnce(&T) + Send>;
+type ErrorCb = Box<dyn FnOnce(&Error) + Send>;
+
+enum Outcome<T> {
+    Pending,
+    Ready(Result<T>),
+    Taken,
+}
+
+struct State<T> {
+    outcome: Outcome<T>,
+    on_success: Vec<SuccessCb<T>>,
+    on_error: Vec<ErrorCb>,
+    wakers: Vec<Waker>,
+}
+
+/// The shared cell a task's outcome is delivered into, once.
+pub(crate) struct Completion<T> {
+    state: Mutex<State<T>>,
+    cond: Condvar,
+}
+
+fn report_callback_panic(payload: Box<dyn std::any::Any + Send>) {
+    let msg = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(non-string payload)".into());
+    eprintln!("multiproc: a result callback panicked: {msg}; the task's result is unaffected");
+}
+
+fn run_guarded(f: impl FnOnce()) {
+    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        report_callback_panic(p);
+    }
+}
+
+impl<T> Completion<T> {
+    pub(crate) fn new() -> Arc<Completion<T>> {
+        Arc::new(Completion {
+            state: Mutex::new(State {
+                outcome: Outcome::Pending,
+                on_success: Vec::new(),
+                on_error: Vec::new(),
+                wakers: Vec::new(),
+            }),
+            cond: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Delivers the outcome. Callbacks run here, before waiters wake, so that
+    /// `get()` returning implies the callback has run. Later calls are ignored.
+    pub(crate) fn complete(&self, result: Result<T>) {
+        let mut st = self.lock();
+        if !matches!(st.outcome, Outcome::Pending) {
+            return;
+        }
+        // The lock is held while callbacks run: a callback attached meanwhile
+        // from another thread then sees the outcome and runs itself, so none is
+        // lost and none runs twice.
+        match &result {
+            Ok(v) => {
+                for cb in st.on_success.drain(..) {
+                    run_guarded(|| cb(v));
+                }
+            }
+            Err(e) => {
+                for cb in st.on_error.drain(..) {
+                    run_guarded(|| cb(e));
+                }
+            }
+        }
+        st.on_success.clear();
+        st.on_error.clear();
+        st.outcome = Outcome::Ready(result);
+        for w in st.wakers.drain(..) {
+            w.wake();
+        }
+        drop(st);
+        self.cond.notify_all();
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> MutexGuard<'_, State<T>> {
+        let mut st = self.lock();
+        while matches!(st.outcome, Outcome::Pending) {
+            match deadline {
+                None => st = self.cond.wait(st).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        break;
+                    }
+                    st = self.cond.wait_timeout(st, d - now).unwrap_or_else(|e| e.into_inner()).0;
+                }
+            }
+        }
+        st
+    }
+
+    fn take(st: &mut State<T>) -> Option<Result<T>> {
+        match std::mem::replace(&mut st.outcome, Outcome::Taken) {
+            Outcome::Pending => {
+                st.outcome = Outcome::Pending;
+                None
+            }
+            Outcome::Ready(Ok(v)) => Some(Ok(v)),
+            Outcome::Ready(Err(e)) => {
+                // Errors stay: every later `get` reports the same error.
+                st.outcome = Outcome::Ready(Err(e.clone()));
+                Some(Err(e))
+            }
+            Outcome::Taken => Some(Err(Error::new(
+                ErrorKind::ResultTaken,
+                "the result of this task was already taken by an earlier get",
+            ))),
+        }
+    }
+}
+
+/// The pending outcome of a task submitted with `apply_async`, `map_async` or
+/// `starmap_async`.
+///
+/// Wait for it with [`get`](AsyncResult::get) (or `.await` it: it is a
+/// [`Future`]), poll it with [`ready`](AsyncResult::ready), and attach
+/// [`callback`](AsyncResult::callback) / [`error_callback`](AsyncResult::error_callback)
+/// that run in this process when it completes. Exactly one of the two kinds
+/// runs, once per attached callback.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::Pool;
+/// use std::time::Duration;
+///
+/// fn slow_square(x: u64) -> u64 {
+///     std::thread::sleep(Duration::from_millis(50));
+///     x * x
+/// }
+///
+/// let pool = Pool::new(2).unwrap();
+/// let r = pool.apply_async(slow_square, 7).callback(|v| println!("got {v}"));
+/// assert!(r.get_timeout(Duration::from_millis(1)).unwrap_err().is_timeout());
+/// assert_eq!(r.get().unwrap(), 49); // the timed-out get lost nothing
+/// ```
+#[must_use = "an AsyncResult does nothing unless waited on or given a callback"]
+pub struct AsyncResult<T> {
+    inner: Arc<Completion<T>>,
+}
+
+impl<T> AsyncResult<T> {
+    pub(crate) fn new(inner: Arc<Completion<T>>) -> Self {
+        AsyncResult { inner }
+    }
+
+    /// An already-failed result (a task that could not be submitted).
+    pub(crate) fn failed(err: Error) -> Self {
+        let c = Completion::new();
+        c.complete(Err(err));
+        AsyncResult { inner: c }
+    }
+
+    /// Waits for the task and returns its result.
+    ///
+    /// # Errors
+    /// The task's own error: it panicked, its worker died, it timed out, it
+    /// was cancelled, or a value failed to (de)serialize.
+    pub fn get(self) -> Result<T> {
+        let mut st = self.inner.wait_until(None);
+        Completion::take(&mut st).expect("outcome is ready after an unbounded wait")
+    }
+
+    /// Waits at most `timeout` for the result.
+    ///
+    /// A timeout takes nothing away: a later `get` still returns the result.
+    /// A success moves the value out, so a later `get` returns an
+    /// [`ErrorKind::ResultTaken`] error; a task's error is returned every time.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`] when the task is not done in time, or the task's
+    /// own error.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
+        let mut st = self.inner.wait_until(Some(Instant::now() + timeout));
+        Completion::take(&mut st).unwrap_or_else(|| {
+            Err(Error::timeout(format!("the result was not ready within {timeout:?}")))
+        })
+    }
+
+    /// Waits until the task has finished (successfully or not).
+    pub fn wait(&self) {
+        drop(self.inner.wait_until(None));
+    }
+
+    /// Waits at most `timeout`; returns true when the task has finished.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let st = self.inner.wait_until(Some(Instant::now() + timeout));
+        !matches!(st.outcome, Outcome::Pending)
+    }
+
+    /// True once the task has finished.
+    pub fn ready(&self) -> bool {
+        !matches!(self.inner.lock().outcome, Outcome::Pending)
+    }
+
+    /// `None` while the task runs; then whether it succeeded.
+    pub fn successful(&self) -> Option<bool> {
+        match &self.inner.lock().outcome {
+            Outcome::Pending => None,
+            Outcome::Ready(r) => Some(r.is_ok()),
+            Outcome::Taken => Some(true),
+        }
+    }
+
+    /// Runs `f` with the value when the task succeeds, in this process (on
+    /// the pool's result thread, or at once on this thread if it already has).
+    /// What `f` does never changes what `get` returns. A panic in `f` is
+    /// reported on stderr and harms nothing else.
+    pub fn callback(self, f: impl FnOnce(&T) + Send + 'static) -> Self {
+        let mut st = self.inner.lock();
+        match &st.outcome {
+            Outcome::Pending => st.on_success.push(Box::new(f)),
+            Outcome::Ready(Ok(v)) => run_guarded(|| f(v)),
+            Outcome::Ready(Err(_)) | Outcome::Taken => {}
+        }
+        drop(st);
+        self
+    }
+
+    /// Runs `f` with the error when the task fails, in this process. A panic
+    /// in `f` is reported on stderr and harms nothing else.
+    pub fn error_callback(self, f: impl FnOnce(&Error) + Send + 'static) -> Self {
+        let mut st = self.inner.lock();
+        match &st.outcome {
+            Outcome::Pending => st.on_error.push(Box::new(f)),
+            Outcome::Ready(Err(e)) => {
+                let e = e.clone();
+                drop(st);
+                run_guarded(|| f(&e));
+                return self;
+            }
+            Outcome::Ready(Ok(_)) | Outcome::Taken => {}
+        }
+        drop(st);
+        self
+    }
+}
+
+impl<T> Future for AsyncResult<T> {
+    type Output = Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        let mut st = self.inner.lock();
+        match Completion::take(&mut st) {
+            Some(r) => Poll::Ready(r),
+            None => {
+                if !st.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                    st.wakers.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for AsyncResult<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncResult").field("ready", &self.ready()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn callbacks_run_once_and_only_the_matching_kind() {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let c = Completion::<u32>::new();
+        let (h1, h2) = (hits.clone(), hits.clone());
+        let r = AsyncResult::new(c.clone())
+            .callback(move |v| {
+                h1.fetch_add(*v as usize, Ordering::SeqCst);
+            })
+            .error_callback(move |_| {
+                h2.fetch_add(100, Ordering::SeqCst);
+            });
+        c.complete(Ok(5));
+        c.complete(Ok(7)); // ignored
+        assert_eq!(hits.load(Ordering::SeqCst), 5);
+        assert_eq!(r.successful(), Some(true));
+        assert_eq!(r.get().unwrap(), 5);
+    }
+
+    #[test]
+    fn a_panicking_callback_does_not_change_the_result() {
+        let c = Completion::<u32>::new();
+        let r = AsyncResult::new(c.clone()).callback(|_| panic!("callback bug"));
+        c.complete(Ok(3));
+        assert_eq!(r.get().unwrap(), 3);
+    }
+
+    #[test]
+    fn timed_out_get_keeps_the_result_and_errors_repeat() {
+        let c = Completion::<u32>::new();
+        let r = AsyncResult::new(c.clone());
+        assert_eq!(r.successful(), None);
+        assert!(r.get_timeout(Duration::from_millis(10)).unwrap_err().is_timeout());
+        c.complete(Err(Error::new(ErrorKind::Cancelled, "x")));
+        assert!(r.get_timeout(Duration::ZERO).unwrap_err().is_cancelled());
+        assert!(r.get().unwrap_err().is_cancelled());
+    }
+}

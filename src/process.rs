@@ -1,0 +1,329 @@
+//! `Process`: one function run in a child process, as Python's
+//! `multiprocessing.Process`; and `current_process`, `parent_process`,
+//! `active_children`, `cpu_count`.
+
+use std::process::Child;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::spawn::{self, ChildInfo};
+use crate::sys;
+use crate::task::{self, TaskFn};
+use crate::wire::{self, Conn};
+use crate::worker::{self, ROLE_PROCESS};
+
+static PROCESS_NUMBER: AtomicUsize = AtomicUsize::new(1);
+
+/// A type whose value can be the body of a [`Process`]: Python's subclass of
+/// `Process` with a `run` method. The value is sent to the child, which calls
+/// `run` on it.
+pub trait Run: Serialize + DeserializeOwned + 'static {
+    /// The child's work.
+    fn run(self);
+}
+
+fn call_run<T: Run>(value: T) {
+    value.run()
+}
+
+struct Target {
+    offset: i64,
+    chunk: Vec<u8>,
+}
+
+/// A function running in a child process.
+///
+/// Build it with [`Process::new`] (a function and its arguments) or
+/// [`Process::from_run`] (a value of a [`Run`] type), then [`start`](Process::start)
+/// it and [`join`](Process::join) it. [`exitcode`](Process::exitcode) follows
+/// Python: 0 on success, 1 when the function panicked, N for `exit(N)`, minus
+/// the signal number when killed.
+///
+/// The child dies with its parent (no orphans). A non-daemon child still
+/// running when the parent returns from `main` is waited for, as in Python; a
+/// daemon child is killed.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::Process;
+///
+/// fn greet(name: String) { println!("hello, {name}"); }
+///
+/// let mut p = Process::new(greet, "bob".to_string());
+/// p.start()?;
+/// p.join()?;
+/// assert_eq!(p.exitcode(), Some(0));
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub struct Process {
+    name: String,
+    daemon: bool,
+    target: Option<Target>,
+    child: Option<Child>,
+    exitcode: Option<i32>,
+}
+
+impl Process {
+    /// A process that will run `f(args)`. Several arguments go in a tuple.
+    pub fn new<F, A, M>(f: F, args: A) -> Process
+    where
+        F: TaskFn<A, M> + Copy,
+        A: Serialize + DeserializeOwned,
+        F::Output: Serialize,
+    {
+        let _ = f;
+        let mut chunk = Vec::new();
+        task::encode_item(&args, &mut chunk);
+        Process {
+            name: format!("Process-{}", PROCESS_NUMBER.fetch_add(1, Ordering::Relaxed)),
+            daemon: false,
+            target: Some(Target { offset: task::trampoline_offset::<F, A, M>(), chunk }),
+            child: None,
+            exitcode: None,
+        }
+    }
+
+    /// A process that will call `value.run()`.
+    pub fn from_run<T: Run>(value: T) -> Process {
+        Process::new(call_run::<T>, value)
+    }
+
+    /// Sets the name (before or after start; the child sees the name it had
+    /// at start).
+    pub fn set_name(&mut self, name: impl Into<String>) -> &mut Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Makes the process a daemon: killed rather than awaited when the parent
+    /// exits.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidState`] after [`start`](Self::start).
+    pub fn set_daemon(&mut self, daemon: bool) -> Result<&mut Self> {
+        if self.target.is_none() {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                "daemon can only be set before the process is started",
+            ));
+        }
+        self.daemon = daemon;
+        Ok(self)
+    }
+
+    /// The process's name (`Process-N` unless set).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the process is a daemon.
+    pub fn daemon(&self) -> bool {
+        self.daemon
+    }
+
+    /// The child's pid once started.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Starts the child and returns at once.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidState`] when called twice; [`ErrorKind::Io`] when
+    /// the child cannot be started.
+    pub fn start(&mut self) -> Result<()> {
+        let Some(target) = self.target.take() else {
+            return Err(Error::new(ErrorKind::InvalidState, "a process can be started only once"));
+        };
+        ensure_exit_hook();
+        let spawned = spawn::spawn(ROLE_PROCESS, &self.name, self.daemon)?;
+        self.child = Some(spawned.child);
+        let mut conn = Conn::new(spawned.channel);
+        let mut head = Vec::with_capacity(24);
+        head.extend_from_slice(&task::fingerprint());
+        head.extend_from_slice(&target.offset.to_le_bytes());
+        conn.push_frame(wire::RUN, &[&head, &target.chunk])?;
+        // The child reads its frame first thing; a child that died before
+        // reading shows up as its exit code, so a failed write is not an error.
+        let _ = conn.flush_blocking();
+        Ok(())
+    }
+
+    fn poll_exit(&mut self, timeout: Option<Duration>) -> Result<bool> {
+        use std::os::unix::process::ExitStatusExt;
+        if self.exitcode.is_some() {
+            return Ok(true);
+        }
+        let Some(child) = self.child.as_mut() else { return Ok(false) };
+        let pid = child.id();
+        if timeout != Some(Duration::ZERO) {
+            let exited = sys::wait_exit(pid, timeout)
+                .map_err(|e| Error::io(format!("could not wait for process {pid}"), e))?;
+            if !exited {
+                return Ok(false);
+            }
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                self.exitcode = status.code().or_else(|| status.signal().map(|s| -s));
+                spawn::unregister(pid);
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(Error::io(format!("could not wait for process {pid}"), e)),
+        }
+    }
+
+    /// Waits for the process to exit.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidState`] before [`start`](Self::start).
+    pub fn join(&mut self) -> Result<()> {
+        self.require_started()?;
+        while !self.poll_exit(None)? {}
+        Ok(())
+    }
+
+    /// Waits at most `timeout`; returns true when the process has exited.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidState`] before [`start`](Self::start).
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<bool> {
+        self.require_started()?;
+        self.poll_exit(Some(timeout))
+    }
+
+    fn require_started(&self) -> Result<()> {
+        if self.child.is_none() {
+            return Err(Error::new(ErrorKind::InvalidState, "a process must be started before it is joined"));
+        }
+        Ok(())
+    }
+
+    /// True from [`start`](Self::start) until the child exits.
+    pub fn is_alive(&mut self) -> bool {
+        self.child.is_some() && !self.poll_exit(Some(Duration::ZERO)).unwrap_or(true)
+    }
+
+    /// Python's exit code: `None` before start and while running.
+    pub fn exitcode(&mut self) -> Option<i32> {
+        let _ = self.poll_exit(Some(Duration::ZERO));
+        self.exitcode
+    }
+
+    fn signal(&mut self, sig: i32) -> Result<()> {
+        if self.poll_exit(Some(Duration::ZERO))? {
+            return Ok(()); // already exited: nothing to signal (as in Python)
+        }
+        match self.pid() {
+            // Not reaped yet, so the pid cannot have been reused.
+            Some(pid) => sys::kill(pid, sig).map_err(|e| Error::io(format!("could not signal process {pid}"), e)),
+            None => Err(Error::new(ErrorKind::InvalidState, "the process was not started")),
+        }
+    }
+
+    /// Sends SIGTERM; the exit code becomes -15 once it is gone.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidState`] before [`start`](Self::start).
+    pub fn terminate(&mut self) -> Result<()> {
+        self.signal(sys::SIGTERM)
+    }
+
+    /// Sends SIGKILL; the exit code becomes -9 once it is gone.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidState`] before [`start`](Self::start).
+    pub fn kill(&mut self) -> Result<()> {
+        self.signal(sys::SIGKILL)
+    }
+}
+
+impl Drop for Process {
+    /// Dropping the handle does not stop the child; it is reaped in the
+    /// background so it never lingers as a zombie.
+    fn drop(&mut self) {
+        if let (Some(child), None) = (self.child.take(), self.exitcode) {
+            spawn::reap_in_background(child);
+        }
+    }
+}
+
+impl std::fmt::Debug for Process {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Process")
+            .field("name", &self.name)
+            .field("pid", &self.pid())
+            .field("daemon", &self.daemon)
+            .field("exitcode", &self.exitcode)
+            .finish()
+    }
+}
+
+/// Runs when the parent returns from `main`: waits for non-daemon children
+/// and kills daemon ones, as Python does at interpreter exit.
+extern "C" fn at_exit() {
+    let children = spawn::live_children();
+    for c in children.iter().filter(|c| c.daemon) {
+        let _ = sys::kill(c.pid, sys::SIGKILL);
+    }
+    for c in children.iter().filter(|c| !c.daemon) {
+        let _ = sys::wait_exit(c.pid, None);
+    }
+}
+
+fn ensure_exit_hook() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        // SAFETY: `at_exit` is an `extern "C" fn()` that lives for the whole
+        // program, as atexit requires.
+        unsafe { libc::atexit(at_exit) };
+    });
+}
+
+/// Who a process is: its name and pid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// `MainProcess` for the program, else the name it was started with.
+    pub name: String,
+    /// The process id.
+    pub pid: u32,
+}
+
+/// This process: `MainProcess`, or the name a multiproc parent gave it.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(multiproc::current_process().name, "MainProcess");
+/// ```
+pub fn current_process() -> ProcessInfo {
+    let name = worker::identity().map_or_else(|| "MainProcess".to_string(), |i| i.name.clone());
+    ProcessInfo { name, pid: std::process::id() }
+}
+
+/// The process that started this one through multiproc, if any.
+pub fn parent_process() -> Option<ProcessInfo> {
+    worker::identity().map(|i| ProcessInfo {
+        name: if i.parent == 0 { String::new() } else { "MainProcess".to_string() },
+        pid: i.parent,
+    })
+}
+
+/// The children started by this process (processes and pool workers) that
+/// are still running.
+pub fn active_children() -> Vec<ChildInfo> {
+    spawn::live_children()
+}
+
+/// The number of CPUs this process may run on.
+pub fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+

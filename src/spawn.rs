@@ -1,0 +1,124 @@
+//! Starting children, and the registry of the ones still running.
+//!
+//! Every child is started from one long-lived thread. The kernel's
+//! parent-death signal fires when the *thread* that started a child exits, so a
+//! child started from a short-lived thread (a pool's replacement logic, say)
+//! would be killed with it. One spawner thread that lives as long as the
+//! process ties every child's life to the process instead.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+
+use crate::error::Error;
+use crate::sys;
+use crate::worker::{ENV_NAME, ENV_PARENT, ENV_ROLE};
+
+/// A started child and the parent's end of its channel.
+pub(crate) struct Spawned {
+    pub(crate) child: Child,
+    pub(crate) channel: OwnedFd,
+}
+
+struct Request {
+    role: &'static str,
+    name: String,
+    reply: mpsc::SyncSender<std::io::Result<Spawned>>,
+}
+
+fn spawner() -> &'static Mutex<mpsc::Sender<Request>> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("multiproc-spawner".into())
+            .spawn(move || {
+                for req in rx {
+                    let _ = req.reply.send(start(req.role, &req.name));
+                }
+            })
+            .expect("multiproc: could not start the spawner thread");
+        Mutex::new(tx)
+    })
+}
+
+fn start(role: &'static str, name: &str) -> std::io::Result<Spawned> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let mut cmd = Command::new("/proc/self/exe");
+    if let Some(arg0) = std::env::args_os().next() {
+        cmd.arg0(arg0);
+    }
+    cmd.env(ENV_ROLE, role)
+        .env(ENV_NAME, name)
+        .env(ENV_PARENT, std::process::id().to_string())
+        .stdin(Stdio::from(OwnedFd::from(theirs)));
+    let child = cmd.spawn()?;
+    Ok(Spawned { child, channel: ours.into() })
+}
+
+/// Starts a child of `role` named `name`, and registers it.
+pub(crate) fn spawn(role: &'static str, name: &str, daemon: bool) -> crate::Result<Spawned> {
+    sys::keep_entry_linked();
+    let (reply, rx) = mpsc::sync_channel(1);
+    let req = Request { role, name: name.to_string(), reply };
+    let sent = spawner().lock().unwrap_or_else(|e| e.into_inner()).send(req);
+    let spawned = sent
+        .ok()
+        .and_then(|()| rx.recv().ok())
+        .unwrap_or_else(|| Err(std::io::Error::other("the spawner thread is gone")))
+        .map_err(|e| Error::io(format!("could not start child process {name}"), e))?;
+    register(spawned.child.id(), name, daemon);
+    Ok(spawned)
+}
+
+/// A live child as [`crate::active_children`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildInfo {
+    /// The child's process id.
+    pub pid: u32,
+    /// The child's name (`Process-3`, `PoolWorker-1`, …).
+    pub name: String,
+    /// Whether the child is a daemon (killed, not awaited, when the parent exits).
+    pub daemon: bool,
+}
+
+fn registry() -> &'static Mutex<HashMap<u32, ChildInfo>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<u32, ChildInfo>>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+fn register(pid: u32, name: &str, daemon: bool) {
+    let info = ChildInfo { pid, name: name.to_string(), daemon };
+    registry().lock().unwrap_or_else(|e| e.into_inner()).insert(pid, info);
+}
+
+/// Forgets a child that has been reaped.
+pub(crate) fn unregister(pid: u32) {
+    registry().lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
+}
+
+/// The registered children that have not exited, sorted by pid.
+pub(crate) fn live_children() -> Vec<ChildInfo> {
+    let reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+    let mut live: Vec<ChildInfo> =
+        reg.values().filter(|c| !sys::has_exited(c.pid)).cloned().collect();
+    live.sort_by_key(|c| c.pid);
+    live
+}
+
+/// Reaps `child` without blocking the caller: on a background thread if it
+/// is still running. Used where a handle is dropped.
+pub(crate) fn reap_in_background(mut child: Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        unregister(child.id());
+        return;
+    }
+    let _ = std::thread::Builder::new().name("multiproc-reaper".into()).spawn(move || {
+        let _ = child.wait();
+        unregister(child.id());
+    });
+}

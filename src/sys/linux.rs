@@ -1,0 +1,256 @@
+//! The Linux backend.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// Runs before `main` in every process of an executable that links multiproc:
+/// a worker is diverted here into its task loop and never reaches `main`.
+extern "C" fn before_main() {
+    crate::worker::divert_if_worker();
+}
+
+// The dynamic loader calls every pointer in `.init_array` before `main`.
+#[used]
+#[link_section = ".init_array"]
+static BEFORE_MAIN: extern "C" fn() = before_main;
+
+/// Keeps the object file holding [`BEFORE_MAIN`] in every link that spawns.
+pub(crate) fn keep_entry_linked() {
+    std::hint::black_box(&BEFORE_MAIN);
+}
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Asks the kernel to SIGKILL this process when the thread that spawned it
+/// exits, then checks that the parent did not die before the request.
+pub(crate) fn die_with_parent(expected_parent: u32) -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no memory.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) })?;
+    // SAFETY: getppid cannot fail and touches no memory.
+    let parent = unsafe { libc::getppid() };
+    if parent as u32 != expected_parent {
+        return Err(io::Error::other("the parent process exited before the worker started"));
+    }
+    Ok(())
+}
+
+/// Sends `signal` to `pid`.
+pub(crate) fn kill(pid: u32, signal: i32) -> io::Result<()> {
+    // SAFETY: kill takes plain integers and touches no memory.
+    check(unsafe { libc::kill(pid as libc::pid_t, signal) }).map(drop)
+}
+
+pub(crate) const SIGTERM: i32 = libc::SIGTERM;
+pub(crate) const SIGKILL: i32 = libc::SIGKILL;
+
+/// Writes without raising SIGPIPE; `wait == false` never blocks.
+pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8], wait: bool) -> io::Result<usize> {
+    let flags = libc::MSG_NOSIGNAL | if wait { 0 } else { libc::MSG_DONTWAIT };
+    loop {
+        // SAFETY: `buf` is valid for `buf.len()` bytes and `fd` is open.
+        let n = unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), flags) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Reads into `buf`; `wait == false` never blocks. `Ok(0)` is end of file.
+pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [u8], wait: bool) -> io::Result<usize> {
+    let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
+    loop {
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes and `fd` is open.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Shuts a socket down in both directions: the peer reads end of file.
+pub(crate) fn shutdown(fd: BorrowedFd<'_>) {
+    // SAFETY: shutdown takes an open descriptor and a constant; failure (the
+    // peer already gone) needs no handling.
+    unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+}
+
+/// What to wait for on one descriptor.
+pub(crate) struct Interest<'a> {
+    pub(crate) fd: BorrowedFd<'a>,
+    pub(crate) read: bool,
+    pub(crate) write: bool,
+}
+
+/// What [`poll`] saw on one descriptor.
+#[derive(Clone, Copy, Default, Debug)]
+pub(crate) struct Ready {
+    pub(crate) read: bool,
+    pub(crate) write: bool,
+    /// Hang-up or error: the peer is gone.
+    pub(crate) hangup: bool,
+}
+
+/// Waits until one of `fds` is ready or `timeout` passes (`None`: no bound).
+pub(crate) fn poll<const N: usize>(
+    fds: [Interest<'_>; N],
+    timeout: Option<Duration>,
+) -> io::Result<[Ready; N]> {
+    let mut raw: [libc::pollfd; N] = std::array::from_fn(|i| libc::pollfd {
+        fd: fds[i].fd.as_raw_fd(),
+        events: (if fds[i].read { libc::POLLIN } else { 0 })
+            | (if fds[i].write { libc::POLLOUT } else { 0 }),
+        revents: 0,
+    });
+    let ms = match timeout {
+        None => -1,
+        // Round up so a wait never returns before its deadline.
+        Some(d) => d.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int,
+    };
+    loop {
+        // SAFETY: `raw` is an array of N initialised pollfd structs.
+        let n = unsafe { libc::poll(raw.as_mut_ptr(), N as libc::nfds_t, ms) };
+        if n >= 0 {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    Ok(std::array::from_fn(|i| {
+        let r = raw[i].revents;
+        Ready {
+            read: r & libc::POLLIN != 0,
+            write: r & libc::POLLOUT != 0,
+            hangup: r & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0,
+        }
+    }))
+}
+
+/// A counter the kernel can wait on: the way other threads wake a poll loop.
+pub(crate) struct EventFd(OwnedFd);
+
+impl EventFd {
+    pub(crate) fn new() -> io::Result<EventFd> {
+        // SAFETY: eventfd takes plain integers and returns a new descriptor.
+        let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+        // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub(crate) fn notify(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an open eventfd. It can only
+        // fail when the counter would overflow, and then a wake-up is pending anyway.
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    pub(crate) fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from an open non-blocking eventfd;
+        // EAGAIN (nothing pending) is the only expected failure and is harmless.
+        unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.0.as_fd()
+    }
+}
+
+/// Takes the channel a parent handed over as standard input, and puts
+/// `/dev/null` in its place so that user code reading stdin cannot eat frames.
+pub(crate) fn take_channel_from_stdin() -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC duplicates fd 0 into a new descriptor >= 3.
+    let fd = check(unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) })?;
+    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+    let channel = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: the path is a NUL-terminated literal.
+    let null = check(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) })?;
+    // SAFETY: both descriptors are open; dup2 replaces fd 0 atomically.
+    let dup = check(unsafe { libc::dup2(null, 0) });
+    // SAFETY: `null` is open and no longer needed (fd 0 is its copy).
+    unsafe { libc::close(null) };
+    dup?;
+    Ok(channel)
+}
+
+/// A descriptor that becomes readable when process `pid` exits.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Waits up to `timeout` for child `pid` to exit, without reaping it.
+/// Returns true once it has exited.
+pub(crate) fn wait_exit(pid: u32, timeout: Option<Duration>) -> io::Result<bool> {
+    let fd = match pidfd_open(pid) {
+        Ok(fd) => fd,
+        // The process is already gone from the pid table (reaped elsewhere).
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    use std::os::fd::AsFd;
+    let [r] = poll([Interest { fd: fd.as_fd(), read: true, write: false }], timeout)?;
+    Ok(r.read || r.hangup)
+}
+
+/// True when child `pid` has exited (it stays unreaped).
+pub(crate) fn has_exited(pid: u32) -> bool {
+    // SAFETY: siginfo_t is plain data; all-zero is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a live siginfo_t; WNOWAIT leaves the child unreaped.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: waitid filled `info` (or left it zeroed, meaning still running).
+    r != 0 || unsafe { info.si_pid() } != 0
+}
+
+/// The conventional name of a signal, e.g. `SIGKILL`.
+pub(crate) fn signal_name(sig: i32) -> String {
+    let name = match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        _ => return format!("signal {sig}"),
+    };
+    name.to_string()
+}

@@ -1,0 +1,483 @@
+//! How a function crosses a process boundary.
+//!
+//! A worker is the same executable as its parent, so every function exists in
+//! both at the same offset from any other function of the image. A task is sent
+//! as the offset of a monomorphised *trampoline* (`run_chunk::<F, A, M>`) from a
+//! fixed anchor, plus its encoded arguments. The worker adds the offset to its
+//! own anchor, which is only sound because the worker has first proved it is the
+//! same build (see [`fingerprint`]).
+//!
+//! The function value itself is never sent: tasks must be zero-sized (`fn` items
+//! and closures that capture nothing), so the worker can conjure one. A closure
+//! that captures is rejected at compile time by an assertion in
+//! [`trampoline_offset`].
+
+use std::any::type_name;
+use std::cell::RefCell;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::OnceLock;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind};
+
+/// A function that can be run as a task with arguments `Args`.
+///
+/// It is implemented for every `Fn` of zero to six arguments: a one-argument
+/// function takes its argument as is (`apply(square, 7)`), a function of several
+/// arguments takes them as a tuple (`apply(add, (2, 3))`). `Marker` only tells
+/// the implementations apart; it is always inferred.
+///
+/// Process pools also need the function to be [`Copy`] and zero-sized: a `fn`
+/// item or a closure that captures nothing. A capturing closure fails to compile:
+///
+/// ```compile_fail
+/// use multiproc::Pool;
+/// let pool = Pool::new(1).unwrap();
+/// let offset = 10u64;
+/// // error: a task sent to a process must not capture anything
+/// let _ = pool.apply(move |x: u64| x + offset, 1);
+/// ```
+pub trait TaskFn<Args, Marker>: Send + Sync + 'static {
+    /// What the function returns.
+    type Output;
+    /// Calls the function with the arguments unpacked.
+    fn call(&self, args: Args) -> Self::Output;
+}
+
+impl<F, A, R> TaskFn<A, fn(A) -> R> for F
+where
+    F: Fn(A) -> R + Send + Sync + 'static,
+{
+    type Output = R;
+    fn call(&self, args: A) -> R {
+        self(args)
+    }
+}
+
+impl<F, R> TaskFn<(), fn() -> R> for F
+where
+    F: Fn() -> R + Send + Sync + 'static,
+{
+    type Output = R;
+    fn call(&self, _args: ()) -> R {
+        self()
+    }
+}
+
+macro_rules! impl_task_fn {
+    ($($t:ident $v:ident),+) => {
+        impl<Func, Ret, $($t),+> TaskFn<($($t,)+), fn($($t),+) -> Ret> for Func
+        where
+            Func: Fn($($t),+) -> Ret + Send + Sync + 'static,
+        {
+            type Output = Ret;
+            fn call(&self, ($($v,)+): ($($t,)+)) -> Ret {
+                self($($v),+)
+            }
+        }
+    };
+}
+
+impl_task_fn!(A a, B b);
+impl_task_fn!(A a, B b, C c);
+impl_task_fn!(A a, B b, C c, D d);
+impl_task_fn!(A a, B b, C c, D d, E e);
+impl_task_fn!(A a, B b, C c, D d, E e, G g);
+
+/// Runs one chunk of items in the worker: `input` is a chunk as made by
+/// [`encode_item`], `out` receives one encoded outcome per item.
+pub(crate) type Trampoline = fn(input: &[u8], out: &mut Vec<u8>);
+
+/// The fixed point every trampoline offset is measured from.
+#[inline(never)]
+fn anchor(_input: &[u8], _out: &mut Vec<u8>) {}
+
+/// The offset of the trampoline for `F` from [`anchor`].
+///
+/// Fails to compile when `F` is not zero-sized, i.e. when it captures state.
+pub(crate) fn trampoline_offset<F, A, M>() -> i64
+where
+    F: TaskFn<A, M> + Copy,
+    A: DeserializeOwned,
+    F::Output: Serialize,
+{
+    const {
+        assert!(
+            std::mem::size_of::<F>() == 0,
+            "multiproc: a task sent to a process must not capture anything; \
+             pass state as an argument or through the pool's initializer"
+        )
+    };
+    let f: Trampoline = run_chunk::<F, A, M>;
+    let base: Trampoline = anchor;
+    (f as usize as i64).wrapping_sub(base as usize as i64)
+}
+
+/// The trampoline at `offset` from this image's anchor.
+///
+/// # Safety
+/// `offset` must come from [`trampoline_offset`] in a process running the same
+/// build as this one (checked by the worker handshake against [`fingerprint`]).
+pub(crate) unsafe fn trampoline_at(offset: i64) -> Trampoline {
+    let base: Trampoline = anchor;
+    let addr = (base as usize as i64).wrapping_add(offset) as usize;
+    // SAFETY: the caller guarantees `offset` was measured in an identical image,
+    // so `addr` is the address of a function with the `Trampoline` signature.
+    unsafe { std::mem::transmute::<usize, Trampoline>(addr) }
+}
+
+fn run_chunk<F, A, M>(input: &[u8], out: &mut Vec<u8>)
+where
+    F: TaskFn<A, M> + Copy,
+    A: DeserializeOwned,
+    F::Output: Serialize,
+{
+    // SAFETY: `trampoline_offset` asserted at compile time that `F` is
+    // zero-sized and it is `Copy`, so it holds no state and no invariant a
+    // conjured value could break: this is a copy of the sender's `F`.
+    let f: F = unsafe { std::mem::zeroed() };
+    for item in ItemReader::new(input) {
+        let outcome = match item {
+            Err(failure) => Err(failure),
+            Ok(bytes) => match postcard::from_bytes::<A>(bytes) {
+                Err(e) => Err(Failure::new(
+                    FailureKind::Deserialize,
+                    format!(
+                        "the worker could not deserialize the task's argument (type `{}`): {e}",
+                        type_name::<A>()
+                    ),
+                )),
+                Ok(args) => catch_panic(|| f.call(args)),
+            },
+        };
+        match outcome {
+            Ok(value) => {
+                if let Err(e) = append_item(&value, out) {
+                    let failure = Failure::new(
+                        FailureKind::Serialize,
+                        format!(
+                            "the worker could not serialize the task's result (type `{}`): {e}",
+                            type_name::<F::Output>()
+                        ),
+                    );
+                    encode_failure(&failure, out);
+                }
+            }
+            Err(failure) => encode_failure(&failure, out),
+        }
+    }
+}
+
+// --- item framing shared by arguments and results -------------------------
+
+const TAG_OK: u8 = 0;
+const TAG_ERR: u8 = 1;
+
+fn patch_len(out: &mut [u8], start: usize) {
+    let len = (out.len() - start - 5) as u32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Writes postcard output straight into a borrowed buffer.
+struct VecRef<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for VecRef<'_> {
+    type Output = ();
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Appends `value` as one length-prefixed item; on failure `out` is unchanged.
+fn append_item<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> postcard::Result<()> {
+    let start = out.len();
+    out.push(TAG_OK);
+    out.extend_from_slice(&[0; 4]);
+    match postcard::serialize_with_flavor(value, VecRef(out)) {
+        Ok(()) => {
+            patch_len(out, start);
+            Ok(())
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
+}
+
+/// Appends `value` to a chunk as one length-prefixed item. A value that fails
+/// to serialize becomes a failed item, so it fails its own task only.
+pub(crate) fn encode_item<T: Serialize>(value: &T, out: &mut Vec<u8>) {
+    if let Err(e) = append_item(value, out) {
+        let failure = Failure::new(
+            FailureKind::Serialize,
+            format!(
+                "could not serialize the task's argument (type `{}`) in the parent: {e}",
+                type_name::<T>()
+            ),
+        );
+        encode_failure(&failure, out);
+    }
+}
+
+fn encode_failure(failure: &Failure, out: &mut Vec<u8>) {
+    let bytes = postcard::to_stdvec(failure).unwrap_or_default();
+    out.push(TAG_ERR);
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(&bytes);
+}
+
+/// Walks the items of a chunk. A malformed chunk yields one failure and stops.
+pub(crate) struct ItemReader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> ItemReader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        ItemReader { rest: bytes }
+    }
+}
+
+impl<'a> Iterator for ItemReader<'a> {
+    type Item = Result<&'a [u8], Failure>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let malformed = || {
+            Failure::new(FailureKind::Protocol, "malformed item in a task frame".to_string())
+        };
+        if self.rest.len() < 5 {
+            self.rest = &[];
+            return Some(Err(malformed()));
+        }
+        let tag = self.rest[0];
+        let len = u32::from_le_bytes(self.rest[1..5].try_into().unwrap()) as usize;
+        if self.rest.len() < 5 + len {
+            self.rest = &[];
+            return Some(Err(malformed()));
+        }
+        let body = &self.rest[5..5 + len];
+        self.rest = &self.rest[5 + len..];
+        Some(match tag {
+            TAG_OK => Ok(body),
+            TAG_ERR => Err(postcard::from_bytes(body).unwrap_or_else(|_| malformed())),
+            _ => Err(malformed()),
+        })
+    }
+}
+
+/// Decodes the outcomes of a chunk of `n` items run by worker `pid`.
+pub(crate) fn decode_outcomes<R: DeserializeOwned>(
+    bytes: &[u8],
+    n: usize,
+    pid: Option<u32>,
+) -> Vec<crate::Result<R>> {
+    let mut items: Vec<crate::Result<R>> = ItemReader::new(bytes)
+        .map(|item| match item {
+            Ok(body) => postcard::from_bytes::<R>(body).map_err(|e| {
+                Error::new(
+                    ErrorKind::Deserialize,
+                    format!(
+                        "could not deserialize the task's result (type `{}`) in the parent: {e}",
+                        type_name::<R>()
+                    ),
+                )
+            }),
+            Err(failure) => Err(failure.into_error(pid)),
+        })
+        .collect();
+    if items.len() != n {
+        let err = Error::new(
+            ErrorKind::Protocol,
+            format!("a worker returned {} results for a chunk of {n} items", items.len()),
+        );
+        items.truncate(n);
+        items.resize_with(n, || Err(err.clone()));
+    }
+    items
+}
+
+// --- failures that travel back from a worker ------------------------------
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) enum FailureKind {
+    Panic,
+    Serialize,
+    Deserialize,
+    Protocol,
+}
+
+/// A task's failure as it crosses from a worker to its parent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Failure {
+    pub(crate) kind: FailureKind,
+    pub(crate) message: String,
+    pub(crate) location: Option<String>,
+}
+
+impl Failure {
+    pub(crate) fn new(kind: FailureKind, message: String) -> Failure {
+        Failure { kind, message, location: None }
+    }
+
+    pub(crate) fn into_error(self, pid: Option<u32>) -> Error {
+        let err = match self.kind {
+            FailureKind::Panic => return Error::panicked(self.message, self.location, pid),
+            FailureKind::Serialize => Error::new(ErrorKind::Serialize, self.message),
+            FailureKind::Deserialize => Error::new(ErrorKind::Deserialize, self.message),
+            FailureKind::Protocol => Error::new(ErrorKind::Protocol, self.message),
+        };
+        match pid {
+            Some(pid) => err.with_pid(pid),
+            None => err,
+        }
+    }
+}
+
+// --- panics ---------------------------------------------------------------
+
+thread_local! {
+    /// Set while this thread runs a task: the panic hook then records the
+    /// panic here instead of printing it, since the task's caller reports it.
+    static CAPTURE: RefCell<Option<Option<(String, String)>>> = const { RefCell::new(None) };
+}
+
+fn install_hook() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            let captured = CAPTURE.with(|c| {
+                let mut c = c.borrow_mut();
+                match c.as_mut() {
+                    Some(slot) => {
+                        let loc = info
+                            .location()
+                            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+                            .unwrap_or_default();
+                        *slot = Some((payload_message(info.payload()), loc));
+                        true
+                    }
+                    None => false,
+                }
+            });
+            if !captured {
+                previous(info);
+            }
+        }));
+    });
+}
+
+fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(a panic payload that is not a string)".to_string()
+    }
+}
+
+/// Runs `f`, turning a panic into a [`Failure`] with its message and location.
+pub(crate) fn catch_panic<R>(f: impl FnOnce() -> R) -> Result<R, Failure> {
+    install_hook();
+    let outer = CAPTURE.with(|c| c.borrow_mut().replace(None));
+    let result = panic::catch_unwind(AssertUnwindSafe(f));
+    let captured = CAPTURE.with(|c| std::mem::replace(&mut *c.borrow_mut(), outer));
+    result.map_err(|payload| {
+        let (message, location) = match captured.flatten() {
+            Some((m, l)) => (m, if l.is_empty() { None } else { Some(l) }),
+            None => (payload_message(&*payload), None),
+        };
+        Failure { kind: FailureKind::Panic, message, location }
+    })
+}
+
+// --- build identity -------------------------------------------------------
+
+/// Sixteen bytes that differ between two builds of the executable.
+///
+/// Made from the identity of the executable file (device, inode, size and
+/// modification time of `/proc/self/exe`, which a worker re-executes, so a
+/// rebuilt binary on disk cannot be confused with the one running), the crate
+/// version, and the layout of this crate's code in the image.
+pub(crate) fn fingerprint() -> [u8; 16] {
+    static PRINT: OnceLock<[u8; 16]> = OnceLock::new();
+    *PRINT.get_or_init(|| {
+        use std::hash::{Hash, Hasher};
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata("/proc/self/exe").ok();
+        let ident = meta.map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()));
+        let layout = {
+            let a: Trampoline = anchor;
+            let b: fn() -> [u8; 16] = fingerprint;
+            (b as usize).wrapping_sub(a as usize)
+        };
+        let mut out = [0u8; 16];
+        for (i, half) in out.chunks_mut(8).enumerate() {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (i, ident, layout, env!("CARGO_PKG_VERSION")).hash(&mut h);
+            half.copy_from_slice(&h.finish().to_le_bytes());
+        }
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(a: u64, b: u64) -> u64 {
+        a + b
+    }
+
+    fn run<F, A, M>(_f: F, args: Vec<A>) -> Vec<crate::Result<F::Output>>
+    where
+        F: TaskFn<A, M> + Copy,
+        A: Serialize + DeserializeOwned,
+        F::Output: Serialize + DeserializeOwned,
+    {
+        let mut input = Vec::new();
+        for a in &args {
+            encode_item(a, &mut input);
+        }
+        // SAFETY: measured in this very process.
+        let t = unsafe { trampoline_at(trampoline_offset::<F, A, M>()) };
+        let mut out = Vec::new();
+        t(&input, &mut out);
+        decode_outcomes(&out, args.len(), None)
+    }
+
+    #[test]
+    fn trampoline_runs_multi_argument_functions() {
+        let out = run(add, vec![(1u64, 2u64), (3, 4)]);
+        assert_eq!(out.into_iter().map(|r| r.unwrap()).collect::<Vec<_>>(), vec![3, 7]);
+    }
+
+    #[test]
+    fn panic_in_one_item_fails_only_that_item() {
+        let out = run(|x: u32| if x == 1 { panic!("bad {x}") } else { x }, vec![0u32, 1, 2]);
+        assert_eq!(*out[0].as_ref().unwrap(), 0);
+        let err = out[1].as_ref().unwrap_err();
+        assert!(err.is_panic());
+        assert_eq!(err.panic_message(), Some("bad 1"));
+        assert!(err.location().unwrap().contains("task.rs"), "{err}");
+        assert_eq!(*out[2].as_ref().unwrap(), 2);
+    }
+
+    #[test]
+    fn fingerprint_is_stable_within_a_process() {
+        assert_eq!(fingerprint(), fingerprint());
+    }
+}

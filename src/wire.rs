@@ -1,0 +1,293 @@
+//! Framing: the only place the bytes on a parent–worker channel are shaped.
+//!
+//! A frame is `[u32 body length, little endian][u8 kind][body]`. Bodies:
+//!
+//! | kind        | direction        | body                                          |
+//! |-------------|------------------|-----------------------------------------------|
+//! | `INIT`      | parent → worker  | fingerprint (16) · has initializer (1) · offset (8) · chunk |
+//! | `TASK`      | parent → worker  | task id (8) · offset (8) · chunk               |
+//! | `RUN`       | parent → process | fingerprint (16) · offset (8) · chunk          |
+//! | `READY`     | worker → parent  | pid (4)                                        |
+//! | `MISMATCH`  | worker → parent  | the worker's fingerprint (16)                 |
+//! | `INIT_FAILED` | worker → parent | message (UTF-8)                              |
+//! | `DONE`      | worker → parent  | task id (8) · outcomes                         |
+//!
+//! A chunk is a sequence of items made by `task::encode_item`; outcomes are one
+//! item per argument. The parent closes the channel to tell a worker to exit.
+
+use std::io;
+use std::ops::Range;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use crate::error::{Error, ErrorKind};
+use crate::sys;
+
+pub(crate) const INIT: u8 = 1;
+pub(crate) const TASK: u8 = 2;
+pub(crate) const RUN: u8 = 3;
+pub(crate) const READY: u8 = 10;
+pub(crate) const MISMATCH: u8 = 11;
+pub(crate) const INIT_FAILED: u8 = 12;
+pub(crate) const DONE: u8 = 13;
+
+const HEADER: usize = 5;
+const READ_CHUNK: usize = 64 * 1024;
+
+/// One end of a framed, buffered channel over a Unix stream socket.
+///
+/// All reads and writes here are non-blocking unless named otherwise, so one
+/// thread can serve both directions and never deadlock against a peer that is
+/// itself blocked writing.
+pub(crate) struct Conn {
+    fd: OwnedFd,
+    rbuf: Vec<u8>,
+    rpos: usize,
+    wbuf: Vec<u8>,
+    wpos: usize,
+}
+
+/// Reads a little-endian integer of `N` bytes at `at`.
+pub(crate) fn le<const N: usize>(body: &[u8], at: usize) -> Option<[u8; N]> {
+    body.get(at..at + N).map(|b| b.try_into().expect("slice of N bytes"))
+}
+
+impl Conn {
+    pub(crate) fn new(fd: OwnedFd) -> Conn {
+        Conn { fd, rbuf: Vec::new(), rpos: 0, wbuf: Vec::new(), wpos: 0 }
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Starts a frame of `kind` in the output buffer; returns its start for
+    /// [`Conn::end_frame`]. The body is appended to [`Conn::out`] in between.
+    pub(crate) fn begin_frame(&mut self, kind: u8) -> usize {
+        if self.wpos == self.wbuf.len() {
+            self.wbuf.clear();
+            self.wpos = 0;
+        }
+        let start = self.wbuf.len();
+        self.wbuf.extend_from_slice(&[0, 0, 0, 0, kind]);
+        start
+    }
+
+    /// The output buffer, to append a frame body to.
+    pub(crate) fn out(&mut self) -> &mut Vec<u8> {
+        &mut self.wbuf
+    }
+
+    /// Closes the frame begun at `start` by writing its length.
+    pub(crate) fn end_frame(&mut self, start: usize) -> crate::Result<()> {
+        let len = self.wbuf.len() - start - HEADER;
+        let Ok(len32) = u32::try_from(len) else {
+            self.wbuf.truncate(start);
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("a task of {len} bytes is too large: a frame holds at most 4 GiB"),
+            ));
+        };
+        self.wbuf[start..start + 4].copy_from_slice(&len32.to_le_bytes());
+        Ok(())
+    }
+
+    /// Appends a whole frame.
+    pub(crate) fn push_frame(&mut self, kind: u8, parts: &[&[u8]]) -> crate::Result<()> {
+        let start = self.begin_frame(kind);
+        for p in parts {
+            self.wbuf.extend_from_slice(p);
+        }
+        self.end_frame(start)
+    }
+
+    /// True while output is waiting to be written.
+    pub(crate) fn has_output(&self) -> bool {
+        self.wpos < self.wbuf.len()
+    }
+
+    /// Writes as much pending output as the socket takes without blocking.
+    pub(crate) fn write_some(&mut self) -> io::Result<()> {
+        while self.has_output() {
+            match sys::send(self.fd.as_fd(), &self.wbuf[self.wpos..], false) {
+                Ok(n) => self.wpos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if !self.has_output() {
+            self.wbuf.clear();
+            self.wpos = 0;
+        }
+        Ok(())
+    }
+
+    /// Writes all pending output, blocking; reads incoming data meanwhile so a
+    /// peer that is blocked writing to us cannot deadlock us.
+    pub(crate) fn flush_blocking(&mut self) -> io::Result<()> {
+        loop {
+            self.write_some()?;
+            if !self.has_output() {
+                return Ok(());
+            }
+            let fd = self.fd.as_fd();
+            let [r] = sys::poll([sys::Interest { fd, read: true, write: true }], None)?;
+            if r.read && self.read_some()? {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            if r.hangup && !r.read && !r.write {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+        }
+    }
+
+    fn compact(&mut self) {
+        if self.rpos > 0 && (self.rpos == self.rbuf.len() || self.rpos > self.rbuf.len() / 2) {
+            self.rbuf.drain(..self.rpos);
+            self.rpos = 0;
+        }
+    }
+
+    /// How many more bytes the frame at the head of the buffer needs.
+    fn wanted(&self) -> usize {
+        let avail = self.rbuf.len() - self.rpos;
+        match le::<4>(&self.rbuf, self.rpos) {
+            Some(len) => (HEADER + u32::from_le_bytes(len) as usize).saturating_sub(avail),
+            None => 0,
+        }
+    }
+
+    fn recv_into(&mut self, wait: bool) -> io::Result<Option<usize>> {
+        let old = self.rbuf.len();
+        let chunk = self.wanted().max(READ_CHUNK);
+        self.rbuf.resize(old + chunk, 0);
+        let r = sys::recv(self.fd.as_fd(), &mut self.rbuf[old..], wait);
+        match r {
+            Ok(n) => {
+                self.rbuf.truncate(old + n);
+                Ok(Some(n))
+            }
+            Err(e) => {
+                self.rbuf.truncate(old);
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Reads everything available without blocking. Returns true at end of file.
+    pub(crate) fn read_some(&mut self) -> io::Result<bool> {
+        self.compact();
+        loop {
+            match self.recv_into(false)? {
+                Some(0) => return Ok(true),
+                Some(_) => continue,
+                None => return Ok(false),
+            }
+        }
+    }
+
+    /// Blocks until at least one byte arrives, then reads what else is there.
+    /// Returns true at end of file.
+    pub(crate) fn read_blocking(&mut self) -> io::Result<bool> {
+        self.compact();
+        match self.recv_into(true)? {
+            Some(0) => Ok(true),
+            _ => self.read_some(),
+        }
+    }
+
+    /// The next complete frame, as its kind and the range of its body (valid
+    /// until the next read). `Ok(None)` when no whole frame is buffered.
+    pub(crate) fn next_frame(&mut self) -> Option<(u8, Range<usize>)> {
+        let len = u32::from_le_bytes(le::<4>(&self.rbuf, self.rpos)?) as usize;
+        if self.rbuf.len() - self.rpos < HEADER + len {
+            return None;
+        }
+        let kind = self.rbuf[self.rpos + 4];
+        let body = self.rpos + HEADER..self.rpos + HEADER + len;
+        self.rpos += HEADER + len;
+        Some((kind, body))
+    }
+
+    /// True when buffered input holds no complete frame.
+    pub(crate) fn input_idle(&self) -> bool {
+        match le::<4>(&self.rbuf, self.rpos) {
+            Some(len) => self.rbuf.len() - self.rpos < HEADER + u32::from_le_bytes(len) as usize,
+            None => true,
+        }
+    }
+
+    /// The body of a frame returned by [`Conn::next_frame`], and the output
+    /// buffer, borrowed together.
+    pub(crate) fn body_and_out(&mut self, body: Range<usize>) -> (&[u8], &mut Vec<u8>) {
+        (&self.rbuf[body], &mut self.wbuf)
+    }
+
+    pub(crate) fn body(&self, body: Range<usize>) -> &[u8] {
+        &self.rbuf[body]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    fn pair() -> (Conn, Conn) {
+        let (a, b) = UnixStream::pair().unwrap();
+        (Conn::new(a.into()), Conn::new(b.into()))
+    }
+
+    #[test]
+    fn frames_round_trip_in_order() {
+        let (mut a, mut b) = pair();
+        a.push_frame(TASK, &[b"hello"]).unwrap();
+        a.push_frame(DONE, &[b"", b"world"]).unwrap();
+        a.flush_blocking().unwrap();
+        assert!(!b.read_blocking().unwrap());
+        let (k, r) = b.next_frame().unwrap();
+        assert_eq!((k, b.body(r)), (TASK, &b"hello"[..]));
+        let (k, r) = b.next_frame().unwrap();
+        assert_eq!((k, b.body(r)), (DONE, &b"world"[..]));
+        assert!(b.next_frame().is_none());
+    }
+
+    #[test]
+    fn large_frames_cross_while_both_sides_write() {
+        // Each side writes 8 MiB before reading: flush_blocking must read while
+        // it writes or both would block forever.
+        let (mut a, mut b) = pair();
+        let big = vec![7u8; 8 << 20];
+        let t = std::thread::spawn(move || {
+            b.push_frame(DONE, &[&vec![9u8; 8 << 20]]).unwrap();
+            b.flush_blocking().unwrap();
+            let mut got = None;
+            while got.is_none() {
+                if b.read_blocking().unwrap() {
+                    break;
+                }
+                got = b.next_frame().map(|(_, r)| b.body(r).len());
+            }
+            got
+        });
+        a.push_frame(TASK, &[&big]).unwrap();
+        a.flush_blocking().unwrap();
+        let mut got = a.next_frame().map(|(_, r)| a.body(r).len());
+        while got.is_none() {
+            assert!(!a.read_blocking().unwrap());
+            got = a.next_frame().map(|(_, r)| a.body(r).len());
+        }
+        assert_eq!(got, Some(8 << 20));
+        assert_eq!(t.join().unwrap(), Some(8 << 20));
+    }
+
+    #[test]
+    fn end_of_file_is_reported() {
+        let (a, mut b) = pair();
+        drop(a);
+        assert!(b.read_blocking().unwrap());
+    }
+}

@@ -1,0 +1,209 @@
+//! The child side: the entry before `main`, the handshake, and the task loop.
+//!
+//! A parent starts a child by re-executing its own binary with the channel as
+//! standard input and the role in the environment. The `.init_array` hook in
+//! `sys` calls [`divert_if_worker`] before `main`; a child never returns from it.
+
+use std::os::fd::OwnedFd;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::sys;
+use crate::task::{self, Failure, FailureKind};
+use crate::wire::{self, le, Conn};
+
+pub(crate) const ENV_ROLE: &str = "MULTIPROC_ROLE";
+pub(crate) const ENV_NAME: &str = "MULTIPROC_NAME";
+pub(crate) const ENV_PARENT: &str = "MULTIPROC_PARENT";
+pub(crate) const ROLE_POOL: &str = "pool";
+pub(crate) const ROLE_PROCESS: &str = "process";
+
+/// Exit code of a child that found it is not the same build as its parent.
+pub(crate) const EXIT_MISMATCH: i32 = 121;
+/// Exit code of a child whose channel broke before it got its work.
+pub(crate) const EXIT_NO_PARENT: i32 = 122;
+
+/// Who this process is, when it was started by multiproc.
+pub(crate) struct Identity {
+    pub(crate) name: String,
+    pub(crate) parent: u32,
+}
+
+static IDENTITY: OnceLock<Identity> = OnceLock::new();
+
+/// This process's identity if it is a multiproc child.
+pub(crate) fn identity() -> Option<&'static Identity> {
+    IDENTITY.get()
+}
+
+/// Turns this process into a worker if its parent asked for one.
+pub(crate) fn divert_if_worker() {
+    let Some(role) = std::env::var_os(ENV_ROLE) else { return };
+    let name = std::env::var(ENV_NAME).unwrap_or_default();
+    let parent: u32 = std::env::var(ENV_PARENT).ok().and_then(|p| p.parse().ok()).unwrap_or(0);
+    // Our grandchildren are not workers unless we make them so.
+    std::env::remove_var(ENV_ROLE);
+    std::env::remove_var(ENV_NAME);
+    std::env::remove_var(ENV_PARENT);
+    if sys::die_with_parent(parent).is_err() {
+        std::process::exit(EXIT_NO_PARENT);
+    }
+    let _ = IDENTITY.set(Identity { name, parent });
+    let channel = match sys::take_channel_from_stdin() {
+        Ok(fd) => fd,
+        Err(_) => std::process::exit(EXIT_NO_PARENT),
+    };
+    let code = if role == ROLE_POOL { serve_pool(channel) } else { run_process(channel) };
+    std::process::exit(code);
+}
+
+/// Blocks until a whole frame is buffered; `None` at end of file or on error.
+fn recv_frame(conn: &mut Conn) -> Option<(u8, std::ops::Range<usize>)> {
+    loop {
+        if let Some(frame) = conn.next_frame() {
+            return Some(frame);
+        }
+        match conn.read_blocking() {
+            Ok(false) => {}
+            // Frames that arrived just before end of file still count.
+            Ok(true) => return conn.next_frame(),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Runs a chunk through the trampoline at `offset`.
+///
+/// # Safety
+/// The sender of `offset` must be the same build as this process.
+unsafe fn run_at(offset: i64, chunk: &[u8], out: &mut Vec<u8>) {
+    // SAFETY: guaranteed by the caller.
+    let trampoline = unsafe { task::trampoline_at(offset) };
+    trampoline(chunk, out);
+}
+
+fn serve_pool(channel: OwnedFd) -> i32 {
+    let mut conn = Conn::new(channel);
+    let Some((kind, body)) = recv_frame(&mut conn) else { return EXIT_NO_PARENT };
+    let b = conn.body(body.clone());
+    if kind != wire::INIT || b.len() < 25 {
+        return EXIT_NO_PARENT;
+    }
+    let mine = task::fingerprint();
+    if b[..16] != mine {
+        let _ = conn.push_frame(wire::MISMATCH, &[&mine]);
+        let _ = conn.flush_blocking();
+        return EXIT_MISMATCH;
+    }
+    if b[16] == 1 {
+        let offset = i64::from_le_bytes(le::<8>(b, 17).expect("length checked"));
+        let mut out = Vec::new();
+        // SAFETY: the fingerprint check above proved the parent is this build.
+        unsafe { run_at(offset, &b[25..], &mut out) };
+        if let Some(Err(failure)) = task::ItemReader::new(&out).next() {
+            let msg = describe(&failure);
+            let _ = conn.push_frame(wire::INIT_FAILED, &[msg.as_bytes()]);
+            let _ = conn.flush_blocking();
+            return 1;
+        }
+    }
+    let _ = conn.push_frame(wire::READY, &[&std::process::id().to_le_bytes()]);
+    if conn.flush_blocking().is_err() {
+        return EXIT_NO_PARENT;
+    }
+    task_loop(&mut conn);
+    0
+}
+
+fn describe(failure: &Failure) -> String {
+    match &failure.location {
+        Some(loc) => format!("panicked at {loc}: {}", failure.message),
+        None => failure.message.clone(),
+    }
+}
+
+/// Runs tasks until the parent closes the channel.
+///
+/// Results are written as soon as a task ends unless more tasks are already
+/// buffered and tasks are short, in which case they are batched into one
+/// write: a long task never holds back the result of the one before it.
+fn task_loop(conn: &mut Conn) {
+    const SHORT: Duration = Duration::from_micros(50);
+    const BATCH: usize = 64;
+    let mut pending = 0usize;
+    let mut recent = Duration::ZERO;
+    loop {
+        let frame = match conn.next_frame() {
+            Some(f) => Some(f),
+            None => {
+                if pending > 0 && conn.flush_blocking().is_err() {
+                    return;
+                }
+                pending = 0;
+                recv_frame(conn)
+            }
+        };
+        let Some((kind, body)) = frame else { return };
+        if kind != wire::TASK {
+            return;
+        }
+        let started = Instant::now();
+        let start = conn.begin_frame(wire::DONE);
+        let (b, out) = conn.body_and_out(body);
+        let (Some(id), Some(offset)) = (le::<8>(b, 0), le::<8>(b, 8)) else { return };
+        out.extend_from_slice(&id);
+        let chunk = &b[16..];
+        // SAFETY: this worker verified the parent's fingerprint in the handshake.
+        unsafe { run_at(i64::from_le_bytes(offset), chunk, out) };
+        if conn.end_frame(start).is_err() {
+            let failure = Failure::new(
+                FailureKind::Serialize,
+                "the task's results exceed the 4 GiB frame limit".to_string(),
+            );
+            let start = conn.begin_frame(wire::DONE);
+            conn.out().extend_from_slice(&id);
+            let bytes = postcard::to_stdvec(&failure).unwrap_or_default();
+            conn.out().push(1);
+            conn.out().extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            conn.out().extend_from_slice(&bytes);
+            let _ = conn.end_frame(start);
+        }
+        pending += 1;
+        recent = (recent * 3 + started.elapsed()) / 4;
+        let batch = recent < SHORT && pending < BATCH && !conn.input_idle();
+        if !batch {
+            if conn.flush_blocking().is_err() {
+                return;
+            }
+            pending = 0;
+        }
+    }
+}
+
+fn run_process(channel: OwnedFd) -> i32 {
+    let mut conn = Conn::new(channel);
+    let Some((kind, body)) = recv_frame(&mut conn) else { return EXIT_NO_PARENT };
+    let b = conn.body(body);
+    if kind != wire::RUN || b.len() < 24 {
+        return EXIT_NO_PARENT;
+    }
+    if b[..16] != task::fingerprint() {
+        eprintln!(
+            "multiproc: process {} is not the same build as its parent; it refuses to run",
+            std::process::id()
+        );
+        return EXIT_MISMATCH;
+    }
+    let offset = i64::from_le_bytes(le::<8>(b, 16).expect("length checked"));
+    let mut out = Vec::new();
+    // SAFETY: the fingerprint check above proved the parent is this build.
+    unsafe { run_at(offset, &b[24..], &mut out) };
+    match task::ItemReader::new(&out).next() {
+        Some(Err(failure)) => {
+            let name = identity().map(|i| i.name.as_str()).unwrap_or("?");
+            eprintln!("Process {name} (pid {}): {}", std::process::id(), describe(&failure));
+            1
+        }
+        _ => 0,
+    }
+}
