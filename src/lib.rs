@@ -24,6 +24,7 @@
 //! Linux only for now.
 
 mod error;
+mod executor;
 mod pool;
 mod process;
 mod spawn;
@@ -33,7 +34,14 @@ mod wire;
 mod worker;
 
 pub use error::{Error, ErrorKind, Result};
+pub use executor::{
+    as_completed, wait, AsCompleted, DoneAndNotDone, Future, ProcessPoolExecutor,
+    ProcessPoolExecutorBuilder, ReturnWhen, ThreadPoolExecutor, ThreadPoolExecutorBuilder,
+    ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION,
+};
 pub use pool::{AsyncResult, Chunked, IMap, Pool, PoolBuilder, ThreadPool, ThreadPoolBuilder};
-pub use process::{active_children, cpu_count, current_process, parent_process, Process, ProcessInfo, Run};
+pub use process::{
+    active_children, cpu_count, current_process, parent_process, Process, ProcessInfo, Run,
+};
 pub use spawn::ChildInfo;
 pub use task::TaskFn;

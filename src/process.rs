@@ -83,7 +83,10 @@ impl Process {
         Process {
             name: format!("Process-{}", PROCESS_NUMBER.fetch_add(1, Ordering::Relaxed)),
             daemon: false,
-            target: Some(Target { offset: task::trampoline_offset::<F, A, M>(), chunk }),
+            target: Some(Target {
+                offset: task::trampoline_offset::<F, A, M>(),
+                chunk,
+            }),
             child: None,
             exitcode: None,
         }
@@ -139,7 +142,10 @@ impl Process {
     /// the child cannot be started.
     pub fn start(&mut self) -> Result<()> {
         let Some(target) = self.target.take() else {
-            return Err(Error::new(ErrorKind::InvalidState, "a process can be started only once"));
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                "a process can be started only once",
+            ));
         };
         ensure_exit_hook();
         let spawned = spawn::spawn(ROLE_PROCESS, &self.name, self.daemon)?;
@@ -160,7 +166,9 @@ impl Process {
         if self.exitcode.is_some() {
             return Ok(true);
         }
-        let Some(child) = self.child.as_mut() else { return Ok(false) };
+        let Some(child) = self.child.as_mut() else {
+            return Ok(false);
+        };
         let pid = child.id();
         if timeout != Some(Duration::ZERO) {
             let exited = sys::wait_exit(pid, timeout)
@@ -201,7 +209,10 @@ impl Process {
 
     fn require_started(&self) -> Result<()> {
         if self.child.is_none() {
-            return Err(Error::new(ErrorKind::InvalidState, "a process must be started before it is joined"));
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                "a process must be started before it is joined",
+            ));
         }
         Ok(())
     }
@@ -223,8 +234,12 @@ impl Process {
         }
         match self.pid() {
             // Not reaped yet, so the pid cannot have been reused.
-            Some(pid) => sys::kill(pid, sig).map_err(|e| Error::io(format!("could not signal process {pid}"), e)),
-            None => Err(Error::new(ErrorKind::InvalidState, "the process was not started")),
+            Some(pid) => sys::kill(pid, sig)
+                .map_err(|e| Error::io(format!("could not signal process {pid}"), e)),
+            None => Err(Error::new(
+                ErrorKind::InvalidState,
+                "the process was not started",
+            )),
         }
     }
 
@@ -305,13 +320,20 @@ pub struct ProcessInfo {
 /// ```
 pub fn current_process() -> ProcessInfo {
     let name = worker::identity().map_or_else(|| "MainProcess".to_string(), |i| i.name.clone());
-    ProcessInfo { name, pid: std::process::id() }
+    ProcessInfo {
+        name,
+        pid: std::process::id(),
+    }
 }
 
 /// The process that started this one through multiproc, if any.
 pub fn parent_process() -> Option<ProcessInfo> {
     worker::identity().map(|i| ProcessInfo {
-        name: if i.parent == 0 { String::new() } else { "MainProcess".to_string() },
+        name: if i.parent == 0 {
+            String::new()
+        } else {
+            "MainProcess".to_string()
+        },
         pid: i.parent,
     })
 }
@@ -326,4 +348,3 @@ pub fn active_children() -> Vec<ChildInfo> {
 pub fn cpu_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
-

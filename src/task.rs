@@ -255,7 +255,10 @@ impl<'a> Iterator for ItemReader<'a> {
             return None;
         }
         let malformed = || {
-            Failure::new(FailureKind::Protocol, "malformed item in a task frame".to_string())
+            Failure::new(
+                FailureKind::Protocol,
+                "malformed item in a task frame".to_string(),
+            )
         };
         if self.rest.len() < 5 {
             self.rest = &[];
@@ -300,7 +303,10 @@ pub(crate) fn decode_outcomes<R: DeserializeOwned>(
     if items.len() != n {
         let err = Error::new(
             ErrorKind::Protocol,
-            format!("a worker returned {} results for a chunk of {n} items", items.len()),
+            format!(
+                "a worker returned {} results for a chunk of {n} items",
+                items.len()
+            ),
         );
         items.truncate(n);
         items.resize_with(n, || Err(err.clone()));
@@ -328,7 +334,11 @@ pub(crate) struct Failure {
 
 impl Failure {
     pub(crate) fn new(kind: FailureKind, message: String) -> Failure {
-        Failure { kind, message, location: None }
+        Failure {
+            kind,
+            message,
+            location: None,
+        }
     }
 
     pub(crate) fn into_error(self, pid: Option<u32>) -> Error {
@@ -400,7 +410,11 @@ pub(crate) fn catch_panic<R>(f: impl FnOnce() -> R) -> Result<R, Failure> {
             Some((m, l)) => (m, if l.is_empty() { None } else { Some(l) }),
             None => (payload_message(&*payload), None),
         };
-        Failure { kind: FailureKind::Panic, message, location }
+        Failure {
+            kind: FailureKind::Panic,
+            message,
+            location,
+        }
     })
 }
 
@@ -462,12 +476,18 @@ mod tests {
     #[test]
     fn trampoline_runs_multi_argument_functions() {
         let out = run(add, vec![(1u64, 2u64), (3, 4)]);
-        assert_eq!(out.into_iter().map(|r| r.unwrap()).collect::<Vec<_>>(), vec![3, 7]);
+        assert_eq!(
+            out.into_iter().map(|r| r.unwrap()).collect::<Vec<_>>(),
+            vec![3, 7]
+        );
     }
 
     #[test]
     fn panic_in_one_item_fails_only_that_item() {
-        let out = run(|x: u32| if x == 1 { panic!("bad {x}") } else { x }, vec![0u32, 1, 2]);
+        let out = run(
+            |x: u32| if x == 1 { panic!("bad {x}") } else { x },
+            vec![0u32, 1, 2],
+        );
         assert_eq!(*out[0].as_ref().unwrap(), 0);
         let err = out[1].as_ref().unwrap_err();
         assert!(err.is_panic());

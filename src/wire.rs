@@ -48,12 +48,19 @@ pub(crate) struct Conn {
 
 /// Reads a little-endian integer of `N` bytes at `at`.
 pub(crate) fn le<const N: usize>(body: &[u8], at: usize) -> Option<[u8; N]> {
-    body.get(at..at + N).map(|b| b.try_into().expect("slice of N bytes"))
+    body.get(at..at + N)
+        .map(|b| b.try_into().expect("slice of N bytes"))
 }
 
 impl Conn {
     pub(crate) fn new(fd: OwnedFd) -> Conn {
-        Conn { fd, rbuf: Vec::new(), rpos: 0, wbuf: Vec::new(), wpos: 0 }
+        Conn {
+            fd,
+            rbuf: Vec::new(),
+            rpos: 0,
+            wbuf: Vec::new(),
+            wpos: 0,
+        }
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
@@ -130,7 +137,14 @@ impl Conn {
                 return Ok(());
             }
             let fd = self.fd.as_fd();
-            let [r] = sys::poll([sys::Interest { fd, read: true, write: true }], None)?;
+            let [r] = sys::poll(
+                [sys::Interest {
+                    fd,
+                    read: true,
+                    write: true,
+                }],
+                None,
+            )?;
             if r.read && self.read_some()? {
                 return Err(io::ErrorKind::BrokenPipe.into());
             }
@@ -157,23 +171,11 @@ impl Conn {
     }
 
     fn recv_into(&mut self, wait: bool) -> io::Result<Option<usize>> {
-        let old = self.rbuf.len();
         let chunk = self.wanted().max(READ_CHUNK);
-        self.rbuf.resize(old + chunk, 0);
-        let r = sys::recv(self.fd.as_fd(), &mut self.rbuf[old..], wait);
-        match r {
-            Ok(n) => {
-                self.rbuf.truncate(old + n);
-                Ok(Some(n))
-            }
-            Err(e) => {
-                self.rbuf.truncate(old);
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            }
+        match sys::recv_append(self.fd.as_fd(), &mut self.rbuf, chunk, wait) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
         }
     }
 

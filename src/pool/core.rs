@@ -2,7 +2,7 @@
 //! the pool's run state, and how submitters wake the worker slots.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -14,12 +14,54 @@ use crate::sys::EventFd;
 /// pid of the worker that ran it.
 pub(crate) type JobDone = Box<dyn for<'a> FnOnce(Result<&'a [u8]>, Option<u32>) + Send>;
 
+/// Where a job is, for `Future::running`, `cancel` and `kill`.
+pub(crate) struct Ticket {
+    phase: AtomicU8,
+    /// Set by `Future::kill`: the slot kills the worker running this job.
+    pub(crate) kill: AtomicBool,
+    /// The slot that holds the job once it is sent.
+    pub(crate) slot: AtomicUsize,
+}
+
+const QUEUED: u8 = 0;
+const SENT: u8 = 1;
+const CANCELLED: u8 = 2;
+
+impl Ticket {
+    pub(crate) fn new() -> Arc<Ticket> {
+        Arc::new(Ticket {
+            phase: AtomicU8::new(QUEUED),
+            kill: AtomicBool::new(false),
+            slot: AtomicUsize::new(usize::MAX),
+        })
+    }
+
+    /// Moves a queued job to cancelled; false once it was sent.
+    pub(crate) fn cancel(&self) -> bool {
+        self.phase
+            .compare_exchange(QUEUED, CANCELLED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// Moves a queued job to sent; false when it was cancelled first.
+    pub(crate) fn start(&self) -> bool {
+        self.phase
+            .compare_exchange(QUEUED, SENT, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    pub(crate) fn is_sent(&self) -> bool {
+        self.phase.load(Ordering::SeqCst) == SENT
+    }
+}
+
 /// One chunk of work for a worker.
 pub(crate) struct Job {
     pub(crate) id: u64,
     pub(crate) offset: i64,
     pub(crate) chunk: Vec<u8>,
     pub(crate) done: JobDone,
+    pub(crate) ticket: Option<Arc<Ticket>>,
 }
 
 impl Job {
@@ -48,6 +90,10 @@ pub(crate) struct SlotSignal {
     pub(crate) wake: EventFd,
     /// Set by a slot that is parked with room for more work.
     pub(crate) wants_work: AtomicBool,
+    /// Set while the slot's worker is ready and holds no job. Set before the
+    /// last result is delivered, so a caller who submits again at once finds
+    /// this worker instead of starting another.
+    pub(crate) idle: AtomicBool,
 }
 
 /// The initializer a worker runs before its first task.
@@ -63,6 +109,9 @@ pub(crate) struct Config {
     pub(crate) max_tasks_per_child: Option<usize>,
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) fingerprint: [u8; 16],
+    /// Start workers only as submissions need them (executors), rather than
+    /// all at once (pools).
+    pub(crate) lazy: bool,
 }
 
 pub(crate) struct Core {
@@ -70,6 +119,7 @@ pub(crate) struct Core {
     pub(crate) slots: Vec<SlotSignal>,
     pub(crate) config: Config,
     pub(crate) threads: Mutex<Vec<JoinHandle<()>>>,
+    started: AtomicUsize,
     next_id: AtomicU64,
 }
 
@@ -78,18 +128,43 @@ impl Core {
         let slots = (0..config.processes)
             .map(|_| {
                 Ok(SlotSignal {
-                    wake: EventFd::new().map_err(|e| Error::io("could not create an eventfd", e))?,
+                    wake: EventFd::new()
+                        .map_err(|e| Error::io("could not create an eventfd", e))?,
                     wants_work: AtomicBool::new(false),
+                    idle: AtomicBool::new(false),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Arc::new(Core {
-            queue: Mutex::new(Queue { jobs: VecDeque::new(), state: RunState::Running, broken: None }),
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::new(),
+                state: RunState::Running,
+                broken: None,
+            }),
             slots,
             config,
             threads: Mutex::new(Vec::new()),
+            started: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
         }))
+    }
+
+    /// Starts the thread of the next slot, which starts its worker; false
+    /// when every slot has one.
+    pub(crate) fn start_slot(self: &Arc<Self>) -> Result<bool> {
+        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        let index = self.started.load(Ordering::SeqCst);
+        if index >= self.slots.len() {
+            return Ok(false);
+        }
+        let core = self.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("multiproc-slot-{index}"))
+            .spawn(move || super::slot::run(core, index))
+            .map_err(|e| Error::io("could not start a pool thread", e))?;
+        threads.push(handle);
+        self.started.store(index + 1, Ordering::SeqCst);
+        Ok(true)
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -107,9 +182,21 @@ impl Core {
     }
 
     /// Queues a job, or fails it at once if the pool takes no tasks.
-    pub(crate) fn submit(&self, offset: i64, chunk: Vec<u8>, done: JobDone) {
+    pub(crate) fn submit(
+        self: &Arc<Self>,
+        offset: i64,
+        chunk: Vec<u8>,
+        done: JobDone,
+        ticket: Option<Arc<Ticket>>,
+    ) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let job = Job { id, offset, chunk, done };
+        let job = Job {
+            id,
+            offset,
+            chunk,
+            done,
+            ticket,
+        };
         let mut q = self.lock();
         let refusal = match (&q.broken, q.state) {
             (Some(e), _) => Some(e.clone()),
@@ -123,6 +210,11 @@ impl Core {
         q.jobs.push_back(job);
         drop(q);
         self.wake_one();
+        if self.config.lazy && !self.slots.iter().any(|s| s.idle.load(Ordering::SeqCst)) {
+            if let Err(e) = self.start_slot() {
+                self.break_pool(e);
+            }
+        }
     }
 
     /// Puts jobs that never started back at the head of the queue.
@@ -148,8 +240,25 @@ impl Core {
             return Vec::new();
         }
         let share = q.jobs.len().div_ceil(self.slots.len());
-        let n = share.min(room);
-        q.jobs.drain(..n).collect()
+        let mut taken = Vec::with_capacity(share.min(room));
+        while taken.len() < share.min(room) {
+            let Some(job) = q.jobs.pop_front() else { break };
+            // A job cancelled while queued was already completed by `cancel`.
+            if job.ticket.as_ref().is_none_or(|t| t.start()) {
+                taken.push(job);
+            }
+        }
+        taken
+    }
+
+    /// Fails every queued job with [`cancelled`] (`shutdown(cancel_futures)`).
+    pub(crate) fn cancel_queued(&self) {
+        let jobs: Vec<Job> = self.lock().jobs.drain(..).collect();
+        for j in jobs {
+            if j.ticket.as_ref().is_none_or(|t| t.cancel()) {
+                j.fail(cancelled(), None);
+            }
+        }
     }
 
     pub(crate) fn wake_one(&self) {

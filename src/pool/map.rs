@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use super::result::{AsyncResult, Completion};
 use crate::error::{Error, ErrorKind, Result};
@@ -81,7 +82,10 @@ pub(crate) fn map_async<A, R: Send + 'static>(
                 c.parts[index] = Some(values);
                 c.remaining -= 1;
                 if c.remaining == 0 {
-                    let all = c.parts.iter_mut().flat_map(|p| p.take().unwrap_or_default());
+                    let all = c
+                        .parts
+                        .iter_mut()
+                        .flat_map(|p| p.take().unwrap_or_default());
                     let all: Vec<R> = all.collect();
                     drop(c);
                     completion.complete(Ok(all));
@@ -120,6 +124,8 @@ pub struct IMap<R> {
     consumed: usize,
     current: VecDeque<Result<R>>,
     pending_error: Option<Error>,
+    /// An overall bound (executor `map` with a timeout).
+    deadline: Option<(Instant, Duration)>,
 }
 
 impl<R: Send + 'static> IMap<R> {
@@ -146,6 +152,7 @@ impl<R: Send + 'static> IMap<R> {
             consumed: 0,
             current: VecDeque::new(),
             pending_error: None,
+            deadline: None,
         };
         if let Err(e) = check_chunksize(chunksize).and_then(|()| runner.check_running()) {
             imap.pending_error = Some(e);
@@ -164,9 +171,18 @@ impl<R: Send + 'static> IMap<R> {
         imap
     }
 
+    /// Bounds the whole iteration by `timeout` from now: results that are
+    /// late yield one timeout error, then the iteration ends.
+    pub(crate) fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.deadline = Some((Instant::now() + timeout, timeout));
+        self
+    }
+
     fn top_up(&mut self) {
         while self.submitted - self.consumed < self.window {
-            let Some(feed) = self.feeder.as_mut() else { return };
+            let Some(feed) = self.feeder.as_mut() else {
+                return;
+            };
             let index = self.submitted;
             let shared = self.shared.clone();
             let ordered = self.ordered;
@@ -204,18 +220,39 @@ impl<R: Send + 'static> Iterator for IMap<R> {
             if self.consumed == self.submitted {
                 return None;
             }
-            let mut a = self.shared.arrived.lock().unwrap_or_else(|e| e.into_inner());
+            let mut a = self
+                .shared
+                .arrived
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let chunk = loop {
                 let got = if self.ordered {
                     a.by_index.remove(&self.consumed)
                 } else {
                     a.in_order_of_arrival.pop_front()
                 };
-                match got {
-                    Some(c) => break c,
+                match (got, self.deadline) {
+                    (Some(c), _) => break c,
                     // Every submitted chunk is completed by its pool, even on
                     // crash, termination or drop, so this wait always ends.
-                    None => a = self.shared.cond.wait(a).unwrap_or_else(|e| e.into_inner()),
+                    (None, None) => a = self.shared.cond.wait(a).unwrap_or_else(|e| e.into_inner()),
+                    (None, Some((deadline, limit))) => {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            drop(a);
+                            self.feeder = None;
+                            self.consumed = self.submitted;
+                            return Some(Err(Error::timeout(format!(
+                                "map: the next result was not ready within the {limit:?} timeout"
+                            ))));
+                        }
+                        a = self
+                            .shared
+                            .cond
+                            .wait_timeout(a, deadline - now)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                    }
                 }
             };
             drop(a);
@@ -277,10 +314,15 @@ mod tests {
 
     #[test]
     fn map_keeps_order_and_fails_whole() {
-        let r = map_async(&Inline, (0..10).collect(), Some(3)).get().unwrap();
+        let r = map_async(&Inline, (0..10).collect(), Some(3))
+            .get()
+            .unwrap();
         assert_eq!(r, (0..10).map(|x| x * 2).collect::<Vec<_>>());
         assert!(map_async(&Inline, (0..20).collect(), None).get().is_err());
-        assert!(map_async(&Inline, Vec::new(), None).get().unwrap().is_empty());
+        assert!(map_async(&Inline, Vec::new(), None)
+            .get()
+            .unwrap()
+            .is_empty());
         let e = map_async(&Inline, vec![1], Some(0)).get().unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     }

@@ -1,10 +1,10 @@
 //! `Pool` (worker processes) and `ThreadPool` (threads), with one API.
 
-mod core;
-mod map;
+pub(crate) mod core;
+pub(crate) mod map;
 mod result;
 mod slot;
-mod thread;
+pub(crate) mod thread;
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -86,7 +86,10 @@ impl PoolBuilder {
     {
         let mut chunk = Vec::new();
         task::encode_item(&args, &mut chunk);
-        self.init = Some(Init { offset: task::trampoline_offset::<F, A, M>(), chunk });
+        self.init = Some(Init {
+            offset: task::trampoline_offset::<F, A, M>(),
+            chunk,
+        });
         self
     }
 
@@ -139,18 +142,10 @@ impl PoolBuilder {
             max_tasks_per_child: self.max_tasks_per_child,
             task_timeout: self.task_timeout,
             fingerprint,
+            lazy: false,
         })?;
         let pool = Pool { core };
-        let mut threads = pool.core.threads.lock().unwrap_or_else(|e| e.into_inner());
-        for index in 0..processes {
-            let core = pool.core.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("multiproc-slot-{index}"))
-                .spawn(move || slot::run(core, index))
-                .map_err(|e| Error::io("could not start a pool thread", e))?;
-            threads.push(handle);
-        }
-        drop(threads);
+        while pool.core.start_slot()? {}
         Ok(pool)
     }
 }
@@ -160,9 +155,10 @@ fn invalid(msg: &str) -> Error {
 }
 
 /// Runs chunks of one function on a process pool.
-struct ProcRunner<F, A, M> {
+pub(crate) struct ProcRunner<F, A, M> {
     core: Arc<Core>,
     offset: i64,
+    ticket: Option<Arc<core::Ticket>>,
     _f: PhantomData<fn(F, A, M)>,
 }
 
@@ -172,8 +168,19 @@ where
     A: Serialize + DeserializeOwned,
     F::Output: Serialize,
 {
-    fn new(core: &Arc<Core>) -> Self {
-        ProcRunner { core: core.clone(), offset: task::trampoline_offset::<F, A, M>(), _f: PhantomData }
+    pub(crate) fn new(core: &Arc<Core>) -> Self {
+        ProcRunner {
+            core: core.clone(),
+            offset: task::trampoline_offset::<F, A, M>(),
+            ticket: None,
+            _f: PhantomData,
+        }
+    }
+
+    /// Tracks the (single) job through `ticket`, for executor futures.
+    pub(crate) fn with_ticket(mut self, ticket: Arc<core::Ticket>) -> Self {
+        self.ticket = Some(ticket);
+        self
     }
 }
 
@@ -197,6 +204,7 @@ where
                 Ok(bytes) => done(task::decode_outcomes(bytes, n, pid)),
                 Err(e) => done((0..n).map(|_| Err(e.clone())).collect()),
             }),
+            self.ticket.clone(),
         );
     }
 
@@ -210,7 +218,10 @@ where
 }
 
 /// Submits one item as its own task; the result completes with its outcome.
-fn apply_via<A, R: Send + 'static>(runner: &impl ChunkRunner<A, R>, args: A) -> AsyncResult<R> {
+pub(crate) fn apply_via<A, R: Send + 'static>(
+    runner: &impl ChunkRunner<A, R>,
+    args: A,
+) -> AsyncResult<R> {
     let completion = Completion::new();
     let c = completion.clone();
     runner.run_chunk(

@@ -21,6 +21,9 @@ struct State<T> {
     outcome: Outcome<T>,
     on_success: Vec<SuccessCb<T>>,
     on_error: Vec<ErrorCb>,
+    /// Run after the outcome is stored, without the lock held (so they may
+    /// read the outcome): `Future` done-callbacks, `wait`, `as_completed`.
+    on_done: Vec<Box<dyn FnOnce() + Send>>,
     wakers: Vec<Waker>,
 }
 
@@ -52,6 +55,7 @@ impl<T> Completion<T> {
                 outcome: Outcome::Pending,
                 on_success: Vec::new(),
                 on_error: Vec::new(),
+                on_done: Vec::new(),
                 wakers: Vec::new(),
             }),
             cond: Condvar::new(),
@@ -90,8 +94,71 @@ impl<T> Completion<T> {
         for w in st.wakers.drain(..) {
             w.wake();
         }
+        let hooks = std::mem::take(&mut st.on_done);
         drop(st);
         self.cond.notify_all();
+        for hook in hooks {
+            run_guarded(hook);
+        }
+    }
+
+    /// Runs `f` once the outcome is stored (at once if it already is).
+    pub(crate) fn on_done(&self, f: impl FnOnce() + Send + 'static) {
+        let mut st = self.lock();
+        if matches!(st.outcome, Outcome::Pending) {
+            st.on_done.push(Box::new(f));
+        } else {
+            drop(st);
+            run_guarded(f);
+        }
+    }
+
+    /// Waits up to `timeout` (`None`: no bound); true once the outcome is stored.
+    pub(crate) fn wait_done(&self, timeout: Option<Duration>) -> bool {
+        let st = self.wait_until(timeout.map(|t| Instant::now() + t));
+        !matches!(st.outcome, Outcome::Pending)
+    }
+
+    /// True once the outcome is stored.
+    pub(crate) fn is_done(&self) -> bool {
+        !matches!(self.lock().outcome, Outcome::Pending)
+    }
+
+    /// The error, if the task is done and failed.
+    pub(crate) fn error(&self) -> Option<Error> {
+        match &self.lock().outcome {
+            Outcome::Ready(Err(e)) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    /// Waits up to `timeout` (`None`: no bound) and returns a copy of the
+    /// outcome, leaving it in place; `None` on timeout.
+    pub(crate) fn peek(&self, timeout: Option<Duration>) -> Option<Result<T>>
+    where
+        T: Clone,
+    {
+        let st = self.wait_until(timeout.map(|t| Instant::now() + t));
+        match &st.outcome {
+            Outcome::Ready(r) => Some(r.clone()),
+            Outcome::Pending => None,
+            Outcome::Taken => Some(Err(Error::new(
+                ErrorKind::ResultTaken,
+                "the result of this task was already taken",
+            ))),
+        }
+    }
+
+    /// Registers `waker` unless the outcome is stored; true when it is.
+    pub(crate) fn poll_ready(&self, waker: &Waker) -> bool {
+        let mut st = self.lock();
+        if !matches!(st.outcome, Outcome::Pending) {
+            return true;
+        }
+        if !st.wakers.iter().any(|w| w.will_wake(waker)) {
+            st.wakers.push(waker.clone());
+        }
+        false
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> MutexGuard<'_, State<T>> {
@@ -104,7 +171,11 @@ impl<T> Completion<T> {
                     if now >= d {
                         break;
                     }
-                    st = self.cond.wait_timeout(st, d - now).unwrap_or_else(|e| e.into_inner()).0;
+                    st = self
+                        .cond
+                        .wait_timeout(st, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
                 }
             }
         }
@@ -166,6 +237,11 @@ impl<T> AsyncResult<T> {
         AsyncResult { inner }
     }
 
+    /// The completion underneath, for the executors' `Future`.
+    pub(crate) fn into_completion(self) -> Arc<Completion<T>> {
+        self.inner
+    }
+
     /// An already-failed result (a task that could not be submitted).
     pub(crate) fn failed(err: Error) -> Self {
         let c = Completion::new();
@@ -195,7 +271,9 @@ impl<T> AsyncResult<T> {
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
         let mut st = self.inner.wait_until(Some(Instant::now() + timeout));
         Completion::take(&mut st).unwrap_or_else(|| {
-            Err(Error::timeout(format!("the result was not ready within {timeout:?}")))
+            Err(Error::timeout(format!(
+                "the result was not ready within {timeout:?}"
+            )))
         })
     }
 
@@ -277,7 +355,9 @@ impl<T> Future for AsyncResult<T> {
 
 impl<T> std::fmt::Debug for AsyncResult<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsyncResult").field("ready", &self.ready()).finish()
+        f.debug_struct("AsyncResult")
+            .field("ready", &self.ready())
+            .finish()
     }
 }
 
@@ -318,7 +398,10 @@ mod tests {
         let c = Completion::<u32>::new();
         let r = AsyncResult::new(c.clone());
         assert_eq!(r.successful(), None);
-        assert!(r.get_timeout(Duration::from_millis(10)).unwrap_err().is_timeout());
+        assert!(r
+            .get_timeout(Duration::from_millis(10))
+            .unwrap_err()
+            .is_timeout());
         c.complete(Err(Error::new(ErrorKind::Cancelled, "x")));
         assert!(r.get_timeout(Duration::ZERO).unwrap_err().is_cancelled());
         assert!(r.get().unwrap_err().is_cancelled());

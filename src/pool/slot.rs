@@ -58,12 +58,16 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
                 return;
             }
         }
-        let name = format!("PoolWorker-{}", WORKER_NUMBER.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "PoolWorker-{}",
+            WORKER_NUMBER.fetch_add(1, Ordering::Relaxed)
+        );
         let spawned = match spawn::spawn(ROLE_POOL, &name, true) {
             Ok(s) => s,
             Err(e) => return core.break_pool(e),
         };
         let mut worker = Worker {
+            index,
             pid: spawned.child.id(),
             child: spawned.child,
             conn: Conn::new(spawned.channel),
@@ -73,7 +77,9 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
             sent: 0,
             ready: false,
         };
-        match worker.serve(&core, index) {
+        let end = worker.serve(&core);
+        core.slots[index].idle.store(false, Ordering::SeqCst);
+        match end {
             End::Exit => return,
             End::Respawn { early: false } => early_deaths = 0,
             End::Respawn { early: true } => {
@@ -94,6 +100,7 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
 }
 
 struct Worker {
+    index: usize,
     pid: u32,
     child: Child,
     conn: Conn,
@@ -107,8 +114,8 @@ struct Worker {
 }
 
 impl Worker {
-    fn serve(&mut self, core: &Core, index: usize) -> End {
-        let signal = &core.slots[index];
+    fn serve(&mut self, core: &Core) -> End {
+        let signal = &core.slots[self.index];
         let mut init = Vec::with_capacity(25);
         init.extend_from_slice(&core.config.fingerprint);
         match &core.config.init {
@@ -132,6 +139,9 @@ impl Worker {
             if state == RunState::Terminated {
                 return self.shut_down(Some(cancelled()));
             }
+            if self.head_kill_requested() {
+                return self.killed_on_request(core);
+            }
             let retiring = quota.is_some_and(|q| self.sent >= q);
             let room = if self.ready && !retiring {
                 let mut room = depth(self.avg).saturating_sub(self.inflight.len());
@@ -144,16 +154,19 @@ impl Worker {
             };
             if room > 0 {
                 for job in core.take(room) {
-                    if self.send(job).is_err() {
-                        break;
-                    }
+                    signal.idle.store(false, Ordering::SeqCst);
+                    self.send(job);
                 }
             }
             if self.ready && self.inflight.is_empty() {
                 let idle_closed = state == RunState::Closed && core.lock().jobs.is_empty();
                 if retiring || idle_closed {
                     self.exit_gracefully();
-                    return if retiring { End::Respawn { early: false } } else { End::Exit };
+                    return if retiring {
+                        End::Respawn { early: false }
+                    } else {
+                        End::Exit
+                    };
                 }
             }
             if self.conn.write_some().is_err() {
@@ -177,8 +190,16 @@ impl Worker {
             let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let polled = sys::poll(
                 [
-                    Interest { fd: self.conn.fd(), read: true, write: self.conn.has_output() },
-                    Interest { fd: signal.wake.fd(), read: true, write: false },
+                    Interest {
+                        fd: self.conn.fd(),
+                        read: true,
+                        write: self.conn.has_output(),
+                    },
+                    Interest {
+                        fd: signal.wake.fd(),
+                        read: true,
+                        write: false,
+                    },
                 ],
                 timeout,
             );
@@ -205,30 +226,58 @@ impl Worker {
         }
     }
 
-    fn send(&mut self, job: Job) -> crate::Result<()> {
+    fn send(&mut self, job: Job) {
         let start = self.conn.begin_frame(wire::TASK);
         let out = self.conn.out();
         out.extend_from_slice(&job.id.to_le_bytes());
         out.extend_from_slice(&job.offset.to_le_bytes());
         out.extend_from_slice(&job.chunk);
         if let Err(e) = self.conn.end_frame(start) {
-            job.fail(e.clone(), None);
-            return Ok(());
+            return job.fail(e, None);
+        }
+        if let Some(t) = &job.ticket {
+            t.slot.store(self.index, Ordering::SeqCst);
         }
         if self.inflight.is_empty() {
             self.head_since = Instant::now();
         }
         self.inflight.push_back(job);
         self.sent += 1;
-        Ok(())
+    }
+
+    fn head_kill_requested(&self) -> bool {
+        let head = self.inflight.front().and_then(|j| j.ticket.as_ref());
+        head.is_some_and(|t| t.kill.load(Ordering::SeqCst))
+    }
+
+    fn killed_on_request(&mut self, core: &Core) -> End {
+        let _ = sys::kill(self.pid, sys::SIGKILL);
+        self.reap(EXIT_GRACE);
+        let id = self.inflight.front().map(|j| j.id).unwrap_or(0);
+        let err = Error::new(
+            ErrorKind::Cancelled,
+            format!(
+                "task {id} was cancelled while running: its worker {} was killed and replaced",
+                self.pid
+            ),
+        )
+        .with_pid(self.pid);
+        self.fail_head_requeue_rest(core, err);
+        End::Respawn { early: false }
     }
 
     /// Handles every complete frame buffered; `Some` when the worker is done.
     fn handle_frames(&mut self, core: &Core) -> Option<End> {
+        let signal = &core.slots[self.index];
         while let Some((kind, body)) = self.conn.next_frame() {
             let b = self.conn.body(body);
             match kind {
-                wire::READY => self.ready = true,
+                wire::READY => {
+                    self.ready = true;
+                    signal
+                        .idle
+                        .store(self.inflight.is_empty(), Ordering::SeqCst);
+                }
                 wire::DONE => {
                     let id = le::<8>(b, 0).map(u64::from_le_bytes);
                     let Some(job) = self.inflight.pop_front() else {
@@ -245,6 +294,9 @@ impl Worker {
                         Some(a) => (a * 3 + took) / 4,
                     });
                     self.head_since = now;
+                    if self.inflight.is_empty() {
+                        signal.idle.store(true, Ordering::SeqCst);
+                    }
                     (job.done)(Ok(&b[8..]), Some(self.pid));
                 }
                 wire::MISMATCH => {
@@ -283,7 +335,10 @@ impl Worker {
         let _ = self.reap(Duration::ZERO);
         let err = Error::new(
             ErrorKind::Protocol,
-            format!("worker {} sent {what}; it was killed and replaced", self.pid),
+            format!(
+                "worker {} sent {what}; it was killed and replaced",
+                self.pid
+            ),
         )
         .with_pid(self.pid);
         self.fail_head_requeue_rest(core, err);

@@ -2,10 +2,11 @@
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use super::core::{cancelled, RunState};
+use super::core::{cancelled, RunState, Ticket};
 use super::map::{ChunkDone, ChunkRunner};
 use crate::error::{Error, ErrorKind, Result};
 use crate::task::{self, TaskFn};
@@ -25,6 +26,12 @@ pub(crate) struct ThreadCore {
     cond: Condvar,
     threads: Mutex<Vec<JoinHandle<()>>>,
     size: usize,
+    init: Option<Initializer>,
+    /// Start threads only as submissions need them (executors).
+    lazy: bool,
+    /// Threads running a job; a job gives its thread back just before it
+    /// delivers its result, so a caller who submits again at once reuses it.
+    busy: AtomicUsize,
 }
 
 impl ThreadCore {
@@ -41,7 +48,91 @@ impl ThreadCore {
         }
     }
 
-    fn submit(&self, job: Job) {
+    pub(crate) fn new(
+        size: usize,
+        init: Option<Initializer>,
+        lazy: bool,
+    ) -> Result<Arc<ThreadCore>> {
+        if size == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "a pool needs at least 1 thread (got 0)",
+            ));
+        }
+        let core = Arc::new(ThreadCore {
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::new(),
+                state: RunState::Running,
+                broken: None,
+            }),
+            cond: Condvar::new(),
+            threads: Mutex::new(Vec::new()),
+            size,
+            init,
+            lazy,
+            busy: AtomicUsize::new(0),
+        });
+        if !lazy {
+            for _ in 0..size {
+                core.start_thread()?;
+            }
+        }
+        Ok(core)
+    }
+
+    fn start_thread(self: &Arc<Self>) -> Result<()> {
+        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        if threads.len() >= self.size {
+            return Ok(());
+        }
+        let core = self.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("ThreadPoolWorker-{}", threads.len() + 1))
+            .spawn(move || core.worker())
+            .map_err(|e| Error::io("could not start a pool thread", e))?;
+        threads.push(h);
+        Ok(())
+    }
+
+    pub(crate) fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Stops taking tasks; queued ones still run.
+    pub(crate) fn close(&self) {
+        self.stop(Some(RunState::Closed), None);
+    }
+
+    /// Fails the queued tasks; running ones finish.
+    pub(crate) fn terminate(&self) {
+        self.stop(Some(RunState::Terminated), None);
+    }
+
+    /// Fails the queued tasks and stops taking new ones; running and ... none
+    /// queued remain.
+    pub(crate) fn cancel_queued(&self) {
+        let jobs: Vec<Job> = self.lock().jobs.drain(..).collect();
+        for j in jobs {
+            j(Some(cancelled()));
+        }
+    }
+
+    /// Waits for the threads (all but the caller's own).
+    pub(crate) fn join_threads(&self) {
+        let handles = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let me = std::thread::current().id();
+        for h in handles {
+            if h.thread().id() != me {
+                let _ = h.join();
+            }
+        }
+    }
+
+    pub(crate) fn is_running(&self) -> bool {
+        self.lock().state == RunState::Running
+    }
+
+    fn submit(self: &Arc<Self>, job: Job) {
         let mut q = self.lock();
         let refusal = match (&q.broken, q.state) {
             (Some(e), _) => Some(e.clone()),
@@ -55,8 +146,15 @@ impl ThreadCore {
             }
             None => {
                 q.jobs.push_back(job);
+                let queued = q.jobs.len();
                 drop(q);
                 self.cond.notify_one();
+                let started = self.threads.lock().map_or(self.size, |t| t.len());
+                if self.lazy && self.busy.load(Ordering::SeqCst) + queued > started {
+                    if let Err(e) = self.start_thread() {
+                        self.stop(None, Some(e));
+                    }
+                }
             }
         }
     }
@@ -71,8 +169,11 @@ impl ThreadCore {
             q.broken = broken;
         }
         let reason = q.broken.clone().unwrap_or_else(cancelled);
-        let jobs: Vec<Job> =
-            if q.state == RunState::Closed && q.broken.is_none() { Vec::new() } else { q.jobs.drain(..).collect() };
+        let jobs: Vec<Job> = if q.state == RunState::Closed && q.broken.is_none() {
+            Vec::new()
+        } else {
+            q.jobs.drain(..).collect()
+        };
         drop(q);
         self.cond.notify_all();
         for j in jobs {
@@ -80,12 +181,16 @@ impl ThreadCore {
         }
     }
 
-    fn worker(&self, init: Option<Initializer>) {
-        if let Some(init) = init {
+    fn worker(&self) {
+        if let Some(init) = &self.init {
             if let Err(f) = task::catch_panic(|| init()) {
                 let err = Error::new(
                     ErrorKind::InitializerFailed,
-                    format!("initializer failed in thread {:?}: {}", std::thread::current().name(), f.message),
+                    format!(
+                        "initializer failed in thread {:?}: {}",
+                        std::thread::current().name(),
+                        f.message
+                    ),
                 );
                 return self.stop(None, Some(err));
             }
@@ -104,9 +209,15 @@ impl ThreadCore {
                 }
                 q = self.cond.wait(q).unwrap_or_else(|e| e.into_inner());
             };
+            self.busy.fetch_add(1, Ordering::SeqCst);
             drop(q);
             job(None);
         }
+    }
+
+    /// Called by a job just before it delivers its result.
+    fn release(&self) {
+        self.busy.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -167,26 +278,9 @@ impl ThreadPoolBuilder {
     /// thread cannot start.
     pub fn build(self) -> Result<ThreadPool> {
         let size = self.threads.unwrap_or_else(crate::cpu_count);
-        if size == 0 {
-            return Err(Error::new(ErrorKind::InvalidArgument, "a pool needs at least 1 thread (got 0)"));
-        }
-        let core = Arc::new(ThreadCore {
-            queue: Mutex::new(Queue { jobs: VecDeque::new(), state: RunState::Running, broken: None }),
-            cond: Condvar::new(),
-            threads: Mutex::new(Vec::new()),
-            size,
-        });
-        let mut handles = Vec::with_capacity(size);
-        for i in 0..size {
-            let (core, init) = (core.clone(), self.init.clone());
-            let h = std::thread::Builder::new()
-                .name(format!("ThreadPoolWorker-{}", i + 1))
-                .spawn(move || core.worker(init))
-                .map_err(|e| Error::io("could not start a pool thread", e))?;
-            handles.push(h);
-        }
-        *core.threads.lock().unwrap_or_else(|e| e.into_inner()) = handles;
-        Ok(ThreadPool { core })
+        Ok(ThreadPool {
+            core: ThreadCore::new(size, self.init, false)?,
+        })
     }
 }
 
@@ -211,13 +305,13 @@ impl ThreadPool {
 
     /// Stops taking tasks; queued tasks still run.
     pub fn close(&self) {
-        self.core.stop(Some(RunState::Closed), None);
+        self.core.close();
     }
 
     /// Fails every queued task with [`ErrorKind::Cancelled`]; running tasks
     /// finish (threads cannot be killed).
     pub fn terminate(&self) {
-        self.core.stop(Some(RunState::Terminated), None);
+        self.core.terminate();
     }
 
     /// Waits for the threads to finish.
@@ -225,16 +319,10 @@ impl ThreadPool {
     /// # Errors
     /// [`ErrorKind::PoolStillRunning`] before `close` or `terminate`.
     pub fn join(&self) -> Result<()> {
-        if self.core.lock().state == RunState::Running {
+        if self.core.is_running() {
             return Err(super::still_running());
         }
-        let handles = std::mem::take(&mut *self.core.threads.lock().unwrap_or_else(|e| e.into_inner()));
-        let me = std::thread::current().id();
-        for h in handles {
-            if h.thread().id() != me {
-                let _ = h.join();
-            }
-        }
+        self.core.join_threads();
         Ok(())
     }
 }
@@ -250,20 +338,34 @@ impl Drop for ThreadPool {
 
 impl std::fmt::Debug for ThreadPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ThreadPool").field("threads", &self.core.size).finish()
+        f.debug_struct("ThreadPool")
+            .field("threads", &self.core.size)
+            .finish()
     }
 }
 
 /// Runs chunks of one function on a thread pool.
 pub(crate) struct ThreadRunner<F, A, M> {
-    pub(super) core: Arc<ThreadCore>,
+    core: Arc<ThreadCore>,
     f: Arc<F>,
+    ticket: Option<Arc<Ticket>>,
     _f: PhantomData<fn(A, M)>,
 }
 
 impl<F, A, M> ThreadRunner<F, A, M> {
     pub(crate) fn new(core: &Arc<ThreadCore>, f: F) -> Self {
-        ThreadRunner { core: core.clone(), f: Arc::new(f), _f: PhantomData }
+        ThreadRunner {
+            core: core.clone(),
+            f: Arc::new(f),
+            ticket: None,
+            _f: PhantomData,
+        }
+    }
+
+    /// Tracks the (single) job through `ticket`, for executor futures.
+    pub(crate) fn with_ticket(mut self, ticket: Arc<Ticket>) -> Self {
+        self.ticket = Some(ticket);
+        self
     }
 }
 
@@ -274,14 +376,22 @@ where
     R: Send + 'static,
 {
     fn run_chunk(&self, items: Vec<A>, done: ChunkDone<R>) {
-        let f = self.f.clone();
+        let (f, core, ticket) = (self.f.clone(), self.core.clone(), self.ticket.clone());
         self.core.submit(Box::new(move |cancel| {
             let outcomes = match cancel {
                 Some(e) => items.into_iter().map(|_| Err(e.clone())).collect(),
-                None => items
-                    .into_iter()
-                    .map(|a| task::catch_panic(|| f.call(a)).map_err(|fl| fl.into_error(None)))
-                    .collect(),
+                None => {
+                    if ticket.as_ref().is_some_and(|t| !t.start()) {
+                        // Cancelled while queued: `cancel` already completed it.
+                        return core.release();
+                    }
+                    let outcomes = items
+                        .into_iter()
+                        .map(|a| task::catch_panic(|| f.call(a)).map_err(|fl| fl.into_error(None)))
+                        .collect();
+                    core.release();
+                    outcomes
+                }
             };
             done(outcomes)
         }));

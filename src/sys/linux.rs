@@ -36,7 +36,9 @@ pub(crate) fn die_with_parent(expected_parent: u32) -> io::Result<()> {
     // SAFETY: getppid cannot fail and touches no memory.
     let parent = unsafe { libc::getppid() };
     if parent as u32 != expected_parent {
-        return Err(io::Error::other("the parent process exited before the worker started"));
+        return Err(io::Error::other(
+            "the parent process exited before the worker started",
+        ));
     }
     Ok(())
 }
@@ -66,27 +68,41 @@ pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8], wait: bool) -> io::Result<usi
     }
 }
 
-/// Reads into `buf`; `wait == false` never blocks. `Ok(0)` is end of file.
-pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [u8], wait: bool) -> io::Result<usize> {
+/// Shuts a socket down in both directions: the peer reads end of file.
+pub(crate) fn shutdown(fd: BorrowedFd<'_>) {
+    // SAFETY: shutdown takes an open descriptor and a constant; failure (the
+    // peer already gone) needs no handling.
+    unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+}
+
+/// Reads at most `max` bytes onto the end of `buf` without initialising the
+/// space first (a large frame would otherwise be zeroed once per read).
+/// `wait == false` never blocks. `Ok(0)` is end of file.
+pub(crate) fn recv_append(
+    fd: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    max: usize,
+    wait: bool,
+) -> io::Result<usize> {
+    buf.reserve(max);
+    let spare = buf.spare_capacity_mut();
+    let len = spare.len().min(max);
     let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
     loop {
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes and `fd` is open.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
+        // SAFETY: `spare` is valid for writes of `len` bytes and `fd` is open;
+        // recv writes at most `len` bytes into it.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), spare.as_mut_ptr().cast(), len, flags) };
         if n >= 0 {
-            return Ok(n as usize);
+            let n = n as usize;
+            // SAFETY: recv initialised the first `n` bytes of the spare capacity.
+            unsafe { buf.set_len(buf.len() + n) };
+            return Ok(n);
         }
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {
             return Err(err);
         }
     }
-}
-
-/// Shuts a socket down in both directions: the peer reads end of file.
-pub(crate) fn shutdown(fd: BorrowedFd<'_>) {
-    // SAFETY: shutdown takes an open descriptor and a constant; failure (the
-    // peer already gone) needs no handling.
-    unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
 }
 
 /// What to wait for on one descriptor.
@@ -181,7 +197,8 @@ pub(crate) fn take_channel_from_stdin() -> io::Result<OwnedFd> {
     // SAFETY: `fd` is a fresh descriptor owned by nobody else.
     let channel = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: the path is a NUL-terminated literal.
-    let null = check(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) })?;
+    let null =
+        check(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) })?;
     // SAFETY: both descriptors are open; dup2 replaces fd 0 atomically.
     let dup = check(unsafe { libc::dup2(null, 0) });
     // SAFETY: `null` is open and no longer needed (fd 0 is its copy).
@@ -211,7 +228,14 @@ pub(crate) fn wait_exit(pid: u32, timeout: Option<Duration>) -> io::Result<bool>
         Err(e) => return Err(e),
     };
     use std::os::fd::AsFd;
-    let [r] = poll([Interest { fd: fd.as_fd(), read: true, write: false }], timeout)?;
+    let [r] = poll(
+        [Interest {
+            fd: fd.as_fd(),
+            read: true,
+            write: false,
+        }],
+        timeout,
+    )?;
     Ok(r.read || r.hangup)
 }
 

@@ -38,9 +38,14 @@ pub(crate) fn identity() -> Option<&'static Identity> {
 
 /// Turns this process into a worker if its parent asked for one.
 pub(crate) fn divert_if_worker() {
-    let Some(role) = std::env::var_os(ENV_ROLE) else { return };
+    let Some(role) = std::env::var_os(ENV_ROLE) else {
+        return;
+    };
     let name = std::env::var(ENV_NAME).unwrap_or_default();
-    let parent: u32 = std::env::var(ENV_PARENT).ok().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let parent: u32 = std::env::var(ENV_PARENT)
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
     // Our grandchildren are not workers unless we make them so.
     std::env::remove_var(ENV_ROLE);
     std::env::remove_var(ENV_NAME);
@@ -53,7 +58,11 @@ pub(crate) fn divert_if_worker() {
         Ok(fd) => fd,
         Err(_) => std::process::exit(EXIT_NO_PARENT),
     };
-    let code = if role == ROLE_POOL { serve_pool(channel) } else { run_process(channel) };
+    let code = if role == ROLE_POOL {
+        serve_pool(channel)
+    } else {
+        run_process(channel)
+    };
     std::process::exit(code);
 }
 
@@ -84,7 +93,9 @@ unsafe fn run_at(offset: i64, chunk: &[u8], out: &mut Vec<u8>) {
 
 fn serve_pool(channel: OwnedFd) -> i32 {
     let mut conn = Conn::new(channel);
-    let Some((kind, body)) = recv_frame(&mut conn) else { return EXIT_NO_PARENT };
+    let Some((kind, body)) = recv_frame(&mut conn) else {
+        return EXIT_NO_PARENT;
+    };
     let b = conn.body(body.clone());
     if kind != wire::INIT || b.len() < 25 {
         return EXIT_NO_PARENT;
@@ -150,7 +161,9 @@ fn task_loop(conn: &mut Conn) {
         let started = Instant::now();
         let start = conn.begin_frame(wire::DONE);
         let (b, out) = conn.body_and_out(body);
-        let (Some(id), Some(offset)) = (le::<8>(b, 0), le::<8>(b, 8)) else { return };
+        let (Some(id), Some(offset)) = (le::<8>(b, 0), le::<8>(b, 8)) else {
+            return;
+        };
         out.extend_from_slice(&id);
         let chunk = &b[16..];
         // SAFETY: this worker verified the parent's fingerprint in the handshake.
@@ -164,7 +177,8 @@ fn task_loop(conn: &mut Conn) {
             conn.out().extend_from_slice(&id);
             let bytes = postcard::to_stdvec(&failure).unwrap_or_default();
             conn.out().push(1);
-            conn.out().extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            conn.out()
+                .extend_from_slice(&(bytes.len() as u32).to_le_bytes());
             conn.out().extend_from_slice(&bytes);
             let _ = conn.end_frame(start);
         }
@@ -182,7 +196,9 @@ fn task_loop(conn: &mut Conn) {
 
 fn run_process(channel: OwnedFd) -> i32 {
     let mut conn = Conn::new(channel);
-    let Some((kind, body)) = recv_frame(&mut conn) else { return EXIT_NO_PARENT };
+    let Some((kind, body)) = recv_frame(&mut conn) else {
+        return EXIT_NO_PARENT;
+    };
     let b = conn.body(body);
     if kind != wire::RUN || b.len() < 24 {
         return EXIT_NO_PARENT;
@@ -201,7 +217,11 @@ fn run_process(channel: OwnedFd) -> i32 {
     match task::ItemReader::new(&out).next() {
         Some(Err(failure)) => {
             let name = identity().map(|i| i.name.as_str()).unwrap_or("?");
-            eprintln!("Process {name} (pid {}): {}", std::process::id(), describe(&failure));
+            eprintln!(
+                "Process {name} (pid {}): {}",
+                std::process::id(),
+                describe(&failure)
+            );
             1
         }
         _ => 0,

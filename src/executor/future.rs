@@ -1,0 +1,402 @@
+//! `Future`, `wait` and `as_completed`: Python's `concurrent.futures`
+//! vocabulary on the pools' one completion mechanism.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc, Condvar, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::pool::core::{Core, Ticket};
+use crate::pool::Completion;
+
+struct Inner<R> {
+    completion: Arc<Completion<R>>,
+    ticket: Arc<Ticket>,
+    /// The process pool that can kill the job's worker; `None` for threads.
+    killer: Option<Weak<Core>>,
+}
+
+/// The pending result of a task submitted to an executor.
+///
+/// Cheap to clone: every clone is the same future. It can be waited on with
+/// [`result`](Future::result), polled with [`done`](Future::done), given
+/// callbacks with [`add_done_callback`](Future::add_done_callback), and
+/// `.await`ed in any async runtime.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::ProcessPoolExecutor;
+///
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// let ex = ProcessPoolExecutor::new(2)?;
+/// let fut = ex.submit(square, 8)?;
+/// fut.add_done_callback(|f| println!("finished: {:?}", f.result()));
+/// assert_eq!(fut.result()?, 64);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub struct Future<R> {
+    inner: Arc<Inner<R>>,
+}
+
+impl<R> Clone for Future<R> {
+    fn clone(&self) -> Self {
+        Future {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<R: Send + 'static> Future<R> {
+    pub(crate) fn new(
+        completion: Arc<Completion<R>>,
+        ticket: Arc<Ticket>,
+        killer: Option<Weak<Core>>,
+    ) -> Self {
+        Future {
+            inner: Arc::new(Inner {
+                completion,
+                ticket,
+                killer,
+            }),
+        }
+    }
+
+    /// True once the task has finished, failed or been cancelled.
+    pub fn done(&self) -> bool {
+        self.inner.completion.is_done()
+    }
+
+    /// True while a worker holds the task.
+    pub fn running(&self) -> bool {
+        self.inner.ticket.is_sent() && !self.done()
+    }
+
+    /// Cancels the task if no worker has taken it yet; true when the task is
+    /// (now or already) cancelled. A running task is not stopped: see
+    /// [`kill`](Future::kill).
+    pub fn cancel(&self) -> bool {
+        if self.inner.ticket.cancel() {
+            self.inner.completion.complete(Err(cancelled_by_user()));
+            return true;
+        }
+        self.cancelled()
+    }
+
+    /// Cancels the task even if it is running — something Python cannot do.
+    /// In a process pool, the worker running the task is killed with SIGKILL
+    /// and replaced (tasks queued behind it move to other workers), and the
+    /// future fails with [`ErrorKind::Cancelled`]. A task still queued is
+    /// simply cancelled. Threads cannot be killed: for a thread pool this is
+    /// [`cancel`](Future::cancel). Returns false when the task had already
+    /// finished.
+    pub fn kill(&self) -> bool {
+        if self.cancel() {
+            return true;
+        }
+        if self.done() {
+            return false;
+        }
+        let Some(core) = self.inner.killer.as_ref().and_then(Weak::upgrade) else {
+            return false;
+        };
+        self.inner.ticket.kill.store(true, Ordering::SeqCst);
+        let slot = self.inner.ticket.slot.load(Ordering::SeqCst);
+        if let Some(s) = core.slots.get(slot) {
+            s.wake.notify();
+        }
+        true
+    }
+
+    /// True when the task was cancelled (by [`cancel`](Future::cancel),
+    /// [`kill`](Future::kill) or a shutdown that cancelled queued work).
+    pub fn cancelled(&self) -> bool {
+        self.inner
+            .completion
+            .error()
+            .is_some_and(|e| e.is_cancelled())
+    }
+
+    /// Waits for the task; `None` if it succeeded, else its error.
+    pub fn exception(&self) -> Option<Error> {
+        self.inner.completion.wait_done(None);
+        self.inner.completion.error()
+    }
+
+    /// Waits at most `timeout` for the task; then as [`exception`](Future::exception).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`] when the task is not done in time.
+    pub fn exception_timeout(&self, timeout: Duration) -> Result<Option<Error>> {
+        if !self.inner.completion.wait_done(Some(timeout)) {
+            return Err(Error::timeout(format!(
+                "the future was not done within {timeout:?}"
+            )));
+        }
+        Ok(self.inner.completion.error())
+    }
+
+    /// Waits until the task is done.
+    pub fn wait(&self) {
+        self.inner.completion.wait_done(None);
+    }
+
+    /// Runs `f` with this future once it is done: at once, on this thread, if
+    /// it already is; otherwise on the thread that completes it. A callback
+    /// that panics is reported on stderr and the other callbacks still run.
+    pub fn add_done_callback(&self, f: impl FnOnce(&Future<R>) + Send + 'static) {
+        let me = self.clone();
+        self.inner.completion.on_done(move || f(&me));
+    }
+
+    fn same(&self, other: &Future<R>) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    fn failed_not_cancelled(&self) -> bool {
+        self.inner
+            .completion
+            .error()
+            .is_some_and(|e| !e.is_cancelled())
+    }
+}
+
+impl<R: Clone + Send + 'static> Future<R> {
+    /// Waits for the task and returns (a copy of) its result; every call
+    /// returns the same result.
+    ///
+    /// # Errors
+    /// The task's error: panicked, worker died, cancelled, (de)serialisation.
+    pub fn result(&self) -> Result<R> {
+        self.inner
+            .completion
+            .peek(None)
+            .expect("an unbounded wait ends with an outcome")
+    }
+
+    /// Waits at most `timeout` for the result.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`] when the task is not done in time (the result
+    /// is not lost), or the task's error.
+    pub fn result_timeout(&self, timeout: Duration) -> Result<R> {
+        self.inner
+            .completion
+            .peek(Some(timeout))
+            .unwrap_or_else(|| {
+                Err(Error::timeout(format!(
+                    "the future's result was not ready within {timeout:?}"
+                )))
+            })
+    }
+}
+
+impl<R: Clone + Send + 'static> std::future::Future for Future<R> {
+    type Output = Result<R>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
+        if self.inner.completion.poll_ready(cx.waker()) {
+            Poll::Ready(self.result())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl<R: Send + 'static> std::fmt::Debug for Future<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = if self.cancelled() {
+            "cancelled"
+        } else if self.done() {
+            "finished"
+        } else if self.running() {
+            "running"
+        } else {
+            "pending"
+        };
+        f.debug_struct("Future").field("state", &state).finish()
+    }
+}
+
+fn cancelled_by_user() -> Error {
+    Error::new(
+        ErrorKind::Cancelled,
+        "the future was cancelled before it ran",
+    )
+}
+
+/// When [`wait`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReturnWhen {
+    /// As soon as any future is done or cancelled.
+    FirstCompleted,
+    /// As soon as any future fails (not counting cancellation), or all are done.
+    FirstException,
+    /// When every future is done.
+    AllCompleted,
+}
+
+pub use ReturnWhen::{
+    AllCompleted as ALL_COMPLETED, FirstCompleted as FIRST_COMPLETED,
+    FirstException as FIRST_EXCEPTION,
+};
+
+/// What [`wait`] returns: the futures that are done and those that are not.
+#[derive(Debug)]
+pub struct DoneAndNotDone<R: Send + 'static> {
+    /// Done, failed or cancelled.
+    pub done: Vec<Future<R>>,
+    /// Still pending or running.
+    pub not_done: Vec<Future<R>>,
+}
+
+fn dedup<R: Send + 'static>(futures: impl IntoIterator<Item = Future<R>>) -> Vec<Future<R>> {
+    let mut out: Vec<Future<R>> = Vec::new();
+    for f in futures {
+        if !out.iter().any(|g| g.same(&f)) {
+            out.push(f);
+        }
+    }
+    out
+}
+
+/// Waits until the futures meet `return_when`, or `timeout` passes, and
+/// splits them into done and not done (each future once, duplicates removed).
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{wait, ThreadPoolExecutor, ALL_COMPLETED};
+///
+/// let ex = ThreadPoolExecutor::new(2)?;
+/// let fs: Vec<_> = (0..4).map(|i| ex.submit(move |()| i * 2, ()).unwrap()).collect();
+/// let r = wait(fs, None, ALL_COMPLETED);
+/// assert_eq!((r.done.len(), r.not_done.len()), (4, 0));
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub fn wait<R: Send + 'static>(
+    futures: impl IntoIterator<Item = Future<R>>,
+    timeout: Option<Duration>,
+    return_when: ReturnWhen,
+) -> DoneAndNotDone<R> {
+    let futures = dedup(futures);
+    let signal = Arc::new((Mutex::new(0u64), Condvar::new()));
+    for f in &futures {
+        let s = signal.clone();
+        f.inner.completion.on_done(move || {
+            *s.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            s.1.notify_all();
+        });
+    }
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut seen = signal.0.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let done = futures.iter().filter(|f| f.done()).count();
+        let met = match return_when {
+            ReturnWhen::FirstCompleted => done > 0,
+            ReturnWhen::FirstException => {
+                done == futures.len() || futures.iter().any(Future::failed_not_cancelled)
+            }
+            ReturnWhen::AllCompleted => done == futures.len(),
+        };
+        if met || futures.is_empty() {
+            break;
+        }
+        seen = match deadline {
+            None => signal.1.wait(seen).unwrap_or_else(|e| e.into_inner()),
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    break;
+                }
+                signal
+                    .1
+                    .wait_timeout(seen, d - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+        };
+    }
+    drop(seen);
+    let (done, not_done) = futures.into_iter().partition(Future::done);
+    DoneAndNotDone { done, not_done }
+}
+
+/// Yields each future once, as it finishes (those already done first); if
+/// `timeout` passes first, yields one timeout error naming how many are
+/// unfinished, then ends.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{as_completed, ThreadPoolExecutor};
+///
+/// let ex = ThreadPoolExecutor::new(2)?;
+/// let fs: Vec<_> = (1..=3u64).map(|i| ex.submit(move |()| i * 10, ()).unwrap()).collect();
+/// let total: u64 = as_completed(fs, None).map(|f| f.unwrap().result().unwrap()).sum();
+/// assert_eq!(total, 60);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub fn as_completed<R: Send + 'static>(
+    futures: impl IntoIterator<Item = Future<R>>,
+    timeout: Option<Duration>,
+) -> AsCompleted<R> {
+    let futures = dedup(futures);
+    let (tx, rx) = mpsc::channel();
+    for (i, f) in futures.iter().enumerate() {
+        let tx = tx.clone();
+        f.inner.completion.on_done(move || {
+            let _ = tx.send(i);
+        });
+    }
+    let total = futures.len();
+    AsCompleted {
+        futures: futures.into_iter().map(Some).collect(),
+        rx,
+        left: total,
+        deadline: timeout.map(|t| (Instant::now() + t, t)),
+    }
+}
+
+/// The iterator returned by [`as_completed`].
+#[derive(Debug)]
+pub struct AsCompleted<R: Send + 'static> {
+    futures: Vec<Option<Future<R>>>,
+    rx: mpsc::Receiver<usize>,
+    left: usize,
+    deadline: Option<(Instant, Duration)>,
+}
+
+impl<R: Send + 'static> Iterator for AsCompleted<R> {
+    type Item = Result<Future<R>>;
+
+    fn next(&mut self) -> Option<Result<Future<R>>> {
+        if self.left == 0 {
+            return None;
+        }
+        let got = match self.deadline {
+            None => self.rx.recv().ok(),
+            Some((d, limit)) => {
+                match self
+                    .rx
+                    .recv_timeout(d.saturating_duration_since(Instant::now()))
+                {
+                    Ok(i) => Some(i),
+                    Err(_) => {
+                        let left = std::mem::take(&mut self.left);
+                        return Some(Err(Error::timeout(format!(
+                            "{left} (of {}) futures unfinished after {limit:?}",
+                            self.futures.len()
+                        ))));
+                    }
+                }
+            }
+        };
+        let f = got.and_then(|i| self.futures[i].take())?;
+        self.left -= 1;
+        Some(Ok(f))
+    }
+}
