@@ -210,7 +210,14 @@ impl Core {
         q.jobs.push_back(job);
         drop(q);
         self.wake_one();
-        if self.config.lazy && !self.slots.iter().any(|s| s.idle.load(Ordering::SeqCst)) {
+        // Each idle worker answers for one submission: a burst of submissions
+        // finds one idle worker and starts more, up to the limit.
+        if self.config.lazy
+            && !self
+                .slots
+                .iter()
+                .any(|s| s.idle.swap(false, Ordering::SeqCst))
+        {
             if let Err(e) = self.start_slot() {
                 self.break_pool(e);
             }

@@ -24,6 +24,9 @@ struct State<T> {
     /// Run after the outcome is stored, without the lock held (so they may
     /// read the outcome): `Future` done-callbacks, `wait`, `as_completed`.
     on_done: Vec<Box<dyn FnOnce() + Send>>,
+    /// Set once the outcome is stored *and* every hook has run: waiters wake
+    /// only then, so `wait()` returning means the callbacks are done.
+    settled: bool,
     wakers: Vec<Waker>,
 }
 
@@ -56,6 +59,7 @@ impl<T> Completion<T> {
                 on_success: Vec::new(),
                 on_error: Vec::new(),
                 on_done: Vec::new(),
+                settled: false,
                 wakers: Vec::new(),
             }),
             cond: Condvar::new(),
@@ -91,15 +95,23 @@ impl<T> Completion<T> {
         st.on_success.clear();
         st.on_error.clear();
         st.outcome = Outcome::Ready(result);
+        let hooks = std::mem::take(&mut st.on_done);
+        if !hooks.is_empty() {
+            // Hooks may read the outcome (a done-callback calling `result()`),
+            // so they run without the lock; hooks attached meanwhile see the
+            // stored outcome and run at once on their own thread.
+            drop(st);
+            for hook in hooks {
+                run_guarded(hook);
+            }
+            st = self.lock();
+        }
+        st.settled = true;
         for w in st.wakers.drain(..) {
             w.wake();
         }
-        let hooks = std::mem::take(&mut st.on_done);
         drop(st);
         self.cond.notify_all();
-        for hook in hooks {
-            run_guarded(hook);
-        }
     }
 
     /// Runs `f` once the outcome is stored (at once if it already is).
@@ -115,8 +127,7 @@ impl<T> Completion<T> {
 
     /// Waits up to `timeout` (`None`: no bound); true once the outcome is stored.
     pub(crate) fn wait_done(&self, timeout: Option<Duration>) -> bool {
-        let st = self.wait_until(timeout.map(|t| Instant::now() + t));
-        !matches!(st.outcome, Outcome::Pending)
+        self.wait_until(timeout.map(|t| Instant::now() + t)).settled
     }
 
     /// True once the outcome is stored.
@@ -138,7 +149,11 @@ impl<T> Completion<T> {
     where
         T: Clone,
     {
-        let st = self.wait_until(timeout.map(|t| Instant::now() + t));
+        let mut st = self.lock();
+        if matches!(st.outcome, Outcome::Pending) {
+            drop(st);
+            st = self.wait_until(timeout.map(|t| Instant::now() + t));
+        }
         match &st.outcome {
             Outcome::Ready(r) => Some(r.clone()),
             Outcome::Pending => None,
@@ -152,7 +167,7 @@ impl<T> Completion<T> {
     /// Registers `waker` unless the outcome is stored; true when it is.
     pub(crate) fn poll_ready(&self, waker: &Waker) -> bool {
         let mut st = self.lock();
-        if !matches!(st.outcome, Outcome::Pending) {
+        if st.settled {
             return true;
         }
         if !st.wakers.iter().any(|w| w.will_wake(waker)) {
@@ -163,7 +178,7 @@ impl<T> Completion<T> {
 
     fn wait_until(&self, deadline: Option<Instant>) -> MutexGuard<'_, State<T>> {
         let mut st = self.lock();
-        while matches!(st.outcome, Outcome::Pending) {
+        while !st.settled {
             match deadline {
                 None => st = self.cond.wait(st).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
@@ -183,6 +198,9 @@ impl<T> Completion<T> {
     }
 
     fn take(st: &mut State<T>) -> Option<Result<T>> {
+        if !st.settled {
+            return None;
+        }
         match std::mem::replace(&mut st.outcome, Outcome::Taken) {
             Outcome::Pending => {
                 st.outcome = Outcome::Pending;
@@ -284,18 +302,21 @@ impl<T> AsyncResult<T> {
 
     /// Waits at most `timeout`; returns true when the task has finished.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        let st = self.inner.wait_until(Some(Instant::now() + timeout));
-        !matches!(st.outcome, Outcome::Pending)
+        self.inner
+            .wait_until(Some(Instant::now() + timeout))
+            .settled
     }
 
     /// True once the task has finished.
     pub fn ready(&self) -> bool {
-        !matches!(self.inner.lock().outcome, Outcome::Pending)
+        self.inner.lock().settled
     }
 
     /// `None` while the task runs; then whether it succeeded.
     pub fn successful(&self) -> Option<bool> {
-        match &self.inner.lock().outcome {
+        let st = self.inner.lock();
+        match &st.outcome {
+            _ if !st.settled => None,
             Outcome::Pending => None,
             Outcome::Ready(r) => Some(r.is_ok()),
             Outcome::Taken => Some(true),
