@@ -21,10 +21,7 @@ fn main() -> multiproc::Result<()> {
         })
         .collect();
     lat.sort_by(f64::total_cmp);
-    println!(
-        "apply round trip: median {:.1} us, p99 {:.1} us",
-        lat[1000], lat[1980]
-    );
+    println!("apply round trip: median {:.1} us, p99 {:.1} us", lat[1000], lat[1980]);
 
     let n = 100_000u64;
     let t = Instant::now();
@@ -32,10 +29,7 @@ fn main() -> multiproc::Result<()> {
     let sum: u64 = results.into_iter().map(|r| r.get().unwrap()).sum();
     let secs = t.elapsed().as_secs_f64();
     assert_eq!(sum, n * (n + 1) / 2);
-    println!(
-        "apply_async x {n}: {:.0} tasks/s ({secs:.3} s)",
-        n as f64 / secs
-    );
+    println!("apply_async x {n}: {:.0} tasks/s ({secs:.3} s)", n as f64 / secs);
     pool.close();
     pool.join()
 }

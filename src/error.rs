@@ -76,15 +76,7 @@ pub struct Error(Arc<Inner>);
 
 impl Error {
     fn build(kind: ErrorKind, message: String) -> Inner {
-        Inner {
-            kind,
-            message,
-            pid: None,
-            signal: None,
-            exit_code: None,
-            panic: None,
-            io: None,
-        }
+        Inner { kind, message, pid: None, signal: None, exit_code: None, panic: None, io: None }
     }
 
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
@@ -218,11 +210,7 @@ impl fmt::Display for Error {
 
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Error {{ kind: {:?}, message: {:?} }}",
-            self.0.kind, self.0.message
-        )
+        write!(f, "Error {{ kind: {:?}, message: {:?} }}", self.0.kind, self.0.message)
     }
 }
 

@@ -25,6 +25,7 @@
 
 mod error;
 mod executor;
+mod fdpass;
 mod pool;
 mod process;
 mod spawn;
@@ -39,6 +40,7 @@ pub use executor::{
     ProcessPoolExecutorBuilder, ReturnWhen, ThreadPoolExecutor, ThreadPoolExecutorBuilder,
     ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION,
 };
+pub use fdpass::Fd;
 pub use pool::{AsyncResult, Chunked, IMap, Pool, PoolBuilder, ThreadPool, ThreadPoolBuilder};
 pub use process::{
     active_children, cpu_count, current_process, parent_process, Process, ProcessInfo, Run,

@@ -34,6 +34,7 @@ fn call_run<T: Run>(value: T) {
 struct Target {
     offset: i64,
     chunk: Vec<u8>,
+    fds: Vec<std::os::fd::OwnedFd>,
 }
 
 /// A function running in a child process.
@@ -78,15 +79,11 @@ impl Process {
         F::Output: Serialize,
     {
         let _ = f;
-        let mut chunk = Vec::new();
-        task::encode_item(&args, &mut chunk);
+        let (chunk, fds) = task::encode_chunk(std::slice::from_ref(&args));
         Process {
             name: format!("Process-{}", PROCESS_NUMBER.fetch_add(1, Ordering::Relaxed)),
             daemon: false,
-            target: Some(Target {
-                offset: task::trampoline_offset::<F, A, M>(),
-                chunk,
-            }),
+            target: Some(Target { offset: task::trampoline_offset::<F, A, M>(), chunk, fds }),
             child: None,
             exitcode: None,
         }
@@ -142,10 +139,7 @@ impl Process {
     /// the child cannot be started.
     pub fn start(&mut self) -> Result<()> {
         let Some(target) = self.target.take() else {
-            return Err(Error::new(
-                ErrorKind::InvalidState,
-                "a process can be started only once",
-            ));
+            return Err(Error::new(ErrorKind::InvalidState, "a process can be started only once"));
         };
         ensure_exit_hook();
         let spawned = spawn::spawn(ROLE_PROCESS, &self.name, self.daemon)?;
@@ -154,7 +148,11 @@ impl Process {
         let mut head = Vec::with_capacity(24);
         head.extend_from_slice(&task::fingerprint());
         head.extend_from_slice(&target.offset.to_le_bytes());
-        conn.push_frame(wire::RUN, &[&head, &target.chunk])?;
+        let start = conn.begin_frame(wire::RUN);
+        conn.out().extend_from_slice(&head);
+        conn.out().extend_from_slice(&target.chunk);
+        conn.end_frame(start)?;
+        conn.attach_fds(start, target.fds)?;
         // The child reads its frame first thing; a child that died before
         // reading shows up as its exit code, so a failed write is not an error.
         let _ = conn.flush_blocking();
@@ -236,10 +234,7 @@ impl Process {
             // Not reaped yet, so the pid cannot have been reused.
             Some(pid) => sys::kill(pid, sig)
                 .map_err(|e| Error::io(format!("could not signal process {pid}"), e)),
-            None => Err(Error::new(
-                ErrorKind::InvalidState,
-                "the process was not started",
-            )),
+            None => Err(Error::new(ErrorKind::InvalidState, "the process was not started")),
         }
     }
 
@@ -320,20 +315,13 @@ pub struct ProcessInfo {
 /// ```
 pub fn current_process() -> ProcessInfo {
     let name = worker::identity().map_or_else(|| "MainProcess".to_string(), |i| i.name.clone());
-    ProcessInfo {
-        name,
-        pid: std::process::id(),
-    }
+    ProcessInfo { name, pid: std::process::id() }
 }
 
 /// The process that started this one through multiproc, if any.
 pub fn parent_process() -> Option<ProcessInfo> {
     worker::identity().map(|i| ProcessInfo {
-        name: if i.parent == 0 {
-            String::new()
-        } else {
-            "MainProcess".to_string()
-        },
+        name: if i.parent == 0 { String::new() } else { "MainProcess".to_string() },
         pid: i.parent,
     })
 }

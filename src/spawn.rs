@@ -57,25 +57,15 @@ fn start(role: &'static str, name: &str) -> std::io::Result<Spawned> {
         .env(ENV_PARENT, std::process::id().to_string())
         .stdin(Stdio::from(OwnedFd::from(theirs)));
     let child = cmd.spawn()?;
-    Ok(Spawned {
-        child,
-        channel: ours.into(),
-    })
+    Ok(Spawned { child, channel: ours.into() })
 }
 
 /// Starts a child of `role` named `name`, and registers it.
 pub(crate) fn spawn(role: &'static str, name: &str, daemon: bool) -> crate::Result<Spawned> {
     sys::keep_entry_linked();
     let (reply, rx) = mpsc::sync_channel(1);
-    let req = Request {
-        role,
-        name: name.to_string(),
-        reply,
-    };
-    let sent = spawner()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send(req);
+    let req = Request { role, name: name.to_string(), reply };
+    let sent = spawner().lock().unwrap_or_else(|e| e.into_inner()).send(req);
     let spawned = sent
         .ok()
         .and_then(|()| rx.recv().ok())
@@ -102,33 +92,20 @@ fn registry() -> &'static Mutex<HashMap<u32, ChildInfo>> {
 }
 
 fn register(pid: u32, name: &str, daemon: bool) {
-    let info = ChildInfo {
-        pid,
-        name: name.to_string(),
-        daemon,
-    };
-    registry()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(pid, info);
+    let info = ChildInfo { pid, name: name.to_string(), daemon };
+    registry().lock().unwrap_or_else(|e| e.into_inner()).insert(pid, info);
 }
 
 /// Forgets a child that has been reaped.
 pub(crate) fn unregister(pid: u32) {
-    registry()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&pid);
+    registry().lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
 }
 
 /// The registered children that have not exited, sorted by pid.
 pub(crate) fn live_children() -> Vec<ChildInfo> {
     let reg = registry().lock().unwrap_or_else(|e| e.into_inner());
-    let mut live: Vec<ChildInfo> = reg
-        .values()
-        .filter(|c| !sys::has_exited(c.pid))
-        .cloned()
-        .collect();
+    let mut live: Vec<ChildInfo> =
+        reg.values().filter(|c| !sys::has_exited(c.pid)).cloned().collect();
     live.sort_by_key(|c| c.pid);
     live
 }
@@ -140,10 +117,8 @@ pub(crate) fn reap_in_background(mut child: Child) {
         unregister(child.id());
         return;
     }
-    let _ = std::thread::Builder::new()
-        .name("multiproc-reaper".into())
-        .spawn(move || {
-            let _ = child.wait();
-            unregister(child.id());
-        });
+    let _ = std::thread::Builder::new().name("multiproc-reaper".into()).spawn(move || {
+        let _ = child.wait();
+        unregister(child.id());
+    });
 }

@@ -230,11 +230,40 @@ pub(crate) fn encode_item<T: Serialize>(value: &T, out: &mut Vec<u8>) {
     }
 }
 
-fn encode_failure(failure: &Failure, out: &mut Vec<u8>) {
+pub(crate) fn encode_failure(failure: &Failure, out: &mut Vec<u8>) {
     let bytes = postcard::to_stdvec(failure).unwrap_or_default();
     out.push(TAG_ERR);
     out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
     out.extend_from_slice(&bytes);
+}
+
+/// Encodes `items` as one chunk, with the descriptors of any handles in them.
+pub(crate) fn encode_chunk<T: Serialize>(items: &[T]) -> (Vec<u8>, Vec<std::os::fd::OwnedFd>) {
+    let mut chunk = Vec::new();
+    let ((), fds) = crate::fdpass::collect(|| {
+        for item in items {
+            encode_item(item, &mut chunk);
+        }
+    });
+    (chunk, fds)
+}
+
+/// Runs the trampoline at `offset` over `chunk`, with `fds` for the handles
+/// in the arguments; returns the outcomes' descriptors.
+///
+/// # Safety
+/// As [`trampoline_at`].
+pub(crate) unsafe fn run_chunk_at(
+    offset: i64,
+    chunk: &[u8],
+    fds: Vec<std::os::fd::OwnedFd>,
+    out: &mut Vec<u8>,
+) -> Vec<std::os::fd::OwnedFd> {
+    // SAFETY: guaranteed by the caller.
+    let trampoline = unsafe { trampoline_at(offset) };
+    let ((), out_fds) =
+        crate::fdpass::collect(|| crate::fdpass::supply(fds, || trampoline(chunk, out)));
+    out_fds
 }
 
 /// Walks the items of a chunk. A malformed chunk yields one failure and stops.
@@ -254,12 +283,8 @@ impl<'a> Iterator for ItemReader<'a> {
         if self.rest.is_empty() {
             return None;
         }
-        let malformed = || {
-            Failure::new(
-                FailureKind::Protocol,
-                "malformed item in a task frame".to_string(),
-            )
-        };
+        let malformed =
+            || Failure::new(FailureKind::Protocol, "malformed item in a task frame".to_string());
         if self.rest.len() < 5 {
             self.rest = &[];
             return Some(Err(malformed()));
@@ -283,6 +308,15 @@ impl<'a> Iterator for ItemReader<'a> {
 /// Decodes the outcomes of a chunk of `n` items run by worker `pid`.
 pub(crate) fn decode_outcomes<R: DeserializeOwned>(
     bytes: &[u8],
+    fds: Vec<std::os::fd::OwnedFd>,
+    n: usize,
+    pid: Option<u32>,
+) -> Vec<crate::Result<R>> {
+    crate::fdpass::supply(fds, || decode_items(bytes, n, pid))
+}
+
+fn decode_items<R: DeserializeOwned>(
+    bytes: &[u8],
     n: usize,
     pid: Option<u32>,
 ) -> Vec<crate::Result<R>> {
@@ -303,10 +337,7 @@ pub(crate) fn decode_outcomes<R: DeserializeOwned>(
     if items.len() != n {
         let err = Error::new(
             ErrorKind::Protocol,
-            format!(
-                "a worker returned {} results for a chunk of {n} items",
-                items.len()
-            ),
+            format!("a worker returned {} results for a chunk of {n} items", items.len()),
         );
         items.truncate(n);
         items.resize_with(n, || Err(err.clone()));
@@ -334,11 +365,7 @@ pub(crate) struct Failure {
 
 impl Failure {
     pub(crate) fn new(kind: FailureKind, message: String) -> Failure {
-        Failure {
-            kind,
-            message,
-            location: None,
-        }
+        Failure { kind, message, location: None }
     }
 
     pub(crate) fn into_error(self, pid: Option<u32>) -> Error {
@@ -410,11 +437,7 @@ pub(crate) fn catch_panic<R>(f: impl FnOnce() -> R) -> Result<R, Failure> {
             Some((m, l)) => (m, if l.is_empty() { None } else { Some(l) }),
             None => (payload_message(&*payload), None),
         };
-        Failure {
-            kind: FailureKind::Panic,
-            message,
-            location,
-        }
+        Failure { kind: FailureKind::Panic, message, location }
     })
 }
 
@@ -462,32 +485,22 @@ mod tests {
         A: Serialize + DeserializeOwned,
         F::Output: Serialize + DeserializeOwned,
     {
-        let mut input = Vec::new();
-        for a in &args {
-            encode_item(a, &mut input);
-        }
-        // SAFETY: measured in this very process.
-        let t = unsafe { trampoline_at(trampoline_offset::<F, A, M>()) };
+        let (input, fds) = encode_chunk(&args);
         let mut out = Vec::new();
-        t(&input, &mut out);
-        decode_outcomes(&out, args.len(), None)
+        // SAFETY: measured in this very process.
+        let fds = unsafe { run_chunk_at(trampoline_offset::<F, A, M>(), &input, fds, &mut out) };
+        decode_outcomes(&out, fds, args.len(), None)
     }
 
     #[test]
     fn trampoline_runs_multi_argument_functions() {
         let out = run(add, vec![(1u64, 2u64), (3, 4)]);
-        assert_eq!(
-            out.into_iter().map(|r| r.unwrap()).collect::<Vec<_>>(),
-            vec![3, 7]
-        );
+        assert_eq!(out.into_iter().map(|r| r.unwrap()).collect::<Vec<_>>(), vec![3, 7]);
     }
 
     #[test]
     fn panic_in_one_item_fails_only_that_item() {
-        let out = run(
-            |x: u32| if x == 1 { panic!("bad {x}") } else { x },
-            vec![0u32, 1, 2],
-        );
+        let out = run(|x: u32| if x == 1 { panic!("bad {x}") } else { x }, vec![0u32, 1, 2]);
         assert_eq!(*out[0].as_ref().unwrap(), 0);
         let err = out[1].as_ref().unwrap_err();
         assert!(err.is_panic());

@@ -1,6 +1,8 @@
 //! Framing: the only place the bytes on a parent–worker channel are shaped.
 //!
-//! A frame is `[u32 body length, little endian][u8 kind][body]`. Bodies:
+//! A frame is `[u32 body length, little endian][u8 kind][u8 descriptors][body]`;
+//! a frame's descriptors (handles inside its values) travel as SCM_RIGHTS
+//! attached to the first byte of its header. Bodies:
 //!
 //! | kind        | direction        | body                                          |
 //! |-------------|------------------|-----------------------------------------------|
@@ -15,6 +17,7 @@
 //! A chunk is a sequence of items made by `task::encode_item`; outcomes are one
 //! item per argument. The parent closes the channel to tell a worker to exit.
 
+use std::collections::VecDeque;
 use std::io;
 use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -30,7 +33,7 @@ pub(crate) const MISMATCH: u8 = 11;
 pub(crate) const INIT_FAILED: u8 = 12;
 pub(crate) const DONE: u8 = 13;
 
-const HEADER: usize = 5;
+const HEADER: usize = 6;
 const READ_CHUNK: usize = 64 * 1024;
 
 /// One end of a framed, buffered channel over a Unix stream socket.
@@ -44,12 +47,15 @@ pub(crate) struct Conn {
     rpos: usize,
     wbuf: Vec<u8>,
     wpos: usize,
+    /// Descriptors to attach at these offsets of `wbuf` (frame starts).
+    out_fds: VecDeque<(usize, Vec<OwnedFd>)>,
+    /// Descriptors received and not yet claimed by a frame, in order.
+    in_fds: VecDeque<OwnedFd>,
 }
 
 /// Reads a little-endian integer of `N` bytes at `at`.
 pub(crate) fn le<const N: usize>(body: &[u8], at: usize) -> Option<[u8; N]> {
-    body.get(at..at + N)
-        .map(|b| b.try_into().expect("slice of N bytes"))
+    body.get(at..at + N).map(|b| b.try_into().expect("slice of N bytes"))
 }
 
 impl Conn {
@@ -60,6 +66,8 @@ impl Conn {
             rpos: 0,
             wbuf: Vec::new(),
             wpos: 0,
+            out_fds: VecDeque::new(),
+            in_fds: VecDeque::new(),
         }
     }
 
@@ -75,8 +83,28 @@ impl Conn {
             self.wpos = 0;
         }
         let start = self.wbuf.len();
-        self.wbuf.extend_from_slice(&[0, 0, 0, 0, kind]);
+        self.wbuf.extend_from_slice(&[0, 0, 0, 0, kind, 0]);
         start
+    }
+
+    /// Attaches `fds` to the frame begun at `start`.
+    pub(crate) fn attach_fds(&mut self, start: usize, fds: Vec<OwnedFd>) -> crate::Result<()> {
+        if fds.is_empty() {
+            return Ok(());
+        }
+        if fds.len() > sys::MAX_FDS_PER_MESSAGE {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "a task carries {} handles; one message carries at most {}",
+                    fds.len(),
+                    sys::MAX_FDS_PER_MESSAGE
+                ),
+            ));
+        }
+        self.wbuf[start + 5] = fds.len() as u8;
+        self.out_fds.push_back((start, fds));
+        Ok(())
     }
 
     /// The output buffer, to append a frame body to.
@@ -115,8 +143,29 @@ impl Conn {
     /// Writes as much pending output as the socket takes without blocking.
     pub(crate) fn write_some(&mut self) -> io::Result<()> {
         while self.has_output() {
-            match sys::send(self.fd.as_fd(), &self.wbuf[self.wpos..], false) {
-                Ok(n) => self.wpos += n,
+            // Descriptors go with the first byte of their frame, so a send
+            // stops short of the next frame that carries some.
+            let attach_here = self.out_fds.front().is_some_and(|(at, _)| *at == self.wpos);
+            let next_mark = self
+                .out_fds
+                .iter()
+                .map(|(at, _)| *at)
+                .find(|&at| at > self.wpos)
+                .unwrap_or(self.wbuf.len());
+            let bytes = &self.wbuf[self.wpos..next_mark];
+            let sent = if attach_here {
+                let fds = &self.out_fds.front().expect("checked above").1;
+                sys::send_with_fds(self.fd.as_fd(), bytes, fds, false)
+            } else {
+                sys::send(self.fd.as_fd(), bytes, false)
+            };
+            match sent {
+                Ok(n) => {
+                    if attach_here && n > 0 {
+                        self.out_fds.pop_front();
+                    }
+                    self.wpos += n;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
@@ -137,14 +186,7 @@ impl Conn {
                 return Ok(());
             }
             let fd = self.fd.as_fd();
-            let [r] = sys::poll(
-                [sys::Interest {
-                    fd,
-                    read: true,
-                    write: true,
-                }],
-                None,
-            )?;
+            let [r] = sys::poll([sys::Interest { fd, read: true, write: true }], None)?;
             if r.read && self.read_some()? {
                 return Err(io::ErrorKind::BrokenPipe.into());
             }
@@ -172,7 +214,13 @@ impl Conn {
 
     fn recv_into(&mut self, wait: bool) -> io::Result<Option<usize>> {
         let chunk = self.wanted().max(READ_CHUNK);
-        match sys::recv_append(self.fd.as_fd(), &mut self.rbuf, chunk, wait) {
+        match sys::recv_append_with_fds(
+            self.fd.as_fd(),
+            &mut self.rbuf,
+            chunk,
+            wait,
+            &mut self.in_fds,
+        ) {
             Ok(n) => Ok(Some(n)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
@@ -201,17 +249,21 @@ impl Conn {
         }
     }
 
-    /// The next complete frame, as its kind and the range of its body (valid
-    /// until the next read). `Ok(None)` when no whole frame is buffered.
-    pub(crate) fn next_frame(&mut self) -> Option<(u8, Range<usize>)> {
+    /// The next complete frame: its kind, the range of its body (valid until
+    /// the next read) and the descriptors that came with it. `None` when no
+    /// whole frame is buffered; a frame whose descriptors are missing comes
+    /// with fewer, and decoding the handle that needed one reports it.
+    pub(crate) fn next_frame(&mut self) -> Option<(u8, Range<usize>, Vec<OwnedFd>)> {
         let len = u32::from_le_bytes(le::<4>(&self.rbuf, self.rpos)?) as usize;
         if self.rbuf.len() - self.rpos < HEADER + len {
             return None;
         }
         let kind = self.rbuf[self.rpos + 4];
+        let nfds = (self.rbuf[self.rpos + 5] as usize).min(self.in_fds.len());
+        let fds = self.in_fds.drain(..nfds).collect();
         let body = self.rpos + HEADER..self.rpos + HEADER + len;
         self.rpos += HEADER + len;
-        Some((kind, body))
+        Some((kind, body, fds))
     }
 
     /// True when buffered input holds no complete frame.
@@ -250,9 +302,9 @@ mod tests {
         a.push_frame(DONE, &[b"", b"world"]).unwrap();
         a.flush_blocking().unwrap();
         assert!(!b.read_blocking().unwrap());
-        let (k, r) = b.next_frame().unwrap();
+        let (k, r, _) = b.next_frame().unwrap();
         assert_eq!((k, b.body(r)), (TASK, &b"hello"[..]));
-        let (k, r) = b.next_frame().unwrap();
+        let (k, r, _) = b.next_frame().unwrap();
         assert_eq!((k, b.body(r)), (DONE, &b"world"[..]));
         assert!(b.next_frame().is_none());
     }
@@ -271,16 +323,16 @@ mod tests {
                 if b.read_blocking().unwrap() {
                     break;
                 }
-                got = b.next_frame().map(|(_, r)| b.body(r).len());
+                got = b.next_frame().map(|(_, r, _)| b.body(r).len());
             }
             got
         });
         a.push_frame(TASK, &[&big]).unwrap();
         a.flush_blocking().unwrap();
-        let mut got = a.next_frame().map(|(_, r)| a.body(r).len());
+        let mut got = a.next_frame().map(|(_, r, _)| a.body(r).len());
         while got.is_none() {
             assert!(!a.read_blocking().unwrap());
-            got = a.next_frame().map(|(_, r)| a.body(r).len());
+            got = a.next_frame().map(|(_, r, _)| a.body(r).len());
         }
         assert_eq!(got, Some(8 << 20));
         assert_eq!(t.join().unwrap(), Some(8 << 20));

@@ -44,9 +44,7 @@ pub struct Future<R> {
 
 impl<R> Clone for Future<R> {
     fn clone(&self) -> Self {
-        Future {
-            inner: self.inner.clone(),
-        }
+        Future { inner: self.inner.clone() }
     }
 }
 
@@ -56,13 +54,7 @@ impl<R: Send + 'static> Future<R> {
         ticket: Arc<Ticket>,
         killer: Option<Weak<Core>>,
     ) -> Self {
-        Future {
-            inner: Arc::new(Inner {
-                completion,
-                ticket,
-                killer,
-            }),
-        }
+        Future { inner: Arc::new(Inner { completion, ticket, killer }) }
     }
 
     /// True once the task has finished, failed or been cancelled.
@@ -114,10 +106,7 @@ impl<R: Send + 'static> Future<R> {
     /// True when the task was cancelled (by [`cancel`](Future::cancel),
     /// [`kill`](Future::kill) or a shutdown that cancelled queued work).
     pub fn cancelled(&self) -> bool {
-        self.inner
-            .completion
-            .error()
-            .is_some_and(|e| e.is_cancelled())
+        self.inner.completion.error().is_some_and(|e| e.is_cancelled())
     }
 
     /// Waits for the task; `None` if it succeeded, else its error.
@@ -132,9 +121,7 @@ impl<R: Send + 'static> Future<R> {
     /// [`ErrorKind::Timeout`] when the task is not done in time.
     pub fn exception_timeout(&self, timeout: Duration) -> Result<Option<Error>> {
         if !self.inner.completion.wait_done(Some(timeout)) {
-            return Err(Error::timeout(format!(
-                "the future was not done within {timeout:?}"
-            )));
+            return Err(Error::timeout(format!("the future was not done within {timeout:?}")));
         }
         Ok(self.inner.completion.error())
     }
@@ -157,10 +144,7 @@ impl<R: Send + 'static> Future<R> {
     }
 
     fn failed_not_cancelled(&self) -> bool {
-        self.inner
-            .completion
-            .error()
-            .is_some_and(|e| !e.is_cancelled())
+        self.inner.completion.error().is_some_and(|e| !e.is_cancelled())
     }
 }
 
@@ -171,10 +155,7 @@ impl<R: Clone + Send + 'static> Future<R> {
     /// # Errors
     /// The task's error: panicked, worker died, cancelled, (de)serialisation.
     pub fn result(&self) -> Result<R> {
-        self.inner
-            .completion
-            .peek(None)
-            .expect("an unbounded wait ends with an outcome")
+        self.inner.completion.peek(None).expect("an unbounded wait ends with an outcome")
     }
 
     /// Waits at most `timeout` for the result.
@@ -183,14 +164,9 @@ impl<R: Clone + Send + 'static> Future<R> {
     /// [`ErrorKind::Timeout`] when the task is not done in time (the result
     /// is not lost), or the task's error.
     pub fn result_timeout(&self, timeout: Duration) -> Result<R> {
-        self.inner
-            .completion
-            .peek(Some(timeout))
-            .unwrap_or_else(|| {
-                Err(Error::timeout(format!(
-                    "the future's result was not ready within {timeout:?}"
-                )))
-            })
+        self.inner.completion.peek(Some(timeout)).unwrap_or_else(|| {
+            Err(Error::timeout(format!("the future's result was not ready within {timeout:?}")))
+        })
     }
 }
 
@@ -222,10 +198,7 @@ impl<R: Send + 'static> std::fmt::Debug for Future<R> {
 }
 
 fn cancelled_by_user() -> Error {
-    Error::new(
-        ErrorKind::Cancelled,
-        "the future was cancelled before it ran",
-    )
+    Error::new(ErrorKind::Cancelled, "the future was cancelled before it ran")
 }
 
 /// When [`wait`] returns.
@@ -312,11 +285,7 @@ pub fn wait<R: Send + 'static>(
                 if now >= d {
                     break;
                 }
-                signal
-                    .1
-                    .wait_timeout(seen, d - now)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0
+                signal.1.wait_timeout(seen, d - now).unwrap_or_else(|e| e.into_inner()).0
             }
         };
     }
@@ -380,10 +349,7 @@ impl<R: Send + 'static> Iterator for AsCompleted<R> {
         let got = match self.deadline {
             None => self.rx.recv().ok(),
             Some((d, limit)) => {
-                match self
-                    .rx
-                    .recv_timeout(d.saturating_duration_since(Instant::now()))
-                {
+                match self.rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
                     Ok(i) => Some(i),
                     Err(_) => {
                         let left = std::mem::take(&mut self.left);

@@ -93,12 +93,8 @@ impl ProcessPoolExecutorBuilder {
         A: Serialize + DeserializeOwned,
         F::Output: Serialize,
     {
-        let mut chunk = Vec::new();
-        task::encode_item(&args, &mut chunk);
-        self.init = Some(Init {
-            offset: task::trampoline_offset::<F, A, M>(),
-            chunk,
-        });
+        let (chunk, fds) = task::encode_chunk(std::slice::from_ref(&args));
+        self.init = Some(Init { offset: task::trampoline_offset::<F, A, M>(), chunk, fds });
         self
     }
 
@@ -240,9 +236,7 @@ impl Drop for ProcessPoolExecutor {
 
 impl std::fmt::Debug for ProcessPoolExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProcessPoolExecutor")
-            .field("max_workers", &self.max_workers())
-            .finish()
+        f.debug_struct("ProcessPoolExecutor").field("max_workers", &self.max_workers()).finish()
     }
 }
 
@@ -294,12 +288,8 @@ impl ThreadPoolExecutorBuilder {
     /// # Errors
     /// [`ErrorKind::InvalidArgument`] for 0 workers.
     pub fn build(self) -> Result<ThreadPoolExecutor> {
-        let n = self
-            .max_workers
-            .unwrap_or_else(|| (crate::cpu_count() + 4).min(32));
-        Ok(ThreadPoolExecutor {
-            core: ThreadCore::new(n, self.init, true)?,
-        })
+        let n = self.max_workers.unwrap_or_else(|| (crate::cpu_count() + 4).min(32));
+        Ok(ThreadPoolExecutor { core: ThreadCore::new(n, self.init, true)? })
     }
 }
 
@@ -397,8 +387,6 @@ impl Drop for ThreadPoolExecutor {
 
 impl std::fmt::Debug for ThreadPoolExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ThreadPoolExecutor")
-            .field("max_workers", &self.max_workers())
-            .finish()
+        f.debug_struct("ThreadPoolExecutor").field("max_workers", &self.max_workers()).finish()
     }
 }

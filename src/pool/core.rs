@@ -2,6 +2,7 @@
 //! the pool's run state, and how submitters wake the worker slots.
 
 use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -10,9 +11,12 @@ use std::time::Duration;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys::EventFd;
 
+/// A job's raw outcomes and the descriptors that came with them.
+pub(crate) type Outcomes<'a> = (&'a [u8], Vec<OwnedFd>);
+
 /// Called once with a job's raw outcomes (or the reason it has none) and the
 /// pid of the worker that ran it.
-pub(crate) type JobDone = Box<dyn for<'a> FnOnce(Result<&'a [u8]>, Option<u32>) + Send>;
+pub(crate) type JobDone = Box<dyn for<'a> FnOnce(Result<Outcomes<'a>>, Option<u32>) + Send>;
 
 /// Where a job is, for `Future::running`, `cancel` and `kill`.
 pub(crate) struct Ticket {
@@ -38,16 +42,12 @@ impl Ticket {
 
     /// Moves a queued job to cancelled; false once it was sent.
     pub(crate) fn cancel(&self) -> bool {
-        self.phase
-            .compare_exchange(QUEUED, CANCELLED, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
+        self.phase.compare_exchange(QUEUED, CANCELLED, Ordering::SeqCst, Ordering::SeqCst).is_ok()
     }
 
     /// Moves a queued job to sent; false when it was cancelled first.
     pub(crate) fn start(&self) -> bool {
-        self.phase
-            .compare_exchange(QUEUED, SENT, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
+        self.phase.compare_exchange(QUEUED, SENT, Ordering::SeqCst, Ordering::SeqCst).is_ok()
     }
 
     pub(crate) fn is_sent(&self) -> bool {
@@ -60,6 +60,9 @@ pub(crate) struct Job {
     pub(crate) id: u64,
     pub(crate) offset: i64,
     pub(crate) chunk: Vec<u8>,
+    /// Handles inside the arguments; duplicates are sent, so the job can be
+    /// sent again if its worker dies before running it.
+    pub(crate) fds: Vec<OwnedFd>,
     pub(crate) done: JobDone,
     pub(crate) ticket: Option<Arc<Ticket>>,
 }
@@ -94,13 +97,16 @@ pub(crate) struct SlotSignal {
     /// last result is delivered, so a caller who submits again at once finds
     /// this worker instead of starting another.
     pub(crate) idle: AtomicBool,
+    /// True while the slot's worker is ready and holds no job: busy slots
+    /// leave queued jobs to vacant ones rather than pipelining them.
+    pub(crate) vacant: AtomicBool,
 }
 
 /// The initializer a worker runs before its first task.
-#[derive(Clone)]
 pub(crate) struct Init {
     pub(crate) offset: i64,
     pub(crate) chunk: Vec<u8>,
+    pub(crate) fds: Vec<OwnedFd>,
 }
 
 pub(crate) struct Config {
@@ -132,6 +138,7 @@ impl Core {
                         .map_err(|e| Error::io("could not create an eventfd", e))?,
                     wants_work: AtomicBool::new(false),
                     idle: AtomicBool::new(false),
+                    vacant: AtomicBool::new(false),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -185,18 +192,12 @@ impl Core {
     pub(crate) fn submit(
         self: &Arc<Self>,
         offset: i64,
-        chunk: Vec<u8>,
+        (chunk, fds): (Vec<u8>, Vec<OwnedFd>),
         done: JobDone,
         ticket: Option<Arc<Ticket>>,
     ) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let job = Job {
-            id,
-            offset,
-            chunk,
-            done,
-            ticket,
-        };
+        let job = Job { id, offset, chunk, fds, done, ticket };
         let mut q = self.lock();
         let refusal = match (&q.broken, q.state) {
             (Some(e), _) => Some(e.clone()),
@@ -212,12 +213,7 @@ impl Core {
         self.wake_one();
         // Each idle worker answers for one submission: a burst of submissions
         // finds one idle worker and starts more, up to the limit.
-        if self.config.lazy
-            && !self
-                .slots
-                .iter()
-                .any(|s| s.idle.swap(false, Ordering::SeqCst))
-        {
+        if self.config.lazy && !self.slots.iter().any(|s| s.idle.swap(false, Ordering::SeqCst)) {
             if let Err(e) = self.start_slot() {
                 self.break_pool(e);
             }
@@ -268,13 +264,23 @@ impl Core {
         }
     }
 
+    /// Wakes one parked slot with room, a vacant one first.
     pub(crate) fn wake_one(&self) {
-        for s in &self.slots {
-            if s.wants_work.swap(false, Ordering::SeqCst) {
-                s.wake.notify();
-                return;
+        for vacant_only in [true, false] {
+            for s in &self.slots {
+                if (!vacant_only || s.vacant.load(Ordering::SeqCst))
+                    && s.wants_work.swap(false, Ordering::SeqCst)
+                {
+                    s.wake.notify();
+                    return;
+                }
             }
         }
+    }
+
+    /// True when a slot other than `me` is vacant.
+    pub(crate) fn other_vacant(&self, me: usize) -> bool {
+        self.slots.iter().enumerate().any(|(i, s)| i != me && s.vacant.load(Ordering::SeqCst))
     }
 
     pub(crate) fn wake_all(&self) {

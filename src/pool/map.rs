@@ -82,10 +82,7 @@ pub(crate) fn map_async<A, R: Send + 'static>(
                 c.parts[index] = Some(values);
                 c.remaining -= 1;
                 if c.remaining == 0 {
-                    let all = c
-                        .parts
-                        .iter_mut()
-                        .flat_map(|p| p.take().unwrap_or_default());
+                    let all = c.parts.iter_mut().flat_map(|p| p.take().unwrap_or_default());
                     let all: Vec<R> = all.collect();
                     drop(c);
                     completion.complete(Ok(all));
@@ -220,11 +217,7 @@ impl<R: Send + 'static> Iterator for IMap<R> {
             if self.consumed == self.submitted {
                 return None;
             }
-            let mut a = self
-                .shared
-                .arrived
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut a = self.shared.arrived.lock().unwrap_or_else(|e| e.into_inner());
             let chunk = loop {
                 let got = if self.ordered {
                     a.by_index.remove(&self.consumed)
@@ -314,15 +307,10 @@ mod tests {
 
     #[test]
     fn map_keeps_order_and_fails_whole() {
-        let r = map_async(&Inline, (0..10).collect(), Some(3))
-            .get()
-            .unwrap();
+        let r = map_async(&Inline, (0..10).collect(), Some(3)).get().unwrap();
         assert_eq!(r, (0..10).map(|x| x * 2).collect::<Vec<_>>());
         assert!(map_async(&Inline, (0..20).collect(), None).get().is_err());
-        assert!(map_async(&Inline, Vec::new(), None)
-            .get()
-            .unwrap()
-            .is_empty());
+        assert!(map_async(&Inline, Vec::new(), None).get().unwrap().is_empty());
         let e = map_async(&Inline, vec![1], Some(0)).get().unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     }

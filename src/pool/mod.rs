@@ -84,12 +84,8 @@ impl PoolBuilder {
         A: Serialize + DeserializeOwned,
         F::Output: Serialize,
     {
-        let mut chunk = Vec::new();
-        task::encode_item(&args, &mut chunk);
-        self.init = Some(Init {
-            offset: task::trampoline_offset::<F, A, M>(),
-            chunk,
-        });
+        let (chunk, fds) = task::encode_chunk(std::slice::from_ref(&args));
+        self.init = Some(Init { offset: task::trampoline_offset::<F, A, M>(), chunk, fds });
         self
     }
 
@@ -192,16 +188,13 @@ where
 {
     fn run_chunk(&self, items: Vec<A>, done: ChunkDone<R>) {
         let n = items.len();
-        let mut chunk = Vec::new();
-        for a in &items {
-            task::encode_item(a, &mut chunk);
-        }
+        let encoded = task::encode_chunk(&items);
         drop(items);
         self.core.submit(
             self.offset,
-            chunk,
+            encoded,
             Box::new(move |outcome, pid| match outcome {
-                Ok(bytes) => done(task::decode_outcomes(bytes, n, pid)),
+                Ok((bytes, fds)) => done(task::decode_outcomes(bytes, fds, n, pid)),
                 Err(e) => done((0..n).map(|_| Err(e.clone())).collect()),
             }),
             self.ticket.clone(),

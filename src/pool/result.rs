@@ -186,11 +186,7 @@ impl<T> Completion<T> {
                     if now >= d {
                         break;
                     }
-                    st = self
-                        .cond
-                        .wait_timeout(st, d - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
+                    st = self.cond.wait_timeout(st, d - now).unwrap_or_else(|e| e.into_inner()).0;
                 }
             }
         }
@@ -289,9 +285,7 @@ impl<T> AsyncResult<T> {
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
         let mut st = self.inner.wait_until(Some(Instant::now() + timeout));
         Completion::take(&mut st).unwrap_or_else(|| {
-            Err(Error::timeout(format!(
-                "the result was not ready within {timeout:?}"
-            )))
+            Err(Error::timeout(format!("the result was not ready within {timeout:?}")))
         })
     }
 
@@ -302,9 +296,7 @@ impl<T> AsyncResult<T> {
 
     /// Waits at most `timeout`; returns true when the task has finished.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.inner
-            .wait_until(Some(Instant::now() + timeout))
-            .settled
+        self.inner.wait_until(Some(Instant::now() + timeout)).settled
     }
 
     /// True once the task has finished.
@@ -376,9 +368,7 @@ impl<T> Future for AsyncResult<T> {
 
 impl<T> std::fmt::Debug for AsyncResult<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsyncResult")
-            .field("ready", &self.ready())
-            .finish()
+        f.debug_struct("AsyncResult").field("ready", &self.ready()).finish()
     }
 }
 
@@ -419,10 +409,7 @@ mod tests {
         let c = Completion::<u32>::new();
         let r = AsyncResult::new(c.clone());
         assert_eq!(r.successful(), None);
-        assert!(r
-            .get_timeout(Duration::from_millis(10))
-            .unwrap_err()
-            .is_timeout());
+        assert!(r.get_timeout(Duration::from_millis(10)).unwrap_err().is_timeout());
         c.complete(Err(Error::new(ErrorKind::Cancelled, "x")));
         assert!(r.get_timeout(Duration::ZERO).unwrap_err().is_cancelled());
         assert!(r.get().unwrap_err().is_cancelled());

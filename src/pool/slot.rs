@@ -58,10 +58,7 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
                 return;
             }
         }
-        let name = format!(
-            "PoolWorker-{}",
-            WORKER_NUMBER.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("PoolWorker-{}", WORKER_NUMBER.fetch_add(1, Ordering::Relaxed));
         let spawned = match spawn::spawn(ROLE_POOL, &name, true) {
             Ok(s) => s,
             Err(e) => return core.break_pool(e),
@@ -77,8 +74,12 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
             sent: 0,
             ready: false,
         };
+        // A worker that is starting will be free soon: busy slots leave
+        // queued jobs for it rather than pipelining them.
+        core.slots[index].vacant.store(true, Ordering::SeqCst);
         let end = worker.serve(&core);
         core.slots[index].idle.store(false, Ordering::SeqCst);
+        core.slots[index].vacant.store(false, Ordering::SeqCst);
         match end {
             End::Exit => return,
             End::Respawn { early: false } => early_deaths = 0,
@@ -126,7 +127,20 @@ impl Worker {
             }
             None => init.extend_from_slice(&[0; 9]),
         }
-        let _ = self.conn.push_frame(wire::INIT, &[&init]);
+        let start = self.conn.begin_frame(wire::INIT);
+        self.conn.out().extend_from_slice(&init);
+        let _ = self.conn.end_frame(start);
+        if let Some(i) = &core.config.init {
+            match dup_all(&i.fds) {
+                Ok(fds) => {
+                    let _ = self.conn.attach_fds(start, fds);
+                }
+                Err(e) => {
+                    core.break_pool(e.clone());
+                    return self.shut_down(Some(e));
+                }
+            }
+        }
         let quota = core.config.max_tasks_per_child;
         loop {
             let (state, broken) = {
@@ -143,8 +157,10 @@ impl Worker {
                 return self.killed_on_request(core);
             }
             let retiring = quota.is_some_and(|q| self.sent >= q);
-            let room = if self.ready && !retiring {
-                let mut room = depth(self.avg).saturating_sub(self.inflight.len());
+            let pace = self.pace();
+            let busy = !self.inflight.is_empty();
+            let room = if self.ready && !retiring && !(busy && core.other_vacant(self.index)) {
+                let mut room = depth(pace).saturating_sub(self.inflight.len());
                 if let Some(q) = quota {
                     room = room.min(q - self.sent);
                 }
@@ -155,6 +171,7 @@ impl Worker {
             if room > 0 {
                 for job in core.take(room) {
                     signal.idle.store(false, Ordering::SeqCst);
+                    signal.vacant.store(false, Ordering::SeqCst);
                     self.send(job);
                 }
             }
@@ -162,11 +179,7 @@ impl Worker {
                 let idle_closed = state == RunState::Closed && core.lock().jobs.is_empty();
                 if retiring || idle_closed {
                     self.exit_gracefully();
-                    return if retiring {
-                        End::Respawn { early: false }
-                    } else {
-                        End::Exit
-                    };
+                    return if retiring { End::Respawn { early: false } } else { End::Exit };
                 }
             }
             if self.conn.write_some().is_err() {
@@ -174,7 +187,7 @@ impl Worker {
             }
             let room_left = self.ready
                 && !retiring
-                && depth(self.avg) > self.inflight.len()
+                && depth(pace) > self.inflight.len()
                 && state == RunState::Running;
             if room_left {
                 signal.wants_work.store(true, Ordering::SeqCst);
@@ -190,16 +203,8 @@ impl Worker {
             let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let polled = sys::poll(
                 [
-                    Interest {
-                        fd: self.conn.fd(),
-                        read: true,
-                        write: self.conn.has_output(),
-                    },
-                    Interest {
-                        fd: signal.wake.fd(),
-                        read: true,
-                        write: false,
-                    },
+                    Interest { fd: self.conn.fd(), read: true, write: self.conn.has_output() },
+                    Interest { fd: signal.wake.fd(), read: true, write: false },
                 ],
                 timeout,
             );
@@ -232,7 +237,9 @@ impl Worker {
         out.extend_from_slice(&job.id.to_le_bytes());
         out.extend_from_slice(&job.offset.to_le_bytes());
         out.extend_from_slice(&job.chunk);
-        if let Err(e) = self.conn.end_frame(start) {
+        let attached = dup_all(&job.fds).and_then(|fds| self.conn.attach_fds(start, fds));
+        if let Err(e) = self.conn.end_frame(start).and(attached) {
+            self.conn.out().truncate(start);
             return job.fail(e, None);
         }
         if let Some(t) = &job.ticket {
@@ -243,6 +250,17 @@ impl Worker {
         }
         self.inflight.push_back(job);
         self.sent += 1;
+    }
+
+    /// How long jobs take here: the running average, or the time the
+    /// current job has been running if that is longer (a fast worker that
+    /// meets a slow job stops taking more at once).
+    fn pace(&self) -> Option<Duration> {
+        if self.inflight.is_empty() {
+            return self.avg;
+        }
+        let running = self.head_since.elapsed();
+        Some(self.avg.map_or(running, |a| a.max(running)))
     }
 
     fn head_kill_requested(&self) -> bool {
@@ -269,14 +287,13 @@ impl Worker {
     /// Handles every complete frame buffered; `Some` when the worker is done.
     fn handle_frames(&mut self, core: &Core) -> Option<End> {
         let signal = &core.slots[self.index];
-        while let Some((kind, body)) = self.conn.next_frame() {
+        while let Some((kind, body, fds)) = self.conn.next_frame() {
             let b = self.conn.body(body);
             match kind {
                 wire::READY => {
                     self.ready = true;
-                    signal
-                        .idle
-                        .store(self.inflight.is_empty(), Ordering::SeqCst);
+                    signal.idle.store(self.inflight.is_empty(), Ordering::SeqCst);
+                    signal.vacant.store(self.inflight.is_empty(), Ordering::SeqCst);
                 }
                 wire::DONE => {
                     let id = le::<8>(b, 0).map(u64::from_le_bytes);
@@ -296,8 +313,9 @@ impl Worker {
                     self.head_since = now;
                     if self.inflight.is_empty() {
                         signal.idle.store(true, Ordering::SeqCst);
+                        signal.vacant.store(true, Ordering::SeqCst);
                     }
-                    (job.done)(Ok(&b[8..]), Some(self.pid));
+                    (job.done)(Ok((&b[8..], fds)), Some(self.pid));
                 }
                 wire::MISMATCH => {
                     let err = Error::new(
@@ -335,10 +353,7 @@ impl Worker {
         let _ = self.reap(Duration::ZERO);
         let err = Error::new(
             ErrorKind::Protocol,
-            format!(
-                "worker {} sent {what}; it was killed and replaced",
-                self.pid
-            ),
+            format!("worker {} sent {what}; it was killed and replaced", self.pid),
         )
         .with_pid(self.pid);
         self.fail_head_requeue_rest(core, err);
@@ -423,6 +438,13 @@ impl Worker {
         }
         core.requeue(std::mem::take(&mut self.inflight).into_iter());
     }
+}
+
+/// Duplicates of `fds` to send, keeping the originals for a resend.
+fn dup_all(fds: &[std::os::fd::OwnedFd]) -> crate::Result<Vec<std::os::fd::OwnedFd>> {
+    fds.iter()
+        .map(|fd| fd.try_clone().map_err(|e| Error::io("could not duplicate a handle to send", e)))
+        .collect()
 }
 
 #[cfg(test)]

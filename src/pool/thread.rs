@@ -278,9 +278,7 @@ impl ThreadPoolBuilder {
     /// thread cannot start.
     pub fn build(self) -> Result<ThreadPool> {
         let size = self.threads.unwrap_or_else(crate::cpu_count);
-        Ok(ThreadPool {
-            core: ThreadCore::new(size, self.init, false)?,
-        })
+        Ok(ThreadPool { core: ThreadCore::new(size, self.init, false)? })
     }
 }
 
@@ -338,9 +336,7 @@ impl Drop for ThreadPool {
 
 impl std::fmt::Debug for ThreadPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ThreadPool")
-            .field("threads", &self.core.size)
-            .finish()
+        f.debug_struct("ThreadPool").field("threads", &self.core.size).finish()
     }
 }
 
@@ -354,12 +350,7 @@ pub(crate) struct ThreadRunner<F, A, M> {
 
 impl<F, A, M> ThreadRunner<F, A, M> {
     pub(crate) fn new(core: &Arc<ThreadCore>, f: F) -> Self {
-        ThreadRunner {
-            core: core.clone(),
-            f: Arc::new(f),
-            ticket: None,
-            _f: PhantomData,
-        }
+        ThreadRunner { core: core.clone(), f: Arc::new(f), ticket: None, _f: PhantomData }
     }
 
     /// Tracks the (single) job through `ticket`, for executor futures.

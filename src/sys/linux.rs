@@ -36,9 +36,7 @@ pub(crate) fn die_with_parent(expected_parent: u32) -> io::Result<()> {
     // SAFETY: getppid cannot fail and touches no memory.
     let parent = unsafe { libc::getppid() };
     if parent as u32 != expected_parent {
-        return Err(io::Error::other(
-            "the parent process exited before the worker started",
-        ));
+        return Err(io::Error::other("the parent process exited before the worker started"));
     }
     Ok(())
 }
@@ -73,36 +71,6 @@ pub(crate) fn shutdown(fd: BorrowedFd<'_>) {
     // SAFETY: shutdown takes an open descriptor and a constant; failure (the
     // peer already gone) needs no handling.
     unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
-}
-
-/// Reads at most `max` bytes onto the end of `buf` without initialising the
-/// space first (a large frame would otherwise be zeroed once per read).
-/// `wait == false` never blocks. `Ok(0)` is end of file.
-pub(crate) fn recv_append(
-    fd: BorrowedFd<'_>,
-    buf: &mut Vec<u8>,
-    max: usize,
-    wait: bool,
-) -> io::Result<usize> {
-    buf.reserve(max);
-    let spare = buf.spare_capacity_mut();
-    let len = spare.len().min(max);
-    let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
-    loop {
-        // SAFETY: `spare` is valid for writes of `len` bytes and `fd` is open;
-        // recv writes at most `len` bytes into it.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), spare.as_mut_ptr().cast(), len, flags) };
-        if n >= 0 {
-            let n = n as usize;
-            // SAFETY: recv initialised the first `n` bytes of the spare capacity.
-            unsafe { buf.set_len(buf.len() + n) };
-            return Ok(n);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
 }
 
 /// What to wait for on one descriptor.
@@ -228,14 +196,7 @@ pub(crate) fn wait_exit(pid: u32, timeout: Option<Duration>) -> io::Result<bool>
         Err(e) => return Err(e),
     };
     use std::os::fd::AsFd;
-    let [r] = poll(
-        [Interest {
-            fd: fd.as_fd(),
-            read: true,
-            write: false,
-        }],
-        timeout,
-    )?;
+    let [r] = poll([Interest { fd: fd.as_fd(), read: true, write: false }], timeout)?;
     Ok(r.read || r.hangup)
 }
 
@@ -277,4 +238,123 @@ pub(crate) fn signal_name(sig: i32) -> String {
         _ => return format!("signal {sig}"),
     };
     name.to_string()
+}
+
+// --- descriptor passing -----------------------------------------------------
+
+/// The most descriptors one message may carry (the kernel's SCM_MAX_FD).
+pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
+
+/// Sends `buf` with `fds` attached (SCM_RIGHTS), without raising SIGPIPE.
+/// `wait == false` never blocks.
+pub(crate) fn send_with_fds(
+    fd: BorrowedFd<'_>,
+    buf: &[u8],
+    fds: &[OwnedFd],
+    wait: bool,
+) -> io::Result<usize> {
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let payload = std::mem::size_of_val(raw.as_slice());
+    // SAFETY: CMSG_SPACE is a pure computation on a length.
+    let space = unsafe { libc::CMSG_SPACE(payload as u32) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !raw.is_empty() {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: `msg` points at a control buffer of `space` bytes, enough
+        // for one header, so CMSG_FIRSTHDR returns a valid pointer into it.
+        let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        // SAFETY: `cmsg` points into `control` (see above); the data area
+        // holds `payload` bytes, as CMSG_SPACE reserved.
+        unsafe {
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(payload as u32) as _;
+            std::ptr::copy_nonoverlapping(raw.as_ptr(), libc::CMSG_DATA(cmsg).cast(), raw.len());
+        }
+    }
+    let flags = libc::MSG_NOSIGNAL | if wait { 0 } else { libc::MSG_DONTWAIT };
+    loop {
+        // SAFETY: `msg` and everything it points to live until the call returns.
+        let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, flags) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Reads at most `max` bytes onto the end of `buf` without initialising the
+/// space first (a large frame would otherwise be zeroed once per read), and
+/// collects descriptors that arrive with the data into `fds` (each marked
+/// close-on-exec). `wait == false` never blocks. `Ok(0)` is end of file.
+pub(crate) fn recv_append_with_fds(
+    fd: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    max: usize,
+    wait: bool,
+    fds: &mut std::collections::VecDeque<OwnedFd>,
+) -> io::Result<usize> {
+    buf.reserve(max);
+    let spare = buf.spare_capacity_mut();
+    let len = spare.len().min(max);
+    // SAFETY: CMSG_SPACE is a pure computation on a length.
+    let space = unsafe { libc::CMSG_SPACE((MAX_FDS_PER_MESSAGE * 4) as u32) } as usize;
+    let mut control = [0u64; 136];
+    debug_assert!(space <= std::mem::size_of_val(&control));
+    let mut iov = libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: len };
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    let flags = libc::MSG_CMSG_CLOEXEC | if wait { 0 } else { libc::MSG_DONTWAIT };
+    let n = loop {
+        // SAFETY: `msg` points at live buffers of the lengths it states.
+        let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    };
+    // SAFETY: recvmsg initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    // SAFETY: `msg` was filled by recvmsg; CMSG_FIRSTHDR reads its control fields.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: `cmsg` is non-null and points into `control`, as the
+        // CMSG_* walk guarantees for a buffer recvmsg filled.
+        let (level, kind, clen) =
+            unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type, (*cmsg).cmsg_len) };
+        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+            // SAFETY: as above; CMSG_LEN(0) is a pure computation.
+            let header = unsafe { libc::CMSG_LEN(0) } as usize;
+            let count = clen.saturating_sub(header as _) as usize / 4;
+            for i in 0..count {
+                // SAFETY: the data area holds `count` descriptors; read_unaligned
+                // copes with the buffer's alignment.
+                let raw = unsafe { libc::CMSG_DATA(cmsg).cast::<RawFd>().add(i).read_unaligned() };
+                // SAFETY: the kernel just installed `raw` in this process for us.
+                fds.push_back(unsafe { OwnedFd::from_raw_fd(raw) });
+            }
+        }
+        // SAFETY: `msg` and `cmsg` are valid as above.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other("descriptors attached to a message were lost (too many)"));
+    }
+    Ok(n)
 }

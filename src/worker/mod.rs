@@ -42,10 +42,7 @@ pub(crate) fn divert_if_worker() {
         return;
     };
     let name = std::env::var(ENV_NAME).unwrap_or_default();
-    let parent: u32 = std::env::var(ENV_PARENT)
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
+    let parent: u32 = std::env::var(ENV_PARENT).ok().and_then(|p| p.parse().ok()).unwrap_or(0);
     // Our grandchildren are not workers unless we make them so.
     std::env::remove_var(ENV_ROLE);
     std::env::remove_var(ENV_NAME);
@@ -58,16 +55,14 @@ pub(crate) fn divert_if_worker() {
         Ok(fd) => fd,
         Err(_) => std::process::exit(EXIT_NO_PARENT),
     };
-    let code = if role == ROLE_POOL {
-        serve_pool(channel)
-    } else {
-        run_process(channel)
-    };
+    let code = if role == ROLE_POOL { serve_pool(channel) } else { run_process(channel) };
     std::process::exit(code);
 }
 
+type Frame = (u8, std::ops::Range<usize>, Vec<OwnedFd>);
+
 /// Blocks until a whole frame is buffered; `None` at end of file or on error.
-fn recv_frame(conn: &mut Conn) -> Option<(u8, std::ops::Range<usize>)> {
+fn recv_frame(conn: &mut Conn) -> Option<Frame> {
     loop {
         if let Some(frame) = conn.next_frame() {
             return Some(frame);
@@ -81,19 +76,9 @@ fn recv_frame(conn: &mut Conn) -> Option<(u8, std::ops::Range<usize>)> {
     }
 }
 
-/// Runs a chunk through the trampoline at `offset`.
-///
-/// # Safety
-/// The sender of `offset` must be the same build as this process.
-unsafe fn run_at(offset: i64, chunk: &[u8], out: &mut Vec<u8>) {
-    // SAFETY: guaranteed by the caller.
-    let trampoline = unsafe { task::trampoline_at(offset) };
-    trampoline(chunk, out);
-}
-
 fn serve_pool(channel: OwnedFd) -> i32 {
     let mut conn = Conn::new(channel);
-    let Some((kind, body)) = recv_frame(&mut conn) else {
+    let Some((kind, body, fds)) = recv_frame(&mut conn) else {
         return EXIT_NO_PARENT;
     };
     let b = conn.body(body.clone());
@@ -110,7 +95,7 @@ fn serve_pool(channel: OwnedFd) -> i32 {
         let offset = i64::from_le_bytes(le::<8>(b, 17).expect("length checked"));
         let mut out = Vec::new();
         // SAFETY: the fingerprint check above proved the parent is this build.
-        unsafe { run_at(offset, &b[25..], &mut out) };
+        drop(unsafe { task::run_chunk_at(offset, &b[25..], fds, &mut out) });
         if let Some(Err(failure)) = task::ItemReader::new(&out).next() {
             let msg = describe(&failure);
             let _ = conn.push_frame(wire::INIT_FAILED, &[msg.as_bytes()]);
@@ -154,32 +139,31 @@ fn task_loop(conn: &mut Conn) {
                 recv_frame(conn)
             }
         };
-        let Some((kind, body)) = frame else { return };
+        let Some((kind, body, fds)) = frame else { return };
         if kind != wire::TASK {
             return;
         }
         let started = Instant::now();
         let start = conn.begin_frame(wire::DONE);
-        let (b, out) = conn.body_and_out(body);
+        let (b, out) = conn.body_and_out(body.clone());
         let (Some(id), Some(offset)) = (le::<8>(b, 0), le::<8>(b, 8)) else {
             return;
         };
         out.extend_from_slice(&id);
         let chunk = &b[16..];
         // SAFETY: this worker verified the parent's fingerprint in the handshake.
-        unsafe { run_at(i64::from_le_bytes(offset), chunk, out) };
-        if conn.end_frame(start).is_err() {
-            let failure = Failure::new(
-                FailureKind::Serialize,
-                "the task's results exceed the 4 GiB frame limit".to_string(),
-            );
+        let out_fds = unsafe { task::run_chunk_at(i64::from_le_bytes(offset), chunk, fds, out) };
+        let sent = conn.end_frame(start).and_then(|()| conn.attach_fds(start, out_fds));
+        if let Err(e) = sent {
+            // The results cannot travel: report that instead, for every item.
+            conn.out().truncate(start);
+            let failure = Failure::new(FailureKind::Serialize, e.to_string());
             let start = conn.begin_frame(wire::DONE);
             conn.out().extend_from_slice(&id);
-            let bytes = postcard::to_stdvec(&failure).unwrap_or_default();
-            conn.out().push(1);
-            conn.out()
-                .extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-            conn.out().extend_from_slice(&bytes);
+            let (b, out) = conn.body_and_out(body);
+            for _ in task::ItemReader::new(&b[16..]) {
+                task::encode_failure(&failure, out);
+            }
             let _ = conn.end_frame(start);
         }
         pending += 1;
@@ -196,7 +180,7 @@ fn task_loop(conn: &mut Conn) {
 
 fn run_process(channel: OwnedFd) -> i32 {
     let mut conn = Conn::new(channel);
-    let Some((kind, body)) = recv_frame(&mut conn) else {
+    let Some((kind, body, fds)) = recv_frame(&mut conn) else {
         return EXIT_NO_PARENT;
     };
     let b = conn.body(body);
@@ -213,15 +197,11 @@ fn run_process(channel: OwnedFd) -> i32 {
     let offset = i64::from_le_bytes(le::<8>(b, 16).expect("length checked"));
     let mut out = Vec::new();
     // SAFETY: the fingerprint check above proved the parent is this build.
-    unsafe { run_at(offset, &b[24..], &mut out) };
+    drop(unsafe { task::run_chunk_at(offset, &b[24..], fds, &mut out) });
     match task::ItemReader::new(&out).next() {
         Some(Err(failure)) => {
             let name = identity().map(|i| i.name.as_str()).unwrap_or("?");
-            eprintln!(
-                "Process {name} (pid {}): {}",
-                std::process::id(),
-                describe(&failure)
-            );
+            eprintln!("Process {name} (pid {}): {}", std::process::id(), describe(&failure));
             1
         }
         _ => 0,
