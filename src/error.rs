@@ -39,6 +39,15 @@ pub enum ErrorKind {
     InvalidState,
     /// A peer sent bytes that are not a valid frame.
     Protocol,
+    /// A barrier was aborted, reset, or a wait on it timed out.
+    BrokenBarrier,
+    /// The other end of a pipe is closed in every process, or the queue was
+    /// closed.
+    Closed,
+    /// A queue had no item in time.
+    Empty,
+    /// A bounded queue had no free place in time.
+    Full,
     /// An operating-system call failed.
     Io,
 }

@@ -26,9 +26,13 @@
 mod error;
 mod executor;
 mod fdpass;
+mod pipe;
 mod pool;
 mod process;
+mod queue;
+mod shm;
 mod spawn;
+mod sync;
 mod sys;
 mod task;
 mod wire;
@@ -41,9 +45,16 @@ pub use executor::{
     ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION,
 };
 pub use fdpass::Fd;
+pub use pipe::{pipe, Connection};
 pub use pool::{AsyncResult, Chunked, IMap, Pool, PoolBuilder, ThreadPool, ThreadPoolBuilder};
 pub use process::{
     active_children, cpu_count, current_process, parent_process, Process, ProcessInfo, Run,
 };
+pub use queue::{JoinableQueue, PutError, Queue};
+pub use shm::{Array, ArrayGuard, Plain, Value, ValueGuard};
 pub use spawn::ChildInfo;
+pub use sync::{
+    Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, Lock, LockGuard, RLock, Semaphore,
+    SemaphoreGuard,
+};
 pub use task::TaskFn;

@@ -266,6 +266,11 @@ impl Conn {
         Some((kind, body, fds))
     }
 
+    /// True when part of a frame is buffered (its writer stopped mid-frame).
+    pub(crate) fn has_partial_input(&self) -> bool {
+        self.rpos < self.rbuf.len() && self.input_idle()
+    }
+
     /// True when buffered input holds no complete frame.
     pub(crate) fn input_idle(&self) -> bool {
         match le::<4>(&self.rbuf, self.rpos) {

@@ -358,3 +358,201 @@ pub(crate) fn recv_append_with_fds(
     }
     Ok(n)
 }
+
+// --- shared memory ------------------------------------------------------------
+
+/// An anonymous shared-memory file. It has no name anywhere (nothing in
+/// /dev/shm to leak or for another user to open) and vanishes when the last
+/// descriptor and mapping of it are gone, in whichever process.
+pub(crate) fn memfd(len: usize) -> io::Result<OwnedFd> {
+    // SAFETY: the name is a NUL-terminated literal; memfd_create returns a new fd.
+    let fd = check(unsafe { libc::memfd_create(c"multiproc".as_ptr(), libc::MFD_CLOEXEC) })?;
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ftruncate on a descriptor we own.
+    check(unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) })?;
+    Ok(fd)
+}
+
+/// The size of the file behind `fd`.
+pub(crate) fn file_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    // SAFETY: stat is plain data; all-zero is valid.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a live stat struct and `fd` is open.
+    check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok(st.st_size as usize)
+}
+
+/// Maps `len` bytes of `fd` shared, readable and writable.
+pub(crate) fn map_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<*mut u8> {
+    // SAFETY: a fresh shared mapping of an open file; the kernel picks the address.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(p.cast())
+}
+
+/// Unmaps a mapping made by [`map_shared`].
+///
+/// # Safety
+/// `ptr`/`len` must be a live mapping from [`map_shared`] that nothing uses.
+pub(crate) unsafe fn unmap(ptr: *mut u8, len: usize) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { libc::munmap(ptr.cast(), len) };
+}
+
+// --- futexes ------------------------------------------------------------------
+
+/// Sleeps while `*word == expected`, at most `timeout`. Shared (not private)
+/// futex operations, so waiters and wakers may be in different processes.
+/// Returns false when the timeout passed.
+pub(crate) fn futex_wait(
+    word: &std::sync::atomic::AtomicU32,
+    expected: u32,
+    timeout: Option<Duration>,
+) -> bool {
+    let ts = timeout.map(|d| libc::timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `word` is a live, aligned u32; FUTEX_WAIT only reads it, and the
+    // timeout (relative) points to a live timespec or is null.
+    let r = unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, expected, ts_ptr, 0, 0)
+    };
+    !(r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ETIMEDOUT))
+}
+
+/// Wakes up to `n` waiters on `word`.
+pub(crate) fn futex_wake(word: &std::sync::atomic::AtomicU32, n: i32) {
+    // SAFETY: `word` is a live, aligned u32; FUTEX_WAKE does not access it.
+    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, n, 0, 0, 0) };
+}
+
+// --- robust, process-shared mutexes ---------------------------------------------
+
+/// The memory of a process-shared mutex; lives in shared memory.
+pub(crate) type RawMutex = libc::pthread_mutex_t;
+
+/// What a successful lock found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Locked {
+    Acquired,
+    /// The previous owner died holding it; the caller now owns it and the
+    /// mutex has been made consistent again.
+    OwnerDied,
+}
+
+/// Initialises a robust, process-shared mutex at `m`; recursive or
+/// error-checking (relocking or unlocking by a non-owner is an error).
+///
+/// # Safety
+/// `m` must point to writable memory for a `RawMutex` that nothing uses yet.
+pub(crate) unsafe fn mutex_init(m: *mut RawMutex, recursive: bool) -> io::Result<()> {
+    // SAFETY: the attribute object is initialised by pthread_mutexattr_init
+    // before use and destroyed after; `m` is valid per the caller.
+    unsafe {
+        let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
+        err(libc::pthread_mutexattr_init(&mut attr))?;
+        let kind =
+            if recursive { libc::PTHREAD_MUTEX_RECURSIVE } else { libc::PTHREAD_MUTEX_ERRORCHECK };
+        let r = err(libc::pthread_mutexattr_settype(&mut attr, kind))
+            .and_then(|()| {
+                err(libc::pthread_mutexattr_setpshared(&mut attr, libc::PTHREAD_PROCESS_SHARED))
+            })
+            .and_then(|()| {
+                err(libc::pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST))
+            })
+            .and_then(|()| err(libc::pthread_mutex_init(m, &attr)));
+        libc::pthread_mutexattr_destroy(&mut attr);
+        r
+    }
+}
+
+fn err(code: libc::c_int) -> io::Result<()> {
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(code))
+    }
+}
+
+/// Locks `m`: blocking (`None`), not at all (`Some(ZERO)`), or until a
+/// timeout. `Ok(None)` when it was not free in time.
+///
+/// # Safety
+/// `m` must point to a mutex initialised by [`mutex_init`].
+pub(crate) unsafe fn mutex_lock(
+    m: *mut RawMutex,
+    timeout: Option<Duration>,
+) -> io::Result<Option<Locked>> {
+    let code = match timeout {
+        // SAFETY: `m` is an initialised mutex per the caller.
+        None => unsafe { libc::pthread_mutex_lock(m) },
+        // SAFETY: as above.
+        Some(Duration::ZERO) => unsafe { libc::pthread_mutex_trylock(m) },
+        Some(d) => {
+            // SAFETY: timespec is plain data; clock_gettime fills it.
+            let mut now: libc::timespec = unsafe { std::mem::zeroed() };
+            // SAFETY: `now` is a live timespec.
+            unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+            let total = now.tv_nsec as u128 + d.subsec_nanos() as u128;
+            let deadline = libc::timespec {
+                tv_sec: now.tv_sec.saturating_add(
+                    d.as_secs() as libc::time_t + (total / 1_000_000_000) as libc::time_t,
+                ),
+                tv_nsec: (total % 1_000_000_000) as libc::c_long,
+            };
+            // SAFETY: `m` is initialised per the caller; `deadline` is live.
+            unsafe { libc::pthread_mutex_timedlock(m, &deadline) }
+        }
+    };
+    match code {
+        0 => Ok(Some(Locked::Acquired)),
+        libc::EBUSY | libc::ETIMEDOUT => Ok(None),
+        libc::EOWNERDEAD => {
+            // SAFETY: we own the mutex after EOWNERDEAD, as consistent requires.
+            err(unsafe { libc::pthread_mutex_consistent(m) })?;
+            Ok(Some(Locked::OwnerDied))
+        }
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// Unlocks `m`; an error when the calling thread does not hold it.
+///
+/// # Safety
+/// `m` must point to a mutex initialised by [`mutex_init`].
+pub(crate) unsafe fn mutex_unlock(m: *mut RawMutex) -> io::Result<()> {
+    // SAFETY: `m` is initialised per the caller; an error-checking or
+    // recursive mutex reports EPERM when this thread is not the owner.
+    err(unsafe { libc::pthread_mutex_unlock(m) })
+}
+
+/// A connected pair of message sockets: every send is one message, received
+/// whole by exactly one reader, whichever process it is in.
+pub(crate) fn message_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: socketpair writes two new descriptors into `fds`.
+    check(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}

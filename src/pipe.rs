@@ -1,0 +1,278 @@
+//! `pipe`: a pair of connected `Connection`s, duplex or one-way.
+
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::wire::Conn;
+use crate::{fdpass, sys};
+
+const OBJECT: u8 = 1;
+const BYTES: u8 = 2;
+
+/// One end of a [`pipe`]: Python's `multiprocessing.connection.Connection`.
+///
+/// Messages are framed, of any size, and may carry handles (a `Queue`, a
+/// `Lock`, an [`Fd`](crate::Fd)…). `recv` returns a [`ErrorKind::Closed`]
+/// error once every copy of the other end is closed, in every process — it
+/// never hangs on a dead peer — and a writer killed mid-message yields an
+/// error, not a partial value.
+///
+/// Send a connection to another process before reading from it: data it has
+/// already buffered stays behind.
+pub struct Connection<T> {
+    conn: Mutex<Conn>,
+    readable: bool,
+    writable: bool,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+/// A connected pair: with `duplex` each end sends and receives; otherwise the
+/// first end only receives and the second only sends (Python's
+/// `Pipe(duplex=False)` order).
+///
+/// # Errors
+/// When the socket pair cannot be created.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{pipe, Connection, Process};
+///
+/// fn child(tx: Connection<String>) { tx.send(&"hello".to_string()).unwrap(); }
+///
+/// let (rx, tx) = pipe::<String>(false)?;
+/// let mut p = Process::new(child, tx);
+/// p.start()?;
+/// assert_eq!(rx.recv()?, "hello");
+/// p.join()?;
+/// // The child's copy of the writer is gone and ours moved into the child:
+/// assert_eq!(rx.recv().unwrap_err().kind(), multiproc::ErrorKind::Closed);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub fn pipe<T>(duplex: bool) -> Result<(Connection<T>, Connection<T>)> {
+    let (a, b) = UnixStream::pair().map_err(|e| Error::io("could not create a pipe", e))?;
+    Ok((Connection::new(a.into(), true, duplex), Connection::new(b.into(), duplex, true)))
+}
+
+impl<T> Connection<T> {
+    fn new(fd: OwnedFd, readable: bool, writable: bool) -> Self {
+        Connection { conn: Mutex::new(Conn::new(fd)), readable, writable, _t: PhantomData }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Conn> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check(&self, write: bool) -> Result<()> {
+        let ok = if write { self.writable } else { self.readable };
+        if ok {
+            return Ok(());
+        }
+        let what = if write { "send on the receiving end" } else { "receive on the sending end" };
+        Err(Error::new(ErrorKind::InvalidState, format!("cannot {what} of a one-way pipe")))
+    }
+
+    fn send_frame(&self, kind: u8, body: &[u8], fds: Vec<OwnedFd>) -> Result<()> {
+        self.check(true)?;
+        let mut c = self.lock();
+        let start = c.begin_frame(kind);
+        c.out().extend_from_slice(body);
+        c.end_frame(start)?;
+        c.attach_fds(start, fds)?;
+        c.flush_blocking().map_err(|e| closed_or_io(e, "send"))
+    }
+
+    /// Sends raw bytes (Python's `send_bytes`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Closed`] when the other end is gone; misuse of a one-way end.
+    pub fn send_bytes(&self, bytes: &[u8]) -> Result<()> {
+        self.send_frame(BYTES, bytes, Vec::new())
+    }
+
+    /// Waits for the next message and returns its bytes (Python's
+    /// `recv_bytes`); a message sent with `send` yields its encoding.
+    ///
+    /// # Errors
+    /// As [`recv`](Connection::recv).
+    pub fn recv_bytes(&self) -> Result<Vec<u8>> {
+        let (_, bytes, _) = self.recv_frame(None)?;
+        Ok(bytes)
+    }
+
+    fn recv_frame(&self, timeout: Option<Duration>) -> Result<(u8, Vec<u8>, Vec<OwnedFd>)> {
+        self.check(false)?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut c = self.lock();
+        loop {
+            if let Some((kind, body, fds)) = c.next_frame() {
+                return Ok((kind, c.body(body).to_vec(), fds));
+            }
+            if let Some(d) = deadline {
+                let left = d.saturating_duration_since(Instant::now());
+                let [r] =
+                    sys::poll([sys::Interest { fd: c.fd(), read: true, write: false }], Some(left))
+                        .map_err(|e| Error::io("could not poll a pipe", e))?;
+                if !r.read && !r.hangup {
+                    return Err(Error::timeout(format!("no message arrived within {timeout:?}")));
+                }
+            }
+            match c.read_blocking() {
+                Ok(false) => {}
+                Ok(true) => {
+                    if let Some((kind, body, fds)) = c.next_frame() {
+                        return Ok((kind, c.body(body).to_vec(), fds));
+                    }
+                    return Err(if c.input_idle() && !c.has_partial_input() {
+                        Error::new(
+                            ErrorKind::Closed,
+                            "end of file: every copy of the pipe's other end is closed",
+                        )
+                    } else {
+                        Error::new(
+                            ErrorKind::Protocol,
+                            "the pipe's writer closed (or died) in the middle of a message",
+                        )
+                    });
+                }
+                Err(e) => return Err(closed_or_io(e, "receive")),
+            }
+        }
+    }
+
+    /// True when a message (or end of file) is ready within `timeout`
+    /// (`None`: wait as long as it takes).
+    ///
+    /// # Errors
+    /// Misuse of a one-way end; an OS error.
+    pub fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
+        self.check(false)?;
+        let c = self.lock();
+        if !c.input_idle() {
+            return Ok(true);
+        }
+        let [r] = sys::poll([sys::Interest { fd: c.fd(), read: true, write: false }], timeout)
+            .map_err(|e| Error::io("could not poll a pipe", e))?;
+        Ok(r.read || r.hangup)
+    }
+
+    /// Closes this end (dropping it does the same).
+    pub fn close(self) {}
+}
+
+fn closed_or_io(e: std::io::Error, what: &str) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => Error::new(
+            ErrorKind::Closed,
+            format!("cannot {what}: every copy of the pipe's other end is closed"),
+        ),
+        _ => Error::io(format!("could not {what} on a pipe"), e),
+    }
+}
+
+impl<T: Serialize> Connection<T> {
+    /// Sends a value.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Serialize`] when the value cannot be encoded (nothing is
+    /// sent); [`ErrorKind::Closed`] when the other end is gone.
+    pub fn send(&self, value: &T) -> Result<()> {
+        let (bytes, fds) = fdpass::collect(|| postcard::to_stdvec(value));
+        let bytes = bytes.map_err(|e| {
+            Error::new(
+                ErrorKind::Serialize,
+                format!(
+                    "could not serialize a `{}` to send on a pipe: {e}",
+                    std::any::type_name::<T>()
+                ),
+            )
+        })?;
+        self.send_frame(OBJECT, &bytes, fds)
+    }
+}
+
+impl<T: DeserializeOwned> Connection<T> {
+    /// Waits for the next value.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Closed`] at end of file; [`ErrorKind::Protocol`] when the
+    /// writer died mid-message; [`ErrorKind::Deserialize`] for bytes that are
+    /// not a `T`.
+    pub fn recv(&self) -> Result<T> {
+        self.recv_within(None)
+    }
+
+    /// Waits at most `timeout` for the next value.
+    ///
+    /// # Errors
+    /// As [`recv`](Connection::recv), and [`ErrorKind::Timeout`].
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<T> {
+        self.recv_within(Some(timeout))
+    }
+
+    fn recv_within(&self, timeout: Option<Duration>) -> Result<T> {
+        let (_, bytes, fds) = self.recv_frame(timeout)?;
+        fdpass::supply(fds, || postcard::from_bytes(&bytes)).map_err(|e| {
+            Error::new(
+                ErrorKind::Deserialize,
+                format!("a message on a pipe is not a `{}`: {e}", std::any::type_name::<T>()),
+            )
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    readable: bool,
+    writable: bool,
+}
+
+impl<T> Serialize for Connection<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let c = self.lock();
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&Wire { readable: self.readable, writable: self.writable })?;
+        t.serialize_element(&FdRef(c.fd()))?;
+        t.end()
+    }
+}
+
+struct FdRef<'a>(std::os::fd::BorrowedFd<'a>);
+
+impl Serialize for FdRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        fdpass::serialize_fd(self.0.as_fd(), s)
+    }
+}
+
+struct FdOwned(OwnedFd);
+
+impl<'de> Deserialize<'de> for FdOwned {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        fdpass::deserialize_fd(d).map(FdOwned)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Connection<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let (w, fd) = <(Wire, FdOwned)>::deserialize(d)?;
+        Ok(Connection::new(fd.0, w.readable, w.writable))
+    }
+}
+
+impl<T> std::fmt::Debug for Connection<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("readable", &self.readable)
+            .field("writable", &self.writable)
+            .finish()
+    }
+}

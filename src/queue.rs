@@ -1,0 +1,633 @@
+//! `Queue` and `JoinableQueue`: many producers and consumers in any processes.
+//!
+//! Items travel as messages on a socket pair of kind SOCK_SEQPACKET: each put
+//! is one message that exactly one getter receives whole, so a consumer killed
+//! while blocked in `get` takes nothing with it, and each producer's items
+//! arrive in the order it put them. Items too large for one message travel in
+//! an anonymous shared-memory file whose descriptor is the message. Counters
+//! (`qsize`, free places of a bounded queue, unfinished tasks) live in shared
+//! memory and are waited on with futexes.
+//!
+//! A put never waits for a consumer on an unbounded queue: when the socket's
+//! buffer is full, items wait in this process's outbox and a feeder thread
+//! sends them on, in order; a process flushes its outboxes when it exits.
+
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::shm::Cell;
+use crate::{fdpass, sys};
+
+/// Items larger than this travel in a shared-memory file.
+const INLINE_MAX: usize = 32 * 1024;
+const TAG_INLINE: u8 = 0;
+const TAG_FILE: u8 = 1;
+
+#[repr(C)]
+struct QueueMem {
+    /// Items put and not yet taken.
+    count: AtomicU32,
+    /// The bound (0: none).
+    maxsize: AtomicU32,
+    /// Free places of a bounded queue (the futex word producers wait on).
+    free: AtomicU32,
+    /// Items put and not yet marked done (JoinableQueue).
+    unfinished: AtomicU32,
+}
+
+/// Why a put did not happen; the value comes back.
+#[derive(Debug)]
+pub enum PutError<T> {
+    /// The bounded queue stayed full (non-blocking put, or the timeout passed).
+    Full(T),
+    /// This handle was closed.
+    Closed(T),
+    /// The value could not be encoded, or the queue could not be written.
+    Failed(T, Error),
+}
+
+impl<T> PutError<T> {
+    /// The value that was not put.
+    pub fn into_inner(self) -> T {
+        match self {
+            PutError::Full(v) | PutError::Closed(v) | PutError::Failed(v, _) => v,
+        }
+    }
+
+    /// The failure as a crate [`Error`], dropping the value.
+    pub fn into_error(self) -> Error {
+        match self {
+            PutError::Full(_) => Error::new(ErrorKind::Full, "the queue is full"),
+            PutError::Closed(_) => closed(),
+            PutError::Failed(_, e) => e,
+        }
+    }
+}
+
+impl<T> std::fmt::Display for PutError<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PutError::Full(_) => f.write_str("the queue is full"),
+            PutError::Closed(_) => f.write_str("the queue handle is closed"),
+            PutError::Failed(_, e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl<T: std::fmt::Debug> std::error::Error for PutError<T> {}
+
+fn closed() -> Error {
+    Error::new(ErrorKind::Closed, "this queue handle was closed; no more put or get through it")
+}
+
+struct Message {
+    bytes: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+/// Items this process could not send yet, in order.
+#[derive(Default)]
+struct Outbox {
+    items: Mutex<(VecDeque<Message>, bool)>,
+    drained: Condvar,
+}
+
+struct Shared {
+    tx: OwnedFd,
+    rx: OwnedFd,
+    mem: Cell<QueueMem>,
+    outbox: Arc<Outbox>,
+    closed: AtomicBool,
+}
+
+impl Shared {
+    fn new(tx: OwnedFd, rx: OwnedFd, mem: Cell<QueueMem>) -> Arc<Shared> {
+        let outbox = Arc::new(Outbox::default());
+        register_outbox(&outbox);
+        Arc::new(Shared { tx, rx, mem, outbox, closed: AtomicBool::new(false) })
+    }
+}
+
+/// A FIFO queue shared by processes: Python's `multiprocessing.Queue`.
+///
+/// Clones are the same queue; pass one to a [`Process`](crate::Process) or a
+/// pool task to use it there.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{Process, Queue};
+///
+/// fn produce(q: Queue<u32>) { for i in 0..3 { q.put(i).unwrap(); } }
+///
+/// let q = Queue::new()?;
+/// let mut p = Process::new(produce, q.clone());
+/// p.start()?;
+/// let got: Vec<u32> = (0..3).map(|_| q.get().unwrap()).collect();
+/// assert_eq!(got, vec![0, 1, 2]);
+/// p.join()?;
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub struct Queue<T> {
+    shared: Arc<Shared>,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue { shared: self.shared.clone(), _t: PhantomData }
+    }
+}
+
+impl<T> Queue<T> {
+    /// An unbounded queue.
+    ///
+    /// # Errors
+    /// When the socket pair or shared memory cannot be created.
+    pub fn new() -> Result<Queue<T>> {
+        Self::bounded(0)
+    }
+
+    /// A queue of at most `maxsize` items (0: unbounded, as in Python).
+    ///
+    /// # Errors
+    /// As [`new`](Queue::new).
+    pub fn bounded(maxsize: u32) -> Result<Queue<T>> {
+        let (tx, rx) = sys::message_pair().map_err(|e| Error::io("could not create a queue", e))?;
+        let mem = Cell::<QueueMem>::zeroed()?;
+        mem.get().maxsize.store(maxsize, Ordering::SeqCst);
+        mem.get().free.store(maxsize, Ordering::SeqCst);
+        Ok(Queue { shared: Shared::new(tx, rx, mem), _t: PhantomData })
+    }
+
+    fn mem(&self) -> &QueueMem {
+        self.shared.mem.get()
+    }
+
+    /// The number of items in the queue (approximate while others use it).
+    pub fn qsize(&self) -> usize {
+        self.mem().count.load(Ordering::SeqCst) as usize
+    }
+
+    /// True when the queue holds no item (approximate).
+    pub fn empty(&self) -> bool {
+        self.qsize() == 0
+    }
+
+    /// True when a bounded queue is at its bound (approximate).
+    pub fn full(&self) -> bool {
+        let max = self.mem().maxsize.load(Ordering::SeqCst);
+        max != 0 && self.qsize() >= max as usize
+    }
+
+    /// The bound, or 0 for none.
+    pub fn maxsize(&self) -> u32 {
+        self.mem().maxsize.load(Ordering::SeqCst)
+    }
+
+    /// Closes this process's handle (every clone of it here): later puts and
+    /// gets through it fail. Items already put are still delivered.
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
+    }
+
+    /// Takes a free place of a bounded queue; false when none came in time.
+    fn take_place(&self, timeout: Option<Duration>) -> bool {
+        let m = self.mem();
+        if m.maxsize.load(Ordering::SeqCst) == 0 {
+            return true;
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let f = m.free.load(Ordering::SeqCst);
+            if f > 0 {
+                if m.free.compare_exchange(f, f - 1, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                    return true;
+                }
+                continue;
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return false;
+            }
+            sys::futex_wait(&m.free, 0, left);
+        }
+    }
+
+    fn give_place(&self) {
+        let m = self.mem();
+        if m.maxsize.load(Ordering::SeqCst) != 0 {
+            m.free.fetch_add(1, Ordering::SeqCst);
+            sys::futex_wake(&m.free, 1);
+        }
+    }
+
+    /// Sends one message now, or leaves it to the feeder thread.
+    fn send(&self, msg: Message) -> Result<()> {
+        let outbox = &self.shared.outbox;
+        let mut items = outbox.items.lock().unwrap_or_else(|e| e.into_inner());
+        if items.0.is_empty() {
+            match sys::send_with_fds(self.shared.tx.as_fd(), &msg.bytes, &msg.fds, false) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(Error::io("could not put on the queue", e)),
+            }
+        }
+        items.0.push_back(msg);
+        if !items.1 {
+            items.1 = true;
+            let shared = Arc::downgrade(&self.shared);
+            std::thread::Builder::new()
+                .name("multiproc-queue-feeder".into())
+                .spawn(move || feed(shared))
+                .map_err(|e| Error::io("could not start a queue feeder thread", e))?;
+        }
+        Ok(())
+    }
+
+    fn receive(&self, timeout: Option<Duration>) -> Result<Message> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let fd = self.shared.rx.as_fd();
+        let mut buf = Vec::new();
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let [r] = sys::poll([sys::Interest { fd, read: true, write: false }], left)
+                .map_err(|e| Error::io("could not wait on the queue", e))?;
+            if r.read {
+                let mut fds = VecDeque::new();
+                buf.clear();
+                match sys::recv_append_with_fds(fd, &mut buf, INLINE_MAX + 64, false, &mut fds) {
+                    Ok(n) if n > 0 => return Ok(Message { bytes: buf, fds: fds.into() }),
+                    // Another consumer took it first.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Ok(_) => {}
+                    Err(e) => return Err(Error::io("could not get from the queue", e)),
+                }
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::new(ErrorKind::Empty, "the queue stayed empty"));
+            }
+        }
+    }
+}
+
+/// Sends a process's outbox in order, blocking as the consumers allow.
+fn feed(shared: Weak<Shared>) {
+    loop {
+        let Some(s) = shared.upgrade() else { return };
+        let mut items = s.outbox.items.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(msg) = items.0.pop_front() else {
+            items.1 = false;
+            s.outbox.drained.notify_all();
+            return;
+        };
+        drop(items);
+        if sys::send_with_fds(s.tx.as_fd(), &msg.bytes, &msg.fds, true).is_err() {
+            // No one can ever read it (every reader is gone): drop the rest.
+            let mut items = s.outbox.items.lock().unwrap_or_else(|e| e.into_inner());
+            items.0.clear();
+            items.1 = false;
+            s.outbox.drained.notify_all();
+            return;
+        }
+    }
+}
+
+fn outboxes() -> &'static Mutex<Vec<Weak<Outbox>>> {
+    static OUTBOXES: OnceLock<Mutex<Vec<Weak<Outbox>>>> = OnceLock::new();
+    OUTBOXES.get_or_init(|| {
+        extern "C" fn flush_at_exit() {
+            let boxes = outboxes().lock().map(|v| v.clone()).unwrap_or_default();
+            for b in boxes.iter().filter_map(Weak::upgrade) {
+                let mut items = b.items.lock().unwrap_or_else(|e| e.into_inner());
+                while items.1 {
+                    items = b.drained.wait(items).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        }
+        // SAFETY: `flush_at_exit` is an `extern "C" fn()` living for the whole
+        // program, as atexit requires.
+        unsafe { libc::atexit(flush_at_exit) };
+        Mutex::new(Vec::new())
+    })
+}
+
+fn register_outbox(outbox: &Arc<Outbox>) {
+    let mut all = outboxes().lock().unwrap_or_else(|e| e.into_inner());
+    all.retain(|w| w.strong_count() > 0);
+    all.push(Arc::downgrade(outbox));
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Message> {
+    let (bytes, mut fds) = fdpass::collect(|| postcard::to_extend(value, vec![TAG_INLINE]));
+    let bytes = bytes.map_err(|e| {
+        Error::new(
+            ErrorKind::Serialize,
+            format!(
+                "could not serialize a `{}` to put on a queue: {e}",
+                std::any::type_name::<T>()
+            ),
+        )
+    })?;
+    if bytes.len() <= INLINE_MAX {
+        return Ok(Message { bytes, fds });
+    }
+    // Too large for one message: the item goes in a shared-memory file.
+    let file =
+        sys::memfd(bytes.len() - 1).map_err(|e| Error::io("could not create shared memory", e))?;
+    let ptr = sys::map_shared(file.as_fd(), bytes.len() - 1)
+        .map_err(|e| Error::io("could not map shared memory", e))?;
+    // SAFETY: the mapping is fresh, ours alone, and `bytes.len() - 1` long.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes[1..].as_ptr(), ptr, bytes.len() - 1);
+        sys::unmap(ptr, bytes.len() - 1);
+    }
+    fds.insert(0, file);
+    Ok(Message { bytes: vec![TAG_FILE], fds })
+}
+
+fn decode<T: DeserializeOwned>(mut msg: Message) -> Result<T> {
+    let fail = |e: String| {
+        Error::new(
+            ErrorKind::Deserialize,
+            format!("an item on the queue is not a `{}`: {e}", std::any::type_name::<T>()),
+        )
+    };
+    match msg.bytes.first() {
+        Some(&TAG_INLINE) => fdpass::supply(msg.fds, || postcard::from_bytes(&msg.bytes[1..]))
+            .map_err(|e| fail(e.to_string())),
+        Some(&TAG_FILE) if !msg.fds.is_empty() => {
+            let file = msg.fds.remove(0);
+            let len = sys::file_len(file.as_fd())
+                .map_err(|e| Error::io("could not read a queue item", e))?;
+            let ptr = sys::map_shared(file.as_fd(), len.max(1))
+                .map_err(|e| Error::io("could not map a queue item", e))?;
+            // SAFETY: the mapping is `len` bytes long and the sender is done with it.
+            let bytes = unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec();
+            // SAFETY: mapped just above and no longer used.
+            unsafe { sys::unmap(ptr, len.max(1)) };
+            fdpass::supply(msg.fds, || postcard::from_bytes(&bytes))
+                .map_err(|e| fail(e.to_string()))
+        }
+        _ => Err(fail("malformed message".into())),
+    }
+}
+
+impl<T: Serialize> Queue<T> {
+    fn put_within(
+        &self,
+        value: T,
+        timeout: Option<Duration>,
+    ) -> std::result::Result<(), PutError<T>> {
+        if self.is_closed() {
+            return Err(PutError::Closed(value));
+        }
+        let msg = match encode(&value) {
+            Ok(m) => m,
+            Err(e) => return Err(PutError::Failed(value, e)),
+        };
+        if !self.take_place(timeout) {
+            return Err(PutError::Full(value));
+        }
+        let m = self.mem();
+        m.unfinished.fetch_add(1, Ordering::SeqCst);
+        m.count.fetch_add(1, Ordering::SeqCst);
+        if let Err(e) = self.send(msg) {
+            m.count.fetch_sub(1, Ordering::SeqCst);
+            m.unfinished.fetch_sub(1, Ordering::SeqCst);
+            self.give_place();
+            return Err(PutError::Failed(value, e));
+        }
+        Ok(())
+    }
+
+    /// Puts `value`, waiting for a free place if the queue is bounded and full.
+    ///
+    /// # Errors
+    /// [`PutError::Closed`] after [`close`](Queue::close);
+    /// [`PutError::Failed`] when the value cannot be encoded. The value comes back.
+    pub fn put(&self, value: T) -> std::result::Result<(), PutError<T>> {
+        self.put_within(value, None)
+    }
+
+    /// Puts `value`, waiting at most `timeout` for a free place.
+    ///
+    /// # Errors
+    /// As [`put`](Queue::put), and [`PutError::Full`] when no place freed up.
+    pub fn put_timeout(&self, value: T, timeout: Duration) -> std::result::Result<(), PutError<T>> {
+        self.put_within(value, Some(timeout))
+    }
+
+    /// Puts `value` only if there is a free place now (Python's `put_nowait`).
+    ///
+    /// # Errors
+    /// As [`put_timeout`](Queue::put_timeout).
+    pub fn put_nowait(&self, value: T) -> std::result::Result<(), PutError<T>> {
+        self.put_within(value, Some(Duration::ZERO))
+    }
+}
+
+impl<T: DeserializeOwned> Queue<T> {
+    fn get_within(&self, timeout: Option<Duration>) -> Result<T> {
+        if self.is_closed() {
+            return Err(closed());
+        }
+        let msg = self.receive(timeout)?;
+        let m = self.mem();
+        let _ = m.count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
+        self.give_place();
+        decode(msg)
+    }
+
+    /// Takes the next item, waiting as long as it takes.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Closed`] after [`close`](Queue::close);
+    /// [`ErrorKind::Deserialize`] for an item that is not a `T` (it is consumed).
+    pub fn get(&self) -> Result<T> {
+        self.get_within(None)
+    }
+
+    /// Takes the next item, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Empty`] when none came in time; as [`get`](Queue::get).
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
+        self.get_within(Some(timeout))
+    }
+
+    /// Takes an item only if one is there now (Python's `get_nowait`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Empty`]; as [`get`](Queue::get).
+    pub fn get_nowait(&self) -> Result<T> {
+        self.get_within(Some(Duration::ZERO))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    tx: crate::Fd<OwnedFd>,
+    rx: crate::Fd<OwnedFd>,
+    mem: Cell<QueueMem>,
+}
+
+impl<T> Serialize for Queue<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::Error as _;
+        let dup = |fd: &OwnedFd| fd.try_clone().map(crate::Fd::new).map_err(S::Error::custom);
+        Wire { tx: dup(&self.shared.tx)?, rx: dup(&self.shared.rx)?, mem: self.shared.mem.clone() }
+            .serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Queue<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let w = Wire::deserialize(d)?;
+        Ok(Queue {
+            shared: Shared::new(w.tx.into_inner(), w.rx.into_inner(), w.mem),
+            _t: PhantomData,
+        })
+    }
+}
+
+impl<T> std::fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("qsize", &self.qsize())
+            .field("maxsize", &self.maxsize())
+            .finish()
+    }
+}
+
+/// A [`Queue`] whose consumers mark items done, so that producers can wait
+/// for all of them: Python's `multiprocessing.JoinableQueue`.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{JoinableQueue, Process};
+///
+/// fn consume(q: JoinableQueue<u32>) {
+///     loop {
+///         let _item = q.get().unwrap();
+///         q.task_done().unwrap();
+///     }
+/// }
+///
+/// let q = JoinableQueue::new()?;
+/// let mut p = Process::new(consume, q.clone());
+/// p.set_daemon(true)?;
+/// p.start()?;
+/// for i in 0..5 { q.put(i).unwrap(); }
+/// q.join(); // every item taken and marked done
+/// assert!(q.task_done().is_err()); // more task_done than items
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub struct JoinableQueue<T>(Queue<T>);
+
+impl<T> Clone for JoinableQueue<T> {
+    fn clone(&self) -> Self {
+        JoinableQueue(self.0.clone())
+    }
+}
+
+impl<T> JoinableQueue<T> {
+    /// An unbounded joinable queue.
+    ///
+    /// # Errors
+    /// As [`Queue::new`].
+    pub fn new() -> Result<Self> {
+        Ok(JoinableQueue(Queue::new()?))
+    }
+
+    /// A joinable queue of at most `maxsize` items (0: unbounded).
+    ///
+    /// # Errors
+    /// As [`Queue::new`].
+    pub fn bounded(maxsize: u32) -> Result<Self> {
+        Ok(JoinableQueue(Queue::bounded(maxsize)?))
+    }
+
+    /// Marks one taken item as done.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidState`] when called more times than items were put.
+    pub fn task_done(&self) -> Result<()> {
+        let u = &self.0.mem().unfinished;
+        match u.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1)) {
+            Ok(1) => {
+                sys::futex_wake(u, i32::MAX);
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(_) => Err(Error::new(
+                ErrorKind::InvalidState,
+                "task_done() was called more times than there were items put on the queue",
+            )),
+        }
+    }
+
+    /// Blocks until every item put has been marked done.
+    pub fn join(&self) {
+        self.join_within(None);
+    }
+
+    /// As [`join`](Self::join), for at most `timeout`; true when all are done.
+    pub fn join_timeout(&self, timeout: Duration) -> bool {
+        self.join_within(Some(timeout))
+    }
+
+    fn join_within(&self, timeout: Option<Duration>) -> bool {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let u = &self.0.mem().unfinished;
+        loop {
+            let n = u.load(Ordering::SeqCst);
+            if n == 0 {
+                return true;
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return false;
+            }
+            sys::futex_wait(u, n, left);
+        }
+    }
+}
+
+impl<T> std::ops::Deref for JoinableQueue<T> {
+    type Target = Queue<T>;
+    fn deref(&self) -> &Queue<T> {
+        &self.0
+    }
+}
+
+impl<T> Serialize for JoinableQueue<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for JoinableQueue<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Queue::deserialize(d).map(JoinableQueue)
+    }
+}
+
+impl<T> std::fmt::Debug for JoinableQueue<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("JoinableQueue").field(&self.0).finish()
+    }
+}

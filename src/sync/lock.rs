@@ -1,0 +1,199 @@
+//! `Lock` and `RLock`: robust mutexes in shared memory.
+
+use std::cell::UnsafeCell;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::shm::Cell;
+use crate::sys::{self, Locked, RawMutex};
+
+#[repr(C)]
+pub(crate) struct MutexMem {
+    raw: UnsafeCell<RawMutex>,
+}
+
+/// The shared mutex under `Lock`, `RLock` and `Condition`.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct Mutex {
+    cell: Cell<MutexMem>,
+}
+
+impl Mutex {
+    pub(crate) fn new(recursive: bool) -> Result<Mutex> {
+        let cell = Cell::<MutexMem>::zeroed()?;
+        // SAFETY: the region is fresh, private to this process until shared,
+        // and large enough for a pthread mutex.
+        unsafe { sys::mutex_init(cell.ptr().cast(), recursive) }
+            .map_err(|e| Error::io("could not initialise a shared mutex", e))?;
+        Ok(Mutex { cell })
+    }
+
+    pub(crate) fn raw(&self) -> *mut RawMutex {
+        self.cell.ptr().cast()
+    }
+
+    /// Locks with a bound (`None`: block; `Some(ZERO)`: try once).
+    pub(crate) fn lock(&self, timeout: Option<Duration>) -> Result<Option<LockGuard<'_>>> {
+        // SAFETY: `raw` was initialised by `mutex_init` in the creating process.
+        match unsafe { sys::mutex_lock(self.raw(), timeout) } {
+            Ok(Some(state)) => Ok(Some(LockGuard {
+                raw: self.raw(),
+                owner_died: state == Locked::OwnerDied,
+                _lock: PhantomData,
+            })),
+            Ok(None) => Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::EDEADLK) => Err(Error::new(
+                ErrorKind::InvalidState,
+                "this thread already holds the lock; a Lock is not reentrant (use an RLock)",
+            )),
+            Err(e) => Err(Error::io("could not take a shared lock", e)),
+        }
+    }
+
+    pub(crate) fn unlock(&self) -> Result<()> {
+        // SAFETY: `raw` was initialised by `mutex_init`.
+        unsafe { sys::mutex_unlock(self.raw()) }.map_err(|e| {
+            if e.raw_os_error() == Some(libc::EPERM) {
+                Error::new(ErrorKind::InvalidState, "release of a lock this thread does not hold")
+            } else {
+                Error::io("could not release a shared lock", e)
+            }
+        })
+    }
+}
+
+/// Proof that a [`Lock`] or [`RLock`] is held; releases it when dropped.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct LockGuard<'a> {
+    raw: *mut RawMutex,
+    owner_died: bool,
+    _lock: PhantomData<&'a Mutex>,
+}
+
+impl LockGuard<'_> {
+    /// True when the process (or thread) that held the lock before died
+    /// holding it. The lock is yours and usable; what it protected may be
+    /// half-updated, so check it.
+    pub fn previous_owner_died(&self) -> bool {
+        self.owner_died
+    }
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the guard exists only while this thread holds the mutex.
+        let _ = unsafe { sys::mutex_unlock(self.raw) };
+    }
+}
+
+impl std::fmt::Debug for LockGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard").field("previous_owner_died", &self.owner_died).finish()
+    }
+}
+
+macro_rules! lock_type {
+    ($(#[$doc:meta])* $name:ident, recursive: $rec:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Serialize, Deserialize)]
+        pub struct $name {
+            mutex: Mutex,
+        }
+
+        impl $name {
+            /// A new, free lock in shared memory.
+            ///
+            /// # Errors
+            /// When shared memory cannot be created.
+            pub fn new() -> Result<Self> {
+                Ok($name { mutex: Mutex::new($rec)? })
+            }
+
+            /// Blocks until the lock is free and takes it.
+            ///
+            /// # Errors
+            /// An OS error, or (for `Lock`) this thread already holds it.
+            pub fn acquire(&self) -> Result<LockGuard<'_>> {
+                Ok(self.mutex.lock(None)?.expect("an unbounded lock always succeeds"))
+            }
+
+            /// Takes the lock if it is free at once.
+            ///
+            /// # Errors
+            /// As [`acquire`](Self::acquire).
+            pub fn try_acquire(&self) -> Result<Option<LockGuard<'_>>> {
+                self.mutex.lock(Some(Duration::ZERO))
+            }
+
+            /// Takes the lock if it becomes free within `timeout`.
+            ///
+            /// # Errors
+            /// As [`acquire`](Self::acquire).
+            pub fn acquire_timeout(&self, timeout: Duration) -> Result<Option<LockGuard<'_>>> {
+                self.mutex.lock(Some(timeout))
+            }
+
+            /// Python's `acquire(block, timeout)`: takes the lock and keeps it
+            /// until [`release`](Self::release); true when taken.
+            ///
+            /// # Errors
+            /// As [`acquire`](Self::acquire).
+            pub fn acquire_raw(&self, block: bool, timeout: Option<Duration>) -> Result<bool> {
+                let bound = if block { timeout } else { Some(Duration::ZERO) };
+                Ok(self.mutex.lock(bound)?.map(std::mem::forget).is_some())
+            }
+
+            /// Releases a lock taken with [`acquire_raw`](Self::acquire_raw).
+            ///
+            /// # Errors
+            /// [`ErrorKind::InvalidState`] when this thread does not hold it.
+            pub fn release(&self) -> Result<()> {
+                self.mutex.unlock()
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(stringify!($name))
+            }
+        }
+    };
+}
+
+lock_type! {
+    /// A mutual-exclusion lock shared by processes: Python's
+    /// `multiprocessing.Lock`, as a robust mutex in shared memory.
+    ///
+    /// Taking a free lock costs no system call. If a process dies holding the
+    /// lock, the next one to take it gets it, and its guard says so
+    /// ([`LockGuard::previous_owner_died`]) — no one deadlocks.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{Lock, Process};
+    ///
+    /// fn work(lock: Lock) {
+    ///     let _g = lock.acquire().unwrap();
+    ///     println!("in the critical section");
+    /// }
+    ///
+    /// let lock = Lock::new()?;
+    /// let mut p = Process::new(work, lock.clone());
+    /// p.start()?;
+    /// p.join()?;
+    /// assert!(lock.try_acquire()?.is_some());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    Lock, recursive: false
+}
+
+lock_type! {
+    /// A reentrant lock shared by processes: Python's `multiprocessing.RLock`.
+    /// The thread that holds it may take it again; it is free once released
+    /// as many times as it was taken.
+    RLock, recursive: true
+}
