@@ -1,7 +1,6 @@
-//! Seed 003, pool callbacks: `apply` runs tasks one at a time, `apply_async`
-//! runs them in parallel, and the callback runs in the parent process.
-//! (The seed's first part, a `Lock` shared by processes, is not a pool
-//! scenario and is not here.)
+//! Seed 003, locks and pool callbacks: a `Lock` passed to 10 processes that
+//! print under it; `apply` runs tasks one at a time, `apply_async` runs them
+//! in parallel, and the callback runs in the parent process.
 //!
 //! `cargo run --release --example s003_callbacks [-- S003.2 ...]`
 
@@ -10,20 +9,74 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::Context;
-use multiproc::Pool;
+use multiproc::{Fd, Lock, Pool, Process};
 
 pub const SCENARIOS: &[common::Scenario] = &[
+    ("S003.1", "A Lock passed to 10 processes that print under it; each also logs start and end lines to one file around a 5 ms nap, and no two overlap", s003_1),
     ("S003.2", "apply is serial, apply_async parallel: 10 tasks of 2 s (scaled to 100 ms) in Pool(5) take 10x and 2x the task time", s003_2),
     ("S003.3", "The callback runs in the parent: its pid is the parent's, the tasks' pids are the workers'", s003_3),
 ];
 
 fn main() -> std::process::ExitCode {
     common::run(SCENARIOS)
+}
+
+/// How long a process may take before the scenario calls it hung.
+const BOUND: Duration = Duration::from_secs(10);
+
+/// The seed's `f`: prints under the lock, taken and released Python's way.
+/// It also writes a start and an end line to the shared `log` around a short
+/// nap, so that the scenario can see that no two processes were inside at once.
+fn f(l: Lock, i: u32, mut log: Fd<File>) {
+    l.acquire_raw(true, None).expect("acquire");
+    log.write_all(format!("start {i}\n").as_bytes()).expect("write the log");
+    println!("hello world {i}");
+    thread::sleep(Duration::from_millis(5));
+    log.write_all(format!("end {i}\n").as_bytes()).expect("write the log");
+    l.release().expect("release");
+}
+
+pub fn s003_1() -> Result<(), String> {
+    let path = std::env::temp_dir().join(format!("multiproc-s003_1-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let log = OpenOptions::new().create(true).append(true).open(&path).context("open the log")?;
+    let lock = Lock::new().context("Lock::new")?;
+    let mut ps = Vec::new();
+    for i in 0..10 {
+        let log = Fd::new(log.try_clone().context("try_clone")?);
+        let mut p = Process::new(f, (lock.clone(), i, log));
+        p.start().context("start")?;
+        ps.push(p);
+    }
+    let mut codes = Vec::new();
+    for p in &mut ps {
+        let done = p.join_timeout(BOUND).context("join")?;
+        codes.push(if done { p.exitcode() } else { None });
+    }
+    let text = std::fs::read_to_string(&path);
+    let _ = std::fs::remove_file(&path);
+    ensure!(codes.iter().all(|c| *c == Some(0)), "exit codes {codes:?}, want 0 for all");
+    let text = text.context("read the log")?;
+    let lines: Vec<&str> = text.lines().collect();
+    let mut seen = BTreeSet::new();
+    for pair in lines.chunks(2) {
+        let i = pair[0].strip_prefix("start ");
+        ensure!(
+            pair.len() == 2 && i.is_some() && pair[1].strip_prefix("end ") == i,
+            "the log interleaves: {pair:?} in {lines:?}"
+        );
+        seen.insert(i.unwrap_or_default());
+    }
+    println!("the log shows 10 start/end pairs, none interleaved");
+    ensure!(seen.len() == 10 && lines.len() == 20, "the log holds {lines:?}");
+    Ok(())
 }
 
 /// The seed's 2 s task, scaled down twentyfold.

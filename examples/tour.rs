@@ -1,5 +1,6 @@
-//! Every Pool scenario of the seeds, in order: seed 000 (Pool basics), 001
-//! (Pool parameters), 003 (callbacks) and 004 (concurrent.futures executors and
+//! The scenarios of the seeds, in order: seed 000 (Pool basics), 001 (Pool
+//! parameters), 002 (processes, queues, pipes, locks, semaphores, events),
+//! 003 (a lock, and pool callbacks) and 004 (concurrent.futures executors and
 //! the rest of the Pool API).
 //! Each scenario prints what its Python original prints and checks what it
 //! observes; the tour ends with `N passed, M failed` and fails if any failed.
@@ -22,6 +23,12 @@ pub mod s000;
 #[path = "s001_pool_parameters.rs"]
 pub mod s001;
 #[allow(dead_code)]
+#[path = "s002_ipc.rs"]
+pub mod s002_ipc;
+#[allow(dead_code)]
+#[path = "s002_processes.rs"]
+pub mod s002_processes;
+#[allow(dead_code)]
 #[path = "s003_callbacks.rs"]
 pub mod s003;
 #[allow(dead_code)]
@@ -35,6 +42,8 @@ fn main() -> std::process::ExitCode {
     let all = [
         s000::SCENARIOS,
         s001::SCENARIOS,
+        s002_processes::SCENARIOS,
+        s002_ipc::SCENARIOS,
         s003::SCENARIOS,
         s004_futures::SCENARIOS,
         s004::SCENARIOS,

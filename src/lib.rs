@@ -58,3 +58,9 @@ pub use sync::{
     SemaphoreGuard,
 };
 pub use task::TaskFn;
+
+/// The instant `timeout` from now; `None` (no bound) when that is beyond
+/// what the clock can represent, so `Duration::MAX` means "wait forever".
+pub(crate) fn deadline_after(timeout: std::time::Duration) -> Option<std::time::Instant> {
+    std::time::Instant::now().checked_add(timeout)
+}

@@ -109,7 +109,7 @@ impl<T> Connection<T> {
 
     fn recv_frame(&self, timeout: Option<Duration>) -> Result<(u8, Vec<u8>, Vec<OwnedFd>)> {
         self.check(false)?;
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(crate::deadline_after);
         let mut c = self.lock();
         loop {
             if let Some((kind, body, fds)) = c.next_frame() {

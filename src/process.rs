@@ -35,6 +35,8 @@ struct Target {
     offset: i64,
     chunk: Vec<u8>,
     fds: Vec<std::os::fd::OwnedFd>,
+    /// Why the arguments could not be encoded, if they could not.
+    error: Option<Error>,
 }
 
 /// A function running in a child process.
@@ -72,6 +74,7 @@ pub struct Process {
 
 impl Process {
     /// A process that will run `f(args)`. Several arguments go in a tuple.
+    /// Arguments that fail to serialize make [`start`](Process::start) fail.
     pub fn new<F, A, M>(f: F, args: A) -> Process
     where
         F: TaskFn<A, M> + Copy,
@@ -80,10 +83,19 @@ impl Process {
     {
         let _ = f;
         let (chunk, fds) = task::encode_chunk(std::slice::from_ref(&args));
+        let error = match task::ItemReader::new(&chunk).next() {
+            Some(Err(failure)) => Some(failure.into_error(None)),
+            _ => None,
+        };
         Process {
             name: format!("Process-{}", PROCESS_NUMBER.fetch_add(1, Ordering::Relaxed)),
             daemon: false,
-            target: Some(Target { offset: task::trampoline_offset::<F, A, M>(), chunk, fds }),
+            target: Some(Target {
+                offset: task::trampoline_offset::<F, A, M>(),
+                chunk,
+                fds,
+                error,
+            }),
             child: None,
             exitcode: None,
         }
@@ -141,6 +153,9 @@ impl Process {
         let Some(target) = self.target.take() else {
             return Err(Error::new(ErrorKind::InvalidState, "a process can be started only once"));
         };
+        if let Some(e) = target.error {
+            return Err(e);
+        }
         ensure_exit_hook();
         let spawned = spawn::spawn(ROLE_PROCESS, &self.name, self.daemon)?;
         self.child = Some(spawned.child);

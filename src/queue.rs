@@ -209,7 +209,7 @@ impl<T> Queue<T> {
         if m.maxsize.load(Ordering::SeqCst) == 0 {
             return true;
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(crate::deadline_after);
         loop {
             let f = m.free.load(Ordering::SeqCst);
             if f > 0 {
@@ -248,7 +248,9 @@ impl<T> Queue<T> {
         items.0.push_back(msg);
         if !items.1 {
             items.1 = true;
-            let shared = Arc::downgrade(&self.shared);
+            // The feeder keeps the queue alive until the outbox is sent, even
+            // if every handle in this process is dropped meanwhile.
+            let shared = self.shared.clone();
             std::thread::Builder::new()
                 .name("multiproc-queue-feeder".into())
                 .spawn(move || feed(shared))
@@ -258,7 +260,7 @@ impl<T> Queue<T> {
     }
 
     fn receive(&self, timeout: Option<Duration>) -> Result<Message> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(crate::deadline_after);
         let fd = self.shared.rx.as_fd();
         let mut buf = Vec::new();
         loop {
@@ -284,9 +286,8 @@ impl<T> Queue<T> {
 }
 
 /// Sends a process's outbox in order, blocking as the consumers allow.
-fn feed(shared: Weak<Shared>) {
+fn feed(s: Arc<Shared>) {
     loop {
-        let Some(s) = shared.upgrade() else { return };
         let mut items = s.outbox.items.lock().unwrap_or_else(|e| e.into_inner());
         let Some(msg) = items.0.pop_front() else {
             items.1 = false;
@@ -308,12 +309,32 @@ fn feed(shared: Weak<Shared>) {
 fn outboxes() -> &'static Mutex<Vec<Weak<Outbox>>> {
     static OUTBOXES: OnceLock<Mutex<Vec<Weak<Outbox>>>> = OnceLock::new();
     OUTBOXES.get_or_init(|| {
+        // Items put by this process are delivered before it exits, as long
+        // as consumers take them; if none is taken for a while, the rest is
+        // dropped with a message rather than hanging the exit forever.
         extern "C" fn flush_at_exit() {
+            const STALL: Duration = Duration::from_secs(5);
             let boxes = outboxes().lock().map(|v| v.clone()).unwrap_or_default();
             for b in boxes.iter().filter_map(Weak::upgrade) {
                 let mut items = b.items.lock().unwrap_or_else(|e| e.into_inner());
+                let (mut left, mut since) = (items.0.len(), Instant::now());
                 while items.1 {
-                    items = b.drained.wait(items).unwrap_or_else(|e| e.into_inner());
+                    items = b
+                        .drained
+                        .wait_timeout(items, Duration::from_millis(50))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                    if items.0.len() != left {
+                        (left, since) = (items.0.len(), Instant::now());
+                    } else if items.1 && since.elapsed() >= STALL {
+                        eprintln!(
+                            "multiproc: process {} exits with {} queue item(s) no one took \
+                             for {STALL:?}; they are dropped",
+                            std::process::id(),
+                            items.0.len() + 1
+                        );
+                        break;
+                    }
                 }
             }
         }
@@ -591,7 +612,7 @@ impl<T> JoinableQueue<T> {
     }
 
     fn join_within(&self, timeout: Option<Duration>) -> bool {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(crate::deadline_after);
         let u = &self.0.mem().unfinished;
         loop {
             let n = u.load(Ordering::SeqCst);

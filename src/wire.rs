@@ -135,6 +135,12 @@ impl Conn {
         self.end_frame(start)
     }
 
+    /// How far into the output buffer the peer has been handed bytes; valid
+    /// as an offset until the buffer is next emptied.
+    pub(crate) fn written(&self) -> usize {
+        self.wpos
+    }
+
     /// True while output is waiting to be written.
     pub(crate) fn has_output(&self) -> bool {
         self.wpos < self.wbuf.len()

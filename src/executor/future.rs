@@ -264,7 +264,7 @@ pub fn wait<R: Send + 'static>(
             s.1.notify_all();
         });
     }
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let deadline = timeout.and_then(crate::deadline_after);
     let mut seen = signal.0.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         let done = futures.iter().filter(|f| f.done()).count();
@@ -326,7 +326,7 @@ pub fn as_completed<R: Send + 'static>(
         futures: futures.into_iter().map(Some).collect(),
         rx,
         left: total,
-        deadline: timeout.map(|t| (Instant::now() + t, t)),
+        deadline: timeout.and_then(|t| crate::deadline_after(t).map(|d| (d, t))),
     }
 }
 

@@ -221,6 +221,8 @@ impl ProcessPoolExecutor {
             self.core.cancel_queued();
         }
         self.core.close();
+        // A `map` iterator still being read does not keep the workers.
+        self.core.cut_holds();
         if wait {
             self.core.join_threads();
         }
@@ -373,6 +375,8 @@ impl ThreadPoolExecutor {
             self.core.cancel_queued();
         }
         self.core.close();
+        // A `map` iterator still being read does not keep the workers.
+        self.core.cut_holds();
         if wait {
             self.core.join_threads();
         }

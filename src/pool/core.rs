@@ -86,6 +86,30 @@ pub(crate) struct Queue {
     /// Set when the pool cannot run tasks at all (initializer failed, build
     /// mismatch, no process could be started); every task fails with it.
     pub(crate) broken: Option<Error>,
+    /// Iterators started while the pool ran that may still submit after
+    /// `close()`; workers stay until they are done (or cut off).
+    pub(crate) holds: usize,
+    /// Set by an executor's shutdown: holds no longer keep workers.
+    pub(crate) holds_cut: bool,
+}
+
+impl Queue {
+    /// True once a closed pool has nothing left to run or wait for.
+    pub(crate) fn finished(&self) -> bool {
+        self.state == RunState::Closed
+            && self.jobs.is_empty()
+            && (self.holds == 0 || self.holds_cut)
+    }
+
+    /// Why a submission is refused, if it is.
+    fn refusal(&self, held: bool) -> Option<Error> {
+        match (&self.broken, self.state) {
+            (Some(e), _) => Some(e.clone()),
+            (None, RunState::Running) => None,
+            (None, RunState::Closed) if held && self.holds > 0 && !self.holds_cut => None,
+            (None, _) => Some(Error::not_running()),
+        }
+    }
 }
 
 /// How a slot's thread is woken.
@@ -147,6 +171,8 @@ impl Core {
                 jobs: VecDeque::new(),
                 state: RunState::Running,
                 broken: None,
+                holds: 0,
+                holds_cut: false,
             }),
             slots,
             config,
@@ -178,6 +204,26 @@ impl Core {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Keeps workers after `close()` until the returned release runs.
+    pub(crate) fn hold_open(self: &Arc<Self>) -> Option<super::map::Release> {
+        let mut q = self.lock();
+        if q.state != RunState::Running || q.broken.is_some() {
+            return None;
+        }
+        q.holds += 1;
+        let core = self.clone();
+        Some(Box::new(move || {
+            core.lock().holds -= 1;
+            core.wake_all();
+        }))
+    }
+
+    /// Lets closed pools stop waiting for iterators (executor shutdown).
+    pub(crate) fn cut_holds(&self) {
+        self.lock().holds_cut = true;
+        self.wake_all();
+    }
+
     /// Fails unless the pool takes new tasks.
     pub(crate) fn check_running(&self) -> Result<()> {
         let q = self.lock();
@@ -195,16 +241,12 @@ impl Core {
         (chunk, fds): (Vec<u8>, Vec<OwnedFd>),
         done: JobDone,
         ticket: Option<Arc<Ticket>>,
+        held: bool,
     ) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let job = Job { id, offset, chunk, fds, done, ticket };
         let mut q = self.lock();
-        let refusal = match (&q.broken, q.state) {
-            (Some(e), _) => Some(e.clone()),
-            (None, RunState::Running) => None,
-            (None, _) => Some(Error::not_running()),
-        };
-        if let Some(err) = refusal {
+        if let Some(err) = q.refusal(held) {
             drop(q);
             return job.fail(err, None);
         }

@@ -11,11 +11,35 @@ use crate::error::{Error, ErrorKind, Result};
 /// Called once with one outcome per item of a chunk.
 pub(crate) type ChunkDone<R> = Box<dyn FnOnce(Vec<Result<R>>) + Send>;
 
+/// Lets go of a hold taken with [`ChunkRunner::hold_open`].
+pub(crate) type Release = Box<dyn FnOnce() + Send>;
+
+/// Runs its release once, when the iterator's input ends or it is dropped.
+struct Hold(Option<Release>);
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let Some(release) = self.0.take() {
+            release();
+        }
+    }
+}
+
 /// How a pool runs a chunk of items through one function.
 pub(crate) trait ChunkRunner<A, R> {
     /// Runs `items` as one task; `done` gets exactly one outcome per item,
     /// whatever happens to the pool or its workers.
     fn run_chunk(&self, items: Vec<A>, done: ChunkDone<R>);
+    /// As `run_chunk`, for an iterator that was started while the pool ran:
+    /// accepted after `close()` as long as its hold is open.
+    fn run_chunk_held(&self, items: Vec<A>, done: ChunkDone<R>) {
+        self.run_chunk(items, done)
+    }
+    /// Keeps a closed pool's workers for an iterator that will submit more;
+    /// the returned closure lets go. `None` when the pool is not running.
+    fn hold_open(&self) -> Option<Release> {
+        None
+    }
     /// Fails when the pool takes no new tasks.
     fn check_running(&self) -> Result<()>;
     /// The pool's number of workers.
@@ -121,6 +145,10 @@ pub struct IMap<R> {
     consumed: usize,
     current: VecDeque<Result<R>>,
     pending_error: Option<Error>,
+    /// Keeps the pool's workers while this iterator still has input, so that
+    /// an `imap` started before `close()` yields every result, as in Python.
+    /// Declared after `feeder`, so it is released after the input is gone.
+    hold: Option<Hold>,
     /// An overall bound (executor `map` with a timeout).
     deadline: Option<(Instant, Duration)>,
 }
@@ -149,6 +177,7 @@ impl<R: Send + 'static> IMap<R> {
             consumed: 0,
             current: VecDeque::new(),
             pending_error: None,
+            hold: None,
             deadline: None,
         };
         if let Err(e) = check_chunksize(chunksize).and_then(|()| runner.check_running()) {
@@ -157,12 +186,13 @@ impl<R: Send + 'static> IMap<R> {
         }
         let size = chunksize.unwrap_or(1);
         let mut input = input.into_iter();
+        imap.hold = runner.hold_open().map(|r| Hold(Some(r)));
         imap.feeder = Some(Box::new(move |_index, done| {
             let chunk: Vec<A> = input.by_ref().take(size).collect();
             if chunk.is_empty() {
                 return false;
             }
-            runner.run_chunk(chunk, done);
+            runner.run_chunk_held(chunk, done);
             true
         }));
         imap
@@ -171,7 +201,7 @@ impl<R: Send + 'static> IMap<R> {
     /// Bounds the whole iteration by `timeout` from now: results that are
     /// late yield one timeout error, then the iteration ends.
     pub(crate) fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.deadline = Some((Instant::now() + timeout, timeout));
+        self.deadline = crate::deadline_after(timeout).map(|d| (d, timeout));
         self
     }
 
@@ -197,6 +227,7 @@ impl<R: Send + 'static> IMap<R> {
                 self.submitted += 1;
             } else {
                 self.feeder = None;
+                self.hold = None;
             }
         }
     }
@@ -234,6 +265,7 @@ impl<R: Send + 'static> Iterator for IMap<R> {
                         if now >= deadline {
                             drop(a);
                             self.feeder = None;
+                            self.hold = None;
                             self.consumed = self.submitted;
                             return Some(Err(Error::timeout(format!(
                                 "map: the next result was not ready within the {limit:?} timeout"

@@ -180,13 +180,15 @@ where
     }
 }
 
-impl<F, A, M, R> ChunkRunner<A, R> for ProcRunner<F, A, M>
-where
-    F: TaskFn<A, M, Output = R> + Copy,
-    A: Serialize,
-    R: DeserializeOwned + Send + 'static,
-{
-    fn run_chunk(&self, items: Vec<A>, done: ChunkDone<R>) {
+impl<F, A, M> ProcRunner<F, A, M> {
+    fn submit<R: DeserializeOwned + Send + 'static>(
+        &self,
+        items: Vec<A>,
+        done: ChunkDone<R>,
+        held: bool,
+    ) where
+        A: Serialize,
+    {
         let n = items.len();
         let encoded = task::encode_chunk(&items);
         drop(items);
@@ -198,7 +200,27 @@ where
                 Err(e) => done((0..n).map(|_| Err(e.clone())).collect()),
             }),
             self.ticket.clone(),
+            held,
         );
+    }
+}
+
+impl<F, A, M, R> ChunkRunner<A, R> for ProcRunner<F, A, M>
+where
+    F: TaskFn<A, M, Output = R> + Copy,
+    A: Serialize,
+    R: DeserializeOwned + Send + 'static,
+{
+    fn run_chunk(&self, items: Vec<A>, done: ChunkDone<R>) {
+        self.submit(items, done, false)
+    }
+
+    fn run_chunk_held(&self, items: Vec<A>, done: ChunkDone<R>) {
+        self.submit(items, done, true)
+    }
+
+    fn hold_open(&self) -> Option<map::Release> {
+        self.core.hold_open()
     }
 
     fn check_running(&self) -> Result<()> {
@@ -515,12 +537,25 @@ impl Pool {
     /// # Errors
     /// [`ErrorKind::PoolStillRunning`] when neither was called first.
     pub fn join(&self) -> Result<()> {
-        if self.core.lock().state == RunState::Running {
+        let q = self.core.lock();
+        if q.state == RunState::Running {
             return Err(still_running());
         }
+        if q.state == RunState::Closed && q.holds > 0 {
+            return Err(unfinished_iterator());
+        }
+        drop(q);
         self.core.join_threads();
         Ok(())
     }
+}
+
+pub(crate) fn unfinished_iterator() -> Error {
+    Error::new(
+        ErrorKind::PoolStillRunning,
+        "join() would wait for an imap iterator started before close() that still has input; \
+         consume or drop it first",
+    )
 }
 
 pub(crate) fn still_running() -> Error {

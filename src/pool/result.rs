@@ -127,7 +127,7 @@ impl<T> Completion<T> {
 
     /// Waits up to `timeout` (`None`: no bound); true once the outcome is stored.
     pub(crate) fn wait_done(&self, timeout: Option<Duration>) -> bool {
-        self.wait_until(timeout.map(|t| Instant::now() + t)).settled
+        self.wait_until(timeout.and_then(crate::deadline_after)).settled
     }
 
     /// True once the outcome is stored.
@@ -152,7 +152,7 @@ impl<T> Completion<T> {
         let mut st = self.lock();
         if matches!(st.outcome, Outcome::Pending) {
             drop(st);
-            st = self.wait_until(timeout.map(|t| Instant::now() + t));
+            st = self.wait_until(timeout.and_then(crate::deadline_after));
         }
         match &st.outcome {
             Outcome::Ready(r) => Some(r.clone()),
@@ -283,7 +283,7 @@ impl<T> AsyncResult<T> {
     /// [`ErrorKind::Timeout`] when the task is not done in time, or the task's
     /// own error.
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
-        let mut st = self.inner.wait_until(Some(Instant::now() + timeout));
+        let mut st = self.inner.wait_until(crate::deadline_after(timeout));
         Completion::take(&mut st).unwrap_or_else(|| {
             Err(Error::timeout(format!("the result was not ready within {timeout:?}")))
         })
@@ -296,7 +296,7 @@ impl<T> AsyncResult<T> {
 
     /// Waits at most `timeout`; returns true when the task has finished.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.inner.wait_until(Some(Instant::now() + timeout)).settled
+        self.inner.wait_until(crate::deadline_after(timeout)).settled
     }
 
     /// True once the task has finished.

@@ -53,8 +53,7 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
     loop {
         {
             let q = core.lock();
-            let finished = q.state == RunState::Closed && q.jobs.is_empty();
-            if q.state == RunState::Terminated || q.broken.is_some() || finished {
+            if q.state == RunState::Terminated || q.broken.is_some() || q.finished() {
                 return;
             }
         }
@@ -73,6 +72,8 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
             avg: None,
             sent: 0,
             ready: false,
+            exit: (None, None),
+            unflushed_ends: VecDeque::new(),
         };
         // A worker that is starting will be free soon: busy slots leave
         // queued jobs for it rather than pipelining them.
@@ -86,11 +87,17 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
             End::Respawn { early: true } => {
                 early_deaths += 1;
                 if early_deaths >= STARTUP_ATTEMPTS {
+                    let how = match worker.exit {
+                        (Some(sig), _) => format!("was killed by {}", sys::signal_name(sig)),
+                        (None, Some(code)) => format!("exited with code {code}"),
+                        (None, None) => "vanished".to_string(),
+                    };
                     return core.break_pool(Error::new(
                         ErrorKind::InitializerFailed,
                         format!(
-                            "{STARTUP_ATTEMPTS} workers in a row died while starting up \
-                             (last: worker {}); the pool stopped starting workers",
+                            "{STARTUP_ATTEMPTS} workers in a row died while starting up, before \
+                             running a task (the last, worker {}, {how}); the pool stopped \
+                             starting workers",
                             worker.pid
                         ),
                     ));
@@ -112,6 +119,11 @@ struct Worker {
     avg: Option<Duration>,
     sent: usize,
     ready: bool,
+    /// How the worker ended (signal, exit code), once reaped.
+    exit: (Option<i32>, Option<i32>),
+    /// Where in the output buffer the frames of the last jobs sent end,
+    /// while not all of their bytes have reached the socket.
+    unflushed_ends: VecDeque<usize>,
 }
 
 impl Worker {
@@ -176,7 +188,7 @@ impl Worker {
                 }
             }
             if self.ready && self.inflight.is_empty() {
-                let idle_closed = state == RunState::Closed && core.lock().jobs.is_empty();
+                let idle_closed = core.lock().finished();
                 if retiring || idle_closed {
                     self.exit_gracefully();
                     return if retiring { End::Respawn { early: false } } else { End::Exit };
@@ -185,10 +197,16 @@ impl Worker {
             if self.conn.write_some().is_err() {
                 return self.died(core, "while receiving a task");
             }
+            if self.conn.has_output() {
+                let written = self.conn.written();
+                self.unflushed_ends.retain(|&end| end > written);
+            } else {
+                self.unflushed_ends.clear();
+            }
             let room_left = self.ready
                 && !retiring
                 && depth(pace) > self.inflight.len()
-                && state == RunState::Running;
+                && state != RunState::Terminated;
             if room_left {
                 signal.wants_work.store(true, Ordering::SeqCst);
                 if !core.lock().jobs.is_empty() {
@@ -245,6 +263,7 @@ impl Worker {
         if let Some(t) = &job.ticket {
             t.slot.store(self.index, Ordering::SeqCst);
         }
+        self.unflushed_ends.push_back(self.conn.out().len());
         if self.inflight.is_empty() {
             self.head_since = Instant::now();
         }
@@ -369,10 +388,11 @@ impl Worker {
         }
         let status = self.child.wait();
         spawn::unregister(self.pid);
-        match status {
+        self.exit = match status {
             Ok(s) => (s.signal(), s.code()),
             Err(_) => (None, None),
-        }
+        };
+        self.exit
     }
 
     fn exit_gracefully(&mut self) {
@@ -394,6 +414,19 @@ impl Worker {
     }
 
     fn died(&mut self, core: &Core, doing: &str) -> End {
+        // Results the worker wrote before it died are still in the socket:
+        // deliver them first, so only the job it was running is blamed.
+        let _ = self.conn.read_some();
+        if let Some(end) = self.handle_frames(core) {
+            return end;
+        }
+        // Jobs whose frames never fully reached the socket were never read:
+        // they go back to the queue instead of failing with the worker.
+        let written = self.conn.written();
+        let unread = self.unflushed_ends.iter().filter(|&&end| end > written).count();
+        let unread = unread.min(self.inflight.len());
+        let keep = self.inflight.len() - unread;
+        core.requeue(self.inflight.split_off(keep).into_iter());
         let (signal, code) = self.reap(EXIT_GRACE);
         if !self.ready {
             if code == Some(EXIT_MISMATCH) {

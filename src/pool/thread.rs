@@ -19,6 +19,20 @@ struct Queue {
     jobs: VecDeque<Job>,
     state: RunState,
     broken: Option<Error>,
+    /// Iterators started while the pool ran that may submit after `close()`.
+    holds: usize,
+    holds_cut: bool,
+}
+
+impl Queue {
+    fn refusal(&self, held: bool) -> Option<Error> {
+        match (&self.broken, self.state) {
+            (Some(e), _) => Some(e.clone()),
+            (None, RunState::Running) => None,
+            (None, RunState::Closed) if held && self.holds > 0 && !self.holds_cut => None,
+            (None, _) => Some(Error::not_running()),
+        }
+    }
 }
 
 pub(crate) struct ThreadCore {
@@ -64,6 +78,8 @@ impl ThreadCore {
                 jobs: VecDeque::new(),
                 state: RunState::Running,
                 broken: None,
+                holds: 0,
+                holds_cut: false,
             }),
             cond: Condvar::new(),
             threads: Mutex::new(Vec::new()),
@@ -132,14 +148,34 @@ impl ThreadCore {
         self.lock().state == RunState::Running
     }
 
-    fn submit(self: &Arc<Self>, job: Job) {
+    /// Keeps threads after `close()` until the returned release runs.
+    pub(crate) fn hold_open(self: &Arc<Self>) -> Option<super::map::Release> {
         let mut q = self.lock();
-        let refusal = match (&q.broken, q.state) {
-            (Some(e), _) => Some(e.clone()),
-            (None, RunState::Running) => None,
-            (None, _) => Some(Error::not_running()),
-        };
-        match refusal {
+        if q.state != RunState::Running || q.broken.is_some() {
+            return None;
+        }
+        q.holds += 1;
+        let core = self.clone();
+        Some(Box::new(move || {
+            core.lock().holds -= 1;
+            core.cond.notify_all();
+        }))
+    }
+
+    /// Lets a closed pool stop waiting for iterators (executor shutdown).
+    pub(crate) fn cut_holds(&self) {
+        self.lock().holds_cut = true;
+        self.cond.notify_all();
+    }
+
+    fn has_holds(&self) -> bool {
+        let q = self.lock();
+        q.holds > 0 && !q.holds_cut
+    }
+
+    fn submit(self: &Arc<Self>, job: Job, held: bool) {
+        let mut q = self.lock();
+        match q.refusal(held) {
             Some(err) => {
                 drop(q);
                 job(Some(err));
@@ -204,7 +240,7 @@ impl ThreadCore {
                 if let Some(job) = q.jobs.pop_front() {
                     break job;
                 }
-                if q.state == RunState::Closed {
+                if q.state == RunState::Closed && (q.holds == 0 || q.holds_cut) {
                     return;
                 }
                 q = self.cond.wait(q).unwrap_or_else(|e| e.into_inner());
@@ -320,6 +356,9 @@ impl ThreadPool {
         if self.core.is_running() {
             return Err(super::still_running());
         }
+        if self.core.has_holds() {
+            return Err(super::unfinished_iterator());
+        }
         self.core.join_threads();
         Ok(())
     }
@@ -360,6 +399,40 @@ impl<F, A, M> ThreadRunner<F, A, M> {
     }
 }
 
+impl<F, A, M> ThreadRunner<F, A, M> {
+    fn submit<R>(&self, items: Vec<A>, done: ChunkDone<R>, held: bool)
+    where
+        F: TaskFn<A, M, Output = R>,
+        A: Send + 'static,
+        R: Send + 'static,
+    {
+        let (f, core, ticket) = (self.f.clone(), self.core.clone(), self.ticket.clone());
+        self.core.submit(
+            Box::new(move |cancel| {
+                let outcomes = match cancel {
+                    Some(e) => items.into_iter().map(|_| Err(e.clone())).collect(),
+                    None => {
+                        if ticket.as_ref().is_some_and(|t| !t.start()) {
+                            // Cancelled while queued: `cancel` already completed it.
+                            return core.release();
+                        }
+                        let outcomes = items
+                            .into_iter()
+                            .map(|a| {
+                                task::catch_panic(|| f.call(a)).map_err(|fl| fl.into_error(None))
+                            })
+                            .collect();
+                        core.release();
+                        outcomes
+                    }
+                };
+                done(outcomes)
+            }),
+            held,
+        );
+    }
+}
+
 impl<F, A, M, R> ChunkRunner<A, R> for ThreadRunner<F, A, M>
 where
     F: TaskFn<A, M, Output = R>,
@@ -367,25 +440,15 @@ where
     R: Send + 'static,
 {
     fn run_chunk(&self, items: Vec<A>, done: ChunkDone<R>) {
-        let (f, core, ticket) = (self.f.clone(), self.core.clone(), self.ticket.clone());
-        self.core.submit(Box::new(move |cancel| {
-            let outcomes = match cancel {
-                Some(e) => items.into_iter().map(|_| Err(e.clone())).collect(),
-                None => {
-                    if ticket.as_ref().is_some_and(|t| !t.start()) {
-                        // Cancelled while queued: `cancel` already completed it.
-                        return core.release();
-                    }
-                    let outcomes = items
-                        .into_iter()
-                        .map(|a| task::catch_panic(|| f.call(a)).map_err(|fl| fl.into_error(None)))
-                        .collect();
-                    core.release();
-                    outcomes
-                }
-            };
-            done(outcomes)
-        }));
+        self.submit(items, done, false)
+    }
+
+    fn run_chunk_held(&self, items: Vec<A>, done: ChunkDone<R>) {
+        self.submit(items, done, true)
+    }
+
+    fn hold_open(&self) -> Option<super::map::Release> {
+        self.core.hold_open()
     }
 
     fn check_running(&self) -> Result<()> {

@@ -1,7 +1,7 @@
 //! `Barrier`: parties wait until all have arrived.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -86,7 +86,7 @@ impl Barrier {
     /// # Errors
     /// [`ErrorKind::BrokenBarrier`] when the barrier is or becomes broken.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<u32> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(crate::deadline_after);
         let m = self.mem();
         let guard = self.mutex.lock(None)?.expect("an unbounded lock always succeeds");
         if m.broken.load(Ordering::SeqCst) != 0 {

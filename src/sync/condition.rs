@@ -1,7 +1,7 @@
 //! `Condition`: a shared lock plus a futex sequence number to wait on.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -102,7 +102,7 @@ impl<'a> ConditionGuard<'a> {
         mut predicate: impl FnMut() -> bool,
         timeout: Option<Duration>,
     ) -> Result<(ConditionGuard<'a>, bool)> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(crate::deadline_after);
         loop {
             if predicate() {
                 return Ok((self, true));

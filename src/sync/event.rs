@@ -1,7 +1,7 @@
 //! `Event`: a flag in shared memory that processes wait on.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -62,7 +62,7 @@ impl Event {
 
     /// Blocks until the flag is set or `timeout` passes; returns the flag.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        let deadline = Some(Instant::now() + timeout);
+        let deadline = crate::deadline_after(timeout);
         loop {
             if self.is_set() {
                 return true;

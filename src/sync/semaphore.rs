@@ -3,7 +3,7 @@
 //! Python); no one blocks on anything but the counter.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -71,7 +71,7 @@ impl Semaphore {
     }
 
     fn take(&self, timeout: Option<Duration>) -> bool {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(crate::deadline_after);
         let m = self.mem();
         loop {
             let v = m.value.load(Ordering::SeqCst);

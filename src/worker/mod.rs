@@ -6,7 +6,6 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use crate::sys;
 use crate::task::{self, Failure, FailureKind};
@@ -120,30 +119,16 @@ fn describe(failure: &Failure) -> String {
 
 /// Runs tasks until the parent closes the channel.
 ///
-/// Results are written as soon as a task ends unless more tasks are already
-/// buffered and tasks are short, in which case they are batched into one
-/// write: a long task never holds back the result of the one before it.
+/// Each result is written as soon as its task ends, before the next task
+/// starts: a result must never sit in this process while a later task runs,
+/// because if that task kills the worker the parent must receive every
+/// earlier result and blame only the task that was running.
 fn task_loop(conn: &mut Conn) {
-    const SHORT: Duration = Duration::from_micros(50);
-    const BATCH: usize = 64;
-    let mut pending = 0usize;
-    let mut recent = Duration::ZERO;
     loop {
-        let frame = match conn.next_frame() {
-            Some(f) => Some(f),
-            None => {
-                if pending > 0 && conn.flush_blocking().is_err() {
-                    return;
-                }
-                pending = 0;
-                recv_frame(conn)
-            }
-        };
-        let Some((kind, body, fds)) = frame else { return };
+        let Some((kind, body, fds)) = recv_frame(conn) else { return };
         if kind != wire::TASK {
             return;
         }
-        let started = Instant::now();
         let start = conn.begin_frame(wire::DONE);
         let (b, out) = conn.body_and_out(body.clone());
         let (Some(id), Some(offset)) = (le::<8>(b, 0), le::<8>(b, 8)) else {
@@ -166,14 +151,8 @@ fn task_loop(conn: &mut Conn) {
             }
             let _ = conn.end_frame(start);
         }
-        pending += 1;
-        recent = (recent * 3 + started.elapsed()) / 4;
-        let batch = recent < SHORT && pending < BATCH && !conn.input_idle();
-        if !batch {
-            if conn.flush_blocking().is_err() {
-                return;
-            }
-            pending = 0;
+        if conn.flush_blocking().is_err() {
+            return;
         }
     }
 }

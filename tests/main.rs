@@ -1,0 +1,19 @@
+//! The integration suite: one test binary, so worker processes (this binary,
+//! re-executed) are built once.
+//!
+//! Waits that a regression could turn into a hang are bounded inside the tests
+//! (`support::bounded`, `get_timeout`, `join_timeout`); the nextest profile's
+//! slow-timeout bounds everything else.
+
+#[path = "it/async_result.rs"]
+mod async_result;
+#[path = "it/pool.rs"]
+mod pool;
+#[path = "it/pool_failures.rs"]
+mod pool_failures;
+#[path = "it/process.rs"]
+mod process;
+#[path = "it/support.rs"]
+mod support;
+#[path = "it/thread_pool.rs"]
+mod thread_pool;
