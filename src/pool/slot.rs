@@ -275,11 +275,12 @@ impl Worker {
     /// current job has been running if that is longer (a fast worker that
     /// meets a slow job stops taking more at once).
     fn pace(&self) -> Option<Duration> {
+        // Unknown until a job has finished here: one at a time until then.
+        let avg = self.avg?;
         if self.inflight.is_empty() {
-            return self.avg;
+            return Some(avg);
         }
-        let running = self.head_since.elapsed();
-        Some(self.avg.map_or(running, |a| a.max(running)))
+        Some(avg.max(self.head_since.elapsed()))
     }
 
     fn head_kill_requested(&self) -> bool {
