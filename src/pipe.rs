@@ -27,7 +27,10 @@ const BYTES: u8 = 2;
 /// Send a connection to another process before reading from it: data it has
 /// already buffered stays behind.
 pub struct Connection<T> {
-    conn: Mutex<Conn>,
+    /// Reading and writing have their own state (and descriptor), so a send
+    /// never waits behind a receive blocked on the same end.
+    reader: Mutex<Conn>,
+    writer: Mutex<Conn>,
     readable: bool,
     writable: bool,
     _t: PhantomData<fn(T) -> T>,
@@ -58,16 +61,27 @@ pub struct Connection<T> {
 /// ```
 pub fn pipe<T>(duplex: bool) -> Result<(Connection<T>, Connection<T>)> {
     let (a, b) = UnixStream::pair().map_err(|e| Error::io("could not create a pipe", e))?;
-    Ok((Connection::new(a.into(), true, duplex), Connection::new(b.into(), duplex, true)))
+    Ok((Connection::new(a.into(), true, duplex)?, Connection::new(b.into(), duplex, true)?))
 }
 
 impl<T> Connection<T> {
-    fn new(fd: OwnedFd, readable: bool, writable: bool) -> Self {
-        Connection { conn: Mutex::new(Conn::new(fd)), readable, writable, _t: PhantomData }
+    fn new(fd: OwnedFd, readable: bool, writable: bool) -> Result<Self> {
+        let write_fd = fd.try_clone().map_err(|e| Error::io("could not duplicate a pipe end", e))?;
+        Ok(Connection {
+            reader: Mutex::new(Conn::new(fd)),
+            writer: Mutex::new(Conn::new(write_fd)),
+            readable,
+            writable,
+            _t: PhantomData,
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Conn> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+        self.reader.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_writer(&self) -> MutexGuard<'_, Conn> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn check(&self, write: bool) -> Result<()> {
@@ -81,12 +95,30 @@ impl<T> Connection<T> {
 
     fn send_frame(&self, kind: u8, body: &[u8], fds: Vec<OwnedFd>) -> Result<()> {
         self.check(true)?;
-        let mut c = self.lock();
+        let mut c = self.lock_writer();
         let start = c.begin_frame(kind);
         c.out().extend_from_slice(body);
         c.end_frame(start)?;
         c.attach_fds(start, fds)?;
-        c.flush_blocking().map_err(|e| closed_or_io(e, "send"))
+        // While the peer does not read, read what it sends into the receive
+        // half (unless a receiver is busy with it), so that two ends sending
+        // large messages to each other at once cannot both block forever.
+        loop {
+            c.write_some().map_err(|e| closed_or_io(e, "send"))?;
+            if !c.has_output() {
+                return Ok(());
+            }
+            let [r] = sys::poll([sys::Interest { fd: c.fd(), read: self.readable, write: true }], None)
+                .map_err(|e| Error::io("could not poll a pipe", e))?;
+            if r.read {
+                if let Ok(mut reader) = self.reader.try_lock() {
+                    let _ = reader.read_some();
+                }
+            }
+            if r.hangup && !r.write && !r.read {
+                return Err(closed_or_io(std::io::ErrorKind::BrokenPipe.into(), "send"));
+            }
+        }
     }
 
     /// Sends raw bytes (Python's `send_bytes`).
@@ -263,8 +295,9 @@ impl<'de> Deserialize<'de> for FdOwned {
 
 impl<'de, T> Deserialize<'de> for Connection<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
         let (w, fd) = <(Wire, FdOwned)>::deserialize(d)?;
-        Ok(Connection::new(fd.0, w.readable, w.writable))
+        Connection::new(fd.0, w.readable, w.writable).map_err(D::Error::custom)
     }
 }
 

@@ -238,7 +238,9 @@ impl<T> Queue<T> {
     fn send(&self, msg: Message) -> Result<()> {
         let outbox = &self.shared.outbox;
         let mut items = outbox.items.lock().unwrap_or_else(|e| e.into_inner());
-        if items.0.is_empty() {
+        // Only when no feeder is at work: it may be blocked sending an item
+        // it already took off the outbox, which must not be overtaken.
+        if items.0.is_empty() && !items.1 {
             match sys::send_with_fds(self.shared.tx.as_fd(), &msg.bytes, &msg.fds, false) {
                 Ok(_) => return Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -295,13 +297,38 @@ fn feed(s: Arc<Shared>) {
             return;
         };
         drop(items);
-        if sys::send_with_fds(s.tx.as_fd(), &msg.bytes, &msg.fds, true).is_err() {
-            // No one can ever read it (every reader is gone): drop the rest.
-            let mut items = s.outbox.items.lock().unwrap_or_else(|e| e.into_inner());
-            items.0.clear();
-            items.1 = false;
-            s.outbox.drained.notify_all();
-            return;
+        if let Err(e) = sys::send_with_fds(s.tx.as_fd(), &msg.bytes, &msg.fds, true) {
+            let gone = matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            );
+            // This item cannot be delivered: take back what its put counted.
+            let dropped = if gone {
+                let mut items = s.outbox.items.lock().unwrap_or_else(|e| e.into_inner());
+                // No one can ever read (every reader is gone): drop the rest too.
+                let n = items.0.len() + 1;
+                items.0.clear();
+                n
+            } else {
+                1
+            };
+            for _ in 0..dropped {
+                let m = s.mem.get();
+                let _ = m.count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
+                let _ = m.unfinished.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
+                if m.maxsize.load(Ordering::SeqCst) != 0 {
+                    m.free.fetch_add(1, Ordering::SeqCst);
+                    sys::futex_wake(&m.free, 1);
+                }
+                sys::futex_wake(&m.unfinished, i32::MAX);
+            }
+            eprintln!("multiproc: {dropped} queue item(s) could not be sent and were dropped: {e}");
+            if gone {
+                let mut items = s.outbox.items.lock().unwrap_or_else(|e| e.into_inner());
+                items.1 = false;
+                s.outbox.drained.notify_all();
+                return;
+            }
         }
     }
 }
@@ -362,6 +389,16 @@ fn encode<T: Serialize>(value: &T) -> Result<Message> {
             ),
         )
     })?;
+    if fds.len() + 1 > sys::MAX_FDS_PER_MESSAGE {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "an item carrying {} handles cannot be put: a queue item carries at most {}",
+                fds.len(),
+                sys::MAX_FDS_PER_MESSAGE - 1
+            ),
+        ));
+    }
     if bytes.len() <= INLINE_MAX {
         return Ok(Message { bytes, fds });
     }

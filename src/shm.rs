@@ -216,6 +216,14 @@ pub struct ValueGuard<'a, T: Plain> {
     guard: ArrayGuard<'a, T>,
 }
 
+impl<T: Plain> ValueGuard<'_, T> {
+    /// True when the lock's previous holder died holding it: the value may
+    /// be half-updated.
+    pub fn previous_owner_died(&self) -> bool {
+        self.guard.previous_owner_died()
+    }
+}
+
 impl<T: Plain> std::ops::Deref for ValueGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
@@ -345,7 +353,7 @@ impl<T: Plain> Array<T> {
             Error::new(crate::ErrorKind::InvalidState, "this shared value was made without a lock")
         })?;
         let guard = lock.acquire()?;
-        Ok(ArrayGuard { array: self, _guard: guard })
+        Ok(ArrayGuard { array: self, guard })
     }
 
     /// The array's lock, if it has one.
@@ -357,7 +365,15 @@ impl<T: Plain> Array<T> {
 /// Exclusive access to an [`Array`]'s elements while its lock is held.
 pub struct ArrayGuard<'a, T: Plain> {
     array: &'a Array<T>,
-    _guard: LockGuard<'a>,
+    guard: LockGuard<'a>,
+}
+
+impl<T: Plain> ArrayGuard<'_, T> {
+    /// True when the lock's previous holder died holding it: the elements
+    /// may be half-updated.
+    pub fn previous_owner_died(&self) -> bool {
+        self.guard.previous_owner_died()
+    }
 }
 
 impl<T: Plain> std::ops::Deref for ArrayGuard<'_, T> {

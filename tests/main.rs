@@ -7,6 +7,16 @@
 
 #[path = "it/async_result.rs"]
 mod async_result;
+#[path = "it/ipc_pipe.rs"]
+mod ipc_pipe;
+#[path = "it/ipc_queue.rs"]
+mod ipc_queue;
+#[path = "it/ipc_shm.rs"]
+mod ipc_shm;
+#[path = "it/ipc_sync.rs"]
+mod ipc_sync;
+#[path = "it/ipc_util.rs"]
+mod ipc_util;
 #[path = "it/pool.rs"]
 mod pool;
 #[path = "it/pool_failures.rs"]

@@ -31,6 +31,20 @@ impl Mutex {
         Ok(Mutex { cell })
     }
 
+    /// Keeps this mutex's memory mapped while this process holds it without
+    /// a guard: the kernel marks a dead owner's robust mutexes through that
+    /// memory, so it must outlive every handle the holder dropped.
+    pub(crate) fn pin_while_held(&self) {
+        held().lock().unwrap_or_else(|e| e.into_inner()).push(self.clone());
+    }
+
+    pub(crate) fn unpin(&self) {
+        let mut h = held().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = h.iter().position(|m| m.raw() == self.raw()) {
+            h.swap_remove(i);
+        }
+    }
+
     pub(crate) fn raw(&self) -> *mut RawMutex {
         self.cell.ptr().cast()
     }
@@ -45,6 +59,10 @@ impl Mutex {
                 _lock: PhantomData,
             })),
             Ok(None) => Ok(None),
+            // The holder trying again with a bound simply does not get it
+            // (Python's `acquire(False)` is False); only an unbounded wait,
+            // which could never end, is an error.
+            Err(e) if e.raw_os_error() == Some(libc::EDEADLK) && timeout.is_some() => Ok(None),
             Err(e) if e.raw_os_error() == Some(libc::EDEADLK) => Err(Error::new(
                 ErrorKind::InvalidState,
                 "this thread already holds the lock; a Lock is not reentrant (use an RLock)",
@@ -63,6 +81,12 @@ impl Mutex {
             }
         })
     }
+}
+
+/// Mutexes held without a guard, kept mapped until released.
+fn held() -> &'static std::sync::Mutex<Vec<Mutex>> {
+    static HELD: std::sync::OnceLock<std::sync::Mutex<Vec<Mutex>>> = std::sync::OnceLock::new();
+    HELD.get_or_init(Default::default)
 }
 
 /// Proof that a [`Lock`] or [`RLock`] is held; releases it when dropped.
@@ -143,7 +167,10 @@ macro_rules! lock_type {
             /// As [`acquire`](Self::acquire).
             pub fn acquire_raw(&self, block: bool, timeout: Option<Duration>) -> Result<bool> {
                 let bound = if block { timeout } else { Some(Duration::ZERO) };
-                Ok(self.mutex.lock(bound)?.map(std::mem::forget).is_some())
+                let Some(guard) = self.mutex.lock(bound)? else { return Ok(false) };
+                std::mem::forget(guard);
+                self.mutex.pin_while_held();
+                Ok(true)
             }
 
             /// Releases a lock taken with [`acquire_raw`](Self::acquire_raw).
@@ -151,7 +178,9 @@ macro_rules! lock_type {
             /// # Errors
             /// [`ErrorKind::InvalidState`] when this thread does not hold it.
             pub fn release(&self) -> Result<()> {
-                self.mutex.unlock()
+                self.mutex.unlock()?;
+                self.mutex.unpin();
+                Ok(())
             }
         }
 

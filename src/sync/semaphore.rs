@@ -16,8 +16,9 @@ use crate::sys;
 struct SemMem {
     value: AtomicU32,
     waiters: AtomicU32,
-    /// The most `value` may reach; 0 for no bound.
+    /// The most `value` may reach, when `bounded` is 1.
     max: AtomicU32,
+    bounded: AtomicU32,
 }
 
 /// A counting semaphore shared by processes: Python's
@@ -99,12 +100,12 @@ impl Semaphore {
 
     /// Takes a unit if one is free at once.
     pub fn try_acquire(&self) -> Option<SemaphoreGuard<'_>> {
-        self.take(Some(Duration::ZERO)).then_some(SemaphoreGuard { sem: self })
+        self.take(Some(Duration::ZERO)).then(|| SemaphoreGuard { sem: self })
     }
 
     /// Takes a unit if one frees up within `timeout`.
     pub fn acquire_timeout(&self, timeout: Duration) -> Option<SemaphoreGuard<'_>> {
-        self.take(Some(timeout)).then_some(SemaphoreGuard { sem: self })
+        self.take(Some(timeout)).then(|| SemaphoreGuard { sem: self })
     }
 
     /// Python's `acquire(block, timeout)`: takes a unit without a guard;
@@ -121,9 +122,10 @@ impl Semaphore {
     pub fn release(&self) -> Result<()> {
         let m = self.mem();
         let max = m.max.load(Ordering::SeqCst);
+        let bounded = m.bounded.load(Ordering::SeqCst) != 0;
         loop {
             let v = m.value.load(Ordering::SeqCst);
-            if max != 0 && v >= max {
+            if bounded && v >= max {
                 return Err(Error::new(
                     ErrorKind::InvalidState,
                     format!("a BoundedSemaphore of {max} was released more times than acquired"),
@@ -163,7 +165,8 @@ impl BoundedSemaphore {
     /// When shared memory cannot be created.
     pub fn new(value: u32) -> Result<BoundedSemaphore> {
         let s = Semaphore::new(value)?;
-        s.mem().max.store(value.max(1), Ordering::SeqCst);
+        s.mem().max.store(value, Ordering::SeqCst);
+        s.mem().bounded.store(1, Ordering::SeqCst);
         Ok(BoundedSemaphore(s))
     }
 }

@@ -502,6 +502,9 @@ pub(crate) unsafe fn mutex_lock(
         None => unsafe { libc::pthread_mutex_lock(m) },
         // SAFETY: as above.
         Some(Duration::ZERO) => unsafe { libc::pthread_mutex_trylock(m) },
+        // A bound beyond a century is no bound (and would overflow time_t).
+        // SAFETY: as above.
+        Some(d) if d.as_secs() > 100 * 365 * 86_400 => unsafe { libc::pthread_mutex_lock(m) },
         Some(d) => {
             // SAFETY: timespec is plain data; clock_gettime fills it.
             let mut now: libc::timespec = unsafe { std::mem::zeroed() };
