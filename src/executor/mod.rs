@@ -221,9 +221,10 @@ impl ProcessPoolExecutor {
             self.core.cancel_queued();
         }
         self.core.close();
-        // A `map` iterator still being read does not keep the workers.
-        self.core.cut_holds();
         if wait {
+            // A `map` iterator still being read would keep the workers, and
+            // its reader may be this very thread: it is cut off instead.
+            self.core.cut_holds();
             self.core.join_threads();
         }
     }
@@ -375,9 +376,10 @@ impl ThreadPoolExecutor {
             self.core.cancel_queued();
         }
         self.core.close();
-        // A `map` iterator still being read does not keep the workers.
-        self.core.cut_holds();
         if wait {
+            // A `map` iterator still being read would keep the workers, and
+            // its reader may be this very thread: it is cut off instead.
+            self.core.cut_holds();
             self.core.join_threads();
         }
     }

@@ -50,6 +50,11 @@ impl Ticket {
         self.phase.compare_exchange(QUEUED, SENT, Ordering::SeqCst, Ordering::SeqCst).is_ok()
     }
 
+    /// Back to queued, for a job returned to the queue unstarted.
+    fn unsend(&self) {
+        let _ = self.phase.compare_exchange(SENT, QUEUED, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
     pub(crate) fn is_sent(&self) -> bool {
         self.phase.load(Ordering::SeqCst) == SENT
     }
@@ -190,6 +195,8 @@ impl Core {
         if index >= self.slots.len() {
             return Ok(false);
         }
+        // Starting means free soon: busy slots leave queued jobs for it.
+        self.slots[index].vacant.store(true, Ordering::SeqCst);
         let core = self.clone();
         let handle = std::thread::Builder::new()
             .name(format!("multiproc-slot-{index}"))
@@ -250,12 +257,22 @@ impl Core {
             drop(q);
             return job.fail(err, None);
         }
+        // Each idle worker answers for one submission: a burst of submissions
+        // finds one idle worker and starts more, up to the limit. Looked at
+        // before the job is queued, as the worker may take it at once.
+        let idle_found =
+            self.config.lazy && self.slots.iter().any(|s| s.idle.swap(false, Ordering::SeqCst));
+        if self.config.lazy && !idle_found {
+            // The worker about to start counts as free from now on, so a busy
+            // one does not take this job first.
+            if let Some(next) = self.slots.get(self.started.load(Ordering::SeqCst)) {
+                next.vacant.store(true, Ordering::SeqCst);
+            }
+        }
         q.jobs.push_back(job);
         drop(q);
         self.wake_one();
-        // Each idle worker answers for one submission: a burst of submissions
-        // finds one idle worker and starts more, up to the limit.
-        if self.config.lazy && !self.slots.iter().any(|s| s.idle.swap(false, Ordering::SeqCst)) {
+        if self.config.lazy && !idle_found {
             if let Err(e) = self.start_slot() {
                 self.break_pool(e);
             }
@@ -272,6 +289,9 @@ impl Core {
             return;
         }
         for job in jobs.rev() {
+            if let Some(t) = &job.ticket {
+                t.unsend();
+            }
             q.jobs.push_front(job);
         }
         drop(q);

@@ -5,6 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::core::Ticket;
 use super::result::{AsyncResult, Completion};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -32,7 +33,10 @@ pub(crate) trait ChunkRunner<A, R> {
     fn run_chunk(&self, items: Vec<A>, done: ChunkDone<R>);
     /// As `run_chunk`, for an iterator that was started while the pool ran:
     /// accepted after `close()` as long as its hold is open.
-    fn run_chunk_held(&self, items: Vec<A>, done: ChunkDone<R>) {
+    /// The chunk is tracked by `ticket`, so the iterator can cancel it
+    /// while it is still queued.
+    fn run_chunk_held(&self, items: Vec<A>, done: ChunkDone<R>, ticket: Arc<Ticket>) {
+        let _ = ticket;
         self.run_chunk(items, done)
     }
     /// Keeps a closed pool's workers for an iterator that will submit more;
@@ -127,7 +131,7 @@ struct Shared<R> {
     cond: Condvar,
 }
 
-type Feeder<R> = Box<dyn FnMut(usize, ChunkDone<R>) -> bool>;
+type Feeder<R> = Box<dyn FnMut(ChunkDone<R>, Arc<Ticket>) -> bool>;
 
 /// The iterator returned by `imap` and `imap_unordered`.
 ///
@@ -149,6 +153,9 @@ pub struct IMap<R> {
     /// an `imap` started before `close()` yields every result, as in Python.
     /// Declared after `feeder`, so it is released after the input is gone.
     hold: Option<Hold>,
+    /// The chunks submitted and not yet consumed, to cancel the queued ones
+    /// when the iteration stops early (timeout, drop), as Python does.
+    tickets: VecDeque<Arc<Ticket>>,
     /// An overall bound (executor `map` with a timeout).
     deadline: Option<(Instant, Duration)>,
 }
@@ -178,6 +185,7 @@ impl<R: Send + 'static> IMap<R> {
             current: VecDeque::new(),
             pending_error: None,
             hold: None,
+            tickets: VecDeque::new(),
             deadline: None,
         };
         if let Err(e) = check_chunksize(chunksize).and_then(|()| runner.check_running()) {
@@ -187,12 +195,12 @@ impl<R: Send + 'static> IMap<R> {
         let size = chunksize.unwrap_or(1);
         let mut input = input.into_iter();
         imap.hold = runner.hold_open().map(|r| Hold(Some(r)));
-        imap.feeder = Some(Box::new(move |_index, done| {
+        imap.feeder = Some(Box::new(move |done, ticket| {
             let chunk: Vec<A> = input.by_ref().take(size).collect();
             if chunk.is_empty() {
                 return false;
             }
-            runner.run_chunk_held(chunk, done);
+            runner.run_chunk_held(chunk, done, ticket);
             true
         }));
         imap
@@ -223,13 +231,33 @@ impl<R: Send + 'static> IMap<R> {
                 drop(a);
                 shared.cond.notify_all();
             });
-            if feed(index, done) {
+            let ticket = Ticket::new();
+            if feed(done, ticket.clone()) {
+                self.tickets.push_back(ticket);
                 self.submitted += 1;
             } else {
                 self.feeder = None;
                 self.hold = None;
             }
         }
+    }
+}
+
+impl<R> IMap<R> {
+    /// Stops the iteration: reads no more input and cancels the chunks still
+    /// queued (those already running finish, and their results are dropped).
+    fn cancel_rest(&mut self) {
+        self.feeder = None;
+        self.hold = None;
+        for t in self.tickets.drain(..) {
+            t.cancel();
+        }
+    }
+}
+
+impl<R> Drop for IMap<R> {
+    fn drop(&mut self) {
+        self.cancel_rest();
     }
 }
 
@@ -264,8 +292,7 @@ impl<R: Send + 'static> Iterator for IMap<R> {
                         let now = Instant::now();
                         if now >= deadline {
                             drop(a);
-                            self.feeder = None;
-                            self.hold = None;
+                            self.cancel_rest();
                             self.consumed = self.submitted;
                             return Some(Err(Error::timeout(format!(
                                 "map: the next result was not ready within the {limit:?} timeout"
@@ -282,6 +309,7 @@ impl<R: Send + 'static> Iterator for IMap<R> {
             };
             drop(a);
             self.consumed += 1;
+            self.tickets.pop_front();
             self.current.extend(chunk);
         }
     }

@@ -186,6 +186,7 @@ impl<F, A, M> ProcRunner<F, A, M> {
         items: Vec<A>,
         done: ChunkDone<R>,
         held: bool,
+        ticket: Option<Arc<core::Ticket>>,
     ) where
         A: Serialize,
     {
@@ -199,7 +200,7 @@ impl<F, A, M> ProcRunner<F, A, M> {
                 Ok((bytes, fds)) => done(task::decode_outcomes(bytes, fds, n, pid)),
                 Err(e) => done((0..n).map(|_| Err(e.clone())).collect()),
             }),
-            self.ticket.clone(),
+            ticket.or_else(|| self.ticket.clone()),
             held,
         );
     }
@@ -212,11 +213,11 @@ where
     R: DeserializeOwned + Send + 'static,
 {
     fn run_chunk(&self, items: Vec<A>, done: ChunkDone<R>) {
-        self.submit(items, done, false)
+        self.submit(items, done, false, None)
     }
 
-    fn run_chunk_held(&self, items: Vec<A>, done: ChunkDone<R>) {
-        self.submit(items, done, true)
+    fn run_chunk_held(&self, items: Vec<A>, done: ChunkDone<R>, ticket: Arc<core::Ticket>) {
+        self.submit(items, done, true, Some(ticket))
     }
 
     fn hold_open(&self) -> Option<map::Release> {

@@ -27,6 +27,9 @@ struct State<T> {
     /// Set once the outcome is stored *and* every hook has run: waiters wake
     /// only then, so `wait()` returning means the callbacks are done.
     settled: bool,
+    /// The thread running the hooks: it may wait on this very outcome (a
+    /// done-callback calling `result()`), and must not wait for itself.
+    completer: Option<std::thread::ThreadId>,
     wakers: Vec<Waker>,
 }
 
@@ -60,6 +63,7 @@ impl<T> Completion<T> {
                 on_error: Vec::new(),
                 on_done: Vec::new(),
                 settled: false,
+                completer: None,
                 wakers: Vec::new(),
             }),
             cond: Condvar::new(),
@@ -100,11 +104,13 @@ impl<T> Completion<T> {
             // Hooks may read the outcome (a done-callback calling `result()`),
             // so they run without the lock; hooks attached meanwhile see the
             // stored outcome and run at once on their own thread.
+            st.completer = Some(std::thread::current().id());
             drop(st);
             for hook in hooks {
                 run_guarded(hook);
             }
             st = self.lock();
+            st.completer = None;
         }
         st.settled = true;
         for w in st.wakers.drain(..) {
@@ -127,7 +133,8 @@ impl<T> Completion<T> {
 
     /// Waits up to `timeout` (`None`: no bound); true once the outcome is stored.
     pub(crate) fn wait_done(&self, timeout: Option<Duration>) -> bool {
-        self.wait_until(timeout.and_then(crate::deadline_after)).settled
+        let st = self.wait_until(timeout.and_then(crate::deadline_after));
+        st.settled || !matches!(st.outcome, Outcome::Pending)
     }
 
     /// True once the outcome is stored.
@@ -149,12 +156,12 @@ impl<T> Completion<T> {
     where
         T: Clone,
     {
-        let mut st = self.lock();
-        if matches!(st.outcome, Outcome::Pending) {
-            drop(st);
-            st = self.wait_until(timeout.and_then(crate::deadline_after));
-        }
+        // Waits for the callbacks too, except on the thread running them.
+        let st = self.wait_until(timeout.and_then(crate::deadline_after));
         match &st.outcome {
+            Outcome::Ready(_) if !st.settled && st.completer != Some(std::thread::current().id()) => {
+                None
+            }
             Outcome::Ready(r) => Some(r.clone()),
             Outcome::Pending => None,
             Outcome::Taken => Some(Err(Error::new(
@@ -178,7 +185,8 @@ impl<T> Completion<T> {
 
     fn wait_until(&self, deadline: Option<Instant>) -> MutexGuard<'_, State<T>> {
         let mut st = self.lock();
-        while !st.settled {
+        let me = std::thread::current().id();
+        while !st.settled && st.completer != Some(me) {
             match deadline {
                 None => st = self.cond.wait(st).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {

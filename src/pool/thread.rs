@@ -400,13 +400,14 @@ impl<F, A, M> ThreadRunner<F, A, M> {
 }
 
 impl<F, A, M> ThreadRunner<F, A, M> {
-    fn submit<R>(&self, items: Vec<A>, done: ChunkDone<R>, held: bool)
+    fn submit<R>(&self, items: Vec<A>, done: ChunkDone<R>, held: bool, ticket: Option<Arc<Ticket>>)
     where
         F: TaskFn<A, M, Output = R>,
         A: Send + 'static,
         R: Send + 'static,
     {
-        let (f, core, ticket) = (self.f.clone(), self.core.clone(), self.ticket.clone());
+        let ticket = ticket.or_else(|| self.ticket.clone());
+        let (f, core) = (self.f.clone(), self.core.clone());
         self.core.submit(
             Box::new(move |cancel| {
                 let outcomes = match cancel {
@@ -440,11 +441,11 @@ where
     R: Send + 'static,
 {
     fn run_chunk(&self, items: Vec<A>, done: ChunkDone<R>) {
-        self.submit(items, done, false)
+        self.submit(items, done, false, None)
     }
 
-    fn run_chunk_held(&self, items: Vec<A>, done: ChunkDone<R>) {
-        self.submit(items, done, true)
+    fn run_chunk_held(&self, items: Vec<A>, done: ChunkDone<R>, ticket: Arc<Ticket>) {
+        self.submit(items, done, true, Some(ticket))
     }
 
     fn hold_open(&self) -> Option<super::map::Release> {
