@@ -7,6 +7,8 @@
 
 #[path = "it/async_result.rs"]
 mod async_result;
+#[path = "it/futures.rs"]
+mod futures;
 #[path = "it/ipc_pipe.rs"]
 mod ipc_pipe;
 #[path = "it/ipc_queue.rs"]
