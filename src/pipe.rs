@@ -66,7 +66,8 @@ pub fn pipe<T>(duplex: bool) -> Result<(Connection<T>, Connection<T>)> {
 
 impl<T> Connection<T> {
     fn new(fd: OwnedFd, readable: bool, writable: bool) -> Result<Self> {
-        let write_fd = fd.try_clone().map_err(|e| Error::io("could not duplicate a pipe end", e))?;
+        let write_fd =
+            fd.try_clone().map_err(|e| Error::io("could not duplicate a pipe end", e))?;
         Ok(Connection {
             reader: Mutex::new(Conn::new(fd)),
             writer: Mutex::new(Conn::new(write_fd)),
@@ -108,8 +109,9 @@ impl<T> Connection<T> {
             if !c.has_output() {
                 return Ok(());
             }
-            let [r] = sys::poll([sys::Interest { fd: c.fd(), read: self.readable, write: true }], None)
-                .map_err(|e| Error::io("could not poll a pipe", e))?;
+            let [r] =
+                sys::poll([sys::Interest { fd: c.fd(), read: self.readable, write: true }], None)
+                    .map_err(|e| Error::io("could not poll a pipe", e))?;
             if r.read {
                 if let Ok(mut reader) = self.reader.try_lock() {
                     let _ = reader.read_some();

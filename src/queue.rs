@@ -314,8 +314,11 @@ fn feed(s: Arc<Shared>) {
             };
             for _ in 0..dropped {
                 let m = s.mem.get();
-                let _ = m.count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
-                let _ = m.unfinished.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
+                let _ =
+                    m.count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
+                let _ = m
+                    .unfinished
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
                 if m.maxsize.load(Ordering::SeqCst) != 0 {
                     m.free.fetch_add(1, Ordering::SeqCst);
                     sys::futex_wake(&m.free, 1);

@@ -159,7 +159,9 @@ impl<T> Completion<T> {
         // Waits for the callbacks too, except on the thread running them.
         let st = self.wait_until(timeout.and_then(crate::deadline_after));
         match &st.outcome {
-            Outcome::Ready(_) if !st.settled && st.completer != Some(std::thread::current().id()) => {
+            Outcome::Ready(_)
+                if !st.settled && st.completer != Some(std::thread::current().id()) =>
+            {
                 None
             }
             Outcome::Ready(r) => Some(r.clone()),
