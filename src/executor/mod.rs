@@ -93,8 +93,7 @@ impl ProcessPoolExecutorBuilder {
         A: Serialize + DeserializeOwned,
         F::Output: Serialize,
     {
-        let (chunk, fds) = task::encode_chunk(std::slice::from_ref(&args));
-        self.init = Some(Init { offset: task::trampoline_offset::<F, A, M>(), chunk, fds });
+        self.init = Some(Init::new::<F, A, M>(&args));
         self
     }
 

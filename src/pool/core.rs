@@ -138,6 +138,19 @@ pub(crate) struct Init {
     pub(crate) fds: Vec<OwnedFd>,
 }
 
+impl Init {
+    /// `f(args)` encoded once, to be sent to every worker.
+    pub(crate) fn new<F, A, M>(args: &A) -> Init
+    where
+        F: crate::task::TaskFn<A, M> + Copy,
+        A: serde::Serialize + serde::de::DeserializeOwned,
+        F::Output: serde::Serialize,
+    {
+        let (chunk, fds) = crate::task::encode_chunk(std::slice::from_ref(args));
+        Init { offset: crate::task::trampoline_offset::<F, A, M>(), chunk, fds }
+    }
+}
+
 pub(crate) struct Config {
     pub(crate) processes: usize,
     pub(crate) init: Option<Init>,

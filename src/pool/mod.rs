@@ -84,8 +84,7 @@ impl PoolBuilder {
         A: Serialize + DeserializeOwned,
         F::Output: Serialize,
     {
-        let (chunk, fds) = task::encode_chunk(std::slice::from_ref(&args));
-        self.init = Some(Init { offset: task::trampoline_offset::<F, A, M>(), chunk, fds });
+        self.init = Some(Init::new::<F, A, M>(&args));
         self
     }
 
