@@ -16,7 +16,7 @@ use std::sync::{Mutex, OnceLock};
 
 use crate::error::Error;
 use crate::sys;
-use crate::worker::{ENV_NAME, ENV_PARENT, ENV_ROLE};
+use crate::worker::{ENV_NAME, ENV_ROLE};
 
 /// A started child and the parent's end of its channel.
 pub(crate) struct Spawned {
@@ -52,10 +52,7 @@ fn start(role: &'static str, name: &str) -> std::io::Result<Spawned> {
     if let Some(arg0) = std::env::args_os().next() {
         cmd.arg0(arg0);
     }
-    cmd.env(ENV_ROLE, role)
-        .env(ENV_NAME, name)
-        .env(ENV_PARENT, std::process::id().to_string())
-        .stdin(Stdio::from(OwnedFd::from(theirs)));
+    cmd.env(ENV_ROLE, role).env(ENV_NAME, name).stdin(Stdio::from(OwnedFd::from(theirs)));
     let child = cmd.spawn()?;
     Ok(Spawned { child, channel: ours.into() })
 }

@@ -90,11 +90,57 @@ impl_task_fn!(A a, B b, C c, D d, E e, G g);
 /// [`encode_item`], `out` receives one encoded outcome per item.
 pub(crate) type Trampoline = fn(input: &[u8], out: &mut Vec<u8>);
 
-/// The fixed point every trampoline offset is measured from.
+// --- task entries -----------------------------------------------------------
+//
+// A worker must never jump to an address a peer chose. So what crosses the
+// channel is not the address of a function but the offset of an *entry*: a
+// constant object that the compiler emits for each monomorphised trampoline,
+// holding a magic value and the trampoline's address. The worker accepts an
+// offset only when the object it names
+//
+// 1. lies wholly inside a segment of this executable that is read-only once
+//    relocated (so no task, argument or other data could have written it),
+// 2. is aligned for `Entry` and carries `ENTRY_MAGIC`, and
+// 3. holds an address inside this executable's code.
+//
+// Read-only data is fixed when the program is linked; the only aligned,
+// read-only objects that start with the magic are entries, because the
+// magic is compared against immediates (see `entry_at`), never stored as a
+// standalone constant. So an accepted offset names a compiler-made entry and
+// its `run` is a real trampoline: a forged offset is an error, never a jump.
+// Offsets between two objects of one image are the same in every process
+// running it, which the worker's fingerprint check establishes first.
+
+/// One task entry point, as it sits in the image's read-only data.
+#[repr(C)]
+pub(crate) struct Entry {
+    magic: [u64; 2],
+    run: Trampoline,
+}
+
+const ENTRY_MAGIC: [u64; 2] = [0x6d75_6c74_6970_726f, 0x635f_656e_7472_7921];
+
+/// The fixed point every entry offset is measured from.
+static ANCHOR: Entry = Entry { magic: ENTRY_MAGIC, run: anchor };
+
+/// The entry of the trampoline for `F`; one constant per instantiation.
+struct EntryOf<F, A, M>(std::marker::PhantomData<(F, A, M)>);
+
+impl<F, A, M> EntryOf<F, A, M>
+where
+    F: TaskFn<A, M> + Copy,
+    A: DeserializeOwned,
+    F::Output: Serialize,
+{
+    const ENTRY: &'static Entry = &Entry { magic: ENTRY_MAGIC, run: run_chunk::<F, A, M> };
+}
+
+/// A trampoline that does nothing; also fixes the code layout measured by
+/// [`fingerprint`].
 #[inline(never)]
 fn anchor(_input: &[u8], _out: &mut Vec<u8>) {}
 
-/// The offset of the trampoline for `F` from [`anchor`].
+/// The offset of the entry for `F`'s trampoline from [`ANCHOR`].
 ///
 /// Fails to compile when `F` is not zero-sized, i.e. when it captures state.
 pub(crate) fn trampoline_offset<F, A, M>() -> i64
@@ -110,22 +156,52 @@ where
              pass state as an argument or through the pool's initializer"
         )
     };
-    let f: Trampoline = run_chunk::<F, A, M>;
-    let base: Trampoline = anchor;
-    (f as usize as i64).wrapping_sub(base as usize as i64)
+    let entry: *const Entry = EntryOf::<F, A, M>::ENTRY;
+    (entry as usize as i64).wrapping_sub(&ANCHOR as *const Entry as usize as i64)
 }
 
-/// The trampoline at `offset` from this image's anchor.
+/// The trampoline whose entry is at `offset` from this image's [`ANCHOR`],
+/// after checking that an entry really is there (see "task entries" above).
 ///
-/// # Safety
-/// `offset` must come from [`trampoline_offset`] in a process running the same
-/// build as this one (checked by the worker handshake against [`fingerprint`]).
-pub(crate) unsafe fn trampoline_at(offset: i64) -> Trampoline {
-    let base: Trampoline = anchor;
-    let addr = (base as usize as i64).wrapping_add(offset) as usize;
-    // SAFETY: the caller guarantees `offset` was measured in an identical image,
-    // so `addr` is the address of a function with the `Trampoline` signature.
-    unsafe { std::mem::transmute::<usize, Trampoline>(addr) }
+/// # Errors
+/// A `Protocol` failure naming the offset when it names no entry.
+pub(crate) fn trampoline_at(offset: i64) -> Result<Trampoline, Failure> {
+    let refuse = |why: &str| {
+        Failure::new(
+            FailureKind::Protocol,
+            format!(
+                "the worker refused a task: offset {offset:#x} {why}, so it names no task \
+                 entry of this build (a corrupt or forged task frame)"
+            ),
+        )
+    };
+    let addr = (&ANCHOR as *const Entry as usize as i64).wrapping_add(offset) as usize;
+    let image = crate::sys::image();
+    if addr % std::mem::align_of::<Entry>() != 0 {
+        return Err(refuse("is misaligned"));
+    }
+    if !image.is_constant(addr, std::mem::size_of::<Entry>()) {
+        return Err(refuse("points outside this executable's read-only data"));
+    }
+    let at = addr as *const u64;
+    // SAFETY: `addr..addr + size_of::<Entry>()` lies inside a mapped,
+    // read-only segment of this image (checked above) and is aligned for
+    // `Entry`, hence for u64; any bit pattern is a valid u64.
+    let (m0, m1, run) = unsafe { (at.read(), at.add(1).read(), at.add(2).cast::<usize>().read()) };
+    // Immediates behind black_box: the magic must not appear in read-only
+    // data as a constant of its own, or it would look like an entry.
+    let magic = std::hint::black_box(0x6d75_6c74_6970_726f_u64);
+    let magic2 = std::hint::black_box(0x635f_656e_7472_7921_u64);
+    if m0 != magic || m1 != magic2 {
+        return Err(refuse("does not hold a task entry"));
+    }
+    if !image.is_code(run) {
+        return Err(refuse("holds an entry whose code is outside this executable"));
+    }
+    // SAFETY: by the argument under "task entries", an aligned read-only
+    // object carrying the magic is a compiler-made `Entry`, whose `run` field
+    // (just read as an integer) is a `Trampoline`.
+    Ok(unsafe { std::mem::transmute::<usize, Trampoline>(run) })
 }
 
 fn run_chunk<F, A, M>(input: &[u8], out: &mut Vec<u8>)
@@ -248,19 +324,24 @@ pub(crate) fn encode_chunk<T: Serialize>(items: &[T]) -> (Vec<u8>, Vec<std::os::
     (chunk, fds)
 }
 
-/// Runs the trampoline at `offset` over `chunk`, with `fds` for the handles
-/// in the arguments; returns the outcomes' descriptors.
-///
-/// # Safety
-/// As [`trampoline_at`].
-pub(crate) unsafe fn run_chunk_at(
+/// Runs the trampoline whose entry is at `offset` over `chunk`, with `fds`
+/// for the handles in the arguments; returns the outcomes' descriptors. An
+/// offset that names no entry runs nothing: every item fails instead.
+pub(crate) fn run_chunk_at(
     offset: i64,
     chunk: &[u8],
     fds: Vec<std::os::fd::OwnedFd>,
     out: &mut Vec<u8>,
 ) -> Vec<std::os::fd::OwnedFd> {
-    // SAFETY: guaranteed by the caller.
-    let trampoline = unsafe { trampoline_at(offset) };
+    let trampoline = match trampoline_at(offset) {
+        Ok(t) => t,
+        Err(failure) => {
+            for _ in ItemReader::new(chunk) {
+                encode_failure(&failure, out);
+            }
+            return Vec::new();
+        }
+    };
     let ((), out_fds) =
         crate::fdpass::collect(|| crate::fdpass::supply(fds, || trampoline(chunk, out)));
     out_fds
@@ -487,8 +568,7 @@ mod tests {
     {
         let (input, fds) = encode_chunk(&args);
         let mut out = Vec::new();
-        // SAFETY: measured in this very process.
-        let fds = unsafe { run_chunk_at(trampoline_offset::<F, A, M>(), &input, fds, &mut out) };
+        let fds = run_chunk_at(trampoline_offset::<F, A, M>(), &input, fds, &mut out);
         decode_outcomes(&out, fds, args.len(), None)
     }
 
@@ -507,6 +587,40 @@ mod tests {
         assert_eq!(err.panic_message(), Some("bad 1"));
         assert!(err.location().unwrap().contains("task.rs"), "{err}");
         assert_eq!(*out[2].as_ref().unwrap(), 2);
+    }
+
+    #[test]
+    fn only_offsets_of_task_entries_are_accepted() {
+        fn offset_of<F, A, M>(_f: F) -> i64
+        where
+            F: TaskFn<A, M> + Copy,
+            A: DeserializeOwned,
+            F::Output: Serialize,
+        {
+            trampoline_offset::<F, A, M>()
+        }
+        let real = offset_of(add);
+        assert!(trampoline_at(real).is_ok());
+        assert!(trampoline_at(0).is_ok(), "the anchor is an entry too");
+        let anchor_entry = &ANCHOR as *const Entry as usize as i64;
+        // Code of this image, a function that is not an entry.
+        let code = (add as fn(u64, u64) -> u64) as usize as i64 - anchor_entry;
+        for forged in [0x4141_0000, -0x4141_0000, real + 1, real + 8, code, i64::MIN, i64::MAX] {
+            let err = trampoline_at(forged).err().unwrap_or_else(|| panic!("{forged:#x} accepted"));
+            assert_eq!(err.kind, FailureKind::Protocol);
+            assert!(err.message.contains("names no task entry"), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn a_forged_offset_fails_every_item_and_runs_nothing() {
+        let (input, fds) = encode_chunk(&[1u32, 2, 3]);
+        let mut out = Vec::new();
+        let fds = run_chunk_at(0x4141_0000, &input, fds, &mut out);
+        let outcomes = decode_outcomes::<u32>(&out, fds, 3, None);
+        assert!(outcomes
+            .iter()
+            .all(|o| o.as_ref().is_err_and(|e| e.kind() == ErrorKind::Protocol)));
     }
 
     #[test]

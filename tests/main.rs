@@ -29,3 +29,5 @@ mod process;
 mod support;
 #[path = "it/thread_pool.rs"]
 mod thread_pool;
+#[path = "it/worker_trust.rs"]
+mod worker_trust;

@@ -41,6 +41,145 @@ pub(crate) fn die_with_parent(expected_parent: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// True when this process runs with privileges its invoker does not have:
+/// setuid or setgid, or file capabilities (the kernel's `AT_SECURE`). Such a
+/// program must never let its environment decide what it runs.
+pub(crate) fn runs_privileged() -> bool {
+    // SAFETY: getauxval reads the process's auxiliary vector and touches no memory of ours.
+    let secure = unsafe { libc::getauxval(libc::AT_SECURE) } != 0;
+    // SAFETY: the id getters cannot fail and touch no memory.
+    let (uid, euid, gid, egid) =
+        unsafe { (libc::getuid(), libc::geteuid(), libc::getgid(), libc::getegid()) };
+    secure || uid != euid || gid != egid
+}
+
+/// This process's parent, as the kernel knows it now.
+pub(crate) fn parent_pid() -> u32 {
+    // SAFETY: getppid cannot fail and touches no memory.
+    unsafe { libc::getppid() as u32 }
+}
+
+/// This process's real user id.
+pub(crate) fn user_id() -> u32 {
+    // SAFETY: getuid cannot fail and touches no memory.
+    unsafe { libc::getuid() }
+}
+
+/// Who made the Unix socket at `fd` (for a socket pair: the process that
+/// called `socketpair`), as the kernel recorded it: `(pid, uid)`. An error
+/// when `fd` is not a Unix socket.
+pub(crate) fn socket_peer(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+    // SAFETY: ucred is plain data; all-zero is a valid value.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is a live ucred and `len` its size, as SO_PEERCRED requires.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    Ok((cred.pid as u32, cred.uid))
+}
+
+/// True while a process with id `pid` exists.
+pub(crate) fn process_exists(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that `pid` exists; it touches no memory.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Closes every descriptor from 3 up: what a worker inherited by accident
+/// from its parent (anything opened without close-on-exec). Falls back to
+/// walking `/proc/self/fd` where `close_range` is missing (Linux < 5.9).
+pub(crate) fn close_descriptors_from_3() {
+    // SAFETY: close_range takes plain integers; closing descriptors nobody in
+    // this process uses yet (it runs before `main`) breaks nothing.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if r == 0 {
+        return;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
+    // Collect first: closing while iterating would close the directory's own fd.
+    let fds: Vec<RawFd> =
+        dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+    for fd in fds.into_iter().filter(|&fd| fd >= 3) {
+        // SAFETY: as above; a descriptor that is already gone (the directory
+        // handle) gives EBADF, which is harmless.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// Ignores SIGPIPE, as the Rust runtime does before `main`: a write to a
+/// closed pipe or socket then fails with `EPIPE` instead of killing us.
+pub(crate) fn ignore_sigpipe() {
+    // SAFETY: installs the SIG_IGN disposition; no handler code runs.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// Address ranges of this executable's image, as the loader mapped it.
+#[derive(Debug, Default)]
+pub(crate) struct Image {
+    /// Executable segments.
+    code: Vec<std::ops::Range<usize>>,
+    /// Segments that are read-only once relocated: read-only `PT_LOAD`s and
+    /// the `PT_GNU_RELRO` range.
+    constant: Vec<std::ops::Range<usize>>,
+}
+
+impl Image {
+    /// True when `addr..addr + len` lies inside one read-only segment.
+    pub(crate) fn is_constant(&self, addr: usize, len: usize) -> bool {
+        let end = addr.checked_add(len);
+        self.constant.iter().any(|r| addr >= r.start && end.is_some_and(|e| e <= r.end))
+    }
+
+    /// True when `addr` lies inside an executable segment.
+    pub(crate) fn is_code(&self, addr: usize) -> bool {
+        self.code.iter().any(|r| r.contains(&addr))
+    }
+}
+
+/// The main executable's segments (read once from the loader).
+pub(crate) fn image() -> &'static Image {
+    static IMAGE: std::sync::OnceLock<Image> = std::sync::OnceLock::new();
+    IMAGE.get_or_init(|| {
+        unsafe extern "C" fn visit(
+            info: *mut libc::dl_phdr_info,
+            _size: libc::size_t,
+            data: *mut libc::c_void,
+        ) -> libc::c_int {
+            // SAFETY: the loader passes a valid dl_phdr_info for the duration
+            // of the call, and `data` is the `Image` handed to dl_iterate_phdr.
+            let (info, image) = unsafe { (&*info, &mut *data.cast::<Image>()) };
+            // SAFETY: `dlpi_phdr` points at `dlpi_phnum` program headers.
+            let headers =
+                unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+            let base = info.dlpi_addr as usize;
+            for h in headers {
+                let range = base + h.p_vaddr as usize..base + (h.p_vaddr + h.p_memsz) as usize;
+                if h.p_type == libc::PT_LOAD && h.p_flags & libc::PF_X != 0 {
+                    image.code.push(range);
+                } else if (h.p_type == libc::PT_LOAD && h.p_flags & libc::PF_W == 0)
+                    || h.p_type == libc::PT_GNU_RELRO
+                {
+                    image.constant.push(range);
+                }
+            }
+            // The first object visited is the main program: stop there.
+            1
+        }
+        let mut image = Image::default();
+        // SAFETY: `visit` matches the callback type and only touches `image`,
+        // which outlives the call.
+        unsafe { libc::dl_iterate_phdr(Some(visit), (&mut image as *mut Image).cast()) };
+        image
+    })
+}
+
 /// Sends `signal` to `pid`.
 pub(crate) fn kill(pid: u32, signal: i32) -> io::Result<()> {
     // SAFETY: kill takes plain integers and touches no memory.

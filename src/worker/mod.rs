@@ -3,8 +3,23 @@
 //! A parent starts a child by re-executing its own binary with the channel as
 //! standard input and the role in the environment. The `.init_array` hook in
 //! `sys` calls [`divert_if_worker`] before `main`; a child never returns from it.
+//!
+//! # Who may make this process a worker
+//!
+//! The environment alone never does: anyone who can start the program can set
+//! it. A worker serves only the process that the kernel says made its channel:
+//! the socket on standard input must be a Unix socket created (`SO_PEERCRED`)
+//! by this process's parent, under this process's user id. That record is kept
+//! by the kernel, travels with the inherited socket itself rather than through
+//! the environment or argv, and cannot be forged by another user. A program
+//! running with privileges its invoker lacks (setuid, setgid, file
+//! capabilities) never diverts at all, so the environment of an unprivileged
+//! user can never steer a privileged program. Whoever passes these checks is a
+//! process of our own user that could run any code anyway; even so, a task
+//! frame only ever names a checked task entry (`task::trampoline_at`), never a
+//! raw address, and a worker never tells a peer its fingerprint.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
 
 use crate::sys;
@@ -13,13 +28,13 @@ use crate::wire::{self, le, Conn};
 
 pub(crate) const ENV_ROLE: &str = "MULTIPROC_ROLE";
 pub(crate) const ENV_NAME: &str = "MULTIPROC_NAME";
-pub(crate) const ENV_PARENT: &str = "MULTIPROC_PARENT";
 pub(crate) const ROLE_POOL: &str = "pool";
 pub(crate) const ROLE_PROCESS: &str = "process";
 
 /// Exit code of a child that found it is not the same build as its parent.
 pub(crate) const EXIT_MISMATCH: i32 = 121;
-/// Exit code of a child whose channel broke before it got its work.
+/// Exit code of a child whose channel broke before it got its work, or whose
+/// parent died before it started.
 pub(crate) const EXIT_NO_PARENT: i32 = 122;
 
 /// Who this process is, when it was started by multiproc.
@@ -35,17 +50,75 @@ pub(crate) fn identity() -> Option<&'static Identity> {
     IDENTITY.get()
 }
 
+/// What the channel on standard input says about who started us.
+#[derive(Debug, PartialEq, Eq)]
+enum Channel {
+    /// Made by our parent, under our user id: serve it.
+    FromParent(u32),
+    /// Made by a process of ours that is gone: our parent died before we
+    /// started (we were re-parented). Exit quietly.
+    Orphaned,
+    /// Not a multiproc channel: standard input is no socket, or one made by
+    /// another user or by a live process that is not our parent.
+    Foreign(String),
+}
+
+fn examine_channel(stdin: BorrowedFd<'_>) -> Channel {
+    let (peer, uid) = match sys::socket_peer(stdin) {
+        Ok(p) => p,
+        Err(_) => return Channel::Foreign("standard input is not a Unix socket".into()),
+    };
+    if uid != sys::user_id() {
+        return Channel::Foreign(format!("the socket on standard input belongs to user {uid}"));
+    }
+    if peer == sys::parent_pid() {
+        return Channel::FromParent(peer);
+    }
+    if peer != 0 && !sys::process_exists(peer) {
+        return Channel::Orphaned;
+    }
+    Channel::Foreign(format!(
+        "the socket on standard input was made by process {peer}, not by this process's parent"
+    ))
+}
+
 /// Turns this process into a worker if its parent asked for one.
 pub(crate) fn divert_if_worker() {
     let Some(role) = std::env::var_os(ENV_ROLE) else {
         return;
     };
     let name = std::env::var(ENV_NAME).unwrap_or_default();
-    let parent: u32 = std::env::var(ENV_PARENT).ok().and_then(|p| p.parse().ok()).unwrap_or(0);
     // Our grandchildren are not workers unless we make them so.
     std::env::remove_var(ENV_ROLE);
     std::env::remove_var(ENV_NAME);
-    std::env::remove_var(ENV_PARENT);
+    let ignore = |why: &str| {
+        eprintln!(
+            "multiproc: ignoring {ENV_ROLE}={} in the environment ({why}); running the program \
+             normally. Unset {ENV_ROLE} to silence this warning.",
+            role.to_string_lossy()
+        );
+    };
+    if sys::runs_privileged() {
+        return ignore("a setuid, setgid or privileged program never becomes a worker");
+    }
+    let serve: fn(OwnedFd) -> i32 = match role.to_str() {
+        Some(ROLE_POOL) => serve_pool,
+        Some(ROLE_PROCESS) => run_process,
+        _ => return ignore("not a role multiproc knows"),
+    };
+    // SAFETY: descriptor 0 is open for the life of the process or the call
+    // below fails cleanly with EBADF; it is only borrowed for one getsockopt.
+    let stdin = unsafe { BorrowedFd::borrow_raw(0) };
+    let parent = match examine_channel(stdin) {
+        Channel::FromParent(pid) => pid,
+        Channel::Orphaned => std::process::exit(EXIT_NO_PARENT),
+        Channel::Foreign(why) => return ignore(&why),
+    };
+    // From here on this process is a worker. It starts with what a Rust
+    // `main` would see (SIGPIPE ignored) and none of the descriptors its
+    // parent leaked by accident: only the channel and standard streams.
+    sys::ignore_sigpipe();
+    sys::close_descriptors_from_3();
     if sys::die_with_parent(parent).is_err() {
         std::process::exit(EXIT_NO_PARENT);
     }
@@ -54,8 +127,7 @@ pub(crate) fn divert_if_worker() {
         Ok(fd) => fd,
         Err(_) => std::process::exit(EXIT_NO_PARENT),
     };
-    let code = if role == ROLE_POOL { serve_pool(channel) } else { run_process(channel) };
-    std::process::exit(code);
+    std::process::exit(serve(channel));
 }
 
 type Frame = (u8, std::ops::Range<usize>, Vec<OwnedFd>);
@@ -86,15 +158,16 @@ fn serve_pool(channel: OwnedFd) -> i32 {
     }
     let mine = task::fingerprint();
     if b[..16] != mine {
-        let _ = conn.push_frame(wire::MISMATCH, &[&mine]);
+        // The body stays empty: a peer that does not know the fingerprint
+        // learns nothing from failing.
+        let _ = conn.push_frame(wire::MISMATCH, &[]);
         let _ = conn.flush_blocking();
         return EXIT_MISMATCH;
     }
     if b[16] == 1 {
         let offset = i64::from_le_bytes(le::<8>(b, 17).expect("length checked"));
         let mut out = Vec::new();
-        // SAFETY: the fingerprint check above proved the parent is this build.
-        drop(unsafe { task::run_chunk_at(offset, &b[25..], fds, &mut out) });
+        drop(task::run_chunk_at(offset, &b[25..], fds, &mut out));
         if let Some(Err(failure)) = task::ItemReader::new(&out).next() {
             let msg = describe(&failure);
             let _ = conn.push_frame(wire::INIT_FAILED, &[msg.as_bytes()]);
@@ -136,8 +209,7 @@ fn task_loop(conn: &mut Conn) {
         };
         out.extend_from_slice(&id);
         let chunk = &b[16..];
-        // SAFETY: this worker verified the parent's fingerprint in the handshake.
-        let out_fds = unsafe { task::run_chunk_at(i64::from_le_bytes(offset), chunk, fds, out) };
+        let out_fds = task::run_chunk_at(i64::from_le_bytes(offset), chunk, fds, out);
         let sent = conn.end_frame(start).and_then(|()| conn.attach_fds(start, out_fds));
         if let Err(e) = sent {
             // The results cannot travel: report that instead, for every item.
@@ -175,8 +247,7 @@ fn run_process(channel: OwnedFd) -> i32 {
     }
     let offset = i64::from_le_bytes(le::<8>(b, 16).expect("length checked"));
     let mut out = Vec::new();
-    // SAFETY: the fingerprint check above proved the parent is this build.
-    drop(unsafe { task::run_chunk_at(offset, &b[24..], fds, &mut out) });
+    drop(task::run_chunk_at(offset, &b[24..], fds, &mut out));
     match task::ItemReader::new(&out).next() {
         Some(Err(failure)) => {
             let name = identity().map(|i| i.name.as_str()).unwrap_or("?");
