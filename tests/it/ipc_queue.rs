@@ -222,13 +222,19 @@ fn a_child_uses_a_queue_whose_parent_has_a_feeder_running() {
     // Far more than the socket holds: the rest waits in the outbox.
     let (_, took) = timed(|| put_range(q.clone(), 0, N));
     assert!(took < STARTUP, "unbounded puts with no consumer took {took:?}");
-    assert!(
+    // A thread takes its name only once it runs: on a loaded machine that can
+    // be a while after the put that started it.
+    let feeder_running = || {
         std::fs::read_dir("/proc/self/task").unwrap().any(|t| {
             let comm = t.unwrap().path().join("comm");
             std::fs::read_to_string(comm).is_ok_and(|c| c.starts_with("multiproc-queue"))
-        }),
-        "no feeder thread is running after {N} unconsumed puts"
-    );
+        })
+    };
+    let since = std::time::Instant::now();
+    while !feeder_running() && since.elapsed() < STARTUP {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(feeder_running(), "no feeder thread is running after {N} unconsumed puts");
     let mut p = start_daemon(Process::new(put_range, (q.clone(), N, 2 * N)));
     let (mut next_parent, mut next_child) = (0, N);
     for _ in 0..2 * N {
