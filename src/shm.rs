@@ -689,8 +689,12 @@ impl<T: Plain> std::ops::DerefMut for ArrayGuard<'_, T> {
     }
 }
 
-/// An array handle as it travels. Only `len` is a claim of the sender's, and
-/// it is checked against the region's real (sealed) size on arrival. Whether
+/// An array handle as it travels. `len` and `width` are the sender's claims,
+/// checked on arrival: `len` against the region's real (sealed) size,
+/// `width` (the [`grain`] of the sender's element type) against the
+/// receiver's, so that a handle received as another element type of the same
+/// size (`u64` as `[u32; 2]`) cannot mix atomic accesses of two widths on one
+/// memory in one process (not allowed by Rust's memory model). Whether
 /// a lock travels is the sender's word too, but only a forged handle lacks
 /// the lock its array was made with, and a process that can forge handles
 /// to some memory can write that memory anyway (module comment, *Trust*).
@@ -698,13 +702,19 @@ impl<T: Plain> std::ops::DerefMut for ArrayGuard<'_, T> {
 struct ArrayWire {
     region: Region,
     len: u64,
+    width: u8,
     lock: Option<Lock>,
 }
 
 impl<T: Plain> Serialize for Array<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        ArrayWire { region: self.region.clone(), len: self.len as u64, lock: self.lock.clone() }
-            .serialize(s)
+        ArrayWire {
+            region: self.region.clone(),
+            len: self.len as u64,
+            width: grain::<T>() as u8,
+            lock: self.lock.clone(),
+        }
+        .serialize(s)
     }
 }
 
@@ -723,6 +733,16 @@ impl<'de, T: Plain> Deserialize<'de> for Array<T> {
                 w.len,
                 size_of::<T>(),
                 w.region.len()
+            )));
+        }
+        if usize::from(w.width) != grain::<T>() {
+            return Err(D::Error::custom(format!(
+                "a shared `Array<{}>` arrived whose elements are accessed {} bytes at a time; \
+                 `{}` is accessed {} bytes at a time: it was sent as another element type",
+                std::any::type_name::<T>(),
+                w.width,
+                std::any::type_name::<T>(),
+                grain::<T>()
             )));
         }
         Ok(Array { region: w.region, len: w.len as usize, lock: w.lock, _t: PhantomData })

@@ -60,11 +60,12 @@ fn pun<A: Serialize, B: for<'de> Deserialize<'de>>(a: A) -> multiproc::Result<B>
 }
 
 /// An array or value handle as it travels: the region, the element count,
-/// the lock's region.
+/// the width of the element accesses, the lock's region.
 #[derive(Serialize)]
 struct ForgedArray {
     region: Fd<OwnedFd>,
     len: u64,
+    width: u8,
     lock: Option<Fd<OwnedFd>>,
 }
 
@@ -73,6 +74,7 @@ struct ForgedArray {
 struct StolenArray {
     region: Fd<OwnedFd>,
     _len: u64,
+    _width: u8,
     _lock: Option<Fd<OwnedFd>>,
 }
 
@@ -94,8 +96,15 @@ fn memfd(len: usize, sealed: bool) -> OwnedFd {
     fd
 }
 
+/// A handle of `len` elements accessed `width` bytes at a time, over a
+/// fresh memfd of `file_len` bytes, without a lock.
+fn forged_as(len: u64, width: u8, file_len: usize, sealed: bool) -> ForgedArray {
+    ForgedArray { region: Fd::new(memfd(file_len, sealed)), len, width, lock: None }
+}
+
+/// The same with the width of a `u64`.
 fn forged(len: u64, file_len: usize, sealed: bool) -> ForgedArray {
-    ForgedArray { region: Fd::new(memfd(file_len, sealed)), len, lock: None }
+    forged_as(len, 8, file_len, sealed)
 }
 
 #[track_caller]
@@ -120,6 +129,7 @@ fn an_array_handle_longer_than_its_memory_is_refused() {
     let with_lock = ForgedArray {
         region: Fd::new(memfd(0, true)),
         len: 8,
+        width: 8,
         lock: Some(Fd::new(memfd(4096, true))),
     };
     assert_refused(pun::<_, Array<u64>>(with_lock), "8 u64s over 0 bytes, with a lock");
@@ -133,9 +143,9 @@ fn an_array_handle_longer_than_its_memory_is_refused() {
 /// `Value::get` panicked on a handle of no elements: a value holds exactly one.
 #[test]
 fn a_value_handle_of_other_than_one_element_is_refused() {
-    assert_refused(pun::<_, Value<u32>>(forged(0, 0, true)), "a Value of 0 elements");
-    assert_refused(pun::<_, Value<u32>>(forged(2, 8, true)), "a Value of 2 elements");
-    let v = pun::<_, Value<u32>>(forged(1, 4, true)).unwrap();
+    assert_refused(pun::<_, Value<u32>>(forged_as(0, 4, 0, true)), "a Value of 0 elements");
+    assert_refused(pun::<_, Value<u32>>(forged_as(2, 4, 8, true)), "a Value of 2 elements");
+    let v = pun::<_, Value<u32>>(forged_as(1, 4, 4, true)).unwrap();
     v.set(9);
     assert_eq!(v.get(), 9);
 }
@@ -147,6 +157,11 @@ fn an_array_received_as_another_element_type_is_refused() {
     let a = Array::from_slice(&[1u64, 2, 3]).unwrap();
     assert_refused(pun::<_, Array<u8>>(a.clone()), "3 u64s read as 3 u8s");
     assert_refused(pun::<_, Array<[u64; 2]>>(a.clone()), "3 u64s read as 3 [u64; 2]s");
+    // Same size, other access width: two widths on one memory are refused.
+    assert_refused(pun::<_, Array<[u32; 2]>>(a.clone()), "3 u64s read as 3 [u32; 2]s");
+    assert_refused(pun::<_, Array<u64>>(forged_as(8, 4, 64, true)), "a forged width");
+    // Same size and width: only the meaning of the bits differs.
+    assert_eq!(pun::<_, Array<i64>>(a.clone()).unwrap().to_vec(), [1, 2, 3]);
     assert_eq!(pun::<_, Array<u64>>(a).unwrap().to_vec(), [1, 2, 3]);
 }
 
@@ -157,12 +172,13 @@ fn shared_memory_that_is_not_sealed_is_refused() {
     assert_refused(pun::<_, Array<u64>>(forged(8, 64, false)), "an unsealed memfd");
     assert_refused(pun::<_, Value<u64>>(forged(1, 8, false)), "an unsealed memfd as a Value");
     let (r, _w) = std::io::pipe().unwrap();
-    let not_memfd = ForgedArray { region: Fd::new(OwnedFd::from(r)), len: 0, lock: None };
+    let not_memfd = ForgedArray { region: Fd::new(OwnedFd::from(r)), len: 0, width: 8, lock: None };
     assert_refused(pun::<_, Array<u64>>(not_memfd), "a pipe as shared memory");
     // A lock or any other shared object is checked the same way.
     let unsealed_lock = ForgedArray {
         region: Fd::new(memfd(8, true)),
         len: 1,
+        width: 8,
         lock: Some(Fd::new(memfd(4096, false))),
     };
     assert_refused(pun::<_, Value<u64>>(unsealed_lock), "a value whose lock is unsealed");
