@@ -405,6 +405,8 @@ fn item(i: u32) -> Vec<u8> {
 
 const ITEMS: u32 = 1000;
 
+/// Feeder threads running in this process. A new thread names itself once
+/// it runs, so a count right after a put may lag: wait with [`feeders_are`].
 fn feeder_threads() -> usize {
     thread_ids()
         .into_iter()
@@ -415,6 +417,11 @@ fn feeder_threads() -> usize {
         .count()
 }
 
+/// True once exactly `n` feeder threads run (within [`PROMPT`]).
+fn feeders_are(n: usize) -> bool {
+    eventually(PROMPT, || feeder_threads() == n)
+}
+
 /// Fills three queues no other process has and drops them.
 fn fill_and_drop_three_queues(_: ()) {
     let queues: Vec<Queue<Vec<u8>>> = (0..3).map(|_| Queue::new().unwrap()).collect();
@@ -423,7 +430,7 @@ fn fill_and_drop_three_queues(_: ()) {
             q.put(item(i)).unwrap();
         }
     }
-    assert_eq!(feeder_threads(), 3, "the outboxes were not in use");
+    assert!(feeders_are(3), "the outboxes were not in use");
 }
 
 /// Each queue dropped with items no one could take held its process's exit
@@ -448,7 +455,7 @@ fn a_dropped_queue_leaves_no_thread_or_descriptor() {
     for i in 0..ITEMS {
         q.put(item(i)).unwrap();
     }
-    assert_eq!(feeder_threads(), 1, "the outbox was not in use");
+    assert!(feeders_are(1), "the outbox was not in use");
     drop(q);
     assert!(
         eventually(PROMPT, || feeder_threads() == 0 && fd_count() == fds),
@@ -462,7 +469,7 @@ fn fill_and_return(q: Queue<Vec<u8>>) {
     for i in 0..ITEMS {
         q.put(item(i)).unwrap();
     }
-    assert_eq!(feeder_threads(), 1, "the outbox was not in use");
+    assert!(feeders_are(1), "the outbox was not in use");
 }
 
 /// A queue whose reader is alive in another process: the producer's exit
