@@ -219,7 +219,9 @@ macro_rules! lock_type {
             /// Releases a lock taken with [`acquire_raw`](Self::acquire_raw).
             ///
             /// # Errors
-            /// [`ErrorKind::InvalidState`] when this thread does not hold it.
+            /// [`ErrorKind::InvalidState`] when this thread does not hold it
+            /// through `acquire_raw` (a hold through a guard ends when the
+            /// guard drops, never here: an `Array`'s guard lends `&mut`).
             pub fn release(&self) -> Result<()> {
                 self.mutex.unlock()?;
                 self.mutex.unpin();
