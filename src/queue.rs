@@ -11,6 +11,13 @@
 //! A put never waits for a consumer on an unbounded queue: when the socket's
 //! buffer is full, items wait in this process's outbox and a feeder thread
 //! sends them on, in order; a process flushes its outboxes when it exits.
+//!
+//! The feeder holds only the sending end: the receiving end lives in the
+//! handles. Once every handle in every process is gone, no one can ever take
+//! the items, the kernel fails the feeder's send (EPIPE) and it drops the
+//! rest and ends, so a dropped queue costs no thread, no descriptor and no
+//! wait at exit. While some process still holds a handle, the items wait for
+//! it (at exit, as long as it keeps taking them).
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
@@ -100,19 +107,20 @@ struct Outbox {
     drained: Condvar,
 }
 
+/// What a process's handles and its feeder thread share. Not the receiving
+/// end (see the module comment): that is in [`Queue::rx`].
 struct Shared {
     tx: OwnedFd,
-    rx: OwnedFd,
     mem: Cell<QueueMem>,
     outbox: Arc<Outbox>,
     closed: AtomicBool,
 }
 
 impl Shared {
-    fn new(tx: OwnedFd, rx: OwnedFd, mem: Cell<QueueMem>) -> Arc<Shared> {
+    fn new(tx: OwnedFd, mem: Cell<QueueMem>) -> Arc<Shared> {
         let outbox = Arc::new(Outbox::default());
         register_outbox(&outbox);
-        Arc::new(Shared { tx, rx, mem, outbox, closed: AtomicBool::new(false) })
+        Arc::new(Shared { tx, mem, outbox, closed: AtomicBool::new(false) })
     }
 }
 
@@ -138,12 +146,14 @@ impl Shared {
 /// ```
 pub struct Queue<T> {
     shared: Arc<Shared>,
+    /// The receiving end, held by the handles alone (never by the feeder).
+    rx: Arc<OwnedFd>,
     _t: PhantomData<fn(T) -> T>,
 }
 
 impl<T> Clone for Queue<T> {
     fn clone(&self) -> Self {
-        Queue { shared: self.shared.clone(), _t: PhantomData }
+        Queue { shared: self.shared.clone(), rx: self.rx.clone(), _t: PhantomData }
     }
 }
 
@@ -165,7 +175,7 @@ impl<T> Queue<T> {
         let mem = Cell::<QueueMem>::zeroed()?;
         mem.get().maxsize.store(maxsize, Ordering::SeqCst);
         mem.get().free.store(maxsize, Ordering::SeqCst);
-        Ok(Queue { shared: Shared::new(tx, rx, mem), _t: PhantomData })
+        Ok(Queue { shared: Shared::new(tx, mem), rx: Arc::new(rx), _t: PhantomData })
     }
 
     fn mem(&self) -> &QueueMem {
@@ -250,8 +260,9 @@ impl<T> Queue<T> {
         items.0.push_back(msg);
         if !items.1 {
             items.1 = true;
-            // The feeder keeps the queue alive until the outbox is sent, even
-            // if every handle in this process is dropped meanwhile.
+            // The feeder keeps the sending end alive until the outbox is sent,
+            // even if every handle in this process is dropped meanwhile; once
+            // no process holds the receiving end, its send fails and it ends.
             let shared = self.shared.clone();
             std::thread::Builder::new()
                 .name("multiproc-queue-feeder".into())
@@ -263,7 +274,7 @@ impl<T> Queue<T> {
 
     fn receive(&self, timeout: Option<Duration>) -> Result<Message> {
         let deadline = timeout.and_then(crate::deadline_after);
-        let fd = self.shared.rx.as_fd();
+        let fd = self.rx.as_fd();
         let mut buf = Vec::new();
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -406,8 +417,8 @@ fn encode<T: Serialize>(value: &T) -> Result<Message> {
         return Ok(Message { bytes, fds });
     }
     // Too large for one message: the item goes in a shared-memory file.
-    let file =
-        sys::memfd(bytes.len() - 1).map_err(|e| Error::io("could not create shared memory", e))?;
+    let file = sys::memfd_sealed(bytes.len() - 1)
+        .map_err(|e| Error::io("could not create shared memory", e))?;
     let ptr = sys::map_shared(file.as_fd(), bytes.len() - 1)
         .map_err(|e| Error::io("could not map shared memory", e))?;
     // SAFETY: the mapping is fresh, ours alone, and `bytes.len() - 1` long.
@@ -431,6 +442,15 @@ fn decode<T: DeserializeOwned>(mut msg: Message) -> Result<T> {
             .map_err(|e| fail(e.to_string())),
         Some(&TAG_FILE) if !msg.fds.is_empty() => {
             let file = msg.fds.remove(0);
+            // A file that may shrink could do so while it is being copied,
+            // and the copy would crash this process with SIGBUS.
+            if !sys::cannot_shrink(file.as_fd()) {
+                return Err(fail(
+                    "its shared-memory file is not sealed against shrinking (not put by \
+                     multiproc, or by an older version); it is refused"
+                        .into(),
+                ));
+            }
             let len = sys::file_len(file.as_fd())
                 .map_err(|e| Error::io("could not read a queue item", e))?;
             let ptr = sys::map_shared(file.as_fd(), len.max(1))
@@ -549,7 +569,7 @@ impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::Error as _;
         let dup = |fd: &OwnedFd| fd.try_clone().map(crate::Fd::new).map_err(S::Error::custom);
-        Wire { tx: dup(&self.shared.tx)?, rx: dup(&self.shared.rx)?, mem: self.shared.mem.clone() }
+        Wire { tx: dup(&self.shared.tx)?, rx: dup(&self.rx)?, mem: self.shared.mem.clone() }
             .serialize(s)
     }
 }
@@ -558,7 +578,8 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let w = Wire::deserialize(d)?;
         Ok(Queue {
-            shared: Shared::new(w.tx.into_inner(), w.rx.into_inner(), w.mem),
+            shared: Shared::new(w.tx.into_inner(), w.mem),
+            rx: Arc::new(w.rx.into_inner()),
             _t: PhantomData,
         })
     }

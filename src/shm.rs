@@ -1,20 +1,64 @@
 //! Shared memory: regions that travel between processes as handles, and the
 //! `Value` and `Array` of plain data built on them.
+//!
+//! # Why safe code cannot misuse the memory
+//!
+//! *Bounds.* A region's size is the size of its file, read when it is mapped,
+//! and every file is sealed against shrinking and growing when it is made
+//! ([`sys::memfd_sealed`]); a region that arrives without that seal is
+//! refused, because a file that shrank under its mapping raises SIGBUS on the
+//! next access. A handle's element count arrives in the message, so decoding
+//! checks it against the region's size (and the element type's alignment
+//! against the mapping's), and a mismatch is a `Deserialize` error naming the
+//! type and both sizes: no length in a message is ever used unchecked.
+//!
+//! *Aliasing.* The elements are accessed in only two ways. Outside a guard,
+//! every access is a copy made of relaxed atomic loads or stores of the
+//! element's natural width ([`load`], [`store`]): concurrent `get`s and
+//! `set`s from several threads are then not data races, and a torn element
+//! is still a valid value because every bit pattern of a [`Plain`] type is.
+//! No reference to the elements exists outside a guard. A guard
+//! ([`ArrayGuard`], [`ValueGuard`]) hands out `&mut` only while its thread
+//! holds the array's lock, and every other access to the same memory in this
+//! process waits for that lock: all handles to one array carry the same lock
+//! (clones share it; a handle travels with it; an array made without a lock
+//! never has a guard), `get`/`set`/`to_vec` of a locked array take it, a
+//! second guard in the holding thread is refused (the mutex is
+//! error-checking: `EDEADLK` becomes an error), `get`/`set` in the thread
+//! that holds a guard are refused (see [`GUARDED`]), and
+//! [`Lock::release`](crate::Lock::release) cannot release a lock a guard
+//! holds. Other processes that cooperate take the same process-shared mutex.
+//!
+//! *Trust.* Sharing memory with a process lets it write that memory at any
+//! time; what it writes is only ever read as `Plain` values, so a hostile
+//! peer can make the values wrong, never make this process read or write
+//! outside the memory it mapped.
 
 use std::marker::PhantomData;
+use std::mem::{align_of, size_of, MaybeUninit};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::sync::{Lock, LockGuard};
 use crate::{fdpass, sys};
+
+/// Which file a region maps, the same in every mapping of it (device and
+/// inode of the memfd): two handles decoded from two messages map the same
+/// file at two addresses, and this is how they are known to be one.
+pub(crate) type RegionId = (u64, u64);
 
 struct Mapping {
     fd: OwnedFd,
     ptr: *mut u8,
+    /// The file's size, fixed by its seals.
     len: usize,
+    /// The mapped length (a zero-length file still gets one page).
+    map_len: usize,
+    id: RegionId,
 }
 
 // SAFETY: the mapping is plain shared memory; what is stored in it is
@@ -26,7 +70,7 @@ unsafe impl Sync for Mapping {}
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: the mapping is ours and, with the last reference gone, unused.
-        unsafe { sys::unmap(self.ptr, self.len) };
+        unsafe { sys::unmap(self.ptr, self.map_len) };
     }
 }
 
@@ -38,18 +82,32 @@ pub(crate) struct Region(Arc<Mapping>);
 
 impl Region {
     pub(crate) fn new(len: usize) -> Result<Region> {
-        let fd = sys::memfd(len).map_err(|e| Error::io("could not create shared memory", e))?;
-        Self::map(fd, len)
+        let fd =
+            sys::memfd_sealed(len).map_err(|e| Error::io("could not create shared memory", e))?;
+        Self::map(fd)
     }
 
-    fn map(fd: OwnedFd, len: usize) -> Result<Region> {
-        let ptr = sys::map_shared(fd.as_fd(), len.max(1))
+    /// Maps all of `fd`, whose size must be sealed.
+    fn map(fd: OwnedFd) -> Result<Region> {
+        let (len, id) = sys::file_len_and_id(fd.as_fd())
+            .map_err(|e| Error::io("could not inspect shared memory", e))?;
+        let map_len = len.max(1);
+        let ptr = sys::map_shared(fd.as_fd(), map_len)
             .map_err(|e| Error::io("could not map shared memory", e))?;
-        Ok(Region(Arc::new(Mapping { fd, ptr, len: len.max(1) })))
+        Ok(Region(Arc::new(Mapping { fd, ptr, len, map_len, id })))
     }
 
     pub(crate) fn ptr(&self) -> *mut u8 {
         self.0.ptr
+    }
+
+    /// The region's size in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len
+    }
+
+    pub(crate) fn id(&self) -> RegionId {
+        self.0.id
     }
 }
 
@@ -63,8 +121,15 @@ impl<'de> Deserialize<'de> for Region {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         use serde::de::Error as _;
         let fd = fdpass::deserialize_fd(d)?;
-        let len = sys::file_len(fd.as_fd()).map_err(D::Error::custom)?;
-        Region::map(fd, len).map_err(D::Error::custom)
+        if !sys::cannot_shrink(fd.as_fd()) {
+            return Err(D::Error::custom(
+                "a shared-memory handle arrived whose file is not sealed against shrinking \
+                 (it was not made by multiproc, or not by this version): it is refused, since \
+                 a file that shrinks under its mapping crashes the process with SIGBUS; send \
+                 only handles multiproc made",
+            ));
+        }
+        Region::map(fd).map_err(D::Error::custom)
     }
 }
 
@@ -83,20 +148,26 @@ impl<T> Clone for Cell<T> {
 impl<T> Cell<T> {
     /// A zeroed `T` in fresh shared memory (`T` must be valid all-zero).
     pub(crate) fn zeroed() -> Result<Cell<T>> {
-        Ok(Cell { region: Region::new(std::mem::size_of::<T>())?, _t: PhantomData })
+        Ok(Cell { region: Region::new(size_of::<T>())?, _t: PhantomData })
     }
 
     pub(crate) fn ptr(&self) -> *mut T {
         self.region.ptr().cast()
+    }
+
+    /// Which shared memory this is, the same in every process and mapping.
+    pub(crate) fn id(&self) -> RegionId {
+        self.region.id()
     }
 }
 
 impl<T: Sync> Cell<T> {
     /// The shared value, for types made of atomics.
     pub(crate) fn get(&self) -> &T {
-        // SAFETY: the region is at least size_of::<T>() bytes, page-aligned,
-        // zero-initialised (valid for the atomics-only types used here), and
-        // lives as long as `self`; T: Sync allows shared access.
+        // SAFETY: the region is at least size_of::<T>() bytes (checked when
+        // made or decoded), page-aligned, zero-initialised (valid for the
+        // atomics-only types used here), and lives as long as `self`; T: Sync
+        // allows shared access.
         unsafe { &*self.ptr() }
     }
 }
@@ -111,8 +182,13 @@ impl<'de, T> Deserialize<'de> for Cell<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         use serde::de::Error as _;
         let region = Region::deserialize(d)?;
-        if region.0.len < std::mem::size_of::<T>() {
-            return Err(D::Error::custom("shared memory region is smaller than its type"));
+        if region.len() < size_of::<T>() || align_of::<T>() > sys::page_size() {
+            return Err(D::Error::custom(format!(
+                "a shared `{}` arrived in a region of {} bytes; it needs {}",
+                std::any::type_name::<T>(),
+                region.len(),
+                size_of::<T>()
+            )));
         }
         Ok(Cell { region, _t: PhantomData })
     }
@@ -136,9 +212,116 @@ plain!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64)
 // SAFETY: an array of plain data is plain data.
 unsafe impl<T: Plain, const N: usize> Plain for [T; N] {}
 
+/// The width of the atomic accesses that copy a `T`: the widest of 8, 4, 2
+/// and 1 bytes that divides its size and that its alignment allows. One
+/// width per type, so every access to an array's memory has the same size.
+const fn grain<T>() -> usize {
+    let (size, align) = (size_of::<T>(), align_of::<T>());
+    if size % 8 == 0 && align >= align_of::<AtomicU64>() {
+        8
+    } else if size % 4 == 0 && align >= align_of::<AtomicU32>() {
+        4
+    } else if size % 2 == 0 && align >= align_of::<AtomicU16>() {
+        2
+    } else {
+        1
+    }
+}
+
+/// Copies the `T` at `p` out with relaxed atomic loads (see the module
+/// comment: never a data race, and any bits form a valid `T`).
+///
+/// # Safety
+/// `p` must be aligned and inside a live mapping for `size_of::<T>()` bytes.
+unsafe fn load<T: Plain>(p: *const T) -> T {
+    let mut out = MaybeUninit::<T>::uninit();
+    let dst = out.as_mut_ptr().cast::<u8>();
+    let g = grain::<T>();
+    for k in 0..size_of::<T>() / g {
+        // SAFETY: chunk `k` lies inside the `T` at `p` and inside `out`, and is
+        // aligned to `g` because `T`'s alignment is at least `g` (see
+        // `grain`); the mapping is live per the caller.
+        unsafe {
+            let (src, dst) = (p.cast::<u8>().add(k * g), dst.add(k * g));
+            match g {
+                8 => dst
+                    .cast::<u64>()
+                    .write(AtomicU64::from_ptr(src.cast_mut().cast()).load(RELAXED)),
+                4 => dst
+                    .cast::<u32>()
+                    .write(AtomicU32::from_ptr(src.cast_mut().cast()).load(RELAXED)),
+                2 => dst
+                    .cast::<u16>()
+                    .write(AtomicU16::from_ptr(src.cast_mut().cast()).load(RELAXED)),
+                _ => dst.write(AtomicU8::from_ptr(src.cast_mut()).load(RELAXED)),
+            }
+        }
+    }
+    // SAFETY: every byte of `out` was written above, and every bit pattern
+    // is a valid `T` (T: Plain).
+    unsafe { out.assume_init() }
+}
+
+/// Copies `value` into the `T` at `p` with relaxed atomic stores.
+///
+/// # Safety
+/// As [`load`].
+unsafe fn store<T: Plain>(p: *mut T, value: T) {
+    let src = (&value as *const T).cast::<u8>();
+    let g = grain::<T>();
+    for k in 0..size_of::<T>() / g {
+        // SAFETY: as in `load`, with the roles of the two sides swapped.
+        unsafe {
+            let (src, dst) = (src.add(k * g), p.cast::<u8>().add(k * g));
+            match g {
+                8 => AtomicU64::from_ptr(dst.cast()).store(src.cast::<u64>().read(), RELAXED),
+                4 => AtomicU32::from_ptr(dst.cast()).store(src.cast::<u32>().read(), RELAXED),
+                2 => AtomicU16::from_ptr(dst.cast()).store(src.cast::<u16>().read(), RELAXED),
+                _ => AtomicU8::from_ptr(dst).store(src.read(), RELAXED),
+            }
+        }
+    }
+}
+
+const RELAXED: Ordering = Ordering::Relaxed;
+
+/// The locks (by region, so that two mappings of one lock count as one) for
+/// which a guard handing out `&mut` exists in this process. Only the thread
+/// holding a lock can have a guard of it, so when `get` finds the lock
+/// already held by its own thread, an entry here means a `&mut` may be live
+/// and the access is refused; no entry means the thread took the lock
+/// without a guard (`get_lock().acquire()`, Python's `with v.get_lock():`)
+/// and no reference exists, so the access may proceed.
+static GUARDED: StdMutex<Vec<RegionId>> = StdMutex::new(Vec::new());
+
+fn guarded() -> std::sync::MutexGuard<'static, Vec<RegionId>> {
+    GUARDED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// After taking a lock whose holder died: entries left for it belonged to
+/// guards that will never be dropped (leaked with `mem::forget`).
+fn forget_dead_guards(lock: RegionId) {
+    guarded().retain(|&id| id != lock);
+}
+
+fn in_guard_error(what: &str) -> Error {
+    Error::new(
+        ErrorKind::InvalidState,
+        format!(
+            "{what} while this thread holds the shared memory's guard (from `lock()`): \
+             read and write through the guard, or drop it first"
+        ),
+    )
+}
+
 /// One value of plain data in shared memory, with an optional lock: Python's
 /// `multiprocessing.Value`. Pass it to a process or a pool task; writes there
 /// are seen here.
+///
+/// A value made with [`new`](Value::new) has a lock, which [`get`](Value::get)
+/// and [`set`](Value::set) take for the length of one access (as Python's
+/// synchronized `value` does); [`lock`](Value::lock) holds it across a
+/// read-modify-write.
 ///
 /// # Examples
 ///
@@ -177,7 +360,8 @@ impl<T: Plain> Value<T> {
     }
 
     /// A shared value with no lock (Python's `lock=False`): `get` and `set`
-    /// are single volatile accesses; read-modify-write is not atomic.
+    /// are single unsynchronised (atomic, element-wide) accesses;
+    /// read-modify-write is not atomic.
     ///
     /// # Errors
     /// When shared memory cannot be created.
@@ -185,27 +369,37 @@ impl<T: Plain> Value<T> {
         Ok(Value { array: Array::from_slice_raw(&[value])? })
     }
 
-    /// The current value.
+    /// The current value (taking the lock, if the value has one).
+    ///
+    /// # Panics
+    /// When this thread holds the value's guard from [`lock`](Value::lock)
+    /// (read through the guard instead), or the lock fails at the OS level.
     pub fn get(&self) -> T {
-        self.array.get(0).expect("a Value holds one element")
+        self.array.get(0).unwrap_or_else(|e| panic!("Value::get: {e}"))
     }
 
-    /// Stores `value`.
+    /// Stores `value` (taking the lock, if the value has one).
+    ///
+    /// # Panics
+    /// As [`get`](Value::get).
     pub fn set(&self, value: T) {
-        self.array.set(0, value).expect("a Value holds one element")
+        self.array.set(0, value).unwrap_or_else(|e| panic!("Value::set: {e}"))
     }
 
     /// Takes the value's lock and gives access to it.
     ///
     /// # Errors
     /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) for a value
-    /// made with [`new_raw`](Value::new_raw).
+    /// made with [`new_raw`](Value::new_raw), or when this thread already
+    /// holds the lock.
     pub fn lock(&self) -> Result<ValueGuard<'_, T>> {
         let guard = self.array.lock()?;
         Ok(ValueGuard { guard })
     }
 
-    /// The value's lock, if it has one.
+    /// The value's lock, if it has one. Holding it (without a guard) makes a
+    /// series of `get`s and `set`s in this thread one atomic step for every
+    /// other user of the lock.
     pub fn get_lock(&self) -> Option<&Lock> {
         self.array.get_lock()
     }
@@ -240,6 +434,11 @@ impl<T: Plain> std::ops::DerefMut for ValueGuard<'_, T> {
 /// A fixed-length array of plain data in shared memory, with an optional
 /// lock: Python's `multiprocessing.Array`.
 ///
+/// An array made with [`from_slice`](Array::from_slice) has a lock, which
+/// [`get`](Array::get), [`set`](Array::set) and [`to_vec`](Array::to_vec)
+/// take for the length of one call; [`lock`](Array::lock) holds it and gives
+/// the elements as a slice.
+///
 /// # Examples
 ///
 /// ```
@@ -250,6 +449,22 @@ impl<T: Plain> std::ops::DerefMut for ValueGuard<'_, T> {
 /// let a = Array::from_slice(&[0u32; 4])?;
 /// Pool::new(1)?.apply(fill, a.clone())?;
 /// assert_eq!(a.to_vec(), vec![0, 2, 4, 6]);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+///
+/// A guard is the only way to a reference, and while it lives the other
+/// ways in are closed:
+///
+/// ```
+/// use multiproc::{Array, ErrorKind};
+///
+/// let a = Array::from_slice(&[1u8, 2, 3])?;
+/// let mut g = a.lock()?;
+/// g[0] = 7;
+/// assert_eq!(a.get(0).unwrap_err().kind(), ErrorKind::InvalidState);
+/// assert!(a.lock().is_err());
+/// drop(g);
+/// assert_eq!(a.get(0)?, 7);
 /// # Ok::<(), multiproc::Error>(())
 /// ```
 pub struct Array<T: Plain> {
@@ -286,12 +501,27 @@ impl<T: Plain> Array<T> {
     /// # Errors
     /// When shared memory cannot be created.
     pub fn from_slice_raw(values: &[T]) -> Result<Array<T>> {
+        Self::check_alignment().map_err(|m| Error::new(ErrorKind::InvalidArgument, m))?;
         let region = Region::new(std::mem::size_of_val(values))?;
-        // SAFETY: the region holds at least `values.len()` Ts and is not yet shared.
+        // SAFETY: the region holds at least `values.len()` Ts, is page-aligned
+        // (enough for T, checked above) and is not yet shared.
         unsafe {
             std::ptr::copy_nonoverlapping(values.as_ptr(), region.ptr().cast::<T>(), values.len())
         };
         Ok(Array { region, len: values.len(), lock: None, _t: PhantomData })
+    }
+
+    /// A mapping starts on a page: enough alignment for any reasonable `T`.
+    fn check_alignment() -> std::result::Result<(), String> {
+        if align_of::<T>() > sys::page_size() {
+            return Err(format!(
+                "`{}` needs an alignment of {} bytes; shared memory is aligned to a page ({} bytes)",
+                std::any::type_name::<T>(),
+                align_of::<T>(),
+                sys::page_size()
+            ));
+        }
+        Ok(())
     }
 
     /// The number of elements.
@@ -307,56 +537,108 @@ impl<T: Plain> Array<T> {
     fn check(&self, i: usize) -> Result<()> {
         if i >= self.len {
             return Err(Error::new(
-                crate::ErrorKind::InvalidArgument,
+                ErrorKind::InvalidArgument,
                 format!("index {i} is out of range for a shared array of {}", self.len),
             ));
         }
         Ok(())
     }
 
-    /// Element `i` (a single volatile read).
+    /// Element `i`'s place: inside the mapping when `i < len`, because
+    /// creating or decoding the array checked that the region holds `len` Ts.
+    fn at(&self, i: usize) -> *mut T {
+        debug_assert!(i < self.len);
+        self.region.ptr().cast::<T>().wrapping_add(i)
+    }
+
+    /// Runs `f`, which copies elements in or out, under the lock if there
+    /// is one (see the module comment for why this makes the guard sound).
+    fn access<R>(&self, what: &str, f: impl FnOnce() -> R) -> Result<R> {
+        let Some(lock) = &self.lock else { return Ok(f()) };
+        let mutex = lock.mutex();
+        match mutex.lock_unless_owned()? {
+            Some(guard) => {
+                if guard.previous_owner_died() {
+                    forget_dead_guards(mutex.id());
+                }
+                let r = f();
+                drop(guard);
+                Ok(r)
+            }
+            // This thread holds the lock already: through a guard (a `&mut`
+            // may be live, so no) or through `get_lock()` (no reference, so yes).
+            None if guarded().contains(&mutex.id()) => Err(in_guard_error(what)),
+            None => Ok(f()),
+        }
+    }
+
+    /// Element `i` (taking the lock, if the array has one).
     ///
     /// # Errors
     /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument) when
-    /// `i` is out of range.
+    /// `i` is out of range;
+    /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) when this
+    /// thread holds the array's guard from [`lock`](Array::lock).
     pub fn get(&self, i: usize) -> Result<T> {
         self.check(i)?;
-        // SAFETY: `i` is in range; T is Plain, so any bits another process
-        // wrote form a valid T; volatile because other processes write it.
-        Ok(unsafe { self.region.ptr().cast::<T>().add(i).read_volatile() })
+        // SAFETY: `at(i)` is in range and aligned (T's alignment divides the
+        // page the mapping starts on and size_of::<T>()).
+        self.access("Array::get", || unsafe { load(self.at(i)) })
     }
 
-    /// Stores `value` at `i` (a single volatile write).
+    /// Stores `value` at `i` (taking the lock, if the array has one).
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument) when
-    /// `i` is out of range.
+    /// As [`get`](Array::get).
     pub fn set(&self, i: usize, value: T) -> Result<()> {
         self.check(i)?;
-        // SAFETY: `i` is in range of the mapping; volatile as above.
-        unsafe { self.region.ptr().cast::<T>().add(i).write_volatile(value) };
-        Ok(())
+        // SAFETY: as in `get`.
+        self.access("Array::set", || unsafe { store(self.at(i), value) })
     }
 
-    /// A copy of every element.
+    /// A copy of every element (taken under the lock at once, if the array
+    /// has one).
+    ///
+    /// # Panics
+    /// When this thread holds the array's guard from [`lock`](Array::lock)
+    /// (copy through the guard instead), or the lock fails at the OS level.
     pub fn to_vec(&self) -> Vec<T> {
-        (0..self.len).map(|i| self.get(i).expect("in range")).collect()
+        self.access("Array::to_vec", || {
+            // SAFETY: as in `get`, for every index below `len`.
+            (0..self.len).map(|i| unsafe { load(self.at(i)) }).collect()
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Takes the array's lock and gives access to the elements.
     ///
     /// # Errors
     /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) for an
-    /// array without a lock.
+    /// array without a lock, or when this thread already holds the lock (a
+    /// second guard would be a second `&mut` to the same elements).
     pub fn lock(&self) -> Result<ArrayGuard<'_, T>> {
         let lock = self.lock.as_ref().ok_or_else(|| {
-            Error::new(crate::ErrorKind::InvalidState, "this shared value was made without a lock")
+            Error::new(ErrorKind::InvalidState, "this shared value was made without a lock")
         })?;
-        let guard = lock.acquire()?;
-        Ok(ArrayGuard { array: self, guard })
+        let mutex = lock.mutex();
+        let guard = mutex.lock_unless_owned()?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidState,
+                "this thread already holds the shared memory's lock (a guard, or \
+                 `get_lock()`): release it before taking a guard",
+            )
+        })?;
+        let id = mutex.id();
+        if guard.previous_owner_died() {
+            forget_dead_guards(id);
+        }
+        guarded().push(id);
+        Ok(ArrayGuard { array: self, guard, id })
     }
 
-    /// The array's lock, if it has one.
+    /// The array's lock, if it has one. Holding it (without a guard) makes a
+    /// series of `get`s and `set`s in this thread one atomic step for every
+    /// other user of the lock.
     pub fn get_lock(&self) -> Option<&Lock> {
         self.lock.as_ref()
     }
@@ -366,6 +648,7 @@ impl<T: Plain> Array<T> {
 pub struct ArrayGuard<'a, T: Plain> {
     array: &'a Array<T>,
     guard: LockGuard<'a>,
+    id: RegionId,
 }
 
 impl<T: Plain> ArrayGuard<'_, T> {
@@ -376,41 +659,92 @@ impl<T: Plain> ArrayGuard<'_, T> {
     }
 }
 
+impl<T: Plain> Drop for ArrayGuard<'_, T> {
+    fn drop(&mut self) {
+        // Before the lock is released (the `guard` field drops after this).
+        let mut g = guarded();
+        if let Some(i) = g.iter().position(|&id| id == self.id) {
+            g.swap_remove(i);
+        }
+    }
+}
+
 impl<T: Plain> std::ops::Deref for ArrayGuard<'_, T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
-        // SAFETY: the lock is held, so no cooperating process writes; the
-        // region holds `len` valid Ts for as long as the array lives.
+        // SAFETY: the lock is held, so nothing else in this process touches
+        // the elements (module comment); the region holds `len` valid Ts for
+        // as long as the array lives, aligned as `get` explains.
         unsafe { std::slice::from_raw_parts(self.array.region.ptr().cast::<T>(), self.array.len) }
     }
 }
 
 impl<T: Plain> std::ops::DerefMut for ArrayGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut [T] {
-        // SAFETY: as above, and the lock makes this access exclusive.
+        // SAFETY: as above; the guard is borrowed mutably, so this is the
+        // only reference it hands out.
         unsafe {
             std::slice::from_raw_parts_mut(self.array.region.ptr().cast::<T>(), self.array.len)
         }
     }
 }
 
+/// An array handle as it travels. `len` and `width` are the sender's claims,
+/// checked on arrival: `len` against the region's real (sealed) size,
+/// `width` (the [`grain`] of the sender's element type) against the
+/// receiver's, so that a handle received as another element type of the same
+/// size (`u64` as `[u32; 2]`) cannot mix atomic accesses of two widths on one
+/// memory in one process (not allowed by Rust's memory model). Whether
+/// a lock travels is the sender's word too, but only a forged handle lacks
+/// the lock its array was made with, and a process that can forge handles
+/// to some memory can write that memory anyway (module comment, *Trust*).
 #[derive(Serialize, Deserialize)]
 struct ArrayWire {
     region: Region,
     len: u64,
+    width: u8,
     lock: Option<Lock>,
 }
 
 impl<T: Plain> Serialize for Array<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        ArrayWire { region: self.region.clone(), len: self.len as u64, lock: self.lock.clone() }
-            .serialize(s)
+        ArrayWire {
+            region: self.region.clone(),
+            len: self.len as u64,
+            width: grain::<T>() as u8,
+            lock: self.lock.clone(),
+        }
+        .serialize(s)
     }
 }
 
 impl<'de, T: Plain> Deserialize<'de> for Array<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
         let w = ArrayWire::deserialize(d)?;
+        Self::check_alignment().map_err(D::Error::custom)?;
+        let bytes = usize::try_from(w.len).ok().and_then(|n| n.checked_mul(size_of::<T>()));
+        if bytes != Some(w.region.len()) {
+            return Err(D::Error::custom(format!(
+                "a shared `Array<{}>` of {} elements ({} bytes each) arrived in a region of {} \
+                 bytes: the handle does not describe its memory (sent as another element type, \
+                 or forged)",
+                std::any::type_name::<T>(),
+                w.len,
+                size_of::<T>(),
+                w.region.len()
+            )));
+        }
+        if usize::from(w.width) != grain::<T>() {
+            return Err(D::Error::custom(format!(
+                "a shared `Array<{}>` arrived whose elements are accessed {} bytes at a time; \
+                 `{}` is accessed {} bytes at a time: it was sent as another element type",
+                std::any::type_name::<T>(),
+                w.width,
+                std::any::type_name::<T>(),
+                grain::<T>()
+            )));
+        }
         Ok(Array { region: w.region, len: w.len as usize, lock: w.lock, _t: PhantomData })
     }
 }
@@ -423,18 +757,37 @@ impl<T: Plain> Serialize for Value<T> {
 
 impl<'de, T: Plain> Deserialize<'de> for Value<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        Ok(Value { array: Array::deserialize(d)? })
+        use serde::de::Error as _;
+        let array = Array::deserialize(d)?;
+        if array.len != 1 {
+            return Err(D::Error::custom(format!(
+                "a shared `Value<{}>` arrived holding {} elements; a Value holds exactly one",
+                std::any::type_name::<T>(),
+                array.len
+            )));
+        }
+        Ok(Value { array })
     }
 }
 
 impl<T: Plain + std::fmt::Debug> std::fmt::Debug for Value<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Value").field(&self.get()).finish()
+        match self.array.get(0) {
+            Ok(v) => f.debug_tuple("Value").field(&v).finish(),
+            Err(_) => f.write_str("Value(<locked by this thread's guard>)"),
+        }
     }
 }
 
 impl<T: Plain + std::fmt::Debug> std::fmt::Debug for Array<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Array").field(&self.to_vec()).finish()
+        let all: Result<Vec<T>> = self.access("Debug", || {
+            // SAFETY: as in `get`, for every index below `len`.
+            (0..self.len).map(|i| unsafe { load(self.at(i)) }).collect()
+        });
+        match all {
+            Ok(v) => f.debug_tuple("Array").field(&v).finish(),
+            Err(_) => f.write_str("Array(<locked by this thread's guard>)"),
+        }
     }
 }

@@ -38,26 +38,59 @@ impl Mutex {
         held().lock().unwrap_or_else(|e| e.into_inner()).push(self.clone());
     }
 
-    pub(crate) fn unpin(&self) {
+    /// Forgets one hold taken without a guard; false when there was none.
+    pub(crate) fn unpin(&self) -> bool {
         let mut h = held().lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = h.iter().position(|m| m.raw() == self.raw()) {
+        if let Some(i) = h.iter().position(|m| m.id() == self.id()) {
             h.swap_remove(i);
+            return true;
         }
+        false
+    }
+
+    /// True when this process holds the mutex without a guard (`acquire_raw`).
+    fn pinned(&self) -> bool {
+        held().lock().unwrap_or_else(|e| e.into_inner()).iter().any(|m| m.id() == self.id())
     }
 
     pub(crate) fn raw(&self) -> *mut RawMutex {
         self.cell.ptr().cast()
     }
 
+    /// Which mutex this is: the same for every handle and mapping of it.
+    pub(crate) fn id(&self) -> crate::shm::RegionId {
+        self.cell.id()
+    }
+
+    fn guard(&self, state: Locked) -> LockGuard<'_> {
+        if state == Locked::OwnerDied {
+            // Holds the dead owner recorded here are void: this thread owns it now.
+            held().lock().unwrap_or_else(|e| e.into_inner()).retain(|m| m.id() != self.id());
+        }
+        LockGuard { raw: self.raw(), owner_died: state == Locked::OwnerDied, _lock: PhantomData }
+    }
+
+    /// Locks without a bound; `Ok(None)` when the calling thread holds it
+    /// already (the error-checking mutex's EDEADLK), for callers that then
+    /// decide whether the access they guard may go ahead.
+    pub(crate) fn lock_unless_owned(&self) -> Result<Option<LockGuard<'_>>> {
+        // SAFETY: `raw` was initialised by `mutex_init` in the creating process.
+        match unsafe { sys::mutex_lock(self.raw(), None) } {
+            Ok(Some(state)) => Ok(Some(self.guard(state))),
+            Ok(None) => Err(Error::new(
+                ErrorKind::InvalidState,
+                "an unbounded wait for a shared lock returned without it",
+            )),
+            Err(e) if e.raw_os_error() == Some(libc::EDEADLK) => Ok(None),
+            Err(e) => Err(Error::io("could not take a shared lock", e)),
+        }
+    }
+
     /// Locks with a bound (`None`: block; `Some(ZERO)`: try once).
     pub(crate) fn lock(&self, timeout: Option<Duration>) -> Result<Option<LockGuard<'_>>> {
         // SAFETY: `raw` was initialised by `mutex_init` in the creating process.
         match unsafe { sys::mutex_lock(self.raw(), timeout) } {
-            Ok(Some(state)) => Ok(Some(LockGuard {
-                raw: self.raw(),
-                owner_died: state == Locked::OwnerDied,
-                _lock: PhantomData,
-            })),
+            Ok(Some(state)) => Ok(Some(self.guard(state))),
             Ok(None) => Ok(None),
             // The holder trying again with a bound simply does not get it
             // (Python's `acquire(False)` is False); only an unbounded wait,
@@ -71,7 +104,17 @@ impl Mutex {
         }
     }
 
+    /// Releases a hold taken without a guard. One taken through a guard
+    /// is refused: the guard may be handing out `&mut` to shared memory
+    /// (an `Array`'s), which must stay exclusive until the guard drops.
     pub(crate) fn unlock(&self) -> Result<()> {
+        if !self.pinned() {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                "release of a lock this thread does not hold through acquire_raw() (a lock \
+                 taken with acquire() is released by dropping its guard)",
+            ));
+        }
         // SAFETY: `raw` was initialised by `mutex_init`.
         unsafe { sys::mutex_unlock(self.raw()) }.map_err(|e| {
             if e.raw_os_error() == Some(libc::EPERM) {
@@ -176,11 +219,19 @@ macro_rules! lock_type {
             /// Releases a lock taken with [`acquire_raw`](Self::acquire_raw).
             ///
             /// # Errors
-            /// [`ErrorKind::InvalidState`] when this thread does not hold it.
+            /// [`ErrorKind::InvalidState`] when this thread does not hold it
+            /// through `acquire_raw` (a hold through a guard ends when the
+            /// guard drops, never here: an `Array`'s guard lends `&mut`).
             pub fn release(&self) -> Result<()> {
                 self.mutex.unlock()?;
                 self.mutex.unpin();
                 Ok(())
+            }
+
+            /// The shared mutex, for the shared memory this lock guards.
+            #[allow(dead_code)] // only a `Lock` guards shared memory, not an `RLock`
+            pub(crate) fn mutex(&self) -> &Mutex {
+                &self.mutex
             }
         }
 

@@ -500,19 +500,6 @@ pub(crate) fn recv_append_with_fds(
 
 // --- shared memory ------------------------------------------------------------
 
-/// An anonymous shared-memory file. It has no name anywhere (nothing in
-/// /dev/shm to leak or for another user to open) and vanishes when the last
-/// descriptor and mapping of it are gone, in whichever process.
-pub(crate) fn memfd(len: usize) -> io::Result<OwnedFd> {
-    // SAFETY: the name is a NUL-terminated literal; memfd_create returns a new fd.
-    let fd = check(unsafe { libc::memfd_create(c"multiproc".as_ptr(), libc::MFD_CLOEXEC) })?;
-    // SAFETY: `fd` was just created and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: ftruncate on a descriptor we own.
-    check(unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) })?;
-    Ok(fd)
-}
-
 /// The size of the file behind `fd`.
 pub(crate) fn file_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
     // SAFETY: stat is plain data; all-zero is valid.
@@ -697,4 +684,66 @@ pub(crate) fn message_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     })?;
     // SAFETY: both descriptors were just created and are owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+// --- sealed shared memory ---------------------------------------------------------
+
+/// The seals every multiproc shared-memory file carries: its size is fixed
+/// for good. A memfd can be resized by any process holding a descriptor of
+/// it, and a mapping whose file shrank under it raises SIGBUS on access; with
+/// these seals no process (the creator included) can shrink or grow it, nor
+/// lift the seals.
+const FIXED_SIZE_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+
+/// An anonymous shared-memory file of `len` zero bytes whose size is sealed
+/// (see [`FIXED_SIZE_SEALS`]). It has no name anywhere (nothing in /dev/shm
+/// to leak or for another user to open) and vanishes when the last
+/// descriptor and mapping of it are gone, in whichever process.
+pub(crate) fn memfd_sealed(len: usize) -> io::Result<OwnedFd> {
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // SAFETY: the name is a NUL-terminated literal; memfd_create returns a new fd.
+    let fd = check(unsafe { libc::memfd_create(c"multiproc".as_ptr(), flags) })?;
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = libc::off_t::try_from(len)
+        .map_err(|_| io::Error::other(format!("{len} bytes is too large for shared memory")))?;
+    // SAFETY: ftruncate on a descriptor we own.
+    check(unsafe { libc::ftruncate(fd.as_raw_fd(), len) })?;
+    // SAFETY: F_ADD_SEALS takes an open descriptor and a bit set; no memory.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, FIXED_SIZE_SEALS) })?;
+    Ok(fd)
+}
+
+/// True when the file behind `fd` can never shrink (it carries F_SEAL_SHRINK),
+/// so mapping all of its current length is safe from SIGBUS. False for a file
+/// that may shrink, or one that cannot carry seals at all (not a memfd).
+pub(crate) fn cannot_shrink(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: F_GET_SEALS takes an open descriptor and touches no memory; on
+    // a file that does not support seals it fails with EINVAL.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    seals >= 0 && seals & libc::F_SEAL_SHRINK != 0
+}
+
+/// The system's memory page size: every mapping starts on a page boundary.
+pub(crate) fn page_size() -> usize {
+    // SAFETY: sysconf takes a constant and touches no memory.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as usize
+    } else {
+        4096
+    }
+}
+
+/// The size of the file behind `fd`, and its identity (device and inode),
+/// which is the same in every process and every descriptor of it.
+pub(crate) fn file_len_and_id(fd: BorrowedFd<'_>) -> io::Result<(usize, (u64, u64))> {
+    // SAFETY: stat is plain data; all-zero is valid.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a live stat struct and `fd` is open.
+    check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    let len = usize::try_from(st.st_size).map_err(|_| {
+        io::Error::other(format!("a file of {} bytes cannot be mapped", st.st_size))
+    })?;
+    Ok((len, (st.st_dev as u64, st.st_ino as u64)))
 }
