@@ -9,6 +9,8 @@
 mod async_result;
 #[path = "it/futures.rs"]
 mod futures;
+#[path = "it/hostile_worker.rs"]
+mod hostile_worker;
 #[path = "it/ipc_pipe.rs"]
 mod ipc_pipe;
 #[path = "it/ipc_queue.rs"]
