@@ -291,7 +291,7 @@ fn killer(
         let deadline = Instant::now() + STARTUP;
         while kills < count && !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
             for c in multiproc::active_children() {
-                if every.is_some() || seen.insert(c.pid) {
+                if kills < count && (every.is_some() || seen.insert(c.pid)) {
                     // SAFETY: kill takes plain integers; the pid is a live
                     // child of this process (it is reaped only after it dies).
                     if unsafe { libc::kill(c.pid as libc::pid_t, libc::SIGKILL) } == 0 {
@@ -305,11 +305,26 @@ fn killer(
     })
 }
 
+/// Waits until `run` succeeds: a worker the killer hit just after its
+/// handshake may still take a task and fail it with `WorkerDied`, but a
+/// broken pool never recovers.
+fn until_it_runs(what: &str, mut run: impl FnMut() -> multiproc::Result<u64>) {
+    let deadline = Instant::now() + STARTUP;
+    loop {
+        match run() {
+            Ok(v) => return assert_eq!(v, 4, "{what}"),
+            Err(e) if e.kind() == ErrorKind::WorkerDied && Instant::now() < deadline => {}
+            Err(e) => panic!("{what}: {e:?}"),
+        }
+    }
+}
+
 #[test]
 fn workers_killed_as_they_start_do_not_break_the_pool() {
     let k = killer(12, None, Arc::new(AtomicBool::new(false)));
     let pool = Pool::new(4).unwrap();
     assert_eq!(k.join().unwrap(), 12, "the killer did not see 12 workers");
+    until_it_runs("a task after the kills", || pool.apply_async(sqr, 2).get_timeout(STARTUP));
     let squares = bounded(STARTUP, "tasks after the kills", move || pool.map(sqr, 0..20u64));
     assert_eq!(squares.unwrap(), (0..20u64).map(|x| x * x).collect::<Vec<_>>());
 }
@@ -326,6 +341,7 @@ fn executor_workers_killed_as_they_start_do_not_break_it() {
             assert_eq!(err.kind(), ErrorKind::WorkerDied, "{err:?}");
         }
     }
+    until_it_runs("a task after the kills", || ex.submit(sqr, 2)?.result_timeout(STARTUP));
     for i in 0..8u64 {
         assert_eq!(ex.submit(sqr, i).unwrap().result_timeout(STARTUP).unwrap(), i * i);
     }
@@ -339,6 +355,7 @@ fn a_kill_storm_every_3_ms_does_not_break_the_pool() {
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::SeqCst);
     assert!(k.join().unwrap() > 0, "the storm killed nothing");
+    until_it_runs("a task after the storm", || pool.apply_async(sqr, 2).get_timeout(STARTUP));
     let squares = bounded(STARTUP, "tasks after the storm", move || pool.map(sqr, 0..20u64));
     assert_eq!(squares.unwrap(), (0..20u64).map(|x| x * x).collect::<Vec<_>>());
 }
