@@ -147,7 +147,11 @@ impl<T> Connection<T> {
         let mut c = self.lock();
         loop {
             if let Some((kind, body, fds)) = next_frame(&mut c)? {
-                return Ok((kind, c.body(body).to_vec(), fds));
+                let bytes = c.body(body).to_vec();
+                // Gives back the buffer of a large message now, not at the
+                // next receive.
+                c.compact();
+                return Ok((kind, bytes, fds));
             }
             if let Some(d) = deadline {
                 let left = d.saturating_duration_since(Instant::now());

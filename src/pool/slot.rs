@@ -47,8 +47,10 @@ const HANDSHAKE_NO_INIT: &[(u8, u32)] = &[(wire::READY, 64), (wire::MISMATCH, 64
 const RUNNING: &[(u8, u32)] = &[(wire::DONE, MAX_RESULT_FRAME)];
 
 /// Signals a process gets from outside (a user, a supervisor, the OOM
-/// killer) rather than by faulting: a worker that dies of one while starting
-/// says nothing about the program, so the pool keeps starting workers.
+/// killer) rather than by its own doing: a worker that dies of one while
+/// starting says nothing about the program, so the pool keeps starting
+/// workers. The others are raised by what the process itself did (a fault,
+/// an abort, a write to a closed pipe, a resource limit it ran into).
 fn from_outside(signal: i32) -> bool {
     ![
         libc::SIGSEGV,
@@ -58,9 +60,13 @@ fn from_outside(signal: i32) -> bool {
         libc::SIGFPE,
         libc::SIGSYS,
         libc::SIGTRAP,
+        libc::SIGPIPE,
+        libc::SIGXCPU,
+        libc::SIGXFSZ,
     ]
     .contains(&signal)
 }
+
 /// How long a worker told to exit (or found dead) gets before SIGKILL.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
@@ -619,6 +625,16 @@ fn dup_all(fds: &[std::os::fd::OwnedFd]) -> crate::Result<Vec<std::os::fd::Owned
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_deaths_from_outside_keep_the_pool_starting_workers() {
+        for sig in [libc::SIGKILL, libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
+            assert!(from_outside(sig), "{}", sys::signal_name(sig));
+        }
+        for sig in [libc::SIGSEGV, libc::SIGABRT, libc::SIGBUS, libc::SIGILL, libc::SIGFPE] {
+            assert!(!from_outside(sig), "{}", sys::signal_name(sig));
+        }
+    }
 
     #[test]
     fn depth_is_one_until_jobs_prove_fast() {
