@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use multiproc::{ErrorKind, Pool, ProcessPoolExecutor};
+use multiproc::{pipe, ErrorKind, Pool, ProcessPoolExecutor};
 
 use crate::support::{
     assert_faster, bounded, getpid, send_beacon, sqr, wait_pid_gone, Beacon, PROMPT, STARTUP,
@@ -75,7 +75,11 @@ fn header(len: u32, kind: u8, nfds: u8) -> Vec<u8> {
 
 /// Writes `bytes` into the channel with `fds` attached to them.
 fn write_with_fds(bytes: &[u8], fds: &[RawFd]) {
-    let chan = channel();
+    send_with_fds(channel().as_raw_fd(), bytes, fds);
+}
+
+/// Writes `bytes` into socket `chan` with `fds` attached to them.
+fn send_with_fds(chan: RawFd, bytes: &[u8], fds: &[RawFd]) {
     let payload = std::mem::size_of_val(fds);
     // SAFETY: CMSG_SPACE is a pure computation on a length.
     let space = unsafe { libc::CMSG_SPACE(payload as u32) } as usize;
@@ -98,7 +102,7 @@ fn write_with_fds(bytes: &[u8], fds: &[RawFd]) {
         std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast(), fds.len());
     }
     // SAFETY: `msg` and all it points to live until the call returns.
-    let n = unsafe { libc::sendmsg(chan.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    let n = unsafe { libc::sendmsg(chan, &msg, libc::MSG_NOSIGNAL) };
     assert_eq!(n, bytes.len() as isize, "sendmsg: {}", std::io::Error::last_os_error());
 }
 
@@ -380,4 +384,47 @@ fn a_large_result_leaves_no_large_buffers_behind() {
         worker_after < worker_before + limit,
         "worker: {worker_before} bytes resident before, {worker_after} after"
     );
+}
+
+/// This process's sockets: (descriptor, inode), by descriptor.
+fn sockets() -> Vec<(RawFd, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").expect("list /proc/self/fd") {
+        let path = entry.expect("a /proc/self/fd entry").path();
+        let Ok(fd) = path.file_name().unwrap().to_string_lossy().parse::<RawFd>() else {
+            continue;
+        };
+        let target = std::fs::read_link(&path).ok().map(|t| t.to_string_lossy().into_owned());
+        if let Some(t) = target.filter(|t| t.starts_with("socket:")) {
+            found.push((fd, t));
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn a_pipe_refuses_descriptors_no_message_declares() {
+    let before: HashSet<String> = sockets().into_iter().map(|(_, inode)| inode).collect();
+    let (rx, tx) = pipe::<Vec<u8>>(false).unwrap();
+    // The receiving end is made first: the lowest new socket is one of its
+    // copies; a socket of the other inode is the sending end's.
+    let new: Vec<_> = sockets().into_iter().filter(|(_, i)| !before.contains(i)).collect();
+    let rx_inode = new.first().expect("the pipe's sockets").1.clone();
+    let tx_fd = new.iter().find(|(_, inode)| *inode != rx_inode).expect("the sending end").0;
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let fds_before = open_fds();
+    // A whole byte message (kind 2) that declares no descriptors, with 3.
+    let mut frame = header(3, 2, 0);
+    frame.extend_from_slice(b"abc");
+    send_with_fds(tx_fd, &frame, &[null.as_raw_fd(); 3]);
+    let err = bounded(PROMPT, "recv of a message with stray descriptors", move || {
+        rx.recv_bytes().unwrap_err()
+    });
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err:?}");
+    assert!(err.message().contains("3 descriptors attached to no frame"), "{err}");
+    // The receiving end was dropped with the closure; the strays were closed
+    // at once, so only the end's own two copies are gone.
+    assert!(open_fds() <= fds_before - 2, "the stray descriptors stayed open");
+    drop(tx);
 }
