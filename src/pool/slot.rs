@@ -169,10 +169,10 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
                         None => Error::new(
                             ErrorKind::WorkerDied,
                             format!(
-                                "{STARTUP_ATTEMPTS} workers in a row {how} before the handshake \
-                                 (the last was worker {}); the pool stopped starting workers: \
-                                 look for what ends the program before `main` (its static \
-                                 initializers, the environment)",
+                                "{STARTUP_ATTEMPTS} workers in a row failed before the handshake \
+                                 (the last, worker {}, {how}); the pool stopped starting \
+                                 workers: look for what ends the program before `main` (its \
+                                 static initializers, the environment)",
                                 worker.pid
                             ),
                         ),
@@ -496,7 +496,7 @@ impl Worker {
         let _ = self.reap(Duration::ZERO);
         if !self.ready {
             core.requeue(std::mem::take(&mut self.inflight).into_iter());
-            return End::StartFailed(format!("sent {what} during the handshake"));
+            return End::StartFailed(format!("sent {what}"));
         }
         let err = Error::new(
             ErrorKind::Protocol,
