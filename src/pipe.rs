@@ -146,8 +146,12 @@ impl<T> Connection<T> {
         let deadline = timeout.and_then(crate::deadline_after);
         let mut c = self.lock();
         loop {
-            if let Some((kind, body, fds)) = c.next_frame() {
-                return Ok((kind, c.body(body).to_vec(), fds));
+            if let Some((kind, body, fds)) = next_frame(&mut c)? {
+                let bytes = c.body(body).to_vec();
+                // Gives back the buffer of a large message now, not at the
+                // next receive.
+                c.compact();
+                return Ok((kind, bytes, fds));
             }
             if let Some(d) = deadline {
                 let left = d.saturating_duration_since(Instant::now());
@@ -161,7 +165,7 @@ impl<T> Connection<T> {
             match c.read_blocking() {
                 Ok(false) => {}
                 Ok(true) => {
-                    if let Some((kind, body, fds)) = c.next_frame() {
+                    if let Some((kind, body, fds)) = next_frame(&mut c)? {
                         return Ok((kind, c.body(body).to_vec(), fds));
                     }
                     return Err(if c.input_idle() && !c.has_partial_input() {
@@ -176,6 +180,8 @@ impl<T> Connection<T> {
                         )
                     });
                 }
+                // Frames before the broken rule are still delivered.
+                Err(_) if c.violation().is_some() => {}
                 Err(e) => return Err(closed_or_io(e, "receive")),
             }
         }
@@ -199,6 +205,21 @@ impl<T> Connection<T> {
 
     /// Closes this end (dropping it does the same).
     pub fn close(self) {}
+}
+
+/// The next whole message, or a `Protocol` error once the other end broke
+/// the framing rules (the channel reads nothing more after that).
+#[allow(clippy::type_complexity)]
+fn next_frame(c: &mut Conn) -> Result<Option<(u8, std::ops::Range<usize>, Vec<OwnedFd>)>> {
+    c.try_next_frame().map_err(|v| {
+        Error::new(
+            ErrorKind::Protocol,
+            format!(
+                "the other end of a pipe sent {v}; the descriptors were closed and this end \
+                 reads no more messages: only multiproc should write to a pipe's socket"
+            ),
+        )
+    })
 }
 
 fn closed_or_io(e: std::io::Error, what: &str) -> Error {

@@ -16,6 +16,20 @@
 //!
 //! A chunk is a sequence of items made by `task::encode_item`; outcomes are one
 //! item per argument. The parent closes the channel to tell a worker to exit.
+//!
+//! The reader trusts nothing the peer sends. A header is checked as soon as
+//! its 6 bytes are buffered (a kind the reader accepts, at most
+//! [`sys::MAX_FDS_PER_MESSAGE`] descriptors, a length within the reader's
+//! limit for that kind), and space is reserved only in step with the bytes
+//! that actually arrive, so a header that lies about its length costs
+//! nothing. Descriptors are matched to frames by stream position: Linux hands
+//! over one SCM_RIGHTS batch per `recvmsg` of a stream socket, with the data
+//! of that call, and a sender attaches a frame's descriptors to the frame's
+//! first byte; so each batch must belong to the one frame that starts inside
+//! the byte range of the `recvmsg` that brought it and declares exactly that
+//! many descriptors. Anything else (a batch no frame claims, too many or too
+//! few) is a [`Violation`]: the descriptors are closed and the channel reads
+//! no further.
 
 use std::collections::VecDeque;
 use std::io;
@@ -35,6 +49,103 @@ pub(crate) const DONE: u8 = 13;
 
 const HEADER: usize = 6;
 const READ_CHUNK: usize = 64 * 1024;
+/// Once the frame at the head of the buffer is complete, one `read_some`
+/// reads at most this much more, so a peer that writes without pause cannot
+/// keep the reader from handling what it already has.
+const READ_BUDGET: usize = 4 << 20;
+/// Buffers that grew past this for a large frame are shrunk once empty, so
+/// one large message does not pin its memory for the life of the channel.
+const SHRINK_ABOVE: usize = 4 << 20;
+/// Received descriptors waiting for their frame to reach the head of the
+/// buffer. Beyond this the reader stops reading until frames are consumed,
+/// so a peer cannot fill this process's descriptor table.
+const MAX_HELD_FDS: usize = 2 * sys::MAX_FDS_PER_MESSAGE;
+
+/// What a peer sent that breaks the framing rules, in words that complete
+/// "the peer sent …". The channel is unusable after one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Violation(pub(crate) String);
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which frames a reader accepts: `(kind, largest body in bytes)` pairs, or
+/// every kind up to one length.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Accept {
+    Any { max_len: u32 },
+    Only(&'static [(u8, u32)]),
+}
+
+impl Accept {
+    fn max_len(self, kind: u8) -> Option<u32> {
+        match self {
+            Accept::Any { max_len } => Some(max_len),
+            Accept::Only(kinds) => kinds.iter().find(|(k, _)| *k == kind).map(|(_, m)| *m),
+        }
+    }
+}
+
+/// The name of a frame kind, for messages.
+pub(crate) fn kind_name(kind: u8) -> String {
+    match kind {
+        INIT => "INIT".into(),
+        TASK => "TASK".into(),
+        RUN => "RUN".into(),
+        READY => "READY".into(),
+        MISMATCH => "MISMATCH".into(),
+        INIT_FAILED => "INIT_FAILED".into(),
+        DONE => "DONE".into(),
+        k => format!("unknown kind {k}"),
+    }
+}
+
+/// Checks a frame header; returns its kind, body length and descriptor count.
+pub(crate) fn check_header(
+    header: &[u8; HEADER],
+    accept: Accept,
+) -> Result<(u8, usize, usize), Violation> {
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+    let (kind, nfds) = (header[4], header[5] as usize);
+    let Some(max_len) = accept.max_len(kind) else {
+        return Err(Violation(format!(
+            "a frame of {} (header bytes {header:02x?}), which is not valid at this point",
+            kind_name(kind)
+        )));
+    };
+    if nfds > sys::MAX_FDS_PER_MESSAGE {
+        return Err(Violation(format!(
+            "a {} frame declaring {nfds} descriptors (at most {} travel with one frame)",
+            kind_name(kind),
+            sys::MAX_FDS_PER_MESSAGE
+        )));
+    }
+    if len > max_len {
+        return Err(Violation(format!(
+            "a {} frame header declaring {len} bytes, more than the {max_len} bytes allowed",
+            kind_name(kind)
+        )));
+    }
+    Ok((kind, len as usize, nfds))
+}
+
+/// Descriptors from one `recvmsg`, and the stream range `start..end` of the
+/// bytes that call brought.
+struct Batch {
+    start: u64,
+    end: u64,
+    fds: Vec<OwnedFd>,
+}
+
+/// The checked header of the frame at the head of the read buffer.
+struct Head {
+    kind: u8,
+    len: usize,
+    fds: Vec<OwnedFd>,
+}
 
 /// One end of a framed, buffered channel over a Unix stream socket.
 ///
@@ -50,7 +161,18 @@ pub(crate) struct Conn {
     /// Descriptors to attach at these offsets of `wbuf` (frame starts).
     out_fds: VecDeque<(usize, Vec<OwnedFd>)>,
     /// Descriptors received and not yet claimed by a frame, in order.
-    in_fds: VecDeque<OwnedFd>,
+    batches: VecDeque<Batch>,
+    /// How many descriptors `batches` holds.
+    held: usize,
+    /// The stream position of `rbuf[0]`: bytes read before it were consumed.
+    rbase: u64,
+    /// The header at `rpos`, once checked (and its descriptors claimed).
+    head: Option<Head>,
+    accept: Accept,
+    /// Set at the first rule the peer broke; nothing is read after it.
+    violation: Option<Violation>,
+    /// Set when the last `read_some` stopped with input possibly left.
+    more: bool,
 }
 
 /// Reads a little-endian integer of `N` bytes at `at`.
@@ -59,7 +181,14 @@ pub(crate) fn le<const N: usize>(body: &[u8], at: usize) -> Option<[u8; N]> {
 }
 
 impl Conn {
+    /// A channel that accepts frames of any kind up to the 4 GiB the format
+    /// allows (pipes, and a worker reading its parent).
     pub(crate) fn new(fd: OwnedFd) -> Conn {
+        Conn::with_accept(fd, Accept::Any { max_len: u32::MAX })
+    }
+
+    /// A channel that accepts only the frames `accept` names.
+    pub(crate) fn with_accept(fd: OwnedFd, accept: Accept) -> Conn {
         Conn {
             fd,
             rbuf: Vec::new(),
@@ -67,8 +196,25 @@ impl Conn {
             wbuf: Vec::new(),
             wpos: 0,
             out_fds: VecDeque::new(),
-            in_fds: VecDeque::new(),
+            batches: VecDeque::new(),
+            held: 0,
+            rbase: 0,
+            head: None,
+            accept,
+            violation: None,
+            more: false,
         }
+    }
+
+    /// Changes which frames are accepted from the next frame on (one not yet
+    /// checked); a protocol moves from one phase to another this way.
+    pub(crate) fn set_accept(&mut self, accept: Accept) {
+        self.accept = accept;
+    }
+
+    /// The rule the peer broke, if it broke one.
+    pub(crate) fn violation(&self) -> Option<&Violation> {
+        self.violation.as_ref()
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
@@ -179,6 +325,9 @@ impl Conn {
         if !self.has_output() {
             self.wbuf.clear();
             self.wpos = 0;
+            if self.wbuf.capacity() > SHRINK_ABOVE {
+                self.wbuf.shrink_to(READ_CHUNK);
+            }
         }
         Ok(())
     }
@@ -192,7 +341,10 @@ impl Conn {
                 return Ok(());
             }
             let fd = self.fd.as_fd();
-            let [r] = sys::poll([sys::Interest { fd, read: true, write: true }], None)?;
+            // Not reading while descriptors are held back: the peer's data
+            // would only wake this loop again without being read.
+            let read = self.held < MAX_HELD_FDS;
+            let [r] = sys::poll([sys::Interest { fd, read, write: true }], None)?;
             if r.read && self.read_some()? {
                 return Err(io::ErrorKind::BrokenPipe.into());
             }
@@ -202,53 +354,163 @@ impl Conn {
         }
     }
 
-    fn compact(&mut self) {
+    /// Drops consumed input; gives back the memory of a large frame once
+    /// it is consumed. Invalidates body ranges.
+    pub(crate) fn compact(&mut self) {
         if self.rpos > 0 && (self.rpos == self.rbuf.len() || self.rpos > self.rbuf.len() / 2) {
             self.rbuf.drain(..self.rpos);
+            self.rbase += self.rpos as u64;
             self.rpos = 0;
+        }
+        if self.rbuf.capacity() > SHRINK_ABOVE && self.rbuf.len() <= self.rbuf.capacity() / 8 {
+            self.rbuf.shrink_to(READ_CHUNK.max(self.rbuf.len()));
         }
     }
 
-    /// How many more bytes the frame at the head of the buffer needs.
-    fn wanted(&self) -> usize {
+    fn violate(&mut self, v: Violation) {
+        if self.violation.is_none() {
+            self.violation = Some(v);
+        }
+        // Close whatever the peer sent; nothing on this channel is used again.
+        self.batches.clear();
+        self.held = 0;
+        self.head = None;
+    }
+
+    /// Checks the header at the head of the buffer once it is all there,
+    /// claims its descriptors, and closes descriptors no frame can claim.
+    fn check_head(&mut self) {
+        if self.violation.is_some() {
+            return;
+        }
+        let start = self.rbase + self.rpos as u64;
+        if self.head.is_none() {
+            let Some(header) = le::<HEADER>(&self.rbuf, self.rpos) else {
+                // Only a batch that began at or before this frame's first
+                // byte can still be claimed (by this frame).
+                if let Some(b) = self.batches.iter().find(|b| b.end <= start) {
+                    let n = b.fds.len();
+                    return self.violate(stray(n));
+                }
+                return;
+            };
+            let (kind, len, nfds) = match check_header(&header, self.accept) {
+                Ok(h) => h,
+                Err(v) => return self.violate(v),
+            };
+            // A batch that ended before this frame belonged to no frame.
+            if let Some(b) = self.batches.front().filter(|b| b.end <= start) {
+                let n = b.fds.len();
+                return self.violate(stray(n));
+            }
+            let mut fds = Vec::new();
+            if nfds > 0 {
+                let carried = self.batches.front().filter(|b| b.start <= start);
+                let got = carried.map_or(0, |b| b.fds.len());
+                if got != nfds {
+                    return self.violate(Violation(format!(
+                        "a {} frame declaring {nfds} descriptors with {got} attached to its \
+                         first byte",
+                        kind_name(kind)
+                    )));
+                }
+                let b = self.batches.pop_front().expect("checked above");
+                self.held -= b.fds.len();
+                fds = b.fds;
+            }
+            self.head = Some(Head { kind, len, fds });
+        }
+        // The next frame starts at `end`: a batch that ends at or before it
+        // holds no frame's first byte but this one's, which is settled.
+        let len = self.head.as_ref().map_or(0, |h| h.len);
+        let end = start + (HEADER + len) as u64;
+        if let Some(b) = self.batches.iter().find(|b| b.end <= end) {
+            let n = b.fds.len();
+            self.violate(stray(n));
+        }
+    }
+
+    /// Bytes the head frame still needs (0 while its header is incomplete),
+    /// and the bytes of it already buffered.
+    fn head_progress(&self) -> (usize, usize) {
         let avail = self.rbuf.len() - self.rpos;
-        match le::<4>(&self.rbuf, self.rpos) {
-            Some(len) => (HEADER + u32::from_le_bytes(len) as usize).saturating_sub(avail),
-            None => 0,
+        match &self.head {
+            Some(h) => ((HEADER + h.len).saturating_sub(avail), avail),
+            None => (0, avail),
         }
     }
 
     fn recv_into(&mut self, wait: bool) -> io::Result<Option<usize>> {
-        let chunk = self.wanted().max(READ_CHUNK);
-        match sys::recv_append_with_fds(
-            self.fd.as_fd(),
-            &mut self.rbuf,
-            chunk,
-            wait,
-            &mut self.in_fds,
-        ) {
-            Ok(n) => Ok(Some(n)),
+        // Reserve only as much ahead as has arrived of this frame (doubling
+        // as it comes), so a header that lies about its length reserves
+        // little, and a real large frame still grows in few steps.
+        let (wanted, have) = self.head_progress();
+        let chunk = wanted.min(have).max(READ_CHUNK);
+        let mut fds = VecDeque::new();
+        let at = self.rbase + self.rbuf.len() as u64;
+        match sys::recv_append_with_fds(self.fd.as_fd(), &mut self.rbuf, chunk, wait, &mut fds) {
+            Ok(n) => {
+                if !fds.is_empty() {
+                    self.held += fds.len();
+                    self.batches.push_back(Batch {
+                        start: at,
+                        end: at + n.max(1) as u64,
+                        fds: fds.into_iter().collect(),
+                    });
+                }
+                self.check_head();
+                Ok(Some(n))
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    /// Reads everything available without blocking. Returns true at end of file.
+    fn violation_error(&self) -> Option<io::Error> {
+        let v = self.violation.as_ref()?;
+        Some(io::Error::new(io::ErrorKind::InvalidData, v.0.clone()))
+    }
+
+    /// Reads what is available without blocking: the rest of the head
+    /// frame, then at most [`READ_BUDGET`] more (see [`Conn::has_more`]).
+    /// Returns true at end of file; an `InvalidData` error once the peer
+    /// broke a rule (the frames before it can still be taken).
     pub(crate) fn read_some(&mut self) -> io::Result<bool> {
         self.compact();
+        self.more = false;
+        let mut read = 0;
         loop {
+            if let Some(e) = self.violation_error() {
+                return Err(e);
+            }
+            let (wanted, _) = self.head_progress();
+            let head_whole = self.head.is_some() && wanted == 0;
+            if head_whole && (read >= READ_BUDGET || self.held >= MAX_HELD_FDS) {
+                self.more = true;
+                return Ok(false);
+            }
             match self.recv_into(false)? {
                 Some(0) => return Ok(true),
-                Some(_) => continue,
-                None => return Ok(false),
+                Some(n) => read += n,
+                None => return self.violation_error().map_or(Ok(false), Err),
             }
         }
+    }
+
+    /// True when the last [`Conn::read_some`] stopped before the socket ran
+    /// dry (a budget, or descriptors held back): call it again once the
+    /// buffered frames are handled.
+    pub(crate) fn has_more(&self) -> bool {
+        self.more
     }
 
     /// Blocks until at least one byte arrives, then reads what else is there.
     /// Returns true at end of file.
     pub(crate) fn read_blocking(&mut self) -> io::Result<bool> {
         self.compact();
+        if let Some(e) = self.violation_error() {
+            return Err(e);
+        }
         match self.recv_into(true)? {
             Some(0) => Ok(true),
             _ => self.read_some(),
@@ -257,19 +519,42 @@ impl Conn {
 
     /// The next complete frame: its kind, the range of its body (valid until
     /// the next read) and the descriptors that came with it. `None` when no
-    /// whole frame is buffered; a frame whose descriptors are missing comes
-    /// with fewer, and decoding the handle that needed one reports it.
+    /// whole frame is buffered, or the peer broke a rule (see
+    /// [`Conn::try_next_frame`], which tells the two apart).
     pub(crate) fn next_frame(&mut self) -> Option<(u8, Range<usize>, Vec<OwnedFd>)> {
-        let len = u32::from_le_bytes(le::<4>(&self.rbuf, self.rpos)?) as usize;
-        if self.rbuf.len() - self.rpos < HEADER + len {
-            return None;
+        self.try_next_frame().ok().flatten()
+    }
+
+    /// The next complete frame, `Ok(None)` when none is whole yet, or the
+    /// rule the peer broke at this point of the stream.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn try_next_frame(
+        &mut self,
+    ) -> Result<Option<(u8, Range<usize>, Vec<OwnedFd>)>, Violation> {
+        self.check_head();
+        if let Some(v) = &self.violation {
+            return Err(v.clone());
         }
-        let kind = self.rbuf[self.rpos + 4];
-        let nfds = (self.rbuf[self.rpos + 5] as usize).min(self.in_fds.len());
-        let fds = self.in_fds.drain(..nfds).collect();
-        let body = self.rpos + HEADER..self.rpos + HEADER + len;
-        self.rpos += HEADER + len;
-        Some((kind, body, fds))
+        let (wanted, _) = self.head_progress();
+        if wanted > 0 || self.head.is_none() {
+            return Ok(None);
+        }
+        let head = self.head.take().expect("checked above");
+        let body = self.rpos + HEADER..self.rpos + HEADER + head.len;
+        self.rpos += HEADER + head.len;
+        Ok(Some((head.kind, body, head.fds)))
+    }
+
+    /// The kind of the incomplete frame at the head of the buffer and the
+    /// part of its body already buffered, once its header is checked: lets a
+    /// reader judge a frame by its first bytes instead of waiting for all of
+    /// it.
+    pub(crate) fn partial_head(&mut self) -> Option<(u8, &[u8])> {
+        self.check_head();
+        let h = self.head.as_ref()?;
+        let from = (self.rpos + HEADER).min(self.rbuf.len());
+        let to = (self.rpos + HEADER + h.len).min(self.rbuf.len());
+        Some((h.kind, &self.rbuf[from..to]))
     }
 
     /// True when part of a frame is buffered (its writer stopped mid-frame).
@@ -294,6 +579,10 @@ impl Conn {
     pub(crate) fn body(&self, body: Range<usize>) -> &[u8] {
         &self.rbuf[body]
     }
+}
+
+fn stray(n: usize) -> Violation {
+    Violation(format!("{n} descriptors attached to no frame that declared them"))
 }
 
 #[cfg(test)]
@@ -347,6 +636,162 @@ mod tests {
         a.flush_blocking().unwrap();
         assert_eq!(next_len(&mut a), 8 << 20);
         assert_eq!(t.join().unwrap(), 8 << 20);
+    }
+
+    /// A socket to write raw bytes into, and a checked reader on the other end.
+    fn raw_pair(accept: Accept) -> (OwnedFd, Conn) {
+        let (a, b) = UnixStream::pair().unwrap();
+        (a.into(), Conn::with_accept(b.into(), accept))
+    }
+
+    fn header(len: u32, kind: u8, nfds: u8) -> Vec<u8> {
+        let mut h = len.to_le_bytes().to_vec();
+        h.extend_from_slice(&[kind, nfds]);
+        h
+    }
+
+    /// A descriptor whose closing the test can see: the peer of the returned
+    /// stream reads end of file once every copy is closed.
+    fn watched_fd() -> (OwnedFd, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        (a.into(), b)
+    }
+
+    fn is_closed(peer: &UnixStream) -> bool {
+        use std::io::Read;
+        peer.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+        matches!((&*peer).read(&mut [0u8; 1]), Ok(0))
+    }
+
+    const DONE_ONLY: Accept = Accept::Only(&[(DONE, 1 << 20)]);
+
+    #[test]
+    fn headers_are_checked_for_kind_descriptors_and_length() {
+        let ok = check_header(&[3, 0, 0, 0, DONE, 2], DONE_ONLY);
+        assert_eq!(ok, Ok((DONE, 3, 2)));
+        let kind = check_header(&[3, 0, 0, 0, READY, 0], DONE_ONLY).unwrap_err();
+        assert!(kind.0.contains("READY") && kind.0.contains("not valid"), "{kind}");
+        let fds = check_header(&[3, 0, 0, 0, DONE, 254], DONE_ONLY).unwrap_err();
+        assert!(fds.0.contains("254 descriptors"), "{fds}");
+        let len = check_header(&[0xff, 0xff, 0xff, 0xff, DONE, 0], DONE_ONLY).unwrap_err();
+        assert!(len.0.contains("4294967295 bytes"), "{len}");
+        let any = Accept::Any { max_len: u32::MAX };
+        assert!(check_header(&[0xff, 0xff, 0xff, 0xff, 99, 0], any).is_ok());
+    }
+
+    #[test]
+    fn a_lying_header_is_refused_as_soon_as_it_arrives() {
+        let (w, mut r) = raw_pair(DONE_ONLY);
+        sys::send(w.as_fd(), &header(u32::MAX, DONE, 0), true).unwrap();
+        let err = r.read_blocking().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(r.try_next_frame().unwrap_err().0.contains("4294967295"));
+        // Later reads fail the same way instead of waiting for the body.
+        assert!(r.read_some().is_err());
+    }
+
+    #[test]
+    fn a_huge_declared_length_reserves_only_what_arrives() {
+        let (w, mut r) = raw_pair(Accept::Any { max_len: u32::MAX });
+        let mut bytes = header(u32::MAX, 7, 0);
+        bytes.extend_from_slice(&[1; 1000]);
+        sys::send(w.as_fd(), &bytes, true).unwrap();
+        assert!(!r.read_blocking().unwrap());
+        assert!(r.try_next_frame().unwrap().is_none());
+        assert!(r.rbuf.capacity() <= 2 * READ_CHUNK, "reserved {}", r.rbuf.capacity());
+    }
+
+    #[test]
+    fn descriptors_go_to_the_frame_that_starts_in_their_read() {
+        let (w, mut r) = raw_pair(Accept::Any { max_len: 1 << 20 });
+        // A frame with none, then one with two, in one write carrying both
+        // descriptors; then a frame with none.
+        let (fd1, peer1) = watched_fd();
+        let (fd2, _peer2) = watched_fd();
+        let mut bytes = header(1, 5, 0);
+        bytes.push(b'a');
+        bytes.extend(header(2, 6, 2));
+        bytes.extend_from_slice(b"bc");
+        sys::send_with_fds(w.as_fd(), &bytes, &[fd1, fd2], true).unwrap();
+        let mut tail = header(0, 7, 0);
+        tail.extend(header(0, 8, 0));
+        sys::send(w.as_fd(), &tail, true).unwrap();
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            assert!(!r.read_blocking().unwrap());
+            while let Some((kind, body, fds)) = r.try_next_frame().unwrap() {
+                got.push((kind, r.body(body).to_vec(), fds.len()));
+            }
+        }
+        let want = [(5, b"a".to_vec(), 0), (6, b"bc".to_vec(), 2), (7, vec![], 0), (8, vec![], 0)];
+        assert_eq!(got, want);
+        drop(peer1);
+    }
+
+    #[test]
+    fn descriptors_no_frame_declares_are_closed_and_refused() {
+        let (w, mut r) = raw_pair(Accept::Any { max_len: 1 << 20 });
+        let (fd, peer) = watched_fd();
+        let mut bytes = header(1, 5, 0);
+        bytes.push(b'a');
+        sys::send_with_fds(w.as_fd(), &bytes, &[fd], true).unwrap();
+        let _ = r.read_blocking();
+        let v = r.try_next_frame().unwrap_err();
+        assert!(v.0.contains("1 descriptors attached to no frame"), "{v}");
+        assert!(is_closed(&peer), "the stray descriptor is still open");
+    }
+
+    #[test]
+    fn descriptors_in_the_middle_of_a_frame_are_refused() {
+        let (w, mut r) = raw_pair(Accept::Any { max_len: 1 << 20 });
+        let (fd, peer) = watched_fd();
+        let mut bytes = header(8, 5, 0);
+        bytes.extend_from_slice(b"1234");
+        sys::send(w.as_fd(), &bytes, true).unwrap();
+        assert!(!r.read_blocking().unwrap());
+        sys::send_with_fds(w.as_fd(), b"5678", &[fd], true).unwrap();
+        let _ = r.read_blocking();
+        assert!(r.try_next_frame().is_err());
+        assert!(is_closed(&peer), "the stray descriptor is still open");
+    }
+
+    #[test]
+    fn a_frame_must_carry_exactly_the_descriptors_it_declares() {
+        for (declared, sent) in [(2u8, 1usize), (1, 2), (1, 0)] {
+            let (w, mut r) = raw_pair(Accept::Any { max_len: 1 << 20 });
+            let fds: Vec<OwnedFd> = (0..sent).map(|_| watched_fd().0).collect();
+            let mut bytes = header(1, 5, declared);
+            bytes.push(b'a');
+            sys::send_with_fds(w.as_fd(), &bytes, &fds, true).unwrap();
+            let _ = r.read_blocking();
+            let v = r.try_next_frame().unwrap_err();
+            assert!(v.0.contains(&format!("declaring {declared} descriptors")), "{v}");
+        }
+    }
+
+    #[test]
+    fn buffers_shrink_after_a_large_frame() {
+        let (mut a, mut b) = pair();
+        let t = std::thread::spawn(move || {
+            b.push_frame(DONE, &[&vec![9u8; 16 << 20]]).unwrap();
+            b.flush_blocking().unwrap();
+            b.wbuf.capacity()
+        });
+        let len = loop {
+            if let Some((_, r, _)) = a.next_frame() {
+                break a.body(r).len();
+            }
+            if a.read_blocking().unwrap() {
+                // The writer is done and gone: its last read completed it.
+                let (_, r, _) = a.next_frame().expect("end of file before the frame");
+                break a.body(r).len();
+            }
+        };
+        assert_eq!(len, 16 << 20);
+        a.compact();
+        assert!(a.rbuf.capacity() <= SHRINK_ABOVE, "reader kept {}", a.rbuf.capacity());
+        let kept = t.join().unwrap();
+        assert!(kept <= SHRINK_ABOVE, "writer kept {kept}");
     }
 
     #[test]

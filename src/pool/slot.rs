@@ -3,10 +3,17 @@
 //! The thread starts a worker, feeds it jobs from the pool's queue, reads its
 //! results, enforces the per-task timeout, and when the worker dies (or has
 //! run its quota of tasks) reaps it and starts a replacement. It waits in one
-//! `poll` on the worker's channel and the slot's eventfd, so it notices a dead
-//! worker (end of file on the channel) at once, and never blocks on a write.
+//! `poll` on the worker's channel, its pidfd and the slot's eventfd, so it
+//! notices a dead worker at once (end of file on the channel, or the pidfd,
+//! when a process the task forked keeps the channel open), and never blocks
+//! on a write.
+//!
+//! A worker is not trusted: every frame it sends is checked (see
+//! [`wire::Accept`] and the limits below), and one that breaks a rule fails
+//! only the task it was running; the worker is killed and replaced.
 
 use std::collections::VecDeque;
+use std::os::fd::{AsFd, OwnedFd};
 use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,12 +23,50 @@ use super::core::{cancelled, Core, Job, RunState};
 use crate::error::{Error, ErrorKind};
 use crate::spawn;
 use crate::sys::{self, Interest};
-use crate::wire::{self, le, Conn};
+use crate::wire::{self, le, Accept, Conn};
 use crate::worker::{EXIT_MISMATCH, ROLE_POOL};
 
-/// How many times in a row a worker may die before it is ready before the
-/// pool gives up on starting workers.
+/// How many workers in a row may fail to start by their own doing (an exit,
+/// a crash, a broken handshake) before the pool gives up on starting them.
 const STARTUP_ATTEMPTS: u32 = 3;
+/// Pauses between starts while workers are killed from outside before they
+/// are ready: from the first to the last, doubling.
+const RESTART_PAUSE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(100));
+
+/// The largest result frame a worker may send, 2 GiB. A bigger result fails
+/// its task with a `Protocol` error; the cap keeps a worker's header from
+/// making the parent wait for (or reserve) data that never comes, while
+/// leaving results of a gigabyte room.
+pub(crate) const MAX_RESULT_FRAME: u32 = 2 << 30;
+/// Frames valid before READY (the worker's pid, and an empty MISMATCH body;
+/// room is left for a few more bytes), with and without an initializer.
+const HANDSHAKE: &[(u8, u32)] =
+    &[(wire::READY, 64), (wire::MISMATCH, 64), (wire::INIT_FAILED, 64 << 10)];
+const HANDSHAKE_NO_INIT: &[(u8, u32)] = &[(wire::READY, 64), (wire::MISMATCH, 64)];
+/// After READY a worker sends only results.
+const RUNNING: &[(u8, u32)] = &[(wire::DONE, MAX_RESULT_FRAME)];
+
+/// Signals a process gets from outside (a user, a supervisor, the OOM
+/// killer) rather than by its own doing: a worker that dies of one while
+/// starting says nothing about the program, so the pool keeps starting
+/// workers. The others are raised by what the process itself did (a fault,
+/// an abort, a write to a closed pipe, a resource limit it ran into).
+fn from_outside(signal: i32) -> bool {
+    ![
+        libc::SIGSEGV,
+        libc::SIGABRT,
+        libc::SIGBUS,
+        libc::SIGILL,
+        libc::SIGFPE,
+        libc::SIGSYS,
+        libc::SIGTRAP,
+        libc::SIGPIPE,
+        libc::SIGXCPU,
+        libc::SIGXFSZ,
+    ]
+    .contains(&signal)
+}
+
 /// How long a worker told to exit (or found dead) gets before SIGKILL.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
@@ -43,13 +88,20 @@ pub(crate) fn depth(avg: Option<Duration>) -> usize {
 enum End {
     /// The pool is done with this slot.
     Exit,
-    /// Start a replacement worker; `early` when it died before being ready.
-    Respawn { early: bool },
+    /// Start a replacement worker.
+    Respawn,
+    /// The worker failed before it was ready, by its own doing (`how` it
+    /// did): after [`STARTUP_ATTEMPTS`] of these in a row the pool stops.
+    StartFailed(String),
+    /// The worker was killed from outside before it was ready: start
+    /// another after a pause.
+    StartKilled,
 }
 
 /// The slot thread's body.
 pub(crate) fn run(core: Arc<Core>, index: usize) {
     let mut early_deaths = 0;
+    let mut pause = RESTART_PAUSE.0;
     loop {
         {
             let q = core.lock();
@@ -65,8 +117,16 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
         let mut worker = Worker {
             index,
             pid: spawned.child.id(),
+            pidfd: sys::pidfd_open(spawned.child.id()).ok(),
             child: spawned.child,
-            conn: Conn::new(spawned.channel),
+            conn: Conn::with_accept(
+                spawned.channel,
+                Accept::Only(if core.config.init.is_some() {
+                    HANDSHAKE
+                } else {
+                    HANDSHAKE_NO_INIT
+                }),
+            ),
             inflight: VecDeque::new(),
             head_since: Instant::now(),
             avg: None,
@@ -83,24 +143,41 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
         core.slots[index].vacant.store(false, Ordering::SeqCst);
         match end {
             End::Exit => return,
-            End::Respawn { early: false } => early_deaths = 0,
-            End::Respawn { early: true } => {
+            End::Respawn => {
+                early_deaths = 0;
+                pause = RESTART_PAUSE.0;
+            }
+            End::StartKilled => {
+                // Waits on the slot's eventfd so terminate() is not delayed.
+                let wake = Interest { fd: core.slots[index].wake.fd(), read: true, write: false };
+                let _ = sys::poll([wake], Some(pause));
+                pause = (pause * 2).min(RESTART_PAUSE.1);
+            }
+            End::StartFailed(how) => {
                 early_deaths += 1;
                 if early_deaths >= STARTUP_ATTEMPTS {
-                    let how = match worker.exit {
-                        (Some(sig), _) => format!("was killed by {}", sys::signal_name(sig)),
-                        (None, Some(code)) => format!("exited with code {code}"),
-                        (None, None) => "vanished".to_string(),
-                    };
-                    return core.break_pool(Error::new(
-                        ErrorKind::InitializerFailed,
-                        format!(
-                            "{STARTUP_ATTEMPTS} workers in a row died while starting up, before \
-                             running a task (the last, worker {}, {how}); the pool stopped \
-                             starting workers",
-                            worker.pid
+                    let err = match core.config.init {
+                        Some(_) => Error::new(
+                            ErrorKind::InitializerFailed,
+                            format!(
+                                "{STARTUP_ATTEMPTS} workers in a row failed while running the \
+                                 initializer (the last, worker {}, {how}); the pool runs no \
+                                 tasks: fix the initializer",
+                                worker.pid
+                            ),
                         ),
-                    ));
+                        None => Error::new(
+                            ErrorKind::WorkerDied,
+                            format!(
+                                "{STARTUP_ATTEMPTS} workers in a row failed before the handshake \
+                                 (the last, worker {}, {how}); the pool stopped starting \
+                                 workers: look for what ends the program before `main` (its \
+                                 static initializers, the environment)",
+                                worker.pid
+                            ),
+                        ),
+                    };
+                    return core.break_pool(err.with_pid(worker.pid));
                 }
             }
         }
@@ -110,6 +187,9 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
 struct Worker {
     index: usize,
     pid: u32,
+    /// Readable once the worker has exited (`None` if the kernel has no
+    /// pidfds; end of file on the channel then tells).
+    pidfd: Option<OwnedFd>,
     child: Child,
     conn: Conn,
     inflight: VecDeque<Job>,
@@ -191,7 +271,7 @@ impl Worker {
                 let idle_closed = core.lock().finished();
                 if retiring || idle_closed {
                     self.exit_gracefully();
-                    return if retiring { End::Respawn { early: false } } else { End::Exit };
+                    return if retiring { End::Respawn } else { End::Exit };
                 }
             }
             if self.conn.write_some().is_err() {
@@ -218,23 +298,30 @@ impl Worker {
                 (Some(t), false) => Some(self.head_since + t),
                 _ => None,
             };
-            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let mut timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if self.conn.has_more() {
+                // Input is waiting that the last read left for later.
+                timeout = Some(Duration::ZERO);
+            }
+            // Without a pidfd the eventfd stands in, asking for nothing.
+            let exit_fd = self.pidfd.as_ref().map_or(signal.wake.fd(), |p| p.as_fd());
             let polled = sys::poll(
                 [
                     Interest { fd: self.conn.fd(), read: true, write: self.conn.has_output() },
                     Interest { fd: signal.wake.fd(), read: true, write: false },
+                    Interest { fd: exit_fd, read: self.pidfd.is_some(), write: false },
                 ],
                 timeout,
             );
             signal.wants_work.store(false, Ordering::SeqCst);
-            let [chan, wake] = match polled {
+            let [chan, wake, exited] = match polled {
                 Ok(r) => r,
                 Err(_) => return self.died(core, "while the pool polled it"),
             };
             if wake.read {
                 signal.wake.drain();
             }
-            if chan.read || chan.hangup {
+            if chan.read || chan.hangup || self.conn.has_more() {
                 let eof = self.conn.read_some();
                 if let Some(end) = self.handle_frames(core) {
                     return end;
@@ -242,6 +329,12 @@ impl Worker {
                 if !matches!(eof, Ok(false)) {
                     return self.died(core, "");
                 }
+            }
+            if self.pidfd.is_some() && (exited.read || exited.hangup) {
+                // The worker is gone though its channel may stay open (a
+                // process the task forked holds a copy): what it wrote
+                // before dying is delivered by `died`.
+                return self.died(core, "");
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return self.timed_out(core);
@@ -301,29 +394,32 @@ impl Worker {
         )
         .with_pid(self.pid);
         self.fail_head_requeue_rest(core, err);
-        End::Respawn { early: false }
+        End::Respawn
     }
 
     /// Handles every complete frame buffered; `Some` when the worker is done.
     fn handle_frames(&mut self, core: &Core) -> Option<End> {
         let signal = &core.slots[self.index];
-        while let Some((kind, body, fds)) = self.conn.next_frame() {
+        loop {
+            let (kind, body, fds) = match self.conn.try_next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(v) => return Some(self.protocol_error(core, &v.0)),
+            };
             let b = self.conn.body(body);
             match kind {
                 wire::READY => {
                     self.ready = true;
+                    self.conn.set_accept(Accept::Only(RUNNING));
                     signal.idle.store(self.inflight.is_empty(), Ordering::SeqCst);
                     signal.vacant.store(self.inflight.is_empty(), Ordering::SeqCst);
                 }
                 wire::DONE => {
                     let id = le::<8>(b, 0).map(u64::from_le_bytes);
-                    let Some(job) = self.inflight.pop_front() else {
-                        return Some(self.protocol_error(core, "a result for no task"));
-                    };
-                    if id != Some(job.id) {
-                        self.inflight.push_front(job);
-                        return Some(self.protocol_error(core, "a result out of order"));
+                    if let Some(what) = self.wrong_result(id) {
+                        return Some(self.protocol_error(core, &what));
                     }
+                    let job = self.inflight.pop_front().expect("checked by wrong_result");
                     let now = Instant::now();
                     let took = now - self.head_since;
                     self.avg = Some(match self.avg {
@@ -362,22 +458,57 @@ impl Worker {
                     core.break_pool(err.clone());
                     return Some(self.shut_down(Some(err)));
                 }
-                _ => return Some(self.protocol_error(core, "an unknown frame")),
+                // The accepted kinds are checked by the channel.
+                k => return Some(self.protocol_error(core, &wire::kind_name(k))),
             }
         }
+        // A result is judged by its task id as soon as that has arrived, so
+        // a bogus length cannot make the slot wait for the rest.
+        if let Some((wire::DONE, start)) = self.conn.partial_head() {
+            if let Some(id) = le::<8>(start, 0).map(u64::from_le_bytes) {
+                if let Some(what) = self.wrong_result(Some(id)) {
+                    return Some(self.protocol_error(core, &format!("the start of {what}")));
+                }
+            }
+        }
+        // Gives back the buffer of a large result once it is consumed.
+        self.conn.compact();
         None
+    }
+
+    /// What is wrong with a result for task `id`, if anything: the worker
+    /// runs its tasks in order, so it must be the oldest one sent.
+    fn wrong_result(&self, id: Option<u64>) -> Option<String> {
+        let Some(id) = id else {
+            return Some("a result too short to name its task".to_string());
+        };
+        match self.inflight.front() {
+            None => Some(format!("a result for task {id} while it held no task")),
+            Some(job) if job.id != id => {
+                Some(format!("a result for task {id} while it was running task {}", job.id))
+            }
+            Some(_) => None,
+        }
     }
 
     fn protocol_error(&mut self, core: &Core, what: &str) -> End {
         let _ = sys::kill(self.pid, sys::SIGKILL);
         let _ = self.reap(Duration::ZERO);
+        if !self.ready {
+            core.requeue(std::mem::take(&mut self.inflight).into_iter());
+            return End::StartFailed(format!("sent {what}"));
+        }
         let err = Error::new(
             ErrorKind::Protocol,
-            format!("worker {} sent {what}; it was killed and replaced", self.pid),
+            format!(
+                "worker {} sent {what}; it broke the pool's protocol, so it was killed and \
+                 replaced (a task that writes to the worker's channel causes this)",
+                self.pid
+            ),
         )
         .with_pid(self.pid);
         self.fail_head_requeue_rest(core, err);
-        End::Respawn { early: !self.ready }
+        End::Respawn
     }
 
     /// Waits for the worker to exit (killing it after `grace`) and reaps it.
@@ -417,9 +548,14 @@ impl Worker {
     fn died(&mut self, core: &Core, doing: &str) -> End {
         // Results the worker wrote before it died are still in the socket:
         // deliver them first, so only the job it was running is blamed.
-        let _ = self.conn.read_some();
-        if let Some(end) = self.handle_frames(core) {
-            return end;
+        loop {
+            let read = self.conn.read_some();
+            if let Some(end) = self.handle_frames(core) {
+                return end;
+            }
+            if !matches!(read, Ok(false)) || !self.conn.has_more() {
+                break;
+            }
         }
         // Jobs whose frames never fully reached the socket were never read:
         // they go back to the queue instead of failing with the worker.
@@ -438,7 +574,12 @@ impl Worker {
                 core.break_pool(err.clone());
                 return self.shut_down(Some(err));
             }
-            return End::Respawn { early: true };
+            return match (signal, code) {
+                (Some(sig), _) if from_outside(sig) => End::StartKilled,
+                (Some(sig), _) => End::StartFailed(format!("died of {}", sys::signal_name(sig))),
+                (None, Some(code)) => End::StartFailed(format!("exited with code {code}")),
+                (None, None) => End::StartFailed("vanished".to_string()),
+            };
         }
         let what = match self.inflight.front() {
             Some(job) if doing.is_empty() => format!("while running task {}", job.id),
@@ -447,7 +588,7 @@ impl Worker {
         };
         let err = Error::worker_died(self.pid, signal, code, &what);
         self.fail_head_requeue_rest(core, err);
-        End::Respawn { early: false }
+        End::Respawn
     }
 
     fn timed_out(&mut self, core: &Core) -> End {
@@ -461,7 +602,7 @@ impl Worker {
         ))
         .with_pid(self.pid);
         self.fail_head_requeue_rest(core, err);
-        End::Respawn { early: false }
+        End::Respawn
     }
 
     /// The worker runs its jobs in order, so only the head had started: it
@@ -484,6 +625,16 @@ fn dup_all(fds: &[std::os::fd::OwnedFd]) -> crate::Result<Vec<std::os::fd::Owned
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_deaths_from_outside_keep_the_pool_starting_workers() {
+        for sig in [libc::SIGKILL, libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
+            assert!(from_outside(sig), "{}", sys::signal_name(sig));
+        }
+        for sig in [libc::SIGSEGV, libc::SIGABRT, libc::SIGBUS, libc::SIGILL, libc::SIGFPE] {
+            assert!(!from_outside(sig), "{}", sys::signal_name(sig));
+        }
+    }
 
     #[test]
     fn depth_is_one_until_jobs_prove_fast() {
