@@ -385,7 +385,10 @@ macro_rules! pool_methods {
                 if let Err(e) = $core.check_running() {
                     return AsyncResult::failed(e);
                 }
-                map::map_async(&$make, items.into_iter().collect(), chunksize)
+                match map::collect_input(items) {
+                    Ok(items) => map::map_async(&$make, items, chunksize),
+                    Err(e) => AsyncResult::failed(e),
+                }
             }
 
             fn imap_inner<F, A, M>(
