@@ -9,6 +9,8 @@
 mod async_result;
 #[path = "it/futures.rs"]
 mod futures;
+#[path = "it/hostile_timing.rs"]
+mod hostile_timing;
 #[path = "it/ipc_pipe.rs"]
 mod ipc_pipe;
 #[path = "it/ipc_queue.rs"]
