@@ -11,7 +11,15 @@ use multiproc::{
     AsyncResult, ErrorKind, Pool, Process, ProcessPoolExecutor, ThreadPool, ThreadPoolExecutor,
 };
 
-use crate::support::{bounded, sqr, TempDir, PROMPT, STARTUP};
+use crate::support::{bounded, sqr, wait_at_gate, Gate, TempDir, PROMPT, STARTUP};
+
+/// Squares `x` once the test opens `gate`: the test attaches its callbacks
+/// before the result can arrive, so they run where results are delivered
+/// (a callback attached to a finished result runs at once on its caller).
+fn gated_sqr(x: u64, gate: String) -> u64 {
+    wait_at_gate(&gate);
+    x * x
+}
 
 // --- callbacks that call back into their pool ----------------------------------
 
@@ -20,7 +28,8 @@ fn a_pool_callback_may_submit_to_its_one_worker_and_wait() {
     let pool = Arc::new(Pool::new(1).unwrap());
     let (tx, rx) = mpsc::channel();
     let p = pool.clone();
-    let r = pool.apply_async(sqr, 2).callback(move |&v| {
+    let mut gate = Gate::new();
+    let r = pool.apply_async(gated_sqr, (2, gate.path())).callback(move |&v| {
         // Both wait for the pool's only worker, whose result thread delivered
         // the value this callback holds.
         let direct = p.apply(sqr, v);
@@ -30,6 +39,7 @@ fn a_pool_callback_may_submit_to_its_one_worker_and_wait() {
         let inner = rx2.try_recv().ok();
         tx.send((direct.ok(), nested.ok(), inner)).unwrap();
     });
+    gate.open();
     let got = bounded(STARTUP, "get() of a result whose callback uses the pool", move || r.get());
     assert_eq!(got.unwrap(), 4);
     // get() returned, so the callback has run.
@@ -43,7 +53,9 @@ fn a_thread_pool_callback_may_submit_to_its_one_thread_and_wait() {
     let pool = Arc::new(ThreadPool::new(1).unwrap());
     let (tx, rx) = mpsc::channel();
     let p = pool.clone();
-    let r = pool.apply_async(|x: u64| x * 10, 1).callback(move |&v| {
+    let mut gate = Gate::new();
+    let g = gate.path();
+    let r = pool.apply_async(move |x: u64| gated_sqr(x, g.clone()) * 10, 1).callback(move |&v| {
         let direct = p.apply(|x: u64| x + 1, v);
         let (tx2, rx2) = mpsc::channel();
         let nested = p
@@ -52,6 +64,7 @@ fn a_thread_pool_callback_may_submit_to_its_one_thread_and_wait() {
             .get_timeout(STARTUP);
         tx.send((direct.ok(), nested.ok(), rx2.try_recv().ok())).unwrap();
     });
+    gate.open();
     let got =
         bounded(STARTUP, "a thread pool result whose callback uses the pool", move || r.get());
     assert_eq!(got.unwrap(), 10);
@@ -64,7 +77,8 @@ fn a_process_executor_done_callback_may_submit_to_its_one_worker_and_wait() {
     let ex = Arc::new(ProcessPoolExecutor::new(1).unwrap());
     let (tx, rx) = mpsc::channel();
     let e = ex.clone();
-    let f = ex.submit(sqr, 3).unwrap();
+    let mut gate = Gate::new();
+    let f = ex.submit(gated_sqr, (3, gate.path())).unwrap();
     f.add_done_callback(move |f| {
         let v = f.result().unwrap();
         let direct = e.submit(sqr, v).unwrap().result_timeout(STARTUP);
@@ -74,6 +88,7 @@ fn a_process_executor_done_callback_may_submit_to_its_one_worker_and_wait() {
         let nested = nested.result_timeout(STARTUP);
         tx.send((direct.ok(), nested.ok(), rx2.try_recv().ok().flatten())).unwrap();
     });
+    gate.open();
     let got =
         bounded(STARTUP, "a future whose done-callback uses the executor", move || f.result());
     assert_eq!(got.unwrap(), 9);
@@ -86,7 +101,9 @@ fn a_thread_executor_done_callback_may_submit_to_its_one_thread_and_wait() {
     let ex = Arc::new(ThreadPoolExecutor::new(1).unwrap());
     let (tx, rx) = mpsc::channel();
     let e = ex.clone();
-    let f = ex.submit(|x: u64| x, 7).unwrap();
+    let mut gate = Gate::new();
+    let g = gate.path();
+    let f = ex.submit(move |x: u64| gated_sqr(x, g.clone()) / x, 7).unwrap();
     f.add_done_callback(move |f| {
         let v = f.result().unwrap();
         let direct = e.submit(move |()| v + 1, ()).unwrap().result_timeout(STARTUP);
@@ -96,6 +113,7 @@ fn a_thread_executor_done_callback_may_submit_to_its_one_thread_and_wait() {
         let nested = nested.result_timeout(STARTUP);
         tx.send((direct.ok(), nested.ok(), rx2.try_recv().ok().flatten())).unwrap();
     });
+    gate.open();
     let got =
         bounded(STARTUP, "a thread future whose done-callback uses the executor", move || {
             f.result()
@@ -122,7 +140,11 @@ fn a_blocked_callback_stalls_neither_the_worker_nor_other_results() {
     let pool = Pool::new(1).unwrap();
     let (started_tx, started) = mpsc::channel();
     let (release, release_rx) = mpsc::channel();
-    let first = pool.apply_async(sqr, 1).callback(blocking_callback(started_tx, release_rx));
+    let mut gate = Gate::new();
+    let first = pool
+        .apply_async(gated_sqr, (1, gate.path()))
+        .callback(blocking_callback(started_tx, release_rx));
+    gate.open();
     started.recv_timeout(STARTUP).expect("the first callback started");
     // The result is not ready while its callback runs, and asking does not
     // wait for the callback (it holds no lock of the result).
@@ -162,10 +184,12 @@ fn a_slow_callback_does_not_delay_results_from_other_workers() {
     // Both workers started and warm.
     assert_eq!(pool.map(sqr, 0..4).unwrap().len(), 4);
     let (started_tx, started) = mpsc::channel();
-    let slow = pool.apply_async(sqr, 1).callback(move |_| {
+    let mut gate = Gate::new();
+    let slow = pool.apply_async(gated_sqr, (1, gate.path())).callback(move |_| {
         started_tx.send(()).unwrap();
         std::thread::sleep(Duration::from_millis(500));
     });
+    gate.open();
     started.recv_timeout(STARTUP).expect("the slow callback started");
     let t0 = Instant::now();
     for i in 2..12u64 {
