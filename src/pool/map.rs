@@ -172,6 +172,11 @@ type Feeder<R> = Box<dyn FnMut(ChunkDone<R>, Arc<Ticket>) -> Fed>;
 /// flight, and the next input is read only as results are consumed, so an
 /// endless or huge input never sits in memory. Each item is a `Result`: a task
 /// that fails yields its error in its place and the iteration goes on.
+///
+/// An input iterator that panics ends the iteration: the results of every
+/// item read before the panic are yielded first, then one
+/// [`ErrorKind::TaskPanicked`] error that names the input iterator and
+/// carries its panic message and location; the pool goes on.
 #[must_use = "iterators are lazy and do nothing unless consumed"]
 pub struct IMap<R> {
     shared: Arc<Shared<R>>,

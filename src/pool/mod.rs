@@ -295,7 +295,10 @@ macro_rules! pool_methods {
             /// and returns the results in input order.
             ///
             /// # Errors
-            /// The first task error to arrive fails the whole call.
+            /// The first task error to arrive fails the whole call; an input
+            /// iterator that panics fails it with an
+            /// [`ErrorKind::TaskPanicked`] error naming the input (the input
+            /// is read to the end before any task runs).
             pub fn map<F, A, M>(
                 &self,
                 f: F,
