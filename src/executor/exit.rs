@@ -6,7 +6,8 @@
 //! registered when it is built, and a hook registered once with `atexit`
 //! (which runs when `main` returns and on `std::process::exit`) closes each
 //! executor still alive and waits for its workers to finish what they were
-//! given. A task whose worker dies fails, which ends that wait too.
+//! given, then for the callbacks of that work. A task whose worker dies
+//! fails, which ends that wait too.
 //!
 //! An executor shut down with `wait = false` is released from the hook: the
 //! caller asked not to wait, so the program exits at once (and its workers,
@@ -103,7 +104,12 @@ extern "C" fn at_exit() {
             .filter_map(|e| e.executor.upgrade())
             .collect()
     };
+    if executors.is_empty() {
+        return;
+    }
     for e in executors {
         e.finish();
     }
+    // The work is done; its done-callbacks may still be queued.
+    crate::pool::callbacks::wait_idle();
 }

@@ -126,6 +126,10 @@ impl Dispatch {
                 drop(next);
                 r = self.lock();
                 r.running -= 1;
+                if r.running == 0 && r.queue.is_empty() {
+                    // Someone may wait for the callbacks to be done (exit).
+                    self.cond.notify_all();
+                }
                 continue;
             }
             r.waiting += 1;
@@ -168,4 +172,20 @@ pub(crate) fn queue(result: Arc<dyn Deliver>) {
         return;
     }
     d.cond.notify_one();
+}
+
+/// Waits until every queued callback has run and no callback thread is busy:
+/// the program's exit waits for the done-callbacks of the executor work it
+/// waited for, as Python's does. A callback that never returns makes this
+/// wait forever, as it would in Python.
+pub(crate) fn wait_idle() {
+    if on_callback_thread() {
+        // A callback is exiting the program: it would wait for itself.
+        return;
+    }
+    let d = dispatch();
+    let mut r = d.lock();
+    while r.running > 0 || !r.queue.is_empty() {
+        r = d.cond.wait(r).unwrap_or_else(|e| e.into_inner());
+    }
 }

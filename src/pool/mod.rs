@@ -1,6 +1,6 @@
 //! `Pool` (worker processes) and `ThreadPool` (threads), with one API.
 
-mod callbacks;
+pub(crate) mod callbacks;
 pub(crate) mod core;
 pub(crate) mod map;
 mod result;

@@ -321,6 +321,17 @@ fn submit_and_end(path: String, how: String) {
             // The executor is still alive (never dropped) when exit runs.
             std::process::exit(0);
         }
+        "process: done-callback" => {
+            // The task leaves its own file; the marker is the callback's.
+            let ex = ProcessPoolExecutor::new(1).unwrap();
+            let f = ex.submit(write_after, (format!("{path}.task"), 200)).unwrap();
+            f.add_done_callback(move |f| {
+                assert!(f.exception().is_none());
+                // Slow enough to still run when the workers are gone.
+                std::thread::sleep(Duration::from_millis(300));
+                std::fs::write(&path, "done").expect("write the marker file");
+            });
+        }
         "thread: return" => {
             let ex = ThreadPoolExecutor::new(1).unwrap();
             drop(ex.submit(write_after, (path, 200)).unwrap());
@@ -355,7 +366,7 @@ fn run_child(how: &str) -> (Duration, bool) {
 
 #[test]
 fn executor_work_completes_when_the_program_ends_without_shutdown() {
-    for how in ["process: return", "process: exit", "thread: return"] {
+    for how in ["process: return", "process: exit", "process: done-callback", "thread: return"] {
         let (_, done) = run_child(how);
         assert!(done, "{how}: the submitted work was lost at exit");
     }
