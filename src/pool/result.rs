@@ -599,6 +599,23 @@ mod tests {
     }
 
     #[test]
+    fn a_callback_waiting_for_a_later_results_callback_is_overtaken() {
+        // Not a wait on a result (which a callback thread would help with):
+        // only the elastic takeover lets the second callback run.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (first, second) = (Completion::<u32>::new(), Completion::<u32>::new());
+        let r1 = AsyncResult::new(first.clone()).callback(move |_| {
+            rx.recv_timeout(Duration::from_secs(10)).expect("the later callback ran meanwhile");
+        });
+        let r2 = AsyncResult::new(second.clone()).callback(move |_| tx.send(()).unwrap());
+        first.complete(Ok(1));
+        second.complete(Ok(2));
+        assert!(r2.wait_timeout(Duration::from_secs(10)), "the second callback ran");
+        assert!(r1.wait_timeout(Duration::from_secs(10)), "the first callback returned");
+        assert_eq!((r1.get().unwrap(), r2.get().unwrap()), (1, 2));
+    }
+
+    #[test]
     fn a_panicking_callback_does_not_change_the_result() {
         let c = Completion::<u32>::new();
         let r = AsyncResult::new(c.clone()).callback(|_| panic!("callback bug"));
