@@ -93,6 +93,14 @@ pub(crate) fn register(executor: Weak<dyn Finish>) -> Release {
 /// Runs at exit: finishes the work of every executor still alive and not
 /// released, one after another.
 extern "C" fn at_exit() {
+    finish_all();
+}
+
+/// Finishes the work of every registered executor still alive and not
+/// released, then waits for its callbacks; a second call finds nothing left.
+/// For exit hooks that must run before workers are killed (a hook that
+/// kills daemon children would otherwise kill executor workers first).
+pub(crate) fn finish_all() {
     let executors: Vec<Arc<dyn Finish>> = {
         let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
         if r.pid != std::process::id() {

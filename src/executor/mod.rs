@@ -2,7 +2,7 @@
 //! `concurrent.futures` executors, on the same worker and scheduling code as
 //! [`Pool`](crate::Pool) and [`ThreadPool`](crate::ThreadPool).
 
-mod exit;
+pub(crate) mod exit;
 mod future;
 
 use std::sync::Arc;
