@@ -111,6 +111,18 @@ impl Error {
         Error(Arc::new(inner))
     }
 
+    /// A panic in the caller's input iterator of a map (not in any task).
+    pub(crate) fn input_panicked(message: String, location: Option<String>) -> Error {
+        let at = location.as_deref().map(|l| format!(" at {l}")).unwrap_or_default();
+        let text = format!(
+            "the input iterator panicked{at}: {message}; the results of the items before it were \
+             delivered and no later item was read (fix the iterator)"
+        );
+        let mut inner = Self::build(ErrorKind::TaskPanicked, text);
+        inner.panic = Some((message, location));
+        Error(Arc::new(inner))
+    }
+
     pub(crate) fn worker_died(
         pid: u32,
         signal: Option<i32>,

@@ -11,6 +11,8 @@ mod async_result;
 mod futures;
 #[path = "it/hostile_ipc.rs"]
 mod hostile_ipc;
+#[path = "it/hostile_timing.rs"]
+mod hostile_timing;
 #[path = "it/hostile_worker.rs"]
 mod hostile_worker;
 #[path = "it/ipc_pipe.rs"]

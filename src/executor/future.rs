@@ -72,7 +72,8 @@ impl<R: Send + 'static> Future<R> {
     /// [`kill`](Future::kill).
     pub fn cancel(&self) -> bool {
         if self.inner.ticket.cancel() {
-            self.inner.completion.complete(Err(cancelled_by_user()));
+            // The done-callbacks run here, before `cancel` returns, as in Python.
+            self.inner.completion.complete_here(Err(cancelled_by_user()));
             return true;
         }
         self.cancelled()
@@ -132,8 +133,21 @@ impl<R: Send + 'static> Future<R> {
     }
 
     /// Runs `f` with this future once it is done: at once, on this thread, if
-    /// it already is; otherwise on the thread that completes it. A callback
-    /// that panics is reported on stderr and the other callbacks still run.
+    /// it already is (or when called from one of its own done-callbacks);
+    /// otherwise on a callback thread of the library — never on the thread
+    /// that talks to the workers or runs the tasks, and with no lock held.
+    ///
+    /// The callbacks of one future run one after another in the order they
+    /// were added, after the result is stored (so `f` may call
+    /// [`result`](Future::result) or [`exception`](Future::exception), which
+    /// return at once) and before `result()` returns to any other caller.
+    /// Those of different futures run in the order the futures finished,
+    /// except that a callback taking longer than a few milliseconds no longer
+    /// holds up the others. A callback may do anything, including submitting
+    /// to the same executor and waiting for that future, even with one
+    /// worker. [`cancel`](Future::cancel) runs the callbacks on the
+    /// cancelling thread before it returns. A callback that panics is
+    /// reported on stderr and the other callbacks still run.
     pub fn add_done_callback(&self, f: impl FnOnce(&Future<R>) + Send + 'static) {
         let me = self.clone();
         self.inner.completion.on_done(move || f(&me));
@@ -259,7 +273,7 @@ pub fn wait<R: Send + 'static>(
     let signal = Arc::new((Mutex::new(0u64), Condvar::new()));
     for f in &futures {
         let s = signal.clone();
-        f.inner.completion.on_done(move || {
+        f.inner.completion.on_stored(move || {
             *s.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
             s.1.notify_all();
         });
@@ -317,7 +331,7 @@ pub fn as_completed<R: Send + 'static>(
     let (tx, rx) = mpsc::channel();
     for (i, f) in futures.iter().enumerate() {
         let tx = tx.clone();
-        f.inner.completion.on_done(move || {
+        f.inner.completion.on_stored(move || {
             let _ = tx.send(i);
         });
     }

@@ -2,6 +2,7 @@
 //! `concurrent.futures` executors, on the same worker and scheduling code as
 //! [`Pool`](crate::Pool) and [`ThreadPool`](crate::ThreadPool).
 
+pub(crate) mod exit;
 mod future;
 
 use std::sync::Arc;
@@ -46,7 +47,10 @@ fn submit_with<R: Send + 'static>(
 /// pid and signal or exit code, and a replacement takes the rest.
 ///
 /// Dropping the executor does not wait and does not lose work: queued tasks
-/// still run and their futures complete. Call
+/// still run and their futures complete. Nor does the end of the program:
+/// when `main` returns (or `std::process::exit` is called), the program
+/// first waits for the work submitted to every executor not shut down with
+/// `wait = false`, as Python does. Call
 /// [`shutdown`](ProcessPoolExecutor::shutdown) to wait or to cancel.
 ///
 /// # Examples
@@ -67,6 +71,7 @@ fn submit_with<R: Send + 'static>(
 /// ```
 pub struct ProcessPoolExecutor {
     core: Arc<Core>,
+    exit: exit::Release,
 }
 
 /// Options for a [`ProcessPoolExecutor`].
@@ -129,7 +134,8 @@ impl ProcessPoolExecutorBuilder {
             fingerprint: task::fingerprint(),
             lazy: true,
         })?;
-        Ok(ProcessPoolExecutor { core })
+        let exit = exit::register(Arc::downgrade(&core) as std::sync::Weak<dyn exit::Finish>);
+        Ok(ProcessPoolExecutor { core, exit })
     }
 }
 
@@ -214,7 +220,9 @@ impl ProcessPoolExecutor {
 
     /// Stops taking tasks. With `cancel_futures`, queued tasks are cancelled;
     /// otherwise they still run. With `wait`, returns once every worker has
-    /// exited (after running what it was given).
+    /// exited (after running what it was given). Without `wait`, the end of
+    /// the program no longer waits for this executor's work either: work
+    /// still pending when the program exits is lost.
     pub fn shutdown(&self, wait: bool, cancel_futures: bool) {
         if cancel_futures {
             self.core.cancel_queued();
@@ -226,6 +234,8 @@ impl ProcessPoolExecutor {
             self.core.cut_holds();
             self.core.join_threads();
         }
+        // Waited or told not to wait: the exit hook leaves this executor be.
+        self.exit.release();
     }
 }
 
@@ -247,7 +257,8 @@ impl std::fmt::Debug for ProcessPoolExecutor {
 /// Threads start only as tasks need them (up to `max_workers`, by default
 /// `min(32, cpu_count + 4)` as in Python) and idle ones are reused. Tasks may
 /// be any `Send + 'static` closure. Dropping the executor does not wait:
-/// queued tasks still run.
+/// queued tasks still run, and the end of the program waits for them unless
+/// the executor was shut down with `wait = false`, as in Python.
 ///
 /// # Examples
 ///
@@ -262,6 +273,7 @@ impl std::fmt::Debug for ProcessPoolExecutor {
 /// ```
 pub struct ThreadPoolExecutor {
     core: Arc<ThreadCore>,
+    exit: exit::Release,
 }
 
 /// Options for a [`ThreadPoolExecutor`].
@@ -291,7 +303,9 @@ impl ThreadPoolExecutorBuilder {
     /// [`ErrorKind::InvalidArgument`] for 0 workers.
     pub fn build(self) -> Result<ThreadPoolExecutor> {
         let n = self.max_workers.unwrap_or_else(|| (crate::cpu_count() + 4).min(32));
-        Ok(ThreadPoolExecutor { core: ThreadCore::new(n, self.init, true)? })
+        let core = ThreadCore::new(n, self.init, true)?;
+        let exit = exit::register(Arc::downgrade(&core) as std::sync::Weak<dyn exit::Finish>);
+        Ok(ThreadPoolExecutor { core, exit })
     }
 }
 
@@ -369,7 +383,8 @@ impl ThreadPoolExecutor {
     }
 
     /// Stops taking tasks; optionally cancels queued ones; optionally waits
-    /// for the threads to finish.
+    /// for the threads to finish. Without `wait`, the end of the program no
+    /// longer waits for this executor's work.
     pub fn shutdown(&self, wait: bool, cancel_futures: bool) {
         if cancel_futures {
             self.core.cancel_queued();
@@ -381,6 +396,8 @@ impl ThreadPoolExecutor {
             self.core.cut_holds();
             self.core.join_threads();
         }
+        // Waited or told not to wait: the exit hook leaves this executor be.
+        self.exit.release();
     }
 }
 

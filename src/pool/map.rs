@@ -65,6 +65,29 @@ pub(crate) fn check_chunksize(chunksize: Option<usize>) -> Result<()> {
     Ok(())
 }
 
+/// Reads the user's input iterator to the end. A panic inside it becomes an
+/// error naming the iterator (caught, so it is reported once, by the caller),
+/// as Python's `map` raises what `list(iterable)` raised.
+pub(crate) fn collect_input<A>(items: impl IntoIterator<Item = A>) -> Result<Vec<A>> {
+    crate::task::catch_panic(|| items.into_iter().collect())
+        .map_err(|f| Error::input_panicked(f.message, f.location))
+}
+
+/// Reads up to `size` items from the input. The input may panic part-way:
+/// the items read before the panic are returned with the panic as an error,
+/// so they still run and their results are yielded before that error.
+fn read_chunk<A>(input: &mut impl Iterator<Item = A>, size: usize) -> (Vec<A>, Option<Error>) {
+    let mut chunk = Vec::with_capacity(size.min(1024));
+    while chunk.len() < size {
+        match crate::task::catch_panic(|| input.next()) {
+            Ok(Some(item)) => chunk.push(item),
+            Ok(None) => break,
+            Err(f) => return (chunk, Some(Error::input_panicked(f.message, f.location))),
+        }
+    }
+    (chunk, None)
+}
+
 struct Collect<R> {
     parts: Vec<Option<Vec<R>>>,
     remaining: usize,
@@ -131,7 +154,17 @@ struct Shared<R> {
     cond: Condvar,
 }
 
-type Feeder<R> = Box<dyn FnMut(ChunkDone<R>, Arc<Ticket>) -> bool>;
+/// What one call of the feeder did.
+struct Fed {
+    /// A chunk was submitted (its `done` was used).
+    submitted: bool,
+    /// The input has ended: no more chunks come, and `error` says why if
+    /// the input failed rather than ran out.
+    ended: bool,
+    error: Option<Error>,
+}
+
+type Feeder<R> = Box<dyn FnMut(ChunkDone<R>, Arc<Ticket>) -> Fed>;
 
 /// The iterator returned by `imap` and `imap_unordered`.
 ///
@@ -139,6 +172,11 @@ type Feeder<R> = Box<dyn FnMut(ChunkDone<R>, Arc<Ticket>) -> bool>;
 /// flight, and the next input is read only as results are consumed, so an
 /// endless or huge input never sits in memory. Each item is a `Result`: a task
 /// that fails yields its error in its place and the iteration goes on.
+///
+/// An input iterator that panics ends the iteration: the results of every
+/// item read before the panic are yielded first, then one
+/// [`ErrorKind::TaskPanicked`] error that names the input iterator and
+/// carries its panic message and location; the pool goes on.
 #[must_use = "iterators are lazy and do nothing unless consumed"]
 pub struct IMap<R> {
     shared: Arc<Shared<R>>,
@@ -149,6 +187,10 @@ pub struct IMap<R> {
     consumed: usize,
     current: VecDeque<Result<R>>,
     pending_error: Option<Error>,
+    /// The input iterator's own failure, yielded once every chunk read
+    /// before it has been yielded (Python yields the results before the
+    /// failing item, then raises).
+    input_error: Option<Error>,
     /// Keeps the pool's workers while this iterator still has input, so that
     /// an `imap` started before `close()` yields every result, as in Python.
     /// Declared after `feeder`, so it is released after the input is gone.
@@ -184,6 +226,7 @@ impl<R: Send + 'static> IMap<R> {
             consumed: 0,
             current: VecDeque::new(),
             pending_error: None,
+            input_error: None,
             hold: None,
             tickets: VecDeque::new(),
             deadline: None,
@@ -196,12 +239,12 @@ impl<R: Send + 'static> IMap<R> {
         let mut input = input.into_iter();
         imap.hold = runner.hold_open().map(|r| Hold(Some(r)));
         imap.feeder = Some(Box::new(move |done, ticket| {
-            let chunk: Vec<A> = input.by_ref().take(size).collect();
-            if chunk.is_empty() {
-                return false;
+            let (chunk, error) = read_chunk(&mut input, size);
+            let submitted = !chunk.is_empty();
+            if submitted {
+                runner.run_chunk_held(chunk, done, ticket);
             }
-            runner.run_chunk_held(chunk, done, ticket);
-            true
+            Fed { submitted, ended: !submitted || error.is_some(), error }
         }));
         imap
     }
@@ -232,12 +275,18 @@ impl<R: Send + 'static> IMap<R> {
                 shared.cond.notify_all();
             });
             let ticket = Ticket::new();
-            if feed(done, ticket.clone()) {
+            let fed = feed(done, ticket.clone());
+            if fed.submitted {
                 self.tickets.push_back(ticket);
                 self.submitted += 1;
-            } else {
+            }
+            if fed.ended {
+                // The input is dropped here, which may let the pool's workers
+                // go (its hold); a failed input is reported after the chunks
+                // read before it.
                 self.feeder = None;
                 self.hold = None;
+                self.input_error = fed.error;
             }
         }
     }
@@ -249,6 +298,7 @@ impl<R> IMap<R> {
     fn cancel_rest(&mut self) {
         self.feeder = None;
         self.hold = None;
+        self.input_error = None;
         for t in self.tickets.drain(..) {
             t.cancel();
         }
@@ -274,7 +324,7 @@ impl<R: Send + 'static> Iterator for IMap<R> {
             }
             self.top_up();
             if self.consumed == self.submitted {
-                return None;
+                return self.input_error.take().map(Err);
             }
             let mut a = self.shared.arrived.lock().unwrap_or_else(|e| e.into_inner());
             let chunk = loop {

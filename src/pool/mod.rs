@@ -1,5 +1,6 @@
 //! `Pool` (worker processes) and `ThreadPool` (threads), with one API.
 
+pub(crate) mod callbacks;
 pub(crate) mod core;
 pub(crate) mod map;
 mod result;
@@ -294,7 +295,10 @@ macro_rules! pool_methods {
             /// and returns the results in input order.
             ///
             /// # Errors
-            /// The first task error to arrive fails the whole call.
+            /// The first task error to arrive fails the whole call; an input
+            /// iterator that panics fails it with an
+            /// [`ErrorKind::TaskPanicked`] error naming the input (the input
+            /// is read to the end before any task runs).
             pub fn map<F, A, M>(
                 &self,
                 f: F,
@@ -385,7 +389,10 @@ macro_rules! pool_methods {
                 if let Err(e) = $core.check_running() {
                     return AsyncResult::failed(e);
                 }
-                map::map_async(&$make, items.into_iter().collect(), chunksize)
+                match map::collect_input(items) {
+                    Ok(items) => map::map_async(&$make, items, chunksize),
+                    Err(e) => AsyncResult::failed(e),
+                }
             }
 
             fn imap_inner<F, A, M>(

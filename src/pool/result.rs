@@ -1,36 +1,82 @@
 //! `AsyncResult`, and the one completion mechanism under it.
+//!
+//! A task's outcome is stored once; then its callbacks run, on a callback
+//! thread (see `callbacks`), never on the thread that delivered the outcome
+//! and never with a lock held; only then is the result *settled*, and only a
+//! settled result wakes its waiters: `get()` returning means every callback
+//! attached before it returned has run.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
+use super::callbacks;
 use crate::error::{Error, ErrorKind, Result};
 
 type SuccessCb<T> = Box<dyn FnOnce(&T) + Send>;
 type ErrorCb = Box<dyn FnOnce(&Error) + Send>;
+type Hook = Box<dyn FnOnce() + Send>;
 
 enum Outcome<T> {
     Pending,
     Ready(Result<T>),
+    /// The value is out with the thread running the success callbacks,
+    /// which hand it `&T` without the lock held; it comes back after them.
+    Lent,
     Taken,
+}
+
+/// Where the callbacks of a stored outcome are.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Delivery {
+    /// No outcome yet.
+    Open,
+    /// Stored; the callbacks wait for a callback thread.
+    Queued,
+    /// This thread runs the callbacks. It may wait on this very result (a
+    /// done-callback calling `result()`), and must not wait for itself.
+    Running(ThreadId),
+    /// The callbacks have run: waiters may return.
+    Settled,
 }
 
 struct State<T> {
     outcome: Outcome<T>,
     on_success: Vec<SuccessCb<T>>,
     on_error: Vec<ErrorCb>,
-    /// Run after the outcome is stored, without the lock held (so they may
-    /// read the outcome): `Future` done-callbacks, `wait`, `as_completed`.
-    on_done: Vec<Box<dyn FnOnce() + Send>>,
-    /// Set once the outcome is stored *and* every hook has run: waiters wake
-    /// only then, so `wait()` returning means the callbacks are done.
-    settled: bool,
-    /// The thread running the hooks: it may wait on this very outcome (a
-    /// done-callback calling `result()`), and must not wait for itself.
-    completer: Option<std::thread::ThreadId>,
+    /// `Future` done-callbacks: run after the success/error callbacks, with
+    /// the outcome stored (they read it through the `Future`).
+    on_done: Vec<Hook>,
+    /// Internal, non-blocking notifications (`wait`, `as_completed`): run on
+    /// the completing thread as soon as the outcome is stored, before the
+    /// callbacks, as Python wakes its waiters before it runs callbacks.
+    notify: Vec<Hook>,
+    delivery: Delivery,
     wakers: Vec<Waker>,
+}
+
+impl<T> State<T> {
+    fn settled(&self) -> bool {
+        self.delivery == Delivery::Settled
+    }
+
+    /// True when this thread may see the outcome: the result is settled, or
+    /// this thread is running its callbacks.
+    fn visible_to(&self, me: ThreadId) -> bool {
+        self.settled() || self.delivery == Delivery::Running(me)
+    }
+
+    fn has_callbacks(&self) -> bool {
+        let kind = match &self.outcome {
+            Outcome::Ready(Ok(_)) => !self.on_success.is_empty(),
+            Outcome::Ready(Err(_)) => !self.on_error.is_empty(),
+            _ => false,
+        };
+        kind || !self.on_done.is_empty()
+    }
 }
 
 /// The shared cell a task's outcome is delivered into, once.
@@ -54,6 +100,37 @@ fn run_guarded(f: impl FnOnce()) {
     }
 }
 
+impl<T: Send + 'static> callbacks::Deliver for Completion<T> {
+    fn deliver(&self) {
+        let mut st = self.lock();
+        if st.delivery != Delivery::Queued {
+            return;
+        }
+        st.delivery = Delivery::Running(std::thread::current().id());
+        drop(st);
+        self.run_callbacks();
+    }
+}
+
+impl<T: Send + 'static> Completion<T> {
+    /// Delivers the outcome; later calls are ignored. The callbacks run on a
+    /// callback thread, so the caller (a pool's I/O or worker thread) goes on
+    /// at once.
+    pub(crate) fn complete(self: &Arc<Self>, result: Result<T>) {
+        if self.store(result, false) {
+            callbacks::queue(self.clone());
+        }
+    }
+
+    /// As [`complete`](Self::complete), but runs the callbacks on this
+    /// thread before returning (`Future::cancel`, as in Python).
+    pub(crate) fn complete_here(&self, result: Result<T>) {
+        if self.store(result, true) {
+            self.run_callbacks();
+        }
+    }
+}
+
 impl<T> Completion<T> {
     pub(crate) fn new() -> Arc<Completion<T>> {
         Arc::new(Completion {
@@ -62,8 +139,8 @@ impl<T> Completion<T> {
                 on_success: Vec::new(),
                 on_error: Vec::new(),
                 on_done: Vec::new(),
-                settled: false,
-                completer: None,
+                notify: Vec::new(),
+                delivery: Delivery::Open,
                 wakers: Vec::new(),
             }),
             cond: Condvar::new(),
@@ -74,57 +151,143 @@ impl<T> Completion<T> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Delivers the outcome. Callbacks run here, before waiters wake, so that
-    /// `get()` returning implies the callback has run. Later calls are ignored.
-    pub(crate) fn complete(&self, result: Result<T>) {
+    /// Stores the outcome (unless one is stored) and runs the notifications.
+    /// True when callbacks wait to be run: then the delivery is `Queued`, or
+    /// `Running` on this thread when `here`; otherwise it is settled.
+    fn store(&self, result: Result<T>, here: bool) -> bool {
         let mut st = self.lock();
         if !matches!(st.outcome, Outcome::Pending) {
-            return;
+            return false;
         }
-        // The lock is held while callbacks run: a callback attached meanwhile
-        // from another thread then sees the outcome and runs itself, so none is
-        // lost and none runs twice.
-        match &result {
-            Ok(v) => {
-                for cb in st.on_success.drain(..) {
-                    run_guarded(|| cb(v));
-                }
-            }
-            Err(e) => {
-                for cb in st.on_error.drain(..) {
-                    run_guarded(|| cb(e));
-                }
-            }
-        }
-        st.on_success.clear();
-        st.on_error.clear();
         st.outcome = Outcome::Ready(result);
-        let hooks = std::mem::take(&mut st.on_done);
-        if !hooks.is_empty() {
-            // Hooks may read the outcome (a done-callback calling `result()`),
-            // so they run without the lock; hooks attached meanwhile see the
-            // stored outcome and run at once on their own thread.
-            st.completer = Some(std::thread::current().id());
-            drop(st);
-            for hook in hooks {
-                run_guarded(hook);
-            }
-            st = self.lock();
-            st.completer = None;
-        }
-        st.settled = true;
-        for w in st.wakers.drain(..) {
-            w.wake();
+        let notify = std::mem::take(&mut st.notify);
+        let callbacks = st.has_callbacks();
+        let mut wakers = Vec::new();
+        if callbacks {
+            st.delivery = if here {
+                Delivery::Running(std::thread::current().id())
+            } else {
+                Delivery::Queued
+            };
+        } else {
+            wakers = self.settle(&mut st);
         }
         drop(st);
+        wakers.into_iter().for_each(Waker::wake);
+        // Callback threads that wait for this result may run its callbacks.
         self.cond.notify_all();
+        for n in notify {
+            run_guarded(n);
+        }
+        callbacks
     }
 
-    /// Runs `f` once the outcome is stored (at once if it already is).
+    /// Marks the result settled (the lock is held); returns the async
+    /// wakers, to be woken once the lock is let go.
+    #[must_use = "the wakers must be woken"]
+    fn settle(&self, st: &mut State<T>) -> Vec<Waker> {
+        st.delivery = Delivery::Settled;
+        st.on_success.clear();
+        st.on_error.clear();
+        std::mem::take(&mut st.wakers)
+    }
+
+    /// Runs the callbacks, none with the lock held, in the order they were
+    /// attached (callbacks attached meanwhile included), then settles. The
+    /// caller has set the delivery to `Running` on this thread.
+    fn run_callbacks(&self) {
+        loop {
+            let mut st = self.lock();
+            if let Outcome::Ready(Err(e)) = &st.outcome {
+                if !st.on_error.is_empty() {
+                    let (e, batch) = (e.clone(), std::mem::take(&mut st.on_error));
+                    drop(st);
+                    for cb in batch {
+                        run_guarded(|| cb(&e));
+                    }
+                    continue;
+                }
+            }
+            if matches!(st.outcome, Outcome::Ready(Ok(_))) && !st.on_success.is_empty() {
+                let batch = std::mem::take(&mut st.on_success);
+                let Outcome::Ready(Ok(v)) = std::mem::replace(&mut st.outcome, Outcome::Lent)
+                else {
+                    unreachable!("the outcome was checked under the same lock")
+                };
+                drop(st);
+                for cb in batch {
+                    run_guarded(|| cb(&v));
+                }
+                self.lock().outcome = Outcome::Ready(Ok(v));
+                continue;
+            }
+            if !st.on_done.is_empty() {
+                let batch = std::mem::take(&mut st.on_done);
+                drop(st);
+                for hook in batch {
+                    run_guarded(hook);
+                }
+                continue;
+            }
+            let wakers = self.settle(&mut st);
+            drop(st);
+            self.cond.notify_all();
+            wakers.into_iter().for_each(Waker::wake);
+            return;
+        }
+    }
+
+    /// Runs `f` once the result is done: at once on this thread if it is
+    /// settled or this thread runs its callbacks; otherwise with the other
+    /// callbacks, after those attached before it.
     pub(crate) fn on_done(&self, f: impl FnOnce() + Send + 'static) {
         let mut st = self.lock();
-        if matches!(st.outcome, Outcome::Pending) {
+        if st.visible_to(std::thread::current().id()) {
+            drop(st);
+            run_guarded(f);
+        } else {
             st.on_done.push(Box::new(f));
+        }
+    }
+
+    /// Queues a success callback, or runs it at once if the result is settled.
+    /// Only the owner of the one `AsyncResult` over this completion calls
+    /// this, so no `get` can observe the value while it is lent to `f`,
+    /// which runs without the lock.
+    fn attach_success(&self, f: SuccessCb<T>) {
+        let mut st = self.lock();
+        if !st.settled() {
+            return st.on_success.push(f);
+        }
+        if let Outcome::Ready(Ok(_)) = &st.outcome {
+            let Outcome::Ready(Ok(v)) = std::mem::replace(&mut st.outcome, Outcome::Lent) else {
+                unreachable!("matched under the same lock")
+            };
+            drop(st);
+            run_guarded(|| f(&v));
+            self.lock().outcome = Outcome::Ready(Ok(v));
+        }
+    }
+
+    /// Queues an error callback, or runs it at once if the result is settled.
+    fn attach_error(&self, f: ErrorCb) {
+        let mut st = self.lock();
+        if !st.settled() {
+            return st.on_error.push(f);
+        }
+        if let Outcome::Ready(Err(e)) = &st.outcome {
+            let e = e.clone();
+            drop(st);
+            run_guarded(|| f(&e));
+        }
+    }
+
+    /// Runs `f` on the completing thread as soon as the outcome is stored
+    /// (at once if it is). `f` must be quick and never block.
+    pub(crate) fn on_stored(&self, f: impl FnOnce() + Send + 'static) {
+        let mut st = self.lock();
+        if matches!(st.outcome, Outcome::Pending) {
+            st.notify.push(Box::new(f));
         } else {
             drop(st);
             run_guarded(f);
@@ -134,7 +297,7 @@ impl<T> Completion<T> {
     /// Waits up to `timeout` (`None`: no bound); true once the outcome is stored.
     pub(crate) fn wait_done(&self, timeout: Option<Duration>) -> bool {
         let st = self.wait_until(timeout.and_then(crate::deadline_after));
-        st.settled || !matches!(st.outcome, Outcome::Pending)
+        st.settled() || !matches!(st.outcome, Outcome::Pending)
     }
 
     /// True once the outcome is stored.
@@ -158,14 +321,13 @@ impl<T> Completion<T> {
     {
         // Waits for the callbacks too, except on the thread running them.
         let st = self.wait_until(timeout.and_then(crate::deadline_after));
+        if !st.visible_to(std::thread::current().id()) {
+            return None;
+        }
         match &st.outcome {
-            Outcome::Ready(_)
-                if !st.settled && st.completer != Some(std::thread::current().id()) =>
-            {
-                None
-            }
             Outcome::Ready(r) => Some(r.clone()),
             Outcome::Pending => None,
+            Outcome::Lent => Some(Err(in_own_callback())),
             Outcome::Taken => Some(Err(Error::new(
                 ErrorKind::ResultTaken,
                 "the result of this task was already taken",
@@ -173,10 +335,10 @@ impl<T> Completion<T> {
         }
     }
 
-    /// Registers `waker` unless the outcome is stored; true when it is.
+    /// Registers `waker` unless the result is settled; true when it is.
     pub(crate) fn poll_ready(&self, waker: &Waker) -> bool {
         let mut st = self.lock();
-        if st.settled {
+        if st.settled() {
             return true;
         }
         if !st.wakers.iter().any(|w| w.will_wake(waker)) {
@@ -185,10 +347,20 @@ impl<T> Completion<T> {
         false
     }
 
+    /// Waits until the result is settled (or visible to this thread), or
+    /// `deadline` passes. A callback thread that finds the callbacks queued
+    /// runs them itself: it may be the thread they are queued behind.
     fn wait_until(&self, deadline: Option<Instant>) -> MutexGuard<'_, State<T>> {
         let mut st = self.lock();
         let me = std::thread::current().id();
-        while !st.settled && st.completer != Some(me) {
+        while !st.visible_to(me) {
+            if st.delivery == Delivery::Queued && callbacks::on_callback_thread() {
+                st.delivery = Delivery::Running(me);
+                drop(st);
+                self.run_callbacks();
+                st = self.lock();
+                continue;
+            }
             match deadline {
                 None => st = self.cond.wait(st).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
@@ -203,14 +375,15 @@ impl<T> Completion<T> {
         st
     }
 
+    /// Moves the value out of a settled result; `None` while it is not.
     fn take(st: &mut State<T>) -> Option<Result<T>> {
-        if !st.settled {
-            return None;
+        if !st.settled() {
+            return (st.delivery == Delivery::Running(std::thread::current().id()))
+                .then(|| Err(in_own_callback()));
         }
         match std::mem::replace(&mut st.outcome, Outcome::Taken) {
-            Outcome::Pending => {
-                st.outcome = Outcome::Pending;
-                None
+            Outcome::Pending | Outcome::Lent => {
+                unreachable!("a settled result has an outcome and it is not lent")
             }
             Outcome::Ready(Ok(v)) => Some(Ok(v)),
             Outcome::Ready(Err(e)) => {
@@ -226,6 +399,14 @@ impl<T> Completion<T> {
     }
 }
 
+fn in_own_callback() -> Error {
+    Error::new(
+        ErrorKind::InvalidState,
+        "a callback waited for the result it is a callback of; the value is handed to the \
+         callback itself, use that",
+    )
+}
+
 /// The pending outcome of a task submitted with `apply_async`, `map_async` or
 /// `starmap_async`.
 ///
@@ -234,6 +415,26 @@ impl<T> Completion<T> {
 /// [`callback`](AsyncResult::callback) / [`error_callback`](AsyncResult::error_callback)
 /// that run in this process when it completes. Exactly one of the two kinds
 /// runs, once per attached callback.
+///
+/// # Callbacks
+///
+/// * **Where:** in this process, on a callback thread of the library — never
+///   on the thread that talks to the workers, and never with a lock of the
+///   pool or of the result held. A callback attached to a result that has
+///   already finished runs at once, on the thread attaching it.
+/// * **When:** after the task's outcome arrived and before the result counts
+///   as ready: `get()`, `wait()` and `ready()` see the result only once every
+///   callback attached to it has returned.
+/// * **Order:** the callbacks of one result run one after another, in the
+///   order they were attached; those of different results run in the order
+///   the results arrived, except that a callback which takes longer than a
+///   few milliseconds no longer holds up the others: the next results'
+///   callbacks then run on another thread meanwhile.
+/// * **What they may do:** anything, including submitting to the same pool
+///   and waiting for that result (`pool.apply(..)`,
+///   `pool.apply_async(..).callback(..).get()`), even with one worker; a
+///   slow or blocked callback delays no worker and no other result. A panic
+///   in a callback is reported on stderr and changes nothing else.
 ///
 /// # Examples
 ///
@@ -267,7 +468,10 @@ impl<T> AsyncResult<T> {
     }
 
     /// An already-failed result (a task that could not be submitted).
-    pub(crate) fn failed(err: Error) -> Self {
+    pub(crate) fn failed(err: Error) -> Self
+    where
+        T: Send + 'static,
+    {
         let c = Completion::new();
         c.complete(Err(err));
         AsyncResult { inner: c }
@@ -280,7 +484,7 @@ impl<T> AsyncResult<T> {
     /// was cancelled, or a value failed to (de)serialize.
     pub fn get(self) -> Result<T> {
         let mut st = self.inner.wait_until(None);
-        Completion::take(&mut st).expect("outcome is ready after an unbounded wait")
+        Completion::take(&mut st).expect("an unbounded wait ends with the result settled")
     }
 
     /// Waits at most `timeout` for the result.
@@ -306,55 +510,41 @@ impl<T> AsyncResult<T> {
 
     /// Waits at most `timeout`; returns true when the task has finished.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.inner.wait_until(crate::deadline_after(timeout)).settled
+        self.inner.wait_until(crate::deadline_after(timeout)).settled()
     }
 
     /// True once the task has finished.
     pub fn ready(&self) -> bool {
-        self.inner.lock().settled
+        self.inner.lock().settled()
     }
 
     /// `None` while the task runs; then whether it succeeded.
     pub fn successful(&self) -> Option<bool> {
         let st = self.inner.lock();
         match &st.outcome {
-            _ if !st.settled => None,
-            Outcome::Pending => None,
+            _ if !st.settled() => None,
+            Outcome::Pending | Outcome::Lent => None,
             Outcome::Ready(r) => Some(r.is_ok()),
             Outcome::Taken => Some(true),
         }
     }
 
-    /// Runs `f` with the value when the task succeeds, in this process (on
-    /// the pool's result thread, or at once on this thread if it already has).
-    /// What `f` does never changes what `get` returns. A panic in `f` is
-    /// reported on stderr and harms nothing else.
+    /// Runs `f` with the value when the task succeeds, in this process, on
+    /// a callback thread (or at once on this thread if the task has already
+    /// finished); `get()` returns only after `f` has. What `f` does never
+    /// changes what `get` returns. See [Callbacks](AsyncResult#callbacks)
+    /// for where callbacks run, in what order, and what they may do.
     pub fn callback(self, f: impl FnOnce(&T) + Send + 'static) -> Self {
-        let mut st = self.inner.lock();
-        match &st.outcome {
-            Outcome::Pending => st.on_success.push(Box::new(f)),
-            Outcome::Ready(Ok(v)) => run_guarded(|| f(v)),
-            Outcome::Ready(Err(_)) | Outcome::Taken => {}
-        }
-        drop(st);
+        self.inner.attach_success(Box::new(f));
         self
     }
 
-    /// Runs `f` with the error when the task fails, in this process. A panic
-    /// in `f` is reported on stderr and harms nothing else.
+    /// Runs `f` with the error when the task fails, in this process, on a
+    /// callback thread (or at once on this thread if the task has already
+    /// failed); `get()` returns only after `f` has. See
+    /// [Callbacks](AsyncResult#callbacks).
     pub fn error_callback(self, f: impl FnOnce(&Error) + Send + 'static) -> Self {
-        let mut st = self.inner.lock();
-        match &st.outcome {
-            Outcome::Pending => st.on_error.push(Box::new(f)),
-            Outcome::Ready(Err(e)) => {
-                let e = e.clone();
-                drop(st);
-                run_guarded(|| f(&e));
-                return self;
-            }
-            Outcome::Ready(Ok(_)) | Outcome::Taken => {}
-        }
-        drop(st);
+        self.inner.attach_error(Box::new(f));
         self
     }
 }
@@ -401,9 +591,28 @@ mod tests {
             });
         c.complete(Ok(5));
         c.complete(Ok(7)); // ignored
+                           // The callbacks run on a callback thread; a finished wait implies they ran.
+        r.wait();
         assert_eq!(hits.load(Ordering::SeqCst), 5);
         assert_eq!(r.successful(), Some(true));
         assert_eq!(r.get().unwrap(), 5);
+    }
+
+    #[test]
+    fn a_callback_waiting_for_a_later_results_callback_is_overtaken() {
+        // Not a wait on a result (which a callback thread would help with):
+        // only the elastic takeover lets the second callback run.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (first, second) = (Completion::<u32>::new(), Completion::<u32>::new());
+        let r1 = AsyncResult::new(first.clone()).callback(move |_| {
+            rx.recv_timeout(Duration::from_secs(10)).expect("the later callback ran meanwhile");
+        });
+        let r2 = AsyncResult::new(second.clone()).callback(move |_| tx.send(()).unwrap());
+        first.complete(Ok(1));
+        second.complete(Ok(2));
+        assert!(r2.wait_timeout(Duration::from_secs(10)), "the second callback ran");
+        assert!(r1.wait_timeout(Duration::from_secs(10)), "the first callback returned");
+        assert_eq!((r1.get().unwrap(), r2.get().unwrap()), (1, 2));
     }
 
     #[test]
