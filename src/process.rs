@@ -294,6 +294,9 @@ impl std::fmt::Debug for Process {
 /// Runs when the parent returns from `main`: waits for non-daemon children
 /// and kills daemon ones, as Python does at interpreter exit.
 extern "C" fn at_exit() {
+    // Executors' workers are daemon children: let the executors finish the
+    // work they were given first, whichever hook was registered first.
+    crate::executor::exit::finish_all();
     let children = spawn::live_children();
     for c in children.iter().filter(|c| c.daemon) {
         let _ = sys::kill(c.pid, sys::SIGKILL);

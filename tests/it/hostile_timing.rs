@@ -307,6 +307,8 @@ fn write_after(path: String, ms: u64) {
     std::fs::write(path, "done").expect("write the marker file");
 }
 
+fn do_nothing(_: ()) {}
+
 /// The body of a child process: submits `write_after` and ends without
 /// `shutdown`, in the way `how` names.
 fn submit_and_end(path: String, how: String) {
@@ -335,6 +337,15 @@ fn submit_and_end(path: String, how: String) {
         "thread: return" => {
             let ex = ThreadPoolExecutor::new(1).unwrap();
             drop(ex.submit(write_after, (path, 200)).unwrap());
+        }
+        "process: then a Process" => {
+            // The Process registers its own exit hook after the executor's;
+            // hooks run in reverse, and that one kills daemon children.
+            let ex = ProcessPoolExecutor::new(1).unwrap();
+            drop(ex.submit(write_after, (path, 200)).unwrap());
+            let mut p = Process::new(do_nothing, ());
+            p.start().unwrap();
+            p.join().unwrap();
         }
         "process: shutdown without wait" => {
             let ex = ProcessPoolExecutor::new(1).unwrap();
@@ -366,7 +377,13 @@ fn run_child(how: &str) -> (Duration, bool) {
 
 #[test]
 fn executor_work_completes_when_the_program_ends_without_shutdown() {
-    for how in ["process: return", "process: exit", "process: done-callback", "thread: return"] {
+    for how in [
+        "process: return",
+        "process: exit",
+        "process: done-callback",
+        "thread: return",
+        "process: then a Process",
+    ] {
         let (_, done) = run_child(how);
         assert!(done, "{how}: the submitted work was lost at exit");
     }
