@@ -23,6 +23,7 @@
 //!
 //! Linux only for now.
 
+mod codec;
 mod error;
 mod executor;
 mod fdpass;
