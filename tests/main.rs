@@ -9,6 +9,8 @@
 mod async_result;
 #[path = "it/futures.rs"]
 mod futures;
+#[path = "it/hostile_values.rs"]
+mod hostile_values;
 #[path = "it/ipc_pipe.rs"]
 mod ipc_pipe;
 #[path = "it/ipc_queue.rs"]
