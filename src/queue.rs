@@ -449,6 +449,12 @@ fn decode<T: DeserializeOwned>(mut msg: Message) -> Result<T> {
     }
 }
 
+/// [`decode`] for the fuzz targets, which cannot build a [`Message`].
+#[cfg(feature = "fuzzing")]
+pub(crate) fn decode_for_fuzz<T: DeserializeOwned>(bytes: Vec<u8>, fds: Vec<OwnedFd>) -> Result<T> {
+    decode(Message { bytes, fds })
+}
+
 impl<T: Serialize> Queue<T> {
     fn put_within(
         &self,
