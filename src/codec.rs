@@ -46,7 +46,7 @@ pub(crate) const MAX_DEPTH: usize = 512;
 /// How many sequence or map elements one decode may yield beyond one per
 /// byte of input. Elements that take input are bounded by the input's
 /// length; only zero-sized ones need this.
-pub(crate) const MAX_EMPTY_ELEMENTS: usize = 1 << 24;
+pub(crate) const MAX_EMPTY_ELEMENTS: usize = 1 << 20;
 
 /// Why a value could not be encoded or decoded.
 #[derive(Debug)]
