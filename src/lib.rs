@@ -23,6 +23,12 @@
 //!
 //! Linux only for now.
 
+/// Entry points for the fuzz targets in `fuzz/`; not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+#[path = "fuzz_api.rs"]
+pub mod __fuzz;
+mod codec;
 mod error;
 mod executor;
 mod fdpass;

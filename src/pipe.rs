@@ -239,7 +239,7 @@ impl<T: Serialize> Connection<T> {
     /// [`ErrorKind::Serialize`] when the value cannot be encoded (nothing is
     /// sent); [`ErrorKind::Closed`] when the other end is gone.
     pub fn send(&self, value: &T) -> Result<()> {
-        let (bytes, fds) = fdpass::collect(|| postcard::to_stdvec(value));
+        let (bytes, fds) = fdpass::collect(|| crate::codec::encode(value));
         let bytes = bytes.map_err(|e| {
             Error::new(
                 ErrorKind::Serialize,
@@ -274,7 +274,7 @@ impl<T: DeserializeOwned> Connection<T> {
 
     fn recv_within(&self, timeout: Option<Duration>) -> Result<T> {
         let (_, bytes, fds) = self.recv_frame(timeout)?;
-        fdpass::supply(fds, || postcard::from_bytes(&bytes)).map_err(|e| {
+        fdpass::supply(fds, || crate::codec::decode(&bytes)).map_err(|e| {
             Error::new(
                 ErrorKind::Deserialize,
                 format!("a message on a pipe is not a `{}`: {e}", std::any::type_name::<T>()),

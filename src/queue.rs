@@ -393,7 +393,10 @@ fn register_outbox(outbox: &Arc<Outbox>) {
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Message> {
-    let (bytes, mut fds) = fdpass::collect(|| postcard::to_extend(value, vec![TAG_INLINE]));
+    let (bytes, mut fds) = fdpass::collect(|| {
+        let mut bytes = vec![TAG_INLINE];
+        crate::codec::encode_into(value, &mut bytes).map(|()| bytes)
+    });
     let bytes = bytes.map_err(|e| {
         Error::new(
             ErrorKind::Serialize,
@@ -438,7 +441,7 @@ fn decode<T: DeserializeOwned>(mut msg: Message) -> Result<T> {
         )
     };
     match msg.bytes.first() {
-        Some(&TAG_INLINE) => fdpass::supply(msg.fds, || postcard::from_bytes(&msg.bytes[1..]))
+        Some(&TAG_INLINE) => fdpass::supply(msg.fds, || crate::codec::decode(&msg.bytes[1..]))
             .map_err(|e| fail(e.to_string())),
         Some(&TAG_FILE) if !msg.fds.is_empty() => {
             let file = msg.fds.remove(0);
@@ -459,11 +462,17 @@ fn decode<T: DeserializeOwned>(mut msg: Message) -> Result<T> {
             let bytes = unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec();
             // SAFETY: mapped just above and no longer used.
             unsafe { sys::unmap(ptr, len.max(1)) };
-            fdpass::supply(msg.fds, || postcard::from_bytes(&bytes))
+            fdpass::supply(msg.fds, || crate::codec::decode(&bytes))
                 .map_err(|e| fail(e.to_string()))
         }
         _ => Err(fail("malformed message".into())),
     }
+}
+
+/// [`decode`] for the fuzz targets, which cannot build a [`Message`].
+#[cfg(feature = "fuzzing")]
+pub(crate) fn decode_for_fuzz<T: DeserializeOwned>(bytes: Vec<u8>, fds: Vec<OwnedFd>) -> Result<T> {
+    decode(Message { bytes, fds })
 }
 
 impl<T: Serialize> Queue<T> {

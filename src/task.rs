@@ -20,6 +20,7 @@ use std::sync::OnceLock;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::codec::{self, CodecError};
 use crate::error::{Error, ErrorKind};
 
 /// A function that can be run as a task with arguments `Args`.
@@ -217,8 +218,11 @@ where
     for item in ItemReader::new(input) {
         let outcome = match item {
             Err(failure) => Err(failure),
-            Ok(bytes) => match postcard::from_bytes::<A>(bytes) {
-                Err(e) => Err(Failure::new(
+            Ok(bytes) => match codec::decode::<A>(bytes) {
+                // A panic in the argument's `Deserialize` fails this task as
+                // a panic, like one in the task's body; the worker goes on.
+                Err(CodecError::Panic(failure)) => Err(failure),
+                Err(CodecError::Serde(e)) => Err(Failure::new(
                     FailureKind::Deserialize,
                     format!(
                         "the worker could not deserialize the task's argument (type `{}`): {e}",
@@ -229,8 +233,10 @@ where
             },
         };
         match outcome {
-            Ok(value) => {
-                if let Err(e) = append_item(&value, out) {
+            Ok(value) => match append_item(&value, out) {
+                Ok(()) => {}
+                Err(CodecError::Panic(failure)) => encode_failure(&failure, out),
+                Err(CodecError::Serde(e)) => {
                     let failure = Failure::new(
                         FailureKind::Serialize,
                         format!(
@@ -240,7 +246,7 @@ where
                     );
                     encode_failure(&failure, out);
                 }
-            }
+            },
             Err(failure) => encode_failure(&failure, out),
         }
     }
@@ -256,30 +262,13 @@ fn patch_len(out: &mut [u8], start: usize) {
     out[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
 }
 
-/// Writes postcard output straight into a borrowed buffer.
-struct VecRef<'a>(&'a mut Vec<u8>);
-
-impl postcard::ser_flavors::Flavor for VecRef<'_> {
-    type Output = ();
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.push(data);
-        Ok(())
-    }
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
-        Ok(())
-    }
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
-    }
-}
-
-/// Appends `value` as one length-prefixed item; on failure `out` is unchanged.
-fn append_item<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> postcard::Result<()> {
+/// Appends `value` as one length-prefixed item; on failure (including a
+/// panic in its `Serialize`, part-way through) `out` is unchanged.
+fn append_item<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
     let start = out.len();
     out.push(TAG_OK);
     out.extend_from_slice(&[0; 4]);
-    match postcard::serialize_with_flavor(value, VecRef(out)) {
+    match codec::encode_into(value, out) {
         Ok(()) => {
             patch_len(out, start);
             Ok(())
@@ -292,17 +281,22 @@ fn append_item<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> postcard:
 }
 
 /// Appends `value` to a chunk as one length-prefixed item. A value that fails
-/// to serialize becomes a failed item, so it fails its own task only.
+/// to serialize becomes a failed item, so it fails its own task only; one
+/// whose `Serialize` panics fails it as a panic.
 pub(crate) fn encode_item<T: Serialize>(value: &T, out: &mut Vec<u8>) {
-    if let Err(e) = append_item(value, out) {
-        let failure = Failure::new(
-            FailureKind::Serialize,
-            format!(
-                "could not serialize the task's argument (type `{}`) in the parent: {e}",
-                type_name::<T>()
-            ),
-        );
-        encode_failure(&failure, out);
+    match append_item(value, out) {
+        Ok(()) => {}
+        Err(CodecError::Panic(failure)) => encode_failure(&failure, out),
+        Err(CodecError::Serde(e)) => {
+            let failure = Failure::new(
+                FailureKind::Serialize,
+                format!(
+                    "could not serialize the task's argument (type `{}`) in the parent: {e}",
+                    type_name::<T>()
+                ),
+            );
+            encode_failure(&failure, out);
+        }
     }
 }
 
@@ -380,7 +374,7 @@ impl<'a> Iterator for ItemReader<'a> {
         self.rest = &self.rest[5 + len..];
         Some(match tag {
             TAG_OK => Ok(body),
-            TAG_ERR => Err(postcard::from_bytes(body).unwrap_or_else(|_| malformed())),
+            TAG_ERR => Err(codec::decode(body).unwrap_or_else(|_| malformed())),
             _ => Err(malformed()),
         })
     }
@@ -403,7 +397,9 @@ fn decode_items<R: DeserializeOwned>(
 ) -> Vec<crate::Result<R>> {
     let mut items: Vec<crate::Result<R>> = ItemReader::new(bytes)
         .map(|item| match item {
-            Ok(body) => postcard::from_bytes::<R>(body).map_err(|e| {
+            // A result whose `Deserialize` fails or panics, or that nests too
+            // deep, fails only its own task: `codec` catches all three.
+            Ok(body) => codec::decode::<R>(body).map_err(|e| {
                 Error::new(
                     ErrorKind::Deserialize,
                     format!(

@@ -13,6 +13,8 @@ mod futures;
 mod hostile_ipc;
 #[path = "it/hostile_timing.rs"]
 mod hostile_timing;
+#[path = "it/hostile_values.rs"]
+mod hostile_values;
 #[path = "it/hostile_worker.rs"]
 mod hostile_worker;
 #[path = "it/ipc_pipe.rs"]
