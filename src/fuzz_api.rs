@@ -34,7 +34,7 @@ type Mixed = (String, Vec<u8>, Option<Tree>, BTreeMap<u16, String>, f64, char, i
 /// in units of 8 bytes), to supply as received descriptors.
 fn memfds(count: usize, sizes: &[u8]) -> Vec<OwnedFd> {
     (0..count)
-        .filter_map(|i| sys::memfd(sizes.get(i).copied().unwrap_or(0) as usize * 8).ok())
+        .filter_map(|i| sys::memfd_sealed(sizes.get(i).copied().unwrap_or(0) as usize * 8).ok())
         .collect()
 }
 
@@ -96,7 +96,7 @@ pub fn queue_message(data: &[u8]) {
     let with_file = || -> Vec<OwnedFd> {
         (0..(*fds % 4) as usize)
             .filter_map(|_| {
-                let fd = sys::memfd(0).ok()?;
+                let fd = sys::memfd_sealed(rest.len()).ok()?;
                 let mut file = std::fs::File::from(fd);
                 file.write_all(rest).ok()?;
                 Some(file.into())
