@@ -233,20 +233,12 @@ where
             },
         };
         match outcome {
-            Ok(value) => match append_item(&value, out) {
-                Ok(()) => {}
-                Err(CodecError::Panic(failure)) => encode_failure(&failure, out),
-                Err(CodecError::Serde(e)) => {
-                    let failure = Failure::new(
-                        FailureKind::Serialize,
-                        format!(
-                            "the worker could not serialize the task's result (type `{}`): {e}",
-                            type_name::<F::Output>()
-                        ),
-                    );
-                    encode_failure(&failure, out);
-                }
-            },
+            Ok(value) => append_or_fail(&value, out, |e| {
+                format!(
+                    "the worker could not serialize the task's result (type `{}`): {e}",
+                    type_name::<F::Output>()
+                )
+            }),
             Err(failure) => encode_failure(&failure, out),
         }
     }
@@ -284,18 +276,27 @@ fn append_item<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()
 /// to serialize becomes a failed item, so it fails its own task only; one
 /// whose `Serialize` panics fails it as a panic.
 pub(crate) fn encode_item<T: Serialize>(value: &T, out: &mut Vec<u8>) {
+    append_or_fail(value, out, |e| {
+        format!(
+            "could not serialize the task's argument (type `{}`) in the parent: {e}",
+            type_name::<T>()
+        )
+    });
+}
+
+/// Appends `value` as one item, or else a failed item in its place: a panic
+/// in its `Serialize` as that panic, a serde error as a `Serialize` failure
+/// described by `describe`.
+fn append_or_fail<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+    describe: impl FnOnce(&str) -> String,
+) {
     match append_item(value, out) {
         Ok(()) => {}
         Err(CodecError::Panic(failure)) => encode_failure(&failure, out),
         Err(CodecError::Serde(e)) => {
-            let failure = Failure::new(
-                FailureKind::Serialize,
-                format!(
-                    "could not serialize the task's argument (type `{}`) in the parent: {e}",
-                    type_name::<T>()
-                ),
-            );
-            encode_failure(&failure, out);
+            encode_failure(&Failure::new(FailureKind::Serialize, describe(&e)), out)
         }
     }
 }
