@@ -233,6 +233,8 @@ impl ProcessPoolExecutor {
             // its reader may be this very thread: it is cut off instead.
             self.core.cut_holds();
             self.core.join_threads();
+            // The done-callbacks of the work waited for have run too.
+            crate::pool::callbacks::flush();
         }
         // Waited or told not to wait: the exit hook leaves this executor be.
         self.exit.release();
@@ -395,6 +397,8 @@ impl ThreadPoolExecutor {
             // its reader may be this very thread: it is cut off instead.
             self.core.cut_holds();
             self.core.join_threads();
+            // The done-callbacks of the work waited for have run too.
+            crate::pool::callbacks::flush();
         }
         // Waited or told not to wait: the exit hook leaves this executor be.
         self.exit.release();

@@ -46,7 +46,12 @@ pub(crate) trait Deliver: Send + Sync {
 }
 
 struct Runners {
-    queue: VecDeque<Arc<dyn Deliver>>,
+    queue: VecDeque<(u64, Arc<dyn Deliver>)>,
+    /// The number the next queued result gets.
+    next: u64,
+    /// The numbers of the results queued or being delivered: [`flush`]
+    /// waits for those below its mark to leave.
+    pending: std::collections::BTreeSet<u64>,
     /// Threads that exist.
     threads: usize,
     /// Threads waiting on the condition variable.
@@ -77,6 +82,8 @@ fn dispatch() -> &'static Dispatch {
     DISPATCH.get_or_init(|| Dispatch {
         runners: Mutex::new(Runners {
             queue: VecDeque::new(),
+            next: 0,
+            pending: std::collections::BTreeSet::new(),
             threads: 0,
             waiting: 0,
             running: 0,
@@ -109,7 +116,7 @@ impl Dispatch {
         loop {
             let stalled = r.running == 0 || r.last_start.elapsed() >= STALL;
             if stalled && !r.queue.is_empty() {
-                let next = r.queue.pop_front().expect("the queue is not empty");
+                let (seq, next) = r.queue.pop_front().expect("the queue is not empty");
                 r.running += 1;
                 r.last_start = Instant::now();
                 // Keep a spare waiting beside the busy threads, to take over
@@ -126,8 +133,12 @@ impl Dispatch {
                 drop(next);
                 r = self.lock();
                 r.running -= 1;
-                if r.running == 0 && r.queue.is_empty() {
-                    // Someone may wait for the callbacks to be done (exit).
+                r.pending.remove(&seq);
+                // Someone may wait for the callbacks to be done: `flush`
+                // when the oldest pending result has gone, `wait_idle` when
+                // nothing is left.
+                let was_oldest = r.pending.first().is_none_or(|&s| s > seq);
+                if was_oldest || (r.running == 0 && r.queue.is_empty()) {
                     self.cond.notify_all();
                 }
                 continue;
@@ -158,7 +169,10 @@ impl Dispatch {
 pub(crate) fn queue(result: Arc<dyn Deliver>) {
     let d = dispatch();
     let mut r = d.lock();
-    r.queue.push_back(result);
+    let seq = r.next;
+    r.next += 1;
+    r.pending.insert(seq);
+    r.queue.push_back((seq, result));
     let first = r.threads == 0;
     if first {
         r.threads = 1;
@@ -168,7 +182,11 @@ pub(crate) fn queue(result: Arc<dyn Deliver>) {
         // No thread can be started at all: run the callbacks here rather
         // than lose them.
         let queued: Vec<_> = d.lock().queue.drain(..).collect();
-        queued.into_iter().for_each(|q| q.deliver());
+        for (seq, q) in queued {
+            q.deliver();
+            d.lock().pending.remove(&seq);
+        }
+        d.cond.notify_all();
         return;
     }
     d.cond.notify_one();
@@ -186,6 +204,23 @@ pub(crate) fn wait_idle() {
     let d = dispatch();
     let mut r = d.lock();
     while r.running > 0 || !r.queue.is_empty() {
+        r = d.cond.wait(r).unwrap_or_else(|e| e.into_inner());
+    }
+}
+
+/// Waits until the callbacks of every result queued so far have run (not
+/// those queued later): what a pool's `join` adds after its workers are done,
+/// so that, as in Python, every callback of the pool's tasks has run when
+/// `join` returns. On a callback thread it returns at once: the callback
+/// calling it may be one of those it would wait for.
+pub(crate) fn flush() {
+    if on_callback_thread() {
+        return;
+    }
+    let d = dispatch();
+    let mut r = d.lock();
+    let mark = r.next;
+    while r.pending.first().is_some_and(|&s| s < mark) {
         r = d.cond.wait(r).unwrap_or_else(|e| e.into_inner());
     }
 }

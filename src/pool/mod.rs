@@ -553,6 +553,9 @@ impl Pool {
         }
         drop(q);
         self.core.join_threads();
+        // As in Python, join returns once the callbacks of the pool's
+        // results have run too.
+        callbacks::flush();
         Ok(())
     }
 }

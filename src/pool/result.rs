@@ -424,7 +424,9 @@ fn in_own_callback() -> Error {
 ///   already finished runs at once, on the thread attaching it.
 /// * **When:** after the task's outcome arrived and before the result counts
 ///   as ready: `get()`, `wait()` and `ready()` see the result only once every
-///   callback attached to it has returned.
+///   callback attached to it has returned. [`Pool::join`](crate::Pool::join)
+///   (and an executor's `shutdown` with `wait`) returns only after the
+///   callbacks of every result that arrived before it ran, as in Python.
 /// * **Order:** the callbacks of one result run one after another, in the
 ///   order they were attached; those of different results run in the order
 ///   the results arrived, except that a callback which takes longer than a

@@ -360,6 +360,9 @@ impl ThreadPool {
             return Err(super::unfinished_iterator());
         }
         self.core.join_threads();
+        // As in Python, join returns once the callbacks of the pool's
+        // results have run too.
+        super::callbacks::flush();
         Ok(())
     }
 }

@@ -426,3 +426,54 @@ fn executor_work_completes_when_main_returns() {
     assert!(status.unwrap().success());
     assert_eq!(std::fs::read_to_string(&path).ok().as_deref(), Some("done"), "work lost at exit");
 }
+
+// --- join waits for the callbacks ----------------------------------------------------
+
+/// Callbacks that take a while, each adding its value to `seen` at the end.
+fn slow_recorder(seen: &Arc<std::sync::Mutex<Vec<u64>>>) -> impl FnOnce(&u64) + Send + 'static {
+    let seen = seen.clone();
+    move |&v| {
+        std::thread::sleep(Duration::from_millis(50));
+        seen.lock().unwrap().push(v);
+    }
+}
+
+/// Python's `pool.join()` returns after the result handler has run every
+/// callback; callbacks now run on their own threads, and join still waits.
+#[test]
+fn join_returns_after_every_callback_of_the_pools_results() {
+    let pool = Pool::new(2).unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    for i in 1..5 {
+        drop(pool.apply_async(sqr, i).callback(slow_recorder(&seen)));
+    }
+    pool.close();
+    pool.join().unwrap();
+    let mut got = seen.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(got, [1, 4, 9, 16], "join returned before the callbacks ran");
+
+    let pool = ThreadPool::new(2).unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    for i in 1..5 {
+        drop(pool.apply_async(move |x: u64| x + i, 0).callback(slow_recorder(&seen)));
+    }
+    pool.close();
+    pool.join().unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 4, "thread pool join returned before the callbacks");
+}
+
+#[test]
+fn shutdown_with_wait_returns_after_the_done_callbacks() {
+    let ex = ProcessPoolExecutor::new(2).unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(0));
+    for i in 1..5u64 {
+        let seen = seen.clone();
+        ex.submit(sqr, i).unwrap().add_done_callback(move |_| {
+            std::thread::sleep(Duration::from_millis(50));
+            *seen.lock().unwrap() += 1;
+        });
+    }
+    ex.shutdown(true, false);
+    assert_eq!(*seen.lock().unwrap(), 4, "shutdown(wait) returned before the done-callbacks");
+}
