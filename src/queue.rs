@@ -35,6 +35,10 @@ use crate::{fdpass, sys};
 
 /// Items larger than this travel in a shared-memory file.
 const INLINE_MAX: usize = 32 * 1024;
+/// The largest item a queue carries. A receiver copies an item's file
+/// whole, so without a bound a peer could hand it a huge sparse file and make
+/// it allocate without limit; the same bound as a pool result.
+const ITEM_MAX: usize = 2 << 30;
 const TAG_INLINE: u8 = 0;
 const TAG_FILE: u8 = 1;
 
@@ -419,6 +423,16 @@ fn encode<T: Serialize>(value: &T) -> Result<Message> {
     if bytes.len() <= INLINE_MAX {
         return Ok(Message { bytes, fds });
     }
+    if bytes.len() - 1 > ITEM_MAX {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "an item of {} bytes cannot be put: a queue item holds at most {ITEM_MAX} bytes; \
+                 send large data in parts, or share it through an `Array`",
+                bytes.len() - 1
+            ),
+        ));
+    }
     // Too large for one message: the item goes in a shared-memory file.
     let file = sys::memfd_sealed(bytes.len() - 1)
         .map_err(|e| Error::io("could not create shared memory", e))?;
@@ -456,6 +470,12 @@ fn decode<T: DeserializeOwned>(mut msg: Message) -> Result<T> {
             }
             let len = sys::file_len(file.as_fd())
                 .map_err(|e| Error::io("could not read a queue item", e))?;
+            if len > ITEM_MAX {
+                return Err(fail(format!(
+                    "its shared-memory file holds {len} bytes, more than the {ITEM_MAX} a queue \
+                     item may; it is refused"
+                )));
+            }
             let ptr = sys::map_shared(file.as_fd(), len.max(1))
                 .map_err(|e| Error::io("could not map a queue item", e))?;
             // SAFETY: the mapping is `len` bytes long and the sender is done with it.
