@@ -59,8 +59,10 @@ struct Registry {
     entries: Vec<Entry>,
 }
 
+static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
+
+/// The registry, made (and the hook registered) by the first executor.
 fn registry() -> &'static Mutex<Registry> {
-    static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
     REGISTRY.get_or_init(|| {
         // SAFETY: `at_exit` is an `extern "C" fn()` that lives for the whole
         // program, as atexit requires; it is registered once, here.
@@ -101,8 +103,11 @@ extern "C" fn at_exit() {
 /// For exit hooks that must run before workers are killed (a hook that
 /// kills daemon children would otherwise kill executor workers first).
 pub(crate) fn finish_all() {
+    // A program that never built an executor has nothing to finish, and
+    // must not register a hook while it is already exiting.
+    let Some(registry) = REGISTRY.get() else { return };
     let executors: Vec<Arc<dyn Finish>> = {
-        let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = registry.lock().unwrap_or_else(|e| e.into_inner());
         if r.pid != std::process::id() {
             return;
         }
