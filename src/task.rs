@@ -396,7 +396,12 @@ fn decode_items<R: DeserializeOwned>(
     n: usize,
     pid: Option<u32>,
 ) -> Vec<crate::Result<R>> {
-    let mut items: Vec<crate::Result<R>> = ItemReader::new(bytes)
+    // Only the `n` items the chunk had are decoded; a lying worker's extra
+    // items are merely counted, for the error.
+    let mut reader = ItemReader::new(bytes);
+    let mut items: Vec<crate::Result<R>> = reader
+        .by_ref()
+        .take(n)
         .map(|item| match item {
             // A result whose `Deserialize` fails or panics, or that nests too
             // deep, fails only its own task: `codec` catches all three.
@@ -412,10 +417,11 @@ fn decode_items<R: DeserializeOwned>(
             Err(failure) => Err(failure.into_error(pid)),
         })
         .collect();
-    if items.len() != n {
+    let returned = items.len() + reader.count();
+    if returned != n {
         let err = Error::new(
             ErrorKind::Protocol,
-            format!("a worker returned {} results for a chunk of {n} items", items.len()),
+            format!("a worker returned {returned} results for a chunk of {n} items"),
         );
         items.truncate(n);
         items.resize_with(n, || Err(err.clone()));
