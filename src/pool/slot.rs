@@ -148,9 +148,23 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
                 pause = RESTART_PAUSE.0;
             }
             End::StartKilled => {
-                // Waits on the slot's eventfd so terminate() is not delayed.
-                let wake = Interest { fd: core.slots[index].wake.fd(), read: true, write: false };
-                let _ = sys::poll([wake], Some(pause));
+                // Waits the whole pause, on the slot's eventfd so that
+                // terminate() is not delayed; other wake-ups (submissions)
+                // are drained and do not cut the pause short.
+                let until = Instant::now() + pause;
+                let signal = &core.slots[index];
+                loop {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() || core.lock().state == RunState::Terminated {
+                        break;
+                    }
+                    let wake = Interest { fd: signal.wake.fd(), read: true, write: false };
+                    if let Ok([r]) = sys::poll([wake], Some(left)) {
+                        if r.read {
+                            signal.wake.drain();
+                        }
+                    }
+                }
                 pause = (pause * 2).min(RESTART_PAUSE.1);
             }
             End::StartFailed(how) => {
