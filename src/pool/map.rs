@@ -158,10 +158,15 @@ struct Shared<R> {
 struct Fed {
     /// A chunk was submitted (its `done` was used).
     submitted: bool,
-    /// The input has ended: no more chunks come, and `error` says why if
-    /// the input failed rather than ran out.
-    ended: bool,
+    /// Why the input failed, if it did.
     error: Option<Error>,
+}
+
+impl Fed {
+    /// The input has ended: it ran out (nothing was left to submit) or failed.
+    fn ended(&self) -> bool {
+        !self.submitted || self.error.is_some()
+    }
 }
 
 type Feeder<R> = Box<dyn FnMut(ChunkDone<R>, Arc<Ticket>) -> Fed>;
@@ -244,7 +249,7 @@ impl<R: Send + 'static> IMap<R> {
             if submitted {
                 runner.run_chunk_held(chunk, done, ticket);
             }
-            Fed { submitted, ended: !submitted || error.is_some(), error }
+            Fed { submitted, error }
         }));
         imap
     }
@@ -280,7 +285,7 @@ impl<R: Send + 'static> IMap<R> {
                 self.tickets.push_back(ticket);
                 self.submitted += 1;
             }
-            if fed.ended {
+            if fed.ended() {
                 // The input is dropped here, which may let the pool's workers
                 // go (its hold); a failed input is reported after the chunks
                 // read before it.
