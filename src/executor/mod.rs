@@ -227,14 +227,14 @@ impl ProcessPoolExecutor {
         if cancel_futures {
             self.core.cancel_queued();
         }
-        self.core.close();
         if wait {
-            // A `map` iterator still being read would keep the workers, and
-            // its reader may be this very thread: it is cut off instead.
-            self.core.cut_holds();
-            self.core.join_threads();
+            // Closes, cuts off a `map` iterator still being read (its reader
+            // may be this very thread) and waits for the workers.
+            exit::Finish::finish(&*self.core);
             // The done-callbacks of the work waited for have run too.
             crate::pool::callbacks::flush();
+        } else {
+            self.core.close();
         }
         // Waited or told not to wait: the exit hook leaves this executor be.
         self.exit.release();
@@ -391,14 +391,14 @@ impl ThreadPoolExecutor {
         if cancel_futures {
             self.core.cancel_queued();
         }
-        self.core.close();
         if wait {
-            // A `map` iterator still being read would keep the workers, and
-            // its reader may be this very thread: it is cut off instead.
-            self.core.cut_holds();
-            self.core.join_threads();
+            // Closes, cuts off a `map` iterator still being read (its reader
+            // may be this very thread) and waits for the workers.
+            exit::Finish::finish(&*self.core);
             // The done-callbacks of the work waited for have run too.
             crate::pool::callbacks::flush();
+        } else {
+            self.core.close();
         }
         // Waited or told not to wait: the exit hook leaves this executor be.
         self.exit.release();
