@@ -50,6 +50,14 @@ pub(crate) trait ChunkRunner<A, R> {
     fn workers(&self) -> usize {
         self.engine().workers()
     }
+    /// Runs `args` as one task and waits for its outcome.
+    fn apply(&self, args: A) -> Result<R>
+    where
+        R: Send + 'static,
+        Self: Sized,
+    {
+        super::apply_via(self, args).get()
+    }
 }
 
 /// Python's rule: `ceil(len / (workers * 4))`, at least 1.

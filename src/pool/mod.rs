@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use self::map::ChunkRunner;
+use self::map::{ChunkDone, ChunkRunner};
 use crate::engine::procs::{Init, ProcEngine, ProcOptions};
 use crate::engine::threads::{ThreadEngine, ThreadOptions};
 use crate::engine::Engine;
@@ -115,21 +115,27 @@ impl PoolBuilder {
     }
 }
 
+/// A completion for one task, and the chunk callback that completes it with
+/// the chunk's only outcome.
+pub(crate) fn one_result<R: Send + 'static>() -> (Arc<Completion<R>>, ChunkDone<R>) {
+    let completion = Completion::new();
+    let c = completion.clone();
+    let done: ChunkDone<R> =
+        Box::new(move |mut outcomes| {
+            c.complete(outcomes.pop().unwrap_or_else(|| {
+                Err(Error::new(ErrorKind::Protocol, "a task returned no result"))
+            }))
+        });
+    (completion, done)
+}
+
 /// Submits one item as its own task; the result completes with its outcome.
 pub(crate) fn apply_via<A, R: Send + 'static>(
     runner: &impl ChunkRunner<A, R>,
     args: A,
 ) -> AsyncResult<R> {
-    let completion = Completion::new();
-    let c = completion.clone();
-    runner.run_chunk(
-        vec![args],
-        Box::new(move |mut outcomes| {
-            c.complete(outcomes.pop().unwrap_or_else(|| {
-                Err(Error::new(ErrorKind::Protocol, "a task returned no result"))
-            }))
-        }),
-    );
+    let (completion, done) = one_result();
+    runner.run_chunk(vec![args], done);
     AsyncResult::new(completion)
 }
 
@@ -189,10 +195,11 @@ macro_rules! pool_methods {
             /// # Errors
             /// The task's error (see [`AsyncResult::get`]) or
             /// [`ErrorKind::PoolNotRunning`].
-            pub fn apply<F, A, M>(&self, f: F, args: A) -> Result<F::Output>
+            pub fn apply<F, A, M>(&self, $f: F, args: A) -> Result<F::Output>
             where $($bounds)*
             {
-                self.apply_async(f, args).get()
+                let $engine = &self.engine;
+                $make.apply(args)
             }
 
             /// Submits `f(args)` and returns at once.

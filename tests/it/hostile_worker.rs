@@ -67,7 +67,7 @@ fn write_raw(bytes: &[u8]) {
     s.write_all(bytes).expect("write into the channel");
 }
 
-fn header(len: u32, kind: u8, nfds: u8) -> Vec<u8> {
+pub(crate) fn header(len: u32, kind: u8, nfds: u8) -> Vec<u8> {
     let mut h = len.to_le_bytes().to_vec();
     h.extend_from_slice(&[kind, nfds]);
     h
@@ -107,7 +107,7 @@ fn send_with_fds(chan: RawFd, bytes: &[u8], fds: &[RawFd]) {
 }
 
 /// Writes 1 to 64 bytes of noise (chosen by `seed`) into the channel.
-fn write_garbage(seed: u64) -> u32 {
+pub(crate) fn write_garbage(seed: u64) -> u32 {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let mut next = move || {
         x ^= x << 13;
@@ -123,7 +123,7 @@ fn write_garbage(seed: u64) -> u32 {
 
 /// Writes a header and `body`, then waits far longer than any test: the
 /// parent must judge the frame from what it has.
-fn write_then_sleep((head, body): (Vec<u8>, Vec<u8>)) -> u32 {
+pub(crate) fn write_then_sleep((head, body): (Vec<u8>, Vec<u8>)) -> u32 {
     write_raw(&[head, body].concat());
     std::thread::sleep(Duration::from_secs(60));
     std::process::id()
@@ -181,7 +181,7 @@ fn rss(pid: &str) -> usize {
 }
 
 #[track_caller]
-fn assert_protocol_error(err: &multiproc::Error, pid: u32, what: &str) {
+pub(crate) fn assert_protocol_error(err: &multiproc::Error, pid: u32, what: &str) {
     assert_eq!(err.kind(), ErrorKind::Protocol, "{err:?}");
     assert_eq!(err.pid(), Some(pid), "{err:?}");
     let msg = err.message();

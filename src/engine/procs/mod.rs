@@ -5,6 +5,7 @@
 //! its results, replace it when it dies); [`runner`] turns typed calls into
 //! jobs.
 
+mod lend;
 mod runner;
 mod slot;
 
@@ -58,6 +59,8 @@ pub(crate) struct SlotSignal {
     /// True while the slot's worker is ready and holds no job: busy slots
     /// leave queued jobs to vacant ones rather than pipelining them.
     pub(crate) vacant: AtomicBool,
+    /// The slot's idle worker, offered to a caller who waits (see `lend`).
+    offer: lend::Offer,
 }
 
 pub(crate) struct Config {
@@ -93,6 +96,7 @@ impl ProcEngine {
                     wants_work: AtomicBool::new(false),
                     idle: AtomicBool::new(false),
                     vacant: AtomicBool::new(false),
+                    offer: lend::Offer::new(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -151,13 +155,66 @@ impl ProcEngine {
     pub(crate) fn submit(
         self: &Arc<Self>,
         offset: i64,
-        (chunk, fds): (Vec<u8>, Vec<OwnedFd>),
+        chunk: (Vec<u8>, Vec<OwnedFd>),
         done: JobDone,
         ticket: Option<Arc<Ticket>>,
         held: bool,
     ) {
+        self.submit_job(self.job(offset, chunk, done, ticket), held)
+    }
+
+    fn job(
+        &self,
+        offset: i64,
+        (chunk, fds): (Vec<u8>, Vec<OwnedFd>),
+        done: JobDone,
+        ticket: Option<Arc<Ticket>>,
+    ) -> Job {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let job = Job { id, offset, chunk, fds, done, ticket };
+        Job { id, offset, chunk, fds, done, ticket }
+    }
+
+    /// Runs a job for a caller who will wait for it: on this thread, on an
+    /// idle worker if one is offered (see `lend`), else queued as usual.
+    pub(crate) fn run_waited(
+        self: &Arc<Self>,
+        offset: i64,
+        chunk: (Vec<u8>, Vec<OwnedFd>),
+        done: JobDone,
+    ) {
+        let job = self.job(offset, chunk, done, None);
+        if let Some(err) = self.lifecycle.refusal(false) {
+            return job.fail(err, None);
+        }
+        for s in &self.slots {
+            if !s.offer.take() {
+                continue;
+            }
+            s.vacant.store(false, Ordering::SeqCst);
+            let ran = match s.offer.lock_lent().as_mut() {
+                Some(lent) => lend::run(lent, job, slot::write_task),
+                None => Err(lend::Returned { job, written: false, how: lend::How::Died }),
+            };
+            match ran {
+                Ok(()) => {
+                    s.vacant.store(true, Ordering::SeqCst);
+                    if s.offer.give_back() {
+                        s.wake.notify();
+                    }
+                    return;
+                }
+                Err(returned) => {
+                    s.offer.hand_back(returned);
+                    s.offer.give_back_failed();
+                    s.wake.notify();
+                    return;
+                }
+            }
+        }
+        self.submit_job(job, false)
+    }
+
+    fn submit_job(self: &Arc<Self>, job: Job, held: bool) {
         let mut q = self.lock();
         // Checked under the queue's lock: see the rule in `lifecycle`.
         if let Some(err) = self.lifecycle.refusal(held) {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{Config, ProcEngine};
+use super::{Config, JobDone, ProcEngine};
 use crate::engine::Ticket;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pool::map::{ChunkDone, ChunkRunner};
@@ -122,14 +122,19 @@ impl<F, A, M> ProcRunner<F, A, M> {
         self.engine.submit(
             self.offset,
             encoded,
-            Box::new(move |outcome, pid| match outcome {
-                Ok((bytes, fds)) => done(task::decode_outcomes(bytes, fds, n, pid)),
-                Err(e) => done((0..n).map(|_| Err(e.clone())).collect()),
-            }),
+            job_done(n, done),
             ticket.or_else(|| self.ticket.clone()),
             held,
         );
     }
+}
+
+/// The job callback that decodes a chunk of `n` outcomes for `done`.
+fn job_done<R: DeserializeOwned + Send + 'static>(n: usize, done: ChunkDone<R>) -> JobDone {
+    Box::new(move |outcome, pid| match outcome {
+        Ok((bytes, fds)) => done(task::decode_outcomes(bytes, fds, n, pid)),
+        Err(e) => done((0..n).map(|_| Err(e.clone())).collect()),
+    })
 }
 
 impl<F, A, M, R> ChunkRunner<A, R> for ProcRunner<F, A, M>
@@ -150,5 +155,15 @@ where
 
     fn run_chunk_held(&self, items: Vec<A>, done: ChunkDone<R>, ticket: Arc<Ticket>) {
         self.submit(items, done, true, Some(ticket))
+    }
+
+    /// Runs the task on this thread when a worker is idle: no thread
+    /// hand-off on either side of the round trip (see `lend`).
+    fn apply(&self, args: A) -> Result<R> {
+        let (completion, done) = crate::pool::one_result();
+        let encoded = task::encode_chunk(std::slice::from_ref(&args));
+        drop(args);
+        self.engine.run_waited(self.offset, encoded, job_done(1, done));
+        crate::pool::AsyncResult::new(completion).get()
     }
 }

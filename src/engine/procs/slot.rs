@@ -19,8 +19,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::lend::{self, How, Lent};
 use super::{Job, ProcEngine as Core};
-use crate::engine::{cancelled, Engine};
+use crate::engine::{cancelled, Engine, RunState};
 use crate::error::{Error, ErrorKind};
 use crate::spawn;
 use crate::sys::{self, Interest};
@@ -137,6 +138,8 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
         // queued jobs for it rather than pipelining them.
         core.slots[index].vacant.store(true, Ordering::SeqCst);
         let end = worker.serve(&core);
+        // A lent channel belongs to this worker only.
+        *core.slots[index].offer.lock_lent() = None;
         core.slots[index].idle.store(false, Ordering::SeqCst);
         core.slots[index].vacant.store(false, Ordering::SeqCst);
         match end {
@@ -299,6 +302,20 @@ impl Worker {
                     continue;
                 }
             }
+            let lendable = room_left
+                && self.inflight.is_empty()
+                && !self.conn.has_output()
+                && !self.conn.has_more()
+                && quota.is_none()
+                && self.pidfd.is_some()
+                && core.lifecycle().state() == RunState::Running;
+            if lendable {
+                if let Some(end) = self.offer(core) {
+                    return end;
+                }
+                signal.wants_work.store(false, Ordering::SeqCst);
+                continue;
+            }
             let deadline = match (core.config.task_timeout, self.inflight.is_empty()) {
                 (Some(t), false) => Some(self.head_since + t),
                 _ => None,
@@ -348,14 +365,7 @@ impl Worker {
     }
 
     fn send(&mut self, job: Job) {
-        let start = self.conn.begin_frame(wire::TASK);
-        let out = self.conn.out();
-        out.extend_from_slice(&job.id.to_le_bytes());
-        out.extend_from_slice(&job.offset.to_le_bytes());
-        out.extend_from_slice(&job.chunk);
-        let attached = dup_all(&job.fds).and_then(|fds| self.conn.attach_fds(start, fds));
-        if let Err(e) = self.conn.end_frame(start).and(attached) {
-            self.conn.out().truncate(start);
+        if let Err(e) = write_task(&mut self.conn, &job) {
             return job.fail(e, None);
         }
         if let Some(t) = &job.ticket {
@@ -367,6 +377,90 @@ impl Worker {
         }
         self.inflight.push_back(job);
         self.sent += 1;
+    }
+
+    /// Offers the idle worker to callers who wait (see `lend`) until this
+    /// slot is woken, then takes it back; `Some` when the worker is done
+    /// (a lent call handed back a failure).
+    fn offer(&mut self, core: &Core) -> Option<End> {
+        let signal = &core.slots[self.index];
+        let offer = &signal.offer;
+        let pidfd = self.pidfd.as_ref().expect("only offered with a pidfd");
+        {
+            let mut lent = offer.lock_lent();
+            if lent.is_none() {
+                let (Ok(chan), Ok(exit)) = (self.conn.fd().try_clone_to_owned(), pidfd.try_clone())
+                else {
+                    // Not lendable now; served as usual after a wake-up.
+                    return self.wait_for_wake(core);
+                };
+                *lent = Some(Lent {
+                    conn: Conn::with_accept(chan, Accept::Only(RUNNING)),
+                    pid: self.pid,
+                    pidfd: exit,
+                    task_timeout: core.config.task_timeout,
+                });
+            }
+        }
+        offer.state.store(lend::OFFERED, Ordering::SeqCst);
+        // Offered: wait for a reason to take it back (a submission, a change
+        // of the pool's state, a kill request, the worker's death).
+        let polled = sys::poll(
+            [
+                Interest { fd: signal.wake.fd(), read: true, write: false },
+                Interest { fd: pidfd.as_fd(), read: true, write: false },
+            ],
+            None,
+        );
+        if matches!(polled, Ok([wake, _]) if wake.read) {
+            signal.wake.drain();
+        }
+        if !offer.withdraw() {
+            // A caller drives the worker: wait until it hands it back. A
+            // terminated pool does not wait for the call: the worker is
+            // killed, and the caller sees it die.
+            while offer.state.load(Ordering::SeqCst) != lend::BUSY {
+                if core.lifecycle().is_stopped() {
+                    let _ = sys::kill(self.pid, sys::SIGKILL);
+                }
+                let wake = Interest { fd: signal.wake.fd(), read: true, write: false };
+                if let Ok([r]) = sys::poll([wake], None) {
+                    if r.read {
+                        signal.wake.drain();
+                    }
+                }
+            }
+        }
+        let lend::Returned { job, written, how } = offer.take_returned()?;
+        if core.lifecycle().is_stopped() {
+            // Terminated (or broken) while lent: the call fails as the jobs
+            // this slot held do.
+            self.inflight.push_back(job);
+            return Some(self.shut_down(core.lifecycle().broken()));
+        }
+        if written {
+            self.head_since = Instant::now();
+            self.inflight.push_back(job);
+        } else {
+            core.requeue(std::iter::once(job));
+        }
+        Some(match how {
+            How::Died => self.died(core, ""),
+            How::TimedOut => self.timed_out(core),
+            How::Protocol(what) => self.protocol_error(core, &what),
+        })
+    }
+
+    /// Waits on the slot's eventfd alone.
+    fn wait_for_wake(&self, core: &Core) -> Option<End> {
+        let signal = &core.slots[self.index];
+        let wake = Interest { fd: signal.wake.fd(), read: true, write: false };
+        if let Ok([r]) = sys::poll([wake], Some(Duration::from_millis(10))) {
+            if r.read {
+                signal.wake.drain();
+            }
+        }
+        None
     }
 
     /// How long jobs take here: the running average, or the time the
@@ -618,6 +712,22 @@ impl Worker {
         }
         core.requeue(std::mem::take(&mut self.inflight).into_iter());
     }
+}
+
+/// Puts `job`'s task frame in `conn`'s output, or nothing when it cannot
+/// travel.
+pub(super) fn write_task(conn: &mut Conn, job: &Job) -> crate::Result<()> {
+    let start = conn.begin_frame(wire::TASK);
+    let out = conn.out();
+    out.extend_from_slice(&job.id.to_le_bytes());
+    out.extend_from_slice(&job.offset.to_le_bytes());
+    out.extend_from_slice(&job.chunk);
+    let attached = dup_all(&job.fds).and_then(|fds| conn.attach_fds(start, fds));
+    if let Err(e) = conn.end_frame(start).and(attached) {
+        conn.out().truncate(start);
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// Duplicates of `fds` to send, keeping the originals for a resend.
