@@ -35,12 +35,12 @@ impl Mutex {
     /// a guard: the kernel marks a dead owner's robust mutexes through that
     /// memory, so it must outlive every handle the holder dropped.
     pub(crate) fn pin_while_held(&self) {
-        held().lock().unwrap_or_else(|e| e.into_inner()).push(self.clone());
+        held().lock().push(self.clone());
     }
 
     /// Forgets one hold taken without a guard; false when there was none.
     pub(crate) fn unpin(&self) -> bool {
-        let mut h = held().lock().unwrap_or_else(|e| e.into_inner());
+        let mut h = held().lock();
         if let Some(i) = h.iter().position(|m| m.id() == self.id()) {
             h.swap_remove(i);
             return true;
@@ -50,7 +50,7 @@ impl Mutex {
 
     /// True when this process holds the mutex without a guard (`acquire_raw`).
     fn pinned(&self) -> bool {
-        held().lock().unwrap_or_else(|e| e.into_inner()).iter().any(|m| m.id() == self.id())
+        held().lock().iter().any(|m| m.id() == self.id())
     }
 
     pub(crate) fn raw(&self) -> *mut RawMutex {
@@ -65,7 +65,7 @@ impl Mutex {
     fn guard(&self, state: Locked) -> LockGuard<'_> {
         if state == Locked::OwnerDied {
             // Holds the dead owner recorded here are void: this thread owns it now.
-            held().lock().unwrap_or_else(|e| e.into_inner()).retain(|m| m.id() != self.id());
+            held().lock().retain(|m| m.id() != self.id());
         }
         LockGuard { raw: self.raw(), owner_died: state == Locked::OwnerDied, _lock: PhantomData }
     }
@@ -156,9 +156,9 @@ fn release(raw: *mut RawMutex) -> Result<()> {
 }
 
 /// Mutexes held without a guard, kept mapped until released.
-fn held() -> &'static std::sync::Mutex<Vec<Mutex>> {
-    static HELD: std::sync::OnceLock<std::sync::Mutex<Vec<Mutex>>> = std::sync::OnceLock::new();
-    HELD.get_or_init(Default::default)
+fn held() -> &'static parking_lot::Mutex<Vec<Mutex>> {
+    static HELD: parking_lot::Mutex<Vec<Mutex>> = parking_lot::Mutex::new(Vec::new());
+    &HELD
 }
 
 /// Proof that a [`Lock`] or [`RLock`] is held; releases it when dropped.
