@@ -434,13 +434,8 @@ fn encode<T: Serialize>(value: &T) -> Result<Message> {
     // Too large for one message: the item goes in a shared-memory file.
     let file = sys::memfd_sealed(bytes.len() - 1)
         .map_err(|e| Error::io("could not create shared memory", e))?;
-    let ptr = sys::map_shared(file.as_fd(), bytes.len() - 1)
-        .map_err(|e| Error::io("could not map shared memory", e))?;
-    // SAFETY: the mapping is fresh, ours alone, and `bytes.len() - 1` long.
-    unsafe {
-        std::ptr::copy_nonoverlapping(bytes[1..].as_ptr(), ptr, bytes.len() - 1);
-        sys::unmap(ptr, bytes.len() - 1);
-    }
+    sys::write_all_at(file.as_fd(), &bytes[1..])
+        .map_err(|e| Error::io("could not fill shared memory", e))?;
     fds.insert(0, file);
     Ok(Message { bytes: vec![TAG_FILE], fds })
 }
@@ -457,8 +452,8 @@ fn decode<T: DeserializeOwned>(mut msg: Message) -> Result<T> {
             .map_err(|e| fail(e.to_string())),
         Some(&TAG_FILE) if !msg.fds.is_empty() => {
             let file = msg.fds.remove(0);
-            // A file that may shrink could do so while it is being copied,
-            // and the copy would crash this process with SIGBUS.
+            // Only a file sealed as multiproc seals its own is taken: one
+            // that may shrink could change size while it is read.
             if !sys::cannot_shrink(file.as_fd()) {
                 return Err(fail(
                     "its shared-memory file is not sealed against shrinking (not put by \
@@ -474,12 +469,8 @@ fn decode<T: DeserializeOwned>(mut msg: Message) -> Result<T> {
                      item may; it is refused"
                 )));
             }
-            let ptr = sys::map_shared(file.as_fd(), len.max(1))
-                .map_err(|e| Error::io("could not map a queue item", e))?;
-            // SAFETY: the mapping is `len` bytes long and the sender is done with it.
-            let bytes = unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec();
-            // SAFETY: mapped just above and no longer used.
-            unsafe { sys::unmap(ptr, len.max(1)) };
+            let bytes = sys::read_exact_at(file.as_fd(), len)
+                .map_err(|e| Error::io("could not read a queue item", e))?;
             fdpass::supply(msg.fds, || crate::codec::decode(&bytes))
                 .map_err(|e| fail(e.to_string()))
         }

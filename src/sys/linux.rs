@@ -483,6 +483,34 @@ pub(crate) fn file_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
     Ok(file_len_and_id(fd)?.0)
 }
 
+/// Writes all of `data` into the file behind `fd`, from its start.
+pub(crate) fn write_all_at(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < data.len() {
+        match retry(|| rustix::io::pwrite(fd, &data[done..], done as u64))? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => done += n,
+        }
+    }
+    Ok(())
+}
+
+/// Reads the first `len` bytes of the file behind `fd`; an error when it
+/// holds fewer. The buffer is not zeroed first.
+pub(crate) fn read_exact_at(fd: BorrowedFd<'_>, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = buf.len() as u64;
+        let spare = || rustix::io::pread(fd, rustix::buffer::spare_capacity(&mut buf), at);
+        if retry(spare)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    // The capacity may exceed `len`; the file's size is sealed, but say so here too.
+    buf.truncate(len);
+    Ok(buf)
+}
+
 /// Maps `len` bytes of `fd` shared, readable and writable.
 pub(crate) fn map_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<*mut u8> {
     use rustix::mm::{MapFlags, ProtFlags};
@@ -757,6 +785,21 @@ mod tests {
         let too_many: Vec<OwnedFd> =
             (0..=MAX_FDS_PER_MESSAGE).map(|_| sent[0].try_clone().unwrap()).collect();
         assert!(send_with_fds(a.as_fd(), b"x", &too_many, false).is_err());
+    }
+
+    #[test]
+    fn shared_memory_files_are_written_and_read_whole() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let file = memfd_sealed(data.len()).unwrap();
+        write_all_at(file.as_fd(), &data).unwrap();
+        assert_eq!(read_exact_at(file.as_fd(), data.len()).unwrap(), data);
+        assert!(read_exact_at(file.as_fd(), 0).unwrap().is_empty());
+        // A file shorter than its claimed length is an error, not a short item.
+        let err = read_exact_at(file.as_fd(), data.len() + 1).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        // The sealed size cannot grow by writing past it.
+        assert!(write_all_at(file.as_fd(), &[0; 200_001]).is_err());
+        assert!(cannot_shrink(file.as_fd()));
     }
 
     /// Set in the copy of this test binary that runs the truncation test:
