@@ -1,9 +1,9 @@
 //! `pipe`: a pair of connected `Connection`s, duplex or one-way.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -78,11 +78,11 @@ impl<T> Connection<T> {
     }
 
     fn lock(&self) -> MutexGuard<'_, Conn> {
-        self.reader.lock().unwrap_or_else(|e| e.into_inner())
+        self.reader.lock()
     }
 
     fn lock_writer(&self) -> MutexGuard<'_, Conn> {
-        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+        self.writer.lock()
     }
 
     fn check(&self, write: bool) -> Result<()> {
@@ -113,7 +113,7 @@ impl<T> Connection<T> {
                 sys::poll([sys::Interest { fd: c.fd(), read: self.readable, write: true }], None)
                     .map_err(|e| Error::io("could not poll a pipe", e))?;
             if r.read {
-                if let Ok(mut reader) = self.reader.try_lock() {
+                if let Some(mut reader) = self.reader.try_lock() {
                     let _ = reader.read_some();
                 }
             }

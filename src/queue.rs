@@ -23,7 +23,9 @@ use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
+
+use parking_lot::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -251,7 +253,7 @@ impl<T> Queue<T> {
     /// Sends one message now, or leaves it to the feeder thread.
     fn send(&self, msg: Message) -> Result<()> {
         let outbox = &self.shared.outbox;
-        let mut items = outbox.items.lock().unwrap_or_else(|e| e.into_inner());
+        let mut items = outbox.items.lock();
         // Only when no feeder is at work: it may be blocked sending an item
         // it already took off the outbox, which must not be overtaken.
         if items.0.is_empty() && !items.1 {
@@ -305,7 +307,7 @@ impl<T> Queue<T> {
 /// Sends a process's outbox in order, blocking as the consumers allow.
 fn feed(s: Arc<Shared>) {
     loop {
-        let mut items = s.outbox.items.lock().unwrap_or_else(|e| e.into_inner());
+        let mut items = s.outbox.items.lock();
         let Some(msg) = items.0.pop_front() else {
             items.1 = false;
             s.outbox.drained.notify_all();
@@ -319,7 +321,7 @@ fn feed(s: Arc<Shared>) {
             );
             // This item cannot be delivered: take back what its put counted.
             let dropped = if gone {
-                let mut items = s.outbox.items.lock().unwrap_or_else(|e| e.into_inner());
+                let mut items = s.outbox.items.lock();
                 // No one can ever read (every reader is gone): drop the rest too.
                 let n = items.0.len() + 1;
                 items.0.clear();
@@ -342,7 +344,7 @@ fn feed(s: Arc<Shared>) {
             }
             eprintln!("multiproc: {dropped} queue item(s) could not be sent and were dropped: {e}");
             if gone {
-                let mut items = s.outbox.items.lock().unwrap_or_else(|e| e.into_inner());
+                let mut items = s.outbox.items.lock();
                 items.1 = false;
                 s.outbox.drained.notify_all();
                 return;
@@ -359,16 +361,12 @@ fn outboxes() -> &'static Mutex<Vec<Weak<Outbox>>> {
         // dropped with a message rather than hanging the exit forever.
         extern "C" fn flush_at_exit() {
             const STALL: Duration = Duration::from_secs(5);
-            let boxes = outboxes().lock().map(|v| v.clone()).unwrap_or_default();
+            let boxes = outboxes().lock().clone();
             for b in boxes.iter().filter_map(Weak::upgrade) {
-                let mut items = b.items.lock().unwrap_or_else(|e| e.into_inner());
+                let mut items = b.items.lock();
                 let (mut left, mut since) = (items.0.len(), Instant::now());
                 while items.1 {
-                    items = b
-                        .drained
-                        .wait_timeout(items, Duration::from_millis(50))
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
+                    b.drained.wait_for(&mut items, Duration::from_millis(50));
                     if items.0.len() != left {
                         (left, since) = (items.0.len(), Instant::now());
                     } else if items.1 && since.elapsed() >= STALL {
@@ -391,7 +389,7 @@ fn outboxes() -> &'static Mutex<Vec<Weak<Outbox>>> {
 }
 
 fn register_outbox(outbox: &Arc<Outbox>) {
-    let mut all = outboxes().lock().unwrap_or_else(|e| e.into_inner());
+    let mut all = outboxes().lock();
     all.retain(|w| w.strong_count() > 0);
     all.push(Arc::downgrade(outbox));
 }
@@ -436,13 +434,8 @@ fn encode<T: Serialize>(value: &T) -> Result<Message> {
     // Too large for one message: the item goes in a shared-memory file.
     let file = sys::memfd_sealed(bytes.len() - 1)
         .map_err(|e| Error::io("could not create shared memory", e))?;
-    let ptr = sys::map_shared(file.as_fd(), bytes.len() - 1)
-        .map_err(|e| Error::io("could not map shared memory", e))?;
-    // SAFETY: the mapping is fresh, ours alone, and `bytes.len() - 1` long.
-    unsafe {
-        std::ptr::copy_nonoverlapping(bytes[1..].as_ptr(), ptr, bytes.len() - 1);
-        sys::unmap(ptr, bytes.len() - 1);
-    }
+    sys::write_all_at(file.as_fd(), &bytes[1..])
+        .map_err(|e| Error::io("could not fill shared memory", e))?;
     fds.insert(0, file);
     Ok(Message { bytes: vec![TAG_FILE], fds })
 }
@@ -459,8 +452,8 @@ fn decode<T: DeserializeOwned>(mut msg: Message) -> Result<T> {
             .map_err(|e| fail(e.to_string())),
         Some(&TAG_FILE) if !msg.fds.is_empty() => {
             let file = msg.fds.remove(0);
-            // A file that may shrink could do so while it is being copied,
-            // and the copy would crash this process with SIGBUS.
+            // Only a file sealed as multiproc seals its own is taken: one
+            // that may shrink could change size while it is read.
             if !sys::cannot_shrink(file.as_fd()) {
                 return Err(fail(
                     "its shared-memory file is not sealed against shrinking (not put by \
@@ -476,12 +469,8 @@ fn decode<T: DeserializeOwned>(mut msg: Message) -> Result<T> {
                      item may; it is refused"
                 )));
             }
-            let ptr = sys::map_shared(file.as_fd(), len.max(1))
-                .map_err(|e| Error::io("could not map a queue item", e))?;
-            // SAFETY: the mapping is `len` bytes long and the sender is done with it.
-            let bytes = unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec();
-            // SAFETY: mapped just above and no longer used.
-            unsafe { sys::unmap(ptr, len.max(1)) };
+            let bytes = sys::read_exact_at(file.as_fd(), len)
+                .map_err(|e| Error::io("could not read a queue item", e))?;
             fdpass::supply(msg.fds, || crate::codec::decode(&bytes))
                 .map_err(|e| fail(e.to_string()))
         }

@@ -38,7 +38,7 @@ use std::marker::PhantomData;
 use std::mem::{align_of, size_of, MaybeUninit};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -292,10 +292,10 @@ const RELAXED: Ordering = Ordering::Relaxed;
 /// and the access is refused; no entry means the thread took the lock
 /// without a guard (`get_lock().acquire()`, Python's `with v.get_lock():`)
 /// and no reference exists, so the access may proceed.
-static GUARDED: StdMutex<Vec<RegionId>> = StdMutex::new(Vec::new());
+static GUARDED: parking_lot::Mutex<Vec<RegionId>> = parking_lot::Mutex::new(Vec::new());
 
-fn guarded() -> std::sync::MutexGuard<'static, Vec<RegionId>> {
-    GUARDED.lock().unwrap_or_else(|e| e.into_inner())
+fn guarded() -> parking_lot::MutexGuard<'static, Vec<RegionId>> {
+    GUARDED.lock()
 }
 
 /// After taking a lock whose holder died: entries left for it belonged to

@@ -12,7 +12,9 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
+
+use parking_lot::Mutex;
 
 use crate::error::Error;
 use crate::sys;
@@ -62,7 +64,7 @@ pub(crate) fn spawn(role: &'static str, name: &str, daemon: bool) -> crate::Resu
     sys::keep_entry_linked();
     let (reply, rx) = mpsc::sync_channel(1);
     let req = Request { role, name: name.to_string(), reply };
-    let sent = spawner().lock().unwrap_or_else(|e| e.into_inner()).send(req);
+    let sent = spawner().lock().send(req);
     let spawned = sent
         .ok()
         .and_then(|()| rx.recv().ok())
@@ -90,17 +92,17 @@ fn registry() -> &'static Mutex<HashMap<u32, ChildInfo>> {
 
 fn register(pid: u32, name: &str, daemon: bool) {
     let info = ChildInfo { pid, name: name.to_string(), daemon };
-    registry().lock().unwrap_or_else(|e| e.into_inner()).insert(pid, info);
+    registry().lock().insert(pid, info);
 }
 
 /// Forgets a child that has been reaped.
 pub(crate) fn unregister(pid: u32) {
-    registry().lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
+    registry().lock().remove(&pid);
 }
 
 /// The registered children that have not exited, sorted by pid.
 pub(crate) fn live_children() -> Vec<ChildInfo> {
-    let reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+    let reg = registry().lock();
     let mut live: Vec<ChildInfo> =
         reg.values().filter(|c| !sys::has_exited(c.pid)).cloned().collect();
     live.sort_by_key(|c| c.pid);

@@ -88,7 +88,7 @@ impl Barrier {
     pub fn wait(&self, timeout: Option<Duration>) -> Result<u32> {
         let deadline = timeout.and_then(crate::deadline_after);
         let m = self.mem();
-        let guard = self.mutex.lock(None)?.expect("an unbounded lock always succeeds");
+        let guard = self.mutex.lock_blocking()?;
         if m.broken.load(Ordering::SeqCst) != 0 {
             return Err(broken());
         }

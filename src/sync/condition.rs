@@ -67,7 +67,7 @@ impl Condition {
     /// # Errors
     /// An OS error, or this thread already holds it.
     pub fn acquire(&self) -> Result<ConditionGuard<'_>> {
-        let guard = self.mutex.lock(None)?.expect("an unbounded lock always succeeds");
+        let guard = self.mutex.lock_blocking()?;
         Ok(ConditionGuard { cond: self, guard })
     }
 }
@@ -88,7 +88,7 @@ impl<'a> ConditionGuard<'a> {
         let seq = cond.seq.get().load(Ordering::SeqCst);
         drop(self.guard);
         let woken = sys::futex_wait(cond.seq.get(), seq, timeout);
-        let guard = cond.mutex.lock(None)?.expect("an unbounded lock always succeeds");
+        let guard = cond.mutex.lock_blocking()?;
         Ok((ConditionGuard { cond, guard }, woken))
     }
 

@@ -35,12 +35,12 @@ impl Mutex {
     /// a guard: the kernel marks a dead owner's robust mutexes through that
     /// memory, so it must outlive every handle the holder dropped.
     pub(crate) fn pin_while_held(&self) {
-        held().lock().unwrap_or_else(|e| e.into_inner()).push(self.clone());
+        held().lock().push(self.clone());
     }
 
     /// Forgets one hold taken without a guard; false when there was none.
     pub(crate) fn unpin(&self) -> bool {
-        let mut h = held().lock().unwrap_or_else(|e| e.into_inner());
+        let mut h = held().lock();
         if let Some(i) = h.iter().position(|m| m.id() == self.id()) {
             h.swap_remove(i);
             return true;
@@ -50,7 +50,7 @@ impl Mutex {
 
     /// True when this process holds the mutex without a guard (`acquire_raw`).
     fn pinned(&self) -> bool {
-        held().lock().unwrap_or_else(|e| e.into_inner()).iter().any(|m| m.id() == self.id())
+        held().lock().iter().any(|m| m.id() == self.id())
     }
 
     pub(crate) fn raw(&self) -> *mut RawMutex {
@@ -65,43 +65,58 @@ impl Mutex {
     fn guard(&self, state: Locked) -> LockGuard<'_> {
         if state == Locked::OwnerDied {
             // Holds the dead owner recorded here are void: this thread owns it now.
-            held().lock().unwrap_or_else(|e| e.into_inner()).retain(|m| m.id() != self.id());
+            held().lock().retain(|m| m.id() != self.id());
         }
         LockGuard { raw: self.raw(), owner_died: state == Locked::OwnerDied, _lock: PhantomData }
+    }
+
+    /// The one place this mutex is locked: blocking (`None`), once
+    /// (`Some(ZERO)`), or within a bound.
+    fn take(&self, timeout: Option<Duration>) -> Result<Take<'_>> {
+        // SAFETY: `raw` was initialised by `mutex_init` in the creating process.
+        match unsafe { sys::mutex_lock(self.raw(), timeout) } {
+            Ok(state @ (Locked::Acquired | Locked::OwnerDied)) => Ok(Take::Got(self.guard(state))),
+            // An unbounded wait that ends without the lock is the OS's fault.
+            Ok(Locked::NotFree) if timeout.is_none() => Err(Error::new(
+                ErrorKind::InvalidState,
+                "an unbounded wait for a shared lock returned without it",
+            )),
+            Ok(Locked::NotFree) => Ok(Take::NotFree),
+            Ok(Locked::HeldByCaller) => Ok(Take::HeldByCaller),
+            Err(e) => Err(Error::io("could not take a shared lock", e)),
+        }
     }
 
     /// Locks without a bound; `Ok(None)` when the calling thread holds it
     /// already (the error-checking mutex's EDEADLK), for callers that then
     /// decide whether the access they guard may go ahead.
     pub(crate) fn lock_unless_owned(&self) -> Result<Option<LockGuard<'_>>> {
-        // SAFETY: `raw` was initialised by `mutex_init` in the creating process.
-        match unsafe { sys::mutex_lock(self.raw(), None) } {
-            Ok(Some(state)) => Ok(Some(self.guard(state))),
-            Ok(None) => Err(Error::new(
-                ErrorKind::InvalidState,
-                "an unbounded wait for a shared lock returned without it",
-            )),
-            Err(e) if e.raw_os_error() == Some(libc::EDEADLK) => Ok(None),
-            Err(e) => Err(Error::io("could not take a shared lock", e)),
+        match self.take(None)? {
+            Take::Got(guard) => Ok(Some(guard)),
+            Take::HeldByCaller | Take::NotFree => Ok(None),
         }
     }
 
     /// Locks with a bound (`None`: block; `Some(ZERO)`: try once).
     pub(crate) fn lock(&self, timeout: Option<Duration>) -> Result<Option<LockGuard<'_>>> {
-        // SAFETY: `raw` was initialised by `mutex_init` in the creating process.
-        match unsafe { sys::mutex_lock(self.raw(), timeout) } {
-            Ok(Some(state)) => Ok(Some(self.guard(state))),
-            Ok(None) => Ok(None),
+        match self.take(timeout)? {
+            Take::Got(guard) => Ok(Some(guard)),
             // The holder trying again with a bound simply does not get it
             // (Python's `acquire(False)` is False); only an unbounded wait,
             // which could never end, is an error.
-            Err(e) if e.raw_os_error() == Some(libc::EDEADLK) && timeout.is_some() => Ok(None),
-            Err(e) if e.raw_os_error() == Some(libc::EDEADLK) => Err(Error::new(
+            Take::NotFree | Take::HeldByCaller if timeout.is_some() => Ok(None),
+            Take::NotFree | Take::HeldByCaller => Err(Error::new(
                 ErrorKind::InvalidState,
                 "this thread already holds the lock; a Lock is not reentrant (use an RLock)",
             )),
-            Err(e) => Err(Error::io("could not take a shared lock", e)),
         }
+    }
+
+    /// Locks without a bound.
+    pub(crate) fn lock_blocking(&self) -> Result<LockGuard<'_>> {
+        self.lock(None)?.ok_or_else(|| {
+            Error::new(ErrorKind::InvalidState, "an unbounded lock returned without a guard")
+        })
     }
 
     /// Releases a hold taken without a guard. One taken through a guard
@@ -115,21 +130,35 @@ impl Mutex {
                  taken with acquire() is released by dropping its guard)",
             ));
         }
-        // SAFETY: `raw` was initialised by `mutex_init`.
-        unsafe { sys::mutex_unlock(self.raw()) }.map_err(|e| {
-            if e.raw_os_error() == Some(libc::EPERM) {
-                Error::new(ErrorKind::InvalidState, "release of a lock this thread does not hold")
-            } else {
-                Error::io("could not release a shared lock", e)
-            }
-        })
+        release(self.raw())
+    }
+}
+
+/// What [`Mutex::take`] got.
+enum Take<'a> {
+    Got(LockGuard<'a>),
+    NotFree,
+    /// An error-checking mutex this thread holds already.
+    HeldByCaller,
+}
+
+/// The one place a mutex is unlocked (by a guard or by `release`).
+fn release(raw: *mut RawMutex) -> Result<()> {
+    // SAFETY: `raw` points at a mutex initialised by `mutex_init`, which
+    // stays mapped while a guard or a pinned hold exists.
+    match unsafe { sys::mutex_unlock(raw) } {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            Err(Error::new(ErrorKind::InvalidState, "release of a lock this thread does not hold"))
+        }
+        Err(e) => Err(Error::io("could not release a shared lock", e)),
     }
 }
 
 /// Mutexes held without a guard, kept mapped until released.
-fn held() -> &'static std::sync::Mutex<Vec<Mutex>> {
-    static HELD: std::sync::OnceLock<std::sync::Mutex<Vec<Mutex>>> = std::sync::OnceLock::new();
-    HELD.get_or_init(Default::default)
+fn held() -> &'static parking_lot::Mutex<Vec<Mutex>> {
+    static HELD: parking_lot::Mutex<Vec<Mutex>> = parking_lot::Mutex::new(Vec::new());
+    &HELD
 }
 
 /// Proof that a [`Lock`] or [`RLock`] is held; releases it when dropped.
@@ -151,8 +180,8 @@ impl LockGuard<'_> {
 
 impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
-        // SAFETY: the guard exists only while this thread holds the mutex.
-        let _ = unsafe { sys::mutex_unlock(self.raw) };
+        // The guard exists only while this thread holds the mutex.
+        let _ = release(self.raw);
     }
 }
 
@@ -184,7 +213,7 @@ macro_rules! lock_type {
             /// # Errors
             /// An OS error, or (for `Lock`) this thread already holds it.
             pub fn acquire(&self) -> Result<LockGuard<'_>> {
-                Ok(self.mutex.lock(None)?.expect("an unbounded lock always succeeds"))
+                self.mutex.lock_blocking()
             }
 
             /// Takes the lock if it is free at once.

@@ -1,8 +1,21 @@
 //! The Linux backend.
+//!
+//! Every system call goes through `rustix` where it offers a safe wrapper.
+//! `libc` remains for what rustix lacks or cannot do safely here, each named
+//! where it is used: the robust process-shared pthread mutex,
+//! `dl_iterate_phdr`, `getauxval(AT_SECURE)`, the SIGPIPE disposition,
+//! `close_range`, `SO_PEERCRED` (rustix's credential type cannot hold the pid
+//! 0 the kernel reports for a peer outside our pid namespace) and `recvmsg`
+//! into uninitialised memory (rustix reads only into initialised buffers, and
+//! zeroing the read chunk first would cost more than the call).
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
+
+use rustix::io::Errno;
+use rustix::process::{Pid, Signal};
 
 /// Runs before `main` in every process of an executable that links multiproc:
 /// a worker is diverted here into its task loop and never reaches `main`.
@@ -20,22 +33,27 @@ pub(crate) fn keep_entry_linked() {
     std::hint::black_box(&BEFORE_MAIN);
 }
 
-fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
+/// Retries `call` while a signal interrupts it (EINTR).
+fn retry<T>(mut call: impl FnMut() -> rustix::io::Result<T>) -> io::Result<T> {
+    loop {
+        match call() {
+            Err(Errno::INTR) => {}
+            r => return r.map_err(io::Error::from),
+        }
     }
+}
+
+/// A process id as the kernel takes it; EINVAL for 0 or one beyond `pid_t`
+/// (which `kill` would otherwise read as a process group, or as all of them).
+fn pid_of(pid: u32) -> io::Result<Pid> {
+    i32::try_from(pid).ok().and_then(Pid::from_raw).ok_or_else(|| Errno::INVAL.into())
 }
 
 /// Asks the kernel to SIGKILL this process when the thread that spawned it
 /// exits, then checks that the parent did not die before the request.
 pub(crate) fn die_with_parent(expected_parent: u32) -> io::Result<()> {
-    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no memory.
-    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) })?;
-    // SAFETY: getppid cannot fail and touches no memory.
-    let parent = unsafe { libc::getppid() };
-    if parent as u32 != expected_parent {
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+    if parent_pid() != expected_parent {
         return Err(io::Error::other("the parent process exited before the worker started"));
     }
     Ok(())
@@ -45,57 +63,66 @@ pub(crate) fn die_with_parent(expected_parent: u32) -> io::Result<()> {
 /// setuid or setgid, or file capabilities (the kernel's `AT_SECURE`). Such a
 /// program must never let its environment decide what it runs.
 pub(crate) fn runs_privileged() -> bool {
+    // rustix keeps its copy of AT_SECURE private, so ask libc.
     // SAFETY: getauxval reads the process's auxiliary vector and touches no memory of ours.
     let secure = unsafe { libc::getauxval(libc::AT_SECURE) } != 0;
-    // SAFETY: the id getters cannot fail and touch no memory.
-    let (uid, euid, gid, egid) =
-        unsafe { (libc::getuid(), libc::geteuid(), libc::getgid(), libc::getegid()) };
-    secure || uid != euid || gid != egid
+    use rustix::process::{getegid, geteuid, getgid, getuid};
+    secure || getuid() != geteuid() || getgid() != getegid()
 }
 
-/// This process's parent, as the kernel knows it now.
+/// This process's parent, as the kernel knows it now (0 when it has none in
+/// this pid namespace).
 pub(crate) fn parent_pid() -> u32 {
-    // SAFETY: getppid cannot fail and touches no memory.
-    unsafe { libc::getppid() as u32 }
+    Pid::as_raw(rustix::process::getppid()) as u32
 }
 
 /// This process's real user id.
 pub(crate) fn user_id() -> u32 {
-    // SAFETY: getuid cannot fail and touches no memory.
-    unsafe { libc::getuid() }
+    rustix::process::getuid().as_raw()
 }
 
 /// Who made the Unix socket at `fd` (for a socket pair: the process that
 /// called `socketpair`), as the kernel recorded it: `(pid, uid)`. An error
-/// when `fd` is not a Unix socket.
+/// when `fd` is not a Unix socket. The pid is 0 when that process is outside
+/// our pid namespace.
 pub(crate) fn socket_peer(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
-    // SAFETY: ucred is plain data; all-zero is a valid value.
-    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    // libc, not rustix: rustix's `UCred` holds the pid as a non-zero `Pid`,
+    // and whoever started us chooses the socket, so the kernel's 0 is possible.
+    let mut cred = MaybeUninit::<libc::ucred>::zeroed();
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: `cred` is a live ucred and `len` its size, as SO_PEERCRED requires.
-    check(unsafe {
+    let r = unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
+            cred.as_mut_ptr().cast(),
             &mut len,
         )
-    })?;
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zeroed is a valid ucred, and getsockopt wrote at most `len` bytes of one.
+    let cred = unsafe { cred.assume_init() };
     Ok((cred.pid as u32, cred.uid))
 }
 
 /// True while a process with id `pid` exists.
 pub(crate) fn process_exists(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that `pid` exists; it touches no memory.
-    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    match pid_of(pid) {
+        // Signal 0 only checks that `pid` exists; EPERM means it does, owned by another user.
+        Ok(pid) => matches!(rustix::process::test_kill_process(pid), Ok(()) | Err(Errno::PERM)),
+        Err(_) => false,
+    }
 }
 
 /// Closes every descriptor from 3 up: what a worker inherited by accident
 /// from its parent (anything opened without close-on-exec). Falls back to
 /// walking `/proc/self/fd` where `close_range` is missing (Linux < 5.9).
 pub(crate) fn close_descriptors_from_3() {
+    // rustix has no close_range, and closing descriptors we do not own is
+    // unsafe in any wrapper.
     // SAFETY: close_range takes plain integers; closing descriptors nobody in
     // this process uses yet (it runs before `main`) breaks nothing.
     let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
@@ -116,6 +143,7 @@ pub(crate) fn close_descriptors_from_3() {
 /// Ignores SIGPIPE, as the Rust runtime does before `main`: a write to a
 /// closed pipe or socket then fails with `EPIPE` instead of killing us.
 pub(crate) fn ignore_sigpipe() {
+    // rustix sets signal dispositions only in its unstable runtime module.
     // SAFETY: installs the SIG_IGN disposition; no handler code runs.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 }
@@ -180,36 +208,30 @@ pub(crate) fn image() -> &'static Image {
     })
 }
 
-/// Sends `signal` to `pid`.
+/// Sends `signal` (one of the named signals) to `pid`.
 pub(crate) fn kill(pid: u32, signal: i32) -> io::Result<()> {
-    // SAFETY: kill takes plain integers and touches no memory.
-    check(unsafe { libc::kill(pid as libc::pid_t, signal) }).map(drop)
+    let signal = Signal::from_named_raw(signal).ok_or(Errno::INVAL)?;
+    rustix::process::kill_process(pid_of(pid)?, signal).map_err(Into::into)
 }
 
-pub(crate) const SIGTERM: i32 = libc::SIGTERM;
-pub(crate) const SIGKILL: i32 = libc::SIGKILL;
+pub(crate) const SIGTERM: i32 = Signal::TERM.as_raw();
+pub(crate) const SIGKILL: i32 = Signal::KILL.as_raw();
+
+/// Flags for a send that never raises SIGPIPE; `wait == false` never blocks.
+fn send_flags(wait: bool) -> rustix::net::SendFlags {
+    use rustix::net::SendFlags;
+    SendFlags::NOSIGNAL | if wait { SendFlags::empty() } else { SendFlags::DONTWAIT }
+}
 
 /// Writes without raising SIGPIPE; `wait == false` never blocks.
 pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8], wait: bool) -> io::Result<usize> {
-    let flags = libc::MSG_NOSIGNAL | if wait { 0 } else { libc::MSG_DONTWAIT };
-    loop {
-        // SAFETY: `buf` is valid for `buf.len()` bytes and `fd` is open.
-        let n = unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), flags) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
+    retry(|| rustix::net::send(fd, buf, send_flags(wait)))
 }
 
 /// Shuts a socket down in both directions: the peer reads end of file.
 pub(crate) fn shutdown(fd: BorrowedFd<'_>) {
-    // SAFETY: shutdown takes an open descriptor and a constant; failure (the
-    // peer already gone) needs no handling.
-    unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+    // Failure (the peer already gone) needs no handling.
+    let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);
 }
 
 /// What to wait for on one descriptor.
@@ -228,39 +250,36 @@ pub(crate) struct Ready {
     pub(crate) hangup: bool,
 }
 
+/// `d` as the kernel's relative timeout; a bound beyond `i64` seconds is
+/// clamped (it is no bound in practice).
+fn timespec(d: Duration) -> rustix::time::Timespec {
+    rustix::time::Timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: d.subsec_nanos().into(),
+    }
+}
+
 /// Waits until one of `fds` is ready or `timeout` passes (`None`: no bound).
+/// The bound is kept to the nanosecond: the wait never returns early.
 pub(crate) fn poll<const N: usize>(
     fds: [Interest<'_>; N],
     timeout: Option<Duration>,
 ) -> io::Result<[Ready; N]> {
-    let mut raw: [libc::pollfd; N] = std::array::from_fn(|i| libc::pollfd {
-        fd: fds[i].fd.as_raw_fd(),
-        events: (if fds[i].read { libc::POLLIN } else { 0 })
-            | (if fds[i].write { libc::POLLOUT } else { 0 }),
-        revents: 0,
+    use rustix::event::{PollFd, PollFlags};
+    let mut raw: [PollFd<'_>; N] = std::array::from_fn(|i| {
+        let mut events = PollFlags::empty();
+        events.set(PollFlags::IN, fds[i].read);
+        events.set(PollFlags::OUT, fds[i].write);
+        PollFd::from_borrowed_fd(fds[i].fd, events)
     });
-    let ms = match timeout {
-        None => -1,
-        // Round up so a wait never returns before its deadline.
-        Some(d) => d.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int,
-    };
-    loop {
-        // SAFETY: `raw` is an array of N initialised pollfd structs.
-        let n = unsafe { libc::poll(raw.as_mut_ptr(), N as libc::nfds_t, ms) };
-        if n >= 0 {
-            break;
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
+    let ts = timeout.map(timespec);
+    retry(|| rustix::event::poll(&mut raw, ts.as_ref()))?;
     Ok(std::array::from_fn(|i| {
-        let r = raw[i].revents;
+        let r = raw[i].revents();
         Ready {
-            read: r & libc::POLLIN != 0,
-            write: r & libc::POLLOUT != 0,
-            hangup: r & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0,
+            read: r.contains(PollFlags::IN),
+            write: r.contains(PollFlags::OUT),
+            hangup: r.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL),
         }
     }))
 }
@@ -270,28 +289,23 @@ pub(crate) struct EventFd(OwnedFd);
 
 impl EventFd {
     pub(crate) fn new() -> io::Result<EventFd> {
-        // SAFETY: eventfd takes plain integers and returns a new descriptor.
-        let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
-        // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
-        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+        use rustix::event::EventfdFlags;
+        let fd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        Ok(EventFd(fd))
     }
 
     pub(crate) fn notify(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to an open eventfd. It can only
-        // fail when the counter would overflow, and then a wake-up is pending anyway.
-        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        // It can only fail when the counter would overflow, and then a
+        // wake-up is pending anyway.
+        let _ = rustix::io::write(&self.0, &1u64.to_ne_bytes());
     }
 
     pub(crate) fn drain(&self) {
-        let mut v: u64 = 0;
-        // SAFETY: reads 8 bytes into a live u64 from an open non-blocking eventfd;
         // EAGAIN (nothing pending) is the only expected failure and is harmless.
-        unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+        let _ = rustix::io::read(&self.0, &mut [0u8; 8]);
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        use std::os::fd::AsFd;
         self.0.as_fd()
     }
 }
@@ -299,30 +313,17 @@ impl EventFd {
 /// Takes the channel a parent handed over as standard input, and puts
 /// `/dev/null` in its place so that user code reading stdin cannot eat frames.
 pub(crate) fn take_channel_from_stdin() -> io::Result<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC duplicates fd 0 into a new descriptor >= 3.
-    let fd = check(unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) })?;
-    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
-    let channel = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: the path is a NUL-terminated literal.
-    let null =
-        check(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) })?;
-    // SAFETY: both descriptors are open; dup2 replaces fd 0 atomically.
-    let dup = check(unsafe { libc::dup2(null, 0) });
-    // SAFETY: `null` is open and no longer needed (fd 0 is its copy).
-    unsafe { libc::close(null) };
-    dup?;
+    use rustix::fs::{Mode, OFlags};
+    let channel = rustix::io::fcntl_dupfd_cloexec(rustix::stdio::stdin(), 3)?;
+    let null = rustix::fs::open(c"/dev/null", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+    // dup2 replaces fd 0 atomically; `null` itself closes on return.
+    rustix::stdio::dup2_stdin(&null)?;
     Ok(channel)
 }
 
 /// A descriptor that becomes readable when process `pid` exits.
 pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    Ok(rustix::process::pidfd_open(pid_of(pid)?, rustix::process::PidfdFlags::empty())?)
 }
 
 /// Waits up to `timeout` for child `pid` to exit, without reaping it.
@@ -331,49 +332,41 @@ pub(crate) fn wait_exit(pid: u32, timeout: Option<Duration>) -> io::Result<bool>
     let fd = match pidfd_open(pid) {
         Ok(fd) => fd,
         // The process is already gone from the pid table (reaped elsewhere).
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(true),
+        Err(e) if e.raw_os_error() == Some(Errno::SRCH.raw_os_error()) => return Ok(true),
         Err(e) => return Err(e),
     };
-    use std::os::fd::AsFd;
     let [r] = poll([Interest { fd: fd.as_fd(), read: true, write: false }], timeout)?;
     Ok(r.read || r.hangup)
 }
 
-/// True when child `pid` has exited (it stays unreaped).
+/// True when child `pid` has exited (it stays unreaped). An error (no such
+/// child: reaped already) counts as exited.
 pub(crate) fn has_exited(pid: u32) -> bool {
-    // SAFETY: siginfo_t is plain data; all-zero is a valid value.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `info` is a live siginfo_t; WNOWAIT leaves the child unreaped.
-    let r = unsafe {
-        libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        )
-    };
-    // SAFETY: waitid filled `info` (or left it zeroed, meaning still running).
-    r != 0 || unsafe { info.si_pid() } != 0
+    use rustix::process::{WaitId, WaitIdOptions};
+    let Ok(pid) = pid_of(pid) else { return true };
+    // WNOWAIT leaves the child unreaped; no status yet means it is still running.
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+    !matches!(rustix::process::waitid(WaitId::Pid(pid), options), Ok(None))
 }
 
 /// The conventional name of a signal, e.g. `SIGKILL`.
 pub(crate) fn signal_name(sig: i32) -> String {
-    let name = match sig {
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGILL => "SIGILL",
-        libc::SIGTRAP => "SIGTRAP",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGUSR1 => "SIGUSR1",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGUSR2 => "SIGUSR2",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGALRM => "SIGALRM",
-        libc::SIGTERM => "SIGTERM",
+    let name = match Signal::from_named_raw(sig) {
+        Some(Signal::HUP) => "SIGHUP",
+        Some(Signal::INT) => "SIGINT",
+        Some(Signal::QUIT) => "SIGQUIT",
+        Some(Signal::ILL) => "SIGILL",
+        Some(Signal::TRAP) => "SIGTRAP",
+        Some(Signal::ABORT) => "SIGABRT",
+        Some(Signal::BUS) => "SIGBUS",
+        Some(Signal::FPE) => "SIGFPE",
+        Some(Signal::KILL) => "SIGKILL",
+        Some(Signal::USR1) => "SIGUSR1",
+        Some(Signal::SEGV) => "SIGSEGV",
+        Some(Signal::USR2) => "SIGUSR2",
+        Some(Signal::PIPE) => "SIGPIPE",
+        Some(Signal::ALARM) => "SIGALRM",
+        Some(Signal::TERM) => "SIGTERM",
         _ => return format!("signal {sig}"),
     };
     name.to_string()
@@ -384,57 +377,37 @@ pub(crate) fn signal_name(sig: i32) -> String {
 /// The most descriptors one message may carry (the kernel's SCM_MAX_FD).
 pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
 
+/// Control-message space for [`MAX_FDS_PER_MESSAGE`] descriptors.
+const FDS_SPACE: usize = rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE));
+
 /// Sends `buf` with `fds` attached (SCM_RIGHTS), without raising SIGPIPE.
-/// `wait == false` never blocks.
+/// `wait == false` never blocks. More than [`MAX_FDS_PER_MESSAGE`]
+/// descriptors is EINVAL, as the kernel says.
 pub(crate) fn send_with_fds(
     fd: BorrowedFd<'_>,
     buf: &[u8],
     fds: &[OwnedFd],
     wait: bool,
 ) -> io::Result<usize> {
-    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-    let payload = std::mem::size_of_val(raw.as_slice());
-    // SAFETY: CMSG_SPACE is a pure computation on a length.
-    let space = unsafe { libc::CMSG_SPACE(payload as u32) } as usize;
-    let mut control = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
-    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !raw.is_empty() {
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        // SAFETY: `msg` points at a control buffer of `space` bytes, enough
-        // for one header, so CMSG_FIRSTHDR returns a valid pointer into it.
-        let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-        // SAFETY: `cmsg` points into `control` (see above); the data area
-        // holds `payload` bytes, as CMSG_SPACE reserved.
-        unsafe {
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(payload as u32) as _;
-            std::ptr::copy_nonoverlapping(raw.as_ptr(), libc::CMSG_DATA(cmsg).cast(), raw.len());
-        }
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage};
+    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+    let mut space = [MaybeUninit::<u8>::uninit(); FDS_SPACE];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !borrowed.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&borrowed)) {
+        return Err(Errno::INVAL.into());
     }
-    let flags = libc::MSG_NOSIGNAL | if wait { 0 } else { libc::MSG_DONTWAIT };
-    loop {
-        // SAFETY: `msg` and everything it points to live until the call returns.
-        let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, flags) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
+    let iov = [io::IoSlice::new(buf)];
+    retry(|| rustix::net::sendmsg(fd, &iov, &mut control, send_flags(wait)))
 }
 
 /// Reads at most `max` bytes onto the end of `buf` without initialising the
 /// space first (a large frame would otherwise be zeroed once per read), and
 /// collects descriptors that arrive with the data into `fds` (each marked
 /// close-on-exec). `wait == false` never blocks. `Ok(0)` is end of file.
+///
+/// libc, not rustix: rustix's `recvmsg` reads only into initialised memory,
+/// and zeroing the 64 KiB read chunk before each read costs more than the
+/// call itself.
 pub(crate) fn recv_append_with_fds(
     fd: BorrowedFd<'_>,
     buf: &mut Vec<u8>,
@@ -443,6 +416,7 @@ pub(crate) fn recv_append_with_fds(
     fds: &mut std::collections::VecDeque<OwnedFd>,
 ) -> io::Result<usize> {
     buf.reserve(max);
+    let had = fds.len();
     let spare = buf.spare_capacity_mut();
     let len = spare.len().min(max);
     // SAFETY: CMSG_SPACE is a pure computation on a length.
@@ -493,6 +467,10 @@ pub(crate) fn recv_append_with_fds(
         cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
     }
     if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        // Some of the message's descriptors did not arrive (too many, or our
+        // descriptor limit reached): those that did are closed here, not
+        // left for a caller to mistake for the message's.
+        fds.truncate(had);
         return Err(io::Error::other("descriptors attached to a message were lost (too many)"));
     }
     Ok(n)
@@ -502,29 +480,52 @@ pub(crate) fn recv_append_with_fds(
 
 /// The size of the file behind `fd`.
 pub(crate) fn file_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
-    // SAFETY: stat is plain data; all-zero is valid.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a live stat struct and `fd` is open.
-    check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
-    Ok(st.st_size as usize)
+    Ok(file_len_and_id(fd)?.0)
+}
+
+/// Writes all of `data` into the file behind `fd`, from its start.
+pub(crate) fn write_all_at(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < data.len() {
+        match retry(|| rustix::io::pwrite(fd, &data[done..], done as u64))? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => done += n,
+        }
+    }
+    Ok(())
+}
+
+/// Reads the first `len` bytes of the file behind `fd`; an error when it
+/// holds fewer. The buffer is not zeroed first.
+pub(crate) fn read_exact_at(fd: BorrowedFd<'_>, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = buf.len() as u64;
+        let spare = || rustix::io::pread(fd, rustix::buffer::spare_capacity(&mut buf), at);
+        if retry(spare)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    // The capacity may exceed `len`; the file's size is sealed, but say so here too.
+    buf.truncate(len);
+    Ok(buf)
 }
 
 /// Maps `len` bytes of `fd` shared, readable and writable.
 pub(crate) fn map_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<*mut u8> {
-    // SAFETY: a fresh shared mapping of an open file; the kernel picks the address.
+    use rustix::mm::{MapFlags, ProtFlags};
+    // SAFETY: a fresh shared mapping of an open file at an address the kernel
+    // picks: it overlaps nothing that exists.
     let p = unsafe {
-        libc::mmap(
+        rustix::mm::mmap(
             std::ptr::null_mut(),
             len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd.as_raw_fd(),
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+            fd,
             0,
         )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
+    }?;
     Ok(p.cast())
 }
 
@@ -534,7 +535,7 @@ pub(crate) fn map_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<*mut u8> 
 /// `ptr`/`len` must be a live mapping from [`map_shared`] that nothing uses.
 pub(crate) unsafe fn unmap(ptr: *mut u8, len: usize) {
     // SAFETY: guaranteed by the caller.
-    unsafe { libc::munmap(ptr.cast(), len) };
+    let _ = unsafe { rustix::mm::munmap(ptr.cast(), len) };
 }
 
 // --- futexes ------------------------------------------------------------------
@@ -547,23 +548,17 @@ pub(crate) fn futex_wait(
     expected: u32,
     timeout: Option<Duration>,
 ) -> bool {
-    let ts = timeout.map(|d| libc::timespec {
-        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
-        tv_nsec: d.subsec_nanos() as libc::c_long,
-    });
-    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: `word` is a live, aligned u32; FUTEX_WAIT only reads it, and the
-    // timeout (relative) points to a live timespec or is null.
-    let r = unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, expected, ts_ptr, 0, 0)
-    };
-    !(r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ETIMEDOUT))
+    use rustix::thread::futex;
+    let ts = timeout.map(timespec);
+    // The relative timeout is not restarted after EINTR: the caller re-checks
+    // its word and its own deadline, as after any wake-up.
+    futex::wait(word, futex::Flags::empty(), expected, ts.as_ref()) != Err(Errno::TIMEDOUT)
 }
 
 /// Wakes up to `n` waiters on `word`.
 pub(crate) fn futex_wake(word: &std::sync::atomic::AtomicU32, n: i32) {
-    // SAFETY: `word` is a live, aligned u32; FUTEX_WAKE does not access it.
-    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, n, 0, 0, 0) };
+    use rustix::thread::futex;
+    let _ = futex::wake(word, futex::Flags::empty(), n.max(0) as u32);
 }
 
 // --- robust, process-shared mutexes ---------------------------------------------
@@ -571,13 +566,17 @@ pub(crate) fn futex_wake(word: &std::sync::atomic::AtomicU32, n: i32) {
 /// The memory of a process-shared mutex; lives in shared memory.
 pub(crate) type RawMutex = libc::pthread_mutex_t;
 
-/// What a successful lock found.
+/// What an attempt to lock found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Locked {
     Acquired,
     /// The previous owner died holding it; the caller now owns it and the
     /// mutex has been made consistent again.
     OwnerDied,
+    /// Not free within the bound.
+    NotFree,
+    /// An error-checking mutex the calling thread holds already (EDEADLK).
+    HeldByCaller,
 }
 
 /// Initialises a robust, process-shared mutex at `m`; recursive or
@@ -615,14 +614,11 @@ fn err(code: libc::c_int) -> io::Result<()> {
 }
 
 /// Locks `m`: blocking (`None`), not at all (`Some(ZERO)`), or until a
-/// timeout. `Ok(None)` when it was not free in time.
+/// timeout.
 ///
 /// # Safety
 /// `m` must point to a mutex initialised by [`mutex_init`].
-pub(crate) unsafe fn mutex_lock(
-    m: *mut RawMutex,
-    timeout: Option<Duration>,
-) -> io::Result<Option<Locked>> {
+pub(crate) unsafe fn mutex_lock(m: *mut RawMutex, timeout: Option<Duration>) -> io::Result<Locked> {
     let code = match timeout {
         // SAFETY: `m` is an initialised mutex per the caller.
         None => unsafe { libc::pthread_mutex_lock(m) },
@@ -632,10 +628,8 @@ pub(crate) unsafe fn mutex_lock(
         // SAFETY: as above.
         Some(d) if d.as_secs() > 100 * 365 * 86_400 => unsafe { libc::pthread_mutex_lock(m) },
         Some(d) => {
-            // SAFETY: timespec is plain data; clock_gettime fills it.
-            let mut now: libc::timespec = unsafe { std::mem::zeroed() };
-            // SAFETY: `now` is a live timespec.
-            unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+            // pthread_mutex_timedlock takes an absolute CLOCK_REALTIME deadline.
+            let now = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
             let total = now.tv_nsec as u128 + d.subsec_nanos() as u128;
             let deadline = libc::timespec {
                 tv_sec: now.tv_sec.saturating_add(
@@ -648,42 +642,43 @@ pub(crate) unsafe fn mutex_lock(
         }
     };
     match code {
-        0 => Ok(Some(Locked::Acquired)),
-        libc::EBUSY | libc::ETIMEDOUT => Ok(None),
+        0 => Ok(Locked::Acquired),
+        libc::EBUSY | libc::ETIMEDOUT => Ok(Locked::NotFree),
+        libc::EDEADLK => Ok(Locked::HeldByCaller),
         libc::EOWNERDEAD => {
             // SAFETY: we own the mutex after EOWNERDEAD, as consistent requires.
             err(unsafe { libc::pthread_mutex_consistent(m) })?;
-            Ok(Some(Locked::OwnerDied))
+            Ok(Locked::OwnerDied)
         }
         e => Err(io::Error::from_raw_os_error(e)),
     }
 }
 
-/// Unlocks `m`; an error when the calling thread does not hold it.
+/// Unlocks `m`; `Ok(false)` when the calling thread does not hold it.
 ///
 /// # Safety
 /// `m` must point to a mutex initialised by [`mutex_init`].
-pub(crate) unsafe fn mutex_unlock(m: *mut RawMutex) -> io::Result<()> {
+pub(crate) unsafe fn mutex_unlock(m: *mut RawMutex) -> io::Result<bool> {
     // SAFETY: `m` is initialised per the caller; an error-checking or
     // recursive mutex reports EPERM when this thread is not the owner.
-    err(unsafe { libc::pthread_mutex_unlock(m) })
+    match unsafe { libc::pthread_mutex_unlock(m) } {
+        0 => Ok(true),
+        libc::EPERM => Ok(false),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
 }
 
 /// A connected pair of message sockets: every send is one message, received
 /// whole by exactly one reader, whichever process it is in.
 pub(crate) fn message_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: socketpair writes two new descriptors into `fds`.
-    check(unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    })?;
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let pair = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    Ok(pair)
 }
 
 // --- sealed shared memory ---------------------------------------------------------
@@ -693,24 +688,24 @@ pub(crate) fn message_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// it, and a mapping whose file shrank under it raises SIGBUS on access; with
 /// these seals no process (the creator included) can shrink or grow it, nor
 /// lift the seals.
-const FIXED_SIZE_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+const FIXED_SIZE_SEALS: rustix::fs::SealFlags = rustix::fs::SealFlags::SHRINK
+    .union(rustix::fs::SealFlags::GROW)
+    .union(rustix::fs::SealFlags::SEAL);
 
 /// An anonymous shared-memory file of `len` zero bytes whose size is sealed
 /// (see [`FIXED_SIZE_SEALS`]). It has no name anywhere (nothing in /dev/shm
 /// to leak or for another user to open) and vanishes when the last
 /// descriptor and mapping of it are gone, in whichever process.
 pub(crate) fn memfd_sealed(len: usize) -> io::Result<OwnedFd> {
-    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
-    // SAFETY: the name is a NUL-terminated literal; memfd_create returns a new fd.
-    let fd = check(unsafe { libc::memfd_create(c"multiproc".as_ptr(), flags) })?;
-    // SAFETY: `fd` was just created and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len = libc::off_t::try_from(len)
-        .map_err(|_| io::Error::other(format!("{len} bytes is too large for shared memory")))?;
-    // SAFETY: ftruncate on a descriptor we own.
-    check(unsafe { libc::ftruncate(fd.as_raw_fd(), len) })?;
-    // SAFETY: F_ADD_SEALS takes an open descriptor and a bit set; no memory.
-    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, FIXED_SIZE_SEALS) })?;
+    use rustix::fs::MemfdFlags;
+    let fd =
+        rustix::fs::memfd_create(c"multiproc", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    let len = u64::try_from(len)
+        .ok()
+        .filter(|&l| l <= i64::MAX as u64)
+        .ok_or_else(|| io::Error::other(format!("{len} bytes is too large for shared memory")))?;
+    rustix::fs::ftruncate(&fd, len)?;
+    rustix::fs::fcntl_add_seals(&fd, FIXED_SIZE_SEALS)?;
     Ok(fd)
 }
 
@@ -718,32 +713,142 @@ pub(crate) fn memfd_sealed(len: usize) -> io::Result<OwnedFd> {
 /// so mapping all of its current length is safe from SIGBUS. False for a file
 /// that may shrink, or one that cannot carry seals at all (not a memfd).
 pub(crate) fn cannot_shrink(fd: BorrowedFd<'_>) -> bool {
-    // SAFETY: F_GET_SEALS takes an open descriptor and touches no memory; on
-    // a file that does not support seals it fails with EINVAL.
-    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
-    seals >= 0 && seals & libc::F_SEAL_SHRINK != 0
+    rustix::fs::fcntl_get_seals(fd).is_ok_and(|s| s.contains(rustix::fs::SealFlags::SHRINK))
 }
 
 /// The system's memory page size: every mapping starts on a page boundary.
 pub(crate) fn page_size() -> usize {
-    // SAFETY: sysconf takes a constant and touches no memory.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if n > 0 {
-        n as usize
-    } else {
-        4096
-    }
+    rustix::param::page_size()
 }
 
 /// The size of the file behind `fd`, and its identity (device and inode),
 /// which is the same in every process and every descriptor of it.
 pub(crate) fn file_len_and_id(fd: BorrowedFd<'_>) -> io::Result<(usize, (u64, u64))> {
-    // SAFETY: stat is plain data; all-zero is valid.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a live stat struct and `fd` is open.
-    check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    let st = rustix::fs::fstat(fd)?;
     let len = usize::try_from(st.st_size).map_err(|_| {
         io::Error::other(format!("a file of {} bytes cannot be mapped", st.st_size))
     })?;
-    Ok((len, (st.st_dev as u64, st.st_ino as u64)))
+    Ok((len, (st.st_dev, st.st_ino)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn kill_refuses_pids_the_kernel_would_read_as_groups() {
+        // kill(0) signals our own process group and kill(-1) every process
+        // we may signal: neither may ever come from a u32 pid.
+        assert!(kill(0, SIGTERM).is_err());
+        assert!(kill(u32::MAX, SIGTERM).is_err());
+        assert!(kill(std::process::id(), 0).is_err(), "0 is no named signal");
+        assert!(!process_exists(0));
+        assert!(process_exists(std::process::id()));
+    }
+
+    #[test]
+    fn poll_never_returns_before_its_bound() {
+        let (a, _b) = message_pair().unwrap();
+        for wait in [Duration::from_micros(1500), Duration::from_millis(3)] {
+            let start = Instant::now();
+            let [r] =
+                poll([Interest { fd: a.as_fd(), read: true, write: false }], Some(wait)).unwrap();
+            assert!(!r.read && !r.hangup);
+            assert!(start.elapsed() >= wait, "woke after {:?} of {wait:?}", start.elapsed());
+        }
+    }
+
+    #[test]
+    fn futex_wait_reports_a_timeout_and_a_changed_word() {
+        let word = std::sync::atomic::AtomicU32::new(7);
+        let start = Instant::now();
+        assert!(!futex_wait(&word, 7, Some(Duration::from_millis(5))));
+        assert!(start.elapsed() >= Duration::from_millis(5));
+        // A word that no longer holds the expected value returns at once.
+        assert!(futex_wait(&word, 8, None));
+    }
+
+    #[test]
+    fn descriptors_travel_with_their_message() {
+        let (a, b) = message_pair().unwrap();
+        let sent: Vec<OwnedFd> = (0..3).map(|_| EventFd::new().unwrap().0).collect();
+        assert_eq!(send_with_fds(a.as_fd(), b"xyz", &sent, true).unwrap(), 3);
+        let (mut buf, mut fds) = (Vec::new(), std::collections::VecDeque::new());
+        assert_eq!(recv_append_with_fds(b.as_fd(), &mut buf, 64, true, &mut fds).unwrap(), 3);
+        assert_eq!(buf, b"xyz");
+        assert_eq!(fds.len(), 3);
+        for fd in &fds {
+            let flags = rustix::io::fcntl_getfd(fd).unwrap();
+            assert!(flags.contains(rustix::io::FdFlags::CLOEXEC), "received without CLOEXEC");
+        }
+        let too_many: Vec<OwnedFd> =
+            (0..=MAX_FDS_PER_MESSAGE).map(|_| sent[0].try_clone().unwrap()).collect();
+        assert!(send_with_fds(a.as_fd(), b"x", &too_many, false).is_err());
+    }
+
+    #[test]
+    fn shared_memory_files_are_written_and_read_whole() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let file = memfd_sealed(data.len()).unwrap();
+        write_all_at(file.as_fd(), &data).unwrap();
+        assert_eq!(read_exact_at(file.as_fd(), data.len()).unwrap(), data);
+        assert!(read_exact_at(file.as_fd(), 0).unwrap().is_empty());
+        // A file shorter than its claimed length is an error, not a short item.
+        let err = read_exact_at(file.as_fd(), data.len() + 1).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        // The sealed size cannot grow by writing past it.
+        assert!(write_all_at(file.as_fd(), &[0; 200_001]).is_err());
+        assert!(cannot_shrink(file.as_fd()));
+    }
+
+    /// Set in the copy of this test binary that runs the truncation test:
+    /// it lowers its own descriptor limit, which no other test may share.
+    const CTRUNC_CHILD: &str = "MULTIPROC_TEST_CTRUNC_CHILD";
+
+    #[test]
+    fn descriptors_of_a_truncated_message_are_closed_and_reported() {
+        if std::env::var_os(CTRUNC_CHILD).is_some() {
+            return truncated_in_this_process();
+        }
+        let name = "sys::imp::tests::descriptors_of_a_truncated_message_are_closed_and_reported";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--test-threads=1", "--nocapture"])
+            .env(CTRUNC_CHILD, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("1 passed"), "the child ran no test: {text}");
+    }
+
+    fn truncated_in_this_process() {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let (a, b) = message_pair().unwrap();
+        let sent: Vec<OwnedFd> = (0..3).map(|_| EventFd::new().unwrap().0).collect();
+        send_with_fds(a.as_fd(), b"m", &sent, true).unwrap();
+        drop(sent);
+        let (mut buf, mut fds) = (Vec::with_capacity(64), std::collections::VecDeque::new());
+        fds.reserve(8);
+        // Leave exactly one free descriptor below a lowered limit: the kernel
+        // installs one of the three and reports the message truncated.
+        let old = getrlimit(Resource::Nofile);
+        let highest = rustix::io::fcntl_dupfd_cloexec(&a, 0).unwrap();
+        let limit = highest.as_raw_fd() as u64 + 16;
+        drop(highest);
+        setrlimit(Resource::Nofile, Rlimit { current: Some(limit), maximum: old.maximum }).unwrap();
+        let mut filler = Vec::new();
+        while let Ok(fd) = rustix::io::fcntl_dupfd_cloexec(&a, 0) {
+            filler.push(fd);
+        }
+        filler.pop();
+        let err = recv_append_with_fds(b.as_fd(), &mut buf, 64, true, &mut fds).unwrap_err();
+        assert!(err.to_string().contains("were lost"), "{err}");
+        assert!(fds.is_empty(), "descriptors of a truncated message were handed out");
+        // The one that arrived was closed: its slot is free again.
+        let again = rustix::io::fcntl_dupfd_cloexec(&a, 0);
+        assert!(again.is_ok(), "the descriptor that arrived was left open");
+        drop((again, filler));
+        setrlimit(Resource::Nofile, old).unwrap();
+    }
 }
