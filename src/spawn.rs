@@ -8,8 +8,10 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::OnceLock;
@@ -48,9 +50,32 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Request>> {
     })
 }
 
+/// The file a child executes: this program.
+///
+/// `/proc/self/exe` is the file this process runs even when its path has
+/// since been replaced or removed (a rebuild, an upgrade), so it is the
+/// choice whenever it names the same file as the program's path. Under an
+/// emulator that runs the program inside its own executable (valgrind), the
+/// kernel's link names the emulator, while `current_exe` (a readlink the
+/// emulator answers) names the program: then the program's path is run, and
+/// the emulator follows the child. Decided once, at the first child.
+fn program() -> &'static Path {
+    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
+    PROGRAM.get_or_init(|| {
+        let own = PathBuf::from("/proc/self/exe");
+        let Ok(path) = std::env::current_exe() else {
+            return own;
+        };
+        match (std::fs::metadata(&own), std::fs::metadata(&path)) {
+            (Ok(a), Ok(b)) if (a.dev(), a.ino()) != (b.dev(), b.ino()) => path,
+            _ => own,
+        }
+    })
+}
+
 fn start(role: &'static str, name: &str) -> std::io::Result<Spawned> {
     let (ours, theirs) = UnixStream::pair()?;
-    let mut cmd = Command::new("/proc/self/exe");
+    let mut cmd = Command::new(program());
     if let Some(arg0) = std::env::args_os().next() {
         cmd.arg0(arg0);
     }

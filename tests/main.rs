@@ -29,12 +29,16 @@ mod ipc_shm;
 mod ipc_sync;
 #[path = "it/ipc_util.rs"]
 mod ipc_util;
+#[path = "it/no_pidfd.rs"]
+mod no_pidfd;
 #[path = "it/pool.rs"]
 mod pool;
 #[path = "it/pool_failures.rs"]
 mod pool_failures;
 #[path = "it/process.rs"]
 mod process;
+#[path = "it/seccomp.rs"]
+mod seccomp;
 #[path = "it/support.rs"]
 mod support;
 #[path = "it/thread_pool.rs"]

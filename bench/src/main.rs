@@ -8,9 +8,10 @@
 //! cargo run --release -p multiproc-bench -- W1 W3     # a subset
 //! ```
 //!
-//! Writes the table to stdout, `target/bench/results.json`,
-//! `target/bench/ratios.svg`, and (when every workload ran) copies the chart
-//! to `docs/bench/ratios.svg`.
+//! Writes the table to stdout, `target/bench/results.json` and
+//! `target/bench/ratios.svg`. Only a full run (every workload, full counts, at
+//! least 5 repetitions) also copies the chart to `docs/bench/ratios.svg`; a
+//! `--quick` or subset run never replaces the committed chart.
 
 mod figures;
 mod params;
@@ -37,7 +38,10 @@ const USAGE: &str = "usage: multiproc-bench [--quick] [--reps N] [WORKLOAD ...]
   --quick    fewer repetitions and smaller counts (under 3 minutes on 2 cores)
   --reps N   repetitions of every workload (default: 5 full, 2 quick)
   WORKLOAD   W1 W2 W3 W4 W5 W6 W7 W8 W9 W10 T1 T3 (default: all)
-  PYTHON=... the interpreter for the Python contenders (default: python3)";
+  PYTHON=... the interpreter for the Python contenders (default: python3)
+Writes target/bench/results.json and target/bench/ratios.svg. Only a full run
+(every workload, no --quick, at least 5 repetitions) also replaces the
+committed chart docs/bench/ratios.svg.";
 
 fn main() {
     // procspawn's workers re-enter main and are diverted here; multiproc's
@@ -147,15 +151,39 @@ fn run(args: &[String]) -> Result<(), String> {
     report::write(&out.join("ratios.svg"), &chart)?;
     println!("wrote {}", out.join("results.json").display());
     println!("wrote {}", out.join("ratios.svg").display());
-    if opts.workloads.len() == Workload::ALL.len() {
-        let docs = root.join("docs/bench/ratios.svg");
-        report::write(&docs, &chart)?;
-        println!("wrote {}", docs.display());
-    } else {
-        println!("(docs/bench/ratios.svg is only replaced by a run of every workload)");
+    match may_publish(opts.quick, p.reps, &opts.workloads) {
+        Ok(()) => {
+            let docs = root.join("docs/bench/ratios.svg");
+            report::write(&docs, &chart)?;
+            println!("wrote {}", docs.display());
+        }
+        Err(why) => println!("(docs/bench/ratios.svg left as it is: {why})"),
     }
     println!("{mode} run took {:.0} s", start.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Whether a run's chart may replace the committed `docs/bench/ratios.svg`:
+/// only a full run may (every workload, full counts, at least
+/// [`params::FULL_REPS`] repetitions). Otherwise, why not.
+fn may_publish(quick: bool, reps: usize, workloads: &[Workload]) -> Result<(), String> {
+    let mut why = Vec::new();
+    if quick {
+        why.push("a --quick run".to_string());
+    }
+    if reps < params::FULL_REPS {
+        why.push(format!("{reps} repetitions, fewer than {}", params::FULL_REPS));
+    }
+    let missing: Vec<String> =
+        Workload::ALL.iter().filter(|w| !workloads.contains(w)).map(|w| w.to_string()).collect();
+    if !missing.is_empty() {
+        why.push(format!("without {}", missing.join(" ")));
+    }
+    if why.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("only a full run replaces it; this was {}", why.join(", ")))
+    }
 }
 
 /// Runs every workload: repetition 1 of every contender, then repetition 2,
@@ -211,4 +239,48 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<Workload> {
+        Workload::ALL.to_vec()
+    }
+
+    #[test]
+    fn only_a_full_run_replaces_the_committed_chart() {
+        assert_eq!(may_publish(false, 5, &all()), Ok(()));
+        assert_eq!(may_publish(false, 9, &all()), Ok(()));
+        let mut shuffled = all();
+        shuffled.reverse();
+        assert_eq!(may_publish(false, 5, &shuffled), Ok(()));
+
+        let quick = may_publish(true, 5, &all()).unwrap_err();
+        assert!(quick.contains("--quick"), "{quick}");
+        // The quick default of 2 repetitions, every workload: the old bug.
+        let quick_default = may_publish(true, 2, &all()).unwrap_err();
+        assert!(quick_default.contains("--quick") && quick_default.contains("2 repetitions"));
+        let few = may_publish(false, 4, &all()).unwrap_err();
+        assert!(few.contains("4 repetitions, fewer than 5"), "{few}");
+        let subset = may_publish(false, 5, &[Workload::W1, Workload::W3]).unwrap_err();
+        assert!(subset.starts_with("only a full run"), "{subset}");
+        assert!(subset.ends_with("without W2 W4 W5 W6 W7 W8 W9 W10 T1 T3"), "{subset}");
+        let one_short = &all()[1..];
+        assert!(may_publish(false, 5, one_short).unwrap_err().contains("without W1"));
+        assert!(may_publish(false, 5, &[]).is_err());
+    }
+
+    #[test]
+    fn a_full_run_by_default_meets_the_rule_and_a_quick_one_does_not() {
+        let opts = parse(&[]).unwrap();
+        let full = Params::full(String::new());
+        assert_eq!(may_publish(opts.quick, full.reps, &opts.workloads), Ok(()));
+        let opts = parse(&["--quick".to_string()]).unwrap();
+        let quick = Params::quick(String::new());
+        assert!(may_publish(opts.quick, quick.reps, &opts.workloads).is_err());
+        let opts = parse(&["W1".to_string(), "--reps".to_string(), "7".to_string()]).unwrap();
+        assert!(may_publish(opts.quick, 7, &opts.workloads).is_err());
+    }
 }

@@ -4,6 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Repetitions of a full run; fewer never replace the committed chart.
+pub const FULL_REPS: usize = 5;
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Params {
     pub quick: bool,
@@ -40,7 +43,7 @@ impl Params {
     pub fn full(tmpdir: String) -> Params {
         Params {
             quick: false,
-            reps: 5,
+            reps: FULL_REPS,
             w1_calls: 2000,
             w2_items: 1_000_000,
             w2_chunksizes: vec![1_000, 10_000, 50_000, 125_000, 250_000],

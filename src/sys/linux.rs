@@ -333,10 +333,32 @@ pub(crate) fn wait_exit(pid: u32, timeout: Option<Duration>) -> io::Result<bool>
         Ok(fd) => fd,
         // The process is already gone from the pid table (reaped elsewhere).
         Err(e) if e.raw_os_error() == Some(Errno::SRCH.raw_os_error()) => return Ok(true),
+        // No pidfds (a kernel before 5.3, or valgrind): ask until it has.
+        Err(e) if e.raw_os_error() == Some(Errno::NOSYS.raw_os_error()) => {
+            return Ok(wait_exit_polling(pid, timeout))
+        }
         Err(e) => return Err(e),
     };
     let [r] = poll([Interest { fd: fd.as_fd(), read: true, write: false }], timeout)?;
     Ok(r.read || r.hangup)
+}
+
+/// [`wait_exit`] without a pidfd: asks [`has_exited`], napping 50 us at
+/// first and doubling up to 10 ms, until `timeout` runs out.
+fn wait_exit_polling(pid: u32, timeout: Option<Duration>) -> bool {
+    let end = timeout.map(|t| std::time::Instant::now() + t);
+    let mut nap = Duration::from_micros(50);
+    loop {
+        if has_exited(pid) {
+            return true;
+        }
+        let left = end.map(|e| e.saturating_duration_since(std::time::Instant::now()));
+        if left == Some(Duration::ZERO) {
+            return false;
+        }
+        std::thread::sleep(left.map_or(nap, |l| l.min(nap)));
+        nap = (nap * 2).min(Duration::from_millis(10));
+    }
 }
 
 /// True when child `pid` has exited (it stays unreaped). An error (no such

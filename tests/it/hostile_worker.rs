@@ -147,7 +147,7 @@ fn send_stray_fds(_: ()) -> u32 {
 
 /// Forks a child that keeps the channel open for 20 s, tells the test its
 /// pid, and exits the worker with code 3.
-fn fork_then_exit(beacon: String) -> u32 {
+pub(crate) fn fork_then_exit(beacon: String) -> u32 {
     // SAFETY: fork in a worker; the child only sleeps and exits, both safe
     // after fork.
     let child = unsafe { libc::fork() };

@@ -71,6 +71,8 @@ fn from_outside(signal: i32) -> bool {
 
 /// How long a worker told to exit (or found dead) gets before SIGKILL.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// Without a pidfd, how often an idle slot asks whether its worker exited.
+const NO_PIDFD_CHECK: Duration = Duration::from_millis(50);
 
 static WORKER_NUMBER: AtomicUsize = AtomicUsize::new(1);
 
@@ -324,6 +326,8 @@ impl Worker {
             if self.conn.has_more() {
                 // Input is waiting that the last read left for later.
                 timeout = Some(Duration::ZERO);
+            } else if self.pidfd.is_none() {
+                timeout = Some(timeout.map_or(NO_PIDFD_CHECK, |t| t.min(NO_PIDFD_CHECK)));
             }
             // Without a pidfd the eventfd stands in, asking for nothing.
             let exit_fd = self.pidfd.as_ref().map_or(signal.wake.fd(), |p| p.as_fd());
@@ -352,10 +356,15 @@ impl Worker {
                     return self.died(core, "");
                 }
             }
-            if self.pidfd.is_some() && (exited.read || exited.hangup) {
-                // The worker is gone though its channel may stay open (a
-                // process the task forked holds a copy): what it wrote
-                // before dying is delivered by `died`.
+            // The worker can be gone though its channel stays open (a
+            // process the task forked holds a copy): what it wrote before
+            // dying is delivered by `died`. Without a pidfd (kernels before
+            // 5.3, valgrind) ask, whenever the channel brought nothing.
+            let gone = match self.pidfd {
+                Some(_) => exited.read || exited.hangup,
+                None => !(chan.read || chan.hangup) && sys::has_exited(self.pid),
+            };
+            if gone {
                 return self.died(core, "");
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {

@@ -1,0 +1,150 @@
+//! One hot-path workload, with its count from the command line, for
+//! instruction counting under callgrind (`bench/callgrind/count.sh`).
+//!
+//! ```sh
+//! hotpath w1 N   # N sequential pool.apply(inc, x) on a Pool of 2
+//! hotpath w3 N   # N pool.apply_async(inc, x), then wait for all
+//! hotpath w2 N   # pool.map(inc, 0..N), default chunksize
+//! hotpath t1 N   # as w1, on a ThreadPool of 2
+//! hotpath t3 N   # as w3, on a ThreadPool of 2
+//! ```
+//!
+//! Every run does the same fixed warm-up first (both workers started and
+//! having run a task), so that the difference between two counts is the
+//! work of the extra tasks alone. The result is checked, so a run that
+//! counts instructions also proves it did the work.
+
+use multiproc::{Pool, ThreadPool};
+
+const USAGE: &str = "usage: hotpath WORKLOAD N
+  WORKLOAD  w1 (Pool.apply), w3 (Pool.apply_async, wait all), w2 (Pool.map,
+            default chunksize), t1 (ThreadPool.apply), t3 (ThreadPool.apply_async)
+  N         tasks (items for w2), at most 100000000";
+
+/// Workers in every pool, as in the harness's W1, W2, W3, T1 and T3.
+const WORKERS: usize = 2;
+/// Warm-up tasks, one at a time per chunk so that every worker gets some.
+const WARM: u64 = 8 * WORKERS as u64;
+
+fn inc(x: u64) -> u64 {
+    x + 1
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let parsed = match &args[..] {
+        [w, n] => n.parse::<u64>().ok().filter(|&n| n <= 100_000_000).map(|n| (w.as_str(), n)),
+        _ => None,
+    };
+    let Some((workload, n)) = parsed else {
+        eprintln!("{USAGE}");
+        std::process::exit(2);
+    };
+    let run = match workload {
+        "w1" => w1,
+        "w2" => w2,
+        "w3" => w3,
+        "t1" => t1,
+        "t3" => t3,
+        _ => {
+            eprintln!("unknown workload {workload:?}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(n) {
+        eprintln!("hotpath {workload} {n}: {e}");
+        std::process::exit(1);
+    }
+}
+
+type R = Result<(), String>;
+
+fn e(err: multiproc::Error) -> String {
+    err.to_string()
+}
+
+/// The sum of `inc(x)` over `0..n`.
+fn expected(n: u64) -> u64 {
+    n * (n + 1) / 2
+}
+
+fn check(what: &str, got: u64, n: u64) -> R {
+    if got == expected(n) {
+        Ok(())
+    } else {
+        Err(format!("{what}: sum {got}, expected {}", expected(n)))
+    }
+}
+
+fn process_pool() -> Result<Pool, String> {
+    let pool = Pool::new(WORKERS).map_err(e)?;
+    let warm = pool.chunksize(1).map(inc, 0..WARM).map_err(e)?;
+    check("warm-up", warm.iter().sum(), WARM)?;
+    Ok(pool)
+}
+
+fn thread_pool() -> Result<ThreadPool, String> {
+    let pool = ThreadPool::new(WORKERS).map_err(e)?;
+    let warm = pool.map(inc, 0..WARM).map_err(e)?;
+    check("warm-up", warm.iter().sum(), WARM)?;
+    Ok(pool)
+}
+
+fn finish(pool: Pool) -> R {
+    pool.close();
+    pool.join().map_err(e)
+}
+
+fn w1(n: u64) -> R {
+    let pool = process_pool()?;
+    let mut sum = 0;
+    for i in 0..n {
+        sum += pool.apply(inc, i).map_err(e)?;
+    }
+    check("w1", sum, n)?;
+    finish(pool)
+}
+
+fn w3(n: u64) -> R {
+    let pool = process_pool()?;
+    let pending: Vec<_> = (0..n).map(|i| pool.apply_async(inc, i)).collect();
+    let mut sum = 0;
+    for r in pending {
+        sum += r.get().map_err(e)?;
+    }
+    check("w3", sum, n)?;
+    finish(pool)
+}
+
+fn w2(n: u64) -> R {
+    let pool = process_pool()?;
+    let out = pool.map(inc, 0..n).map_err(e)?;
+    if out.len() as u64 != n {
+        return Err(format!("w2: {} items back, expected {n}", out.len()));
+    }
+    check("w2", out.iter().sum(), n)?;
+    finish(pool)
+}
+
+fn t1(n: u64) -> R {
+    let pool = thread_pool()?;
+    let mut sum = 0;
+    for i in 0..n {
+        sum += pool.apply(inc, i).map_err(e)?;
+    }
+    check("t1", sum, n)?;
+    pool.close();
+    pool.join().map_err(e)
+}
+
+fn t3(n: u64) -> R {
+    let pool = thread_pool()?;
+    let pending: Vec<_> = (0..n).map(|i| pool.apply_async(inc, i)).collect();
+    let mut sum = 0;
+    for r in pending {
+        sum += r.get().map_err(e)?;
+    }
+    check("t3", sum, n)?;
+    pool.close();
+    pool.join().map_err(e)
+}
