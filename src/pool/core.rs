@@ -64,7 +64,7 @@ impl Ticket {
 pub(crate) struct Job {
     pub(crate) id: u64,
     pub(crate) offset: i64,
-    pub(crate) chunk: Vec<u8>,
+    pub(crate) chunk: crate::wire::Chunk,
     /// Handles inside the arguments; duplicates are sent, so the job can be
     /// sent again if its worker dies before running it.
     pub(crate) fds: Vec<OwnedFd>,
@@ -264,7 +264,7 @@ impl Core {
         held: bool,
     ) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let job = Job { id, offset, chunk, fds, done, ticket };
+        let job = Job { id, offset, chunk: chunk.into(), fds, done, ticket };
         let mut q = self.lock();
         if let Some(err) = q.refusal(held) {
             drop(q);

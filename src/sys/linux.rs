@@ -392,17 +392,36 @@ pub(crate) fn send_with_fds(
     fds: &[OwnedFd],
     wait: bool,
 ) -> io::Result<usize> {
-    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-    let payload = std::mem::size_of_val(raw.as_slice());
+    send_parts_with_fds(fd, &[io::IoSlice::new(buf)], fds, wait)
+}
+
+/// Sends `parts` one after the other in one `sendmsg` (a frame's header and
+/// a body kept elsewhere need no copy into one buffer), with `fds` attached
+/// to the first byte (SCM_RIGHTS), without raising SIGPIPE. `wait == false`
+/// never blocks. Returns how many bytes, counted across the parts, were sent.
+pub(crate) fn send_parts_with_fds(
+    fd: BorrowedFd<'_>,
+    parts: &[io::IoSlice<'_>],
+    fds: &[OwnedFd],
+    wait: bool,
+) -> io::Result<usize> {
+    if fds.len() > MAX_FDS_PER_MESSAGE {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"));
+    }
+    // Room for MAX_FDS_PER_MESSAGE descriptors, on the stack: no allocation
+    // per send.
+    let mut control = [0u64; 136];
+    let payload = std::mem::size_of_val(fds);
     // SAFETY: CMSG_SPACE is a pure computation on a length.
     let space = unsafe { libc::CMSG_SPACE(payload as u32) } as usize;
-    let mut control = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    debug_assert!(space <= std::mem::size_of_val(&control));
     // SAFETY: msghdr is plain data; all-zero is a valid empty header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !raw.is_empty() {
+    // `IoSlice` is ABI-compatible with `iovec` on Unix (std documents it);
+    // sendmsg only reads through the pointer.
+    msg.msg_iov = parts.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = parts.len() as _;
+    if !fds.is_empty() {
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = space as _;
         // SAFETY: `msg` points at a control buffer of `space` bytes, enough
@@ -410,11 +429,16 @@ pub(crate) fn send_with_fds(
         let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
         // SAFETY: `cmsg` points into `control` (see above); the data area
         // holds `payload` bytes, as CMSG_SPACE reserved.
-        unsafe {
+        let data = unsafe {
             (*cmsg).cmsg_level = libc::SOL_SOCKET;
             (*cmsg).cmsg_type = libc::SCM_RIGHTS;
             (*cmsg).cmsg_len = libc::CMSG_LEN(payload as u32) as _;
-            std::ptr::copy_nonoverlapping(raw.as_ptr(), libc::CMSG_DATA(cmsg).cast(), raw.len());
+            libc::CMSG_DATA(cmsg).cast::<RawFd>()
+        };
+        for (i, f) in fds.iter().enumerate() {
+            // SAFETY: the data area holds `fds.len()` descriptors (above);
+            // it may be unaligned for an int.
+            unsafe { data.add(i).write_unaligned(f.as_raw_fd()) };
         }
     }
     let flags = libc::MSG_NOSIGNAL | if wait { 0 } else { libc::MSG_DONTWAIT };
