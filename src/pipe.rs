@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::wire::{Conn, PipeMessage};
+use crate::wire::{Chunk, Conn, PipeMessage, Tail};
 use crate::{fdpass, sys};
 
 /// One end of a [`pipe`]: Python's `multiprocessing.connection.Connection`.
@@ -91,7 +91,7 @@ impl<T> Connection<T> {
         Err(Error::new(ErrorKind::InvalidState, format!("cannot {what} of a one-way pipe")))
     }
 
-    fn send_frame(&self, msg: PipeMessage<'_>, fds: Vec<OwnedFd>) -> Result<()> {
+    fn send_frame(&self, msg: PipeMessage<impl Tail + Copy>, fds: Vec<OwnedFd>) -> Result<()> {
         self.check(true)?;
         let mut c = self.lock_writer();
         msg.encode(c.output(), fds)?;
@@ -244,7 +244,8 @@ impl<T: Serialize> Connection<T> {
                 ),
             )
         })?;
-        self.send_frame(PipeMessage::Object(&bytes), fds)
+        // A large message is sent from where it was encoded, not copied.
+        self.send_frame(PipeMessage::Object(&Chunk::from(bytes)), fds)
     }
 }
 

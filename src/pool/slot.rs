@@ -9,7 +9,7 @@
 //! on a write.
 //!
 //! A worker is not trusted: every frame it sends is checked (see
-//! [`wire::Accept`] and the limits below), and one that breaks a rule fails
+//! [`wire::Accept`] and the limits in `wire`), and one that breaks a rule fails
 //! only the task it was running; the worker is killed and replaced.
 
 use std::collections::VecDeque;

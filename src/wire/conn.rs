@@ -475,11 +475,12 @@ impl Conn {
     }
 }
 
-/// Encoded arguments that may be sent more than once: a job goes to
-/// another worker when its worker dies before reading it, so the bytes stay
-/// with the job while the output queue sends them. A small chunk is copied
-/// into the output buffer (where it batches with other frames into one
-/// piece); a large one is shared with the queue and never copied here.
+/// The bytes a frame ends with, kept by their owner while the output queue
+/// sends them: a job's encoded arguments (a job goes to another worker when
+/// its worker dies before reading it, so they stay with the job), a pipe's
+/// message. A small chunk is copied into the output buffer (where it
+/// batches with other frames into one piece); a large one is shared with
+/// the queue and never copied in this process.
 #[derive(Debug)]
 pub(crate) enum Chunk {
     Small(Vec<u8>),

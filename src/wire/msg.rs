@@ -351,21 +351,24 @@ fn wrong_kind(kind: u8, from: &str) -> Violation {
     Violation(format!("a frame of {}, which {from} never sends", kind_name(kind)))
 }
 
-/// A pipe's message: a value encoded by the codec, or raw bytes.
+/// A pipe's message: a value encoded by the codec, or raw bytes. Either
+/// is the whole body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum PipeMessage<'a> {
-    Object(&'a [u8]),
-    Bytes(&'a [u8]),
+pub(crate) enum PipeMessage<C> {
+    Object(C),
+    Bytes(C),
 }
 
-impl<'a> PipeMessage<'a> {
+impl<C: Tail + Copy> PipeMessage<C> {
     pub(crate) fn encode(&self, out: &mut Output, fds: Vec<OwnedFd>) -> crate::Result<()> {
         match *self {
             PipeMessage::Object(b) => out.push_frame(PIPE_OBJECT, b, fds),
             PipeMessage::Bytes(b) => out.push_frame(PIPE_BYTES, b, fds),
         }
     }
+}
 
+impl<'a> PipeMessage<&'a [u8]> {
     /// A pipe accepts any kind (a peer may be a later version): an unknown
     /// one is read as bytes, so `recv_bytes` still returns them.
     pub(crate) fn decode(kind: u8, body: &'a [u8]) -> Self {
@@ -521,7 +524,7 @@ mod tests {
             let (k, b, _) = through_socket(|o| msg.encode(o, Vec::new()).unwrap());
             assert_eq!(PipeMessage::decode(k, &b), msg);
         }
-        assert_eq!(PipeMessage::decode(99, b"later"), PipeMessage::Bytes(b"later"));
+        assert_eq!(PipeMessage::decode(99, b"later"), PipeMessage::Bytes(&b"later"[..]));
     }
 
     #[test]
