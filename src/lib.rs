@@ -29,6 +29,8 @@
 #[path = "fuzz_api.rs"]
 pub mod __fuzz;
 mod codec;
+#[macro_use]
+mod engine;
 mod error;
 mod executor;
 mod fdpass;

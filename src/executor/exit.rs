@@ -22,34 +22,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use crate::pool::core::Core;
-use crate::pool::thread::ThreadCore;
-
-/// An executor's workers, as the exit hook sees them.
-pub(crate) trait Finish: Send + Sync {
-    /// Takes no new work and waits until the work given has run.
-    fn finish(&self);
-}
-
-impl Finish for Core {
-    fn finish(&self) {
-        self.close();
-        // Nobody will read a `map` iterator any more: it keeps no worker.
-        self.cut_holds();
-        self.join_threads();
-    }
-}
-
-impl Finish for ThreadCore {
-    fn finish(&self) {
-        self.close();
-        self.cut_holds();
-        self.join_threads();
-    }
-}
+use crate::engine::Engine;
 
 struct Entry {
-    executor: Weak<dyn Finish>,
+    executor: Weak<dyn Engine>,
     released: Arc<AtomicBool>,
 }
 
@@ -83,7 +59,7 @@ impl Release {
 }
 
 /// Makes the exit hook wait for `executor`'s work.
-pub(crate) fn register(executor: Weak<dyn Finish>) -> Release {
+pub(crate) fn register(executor: Weak<dyn Engine>) -> Release {
     let released = Arc::new(AtomicBool::new(false));
     let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
     // Executors that are gone have nothing left to wait for.
@@ -106,7 +82,7 @@ pub(crate) fn finish_all() {
     // A program that never built an executor has nothing to finish, and
     // must not register a hook while it is already exiting.
     let Some(registry) = REGISTRY.get() else { return };
-    let executors: Vec<Arc<dyn Finish>> = {
+    let executors: Vec<Arc<dyn Engine>> = {
         let mut r = registry.lock().unwrap_or_else(|e| e.into_inner());
         if r.pid != std::process::id() {
             return;

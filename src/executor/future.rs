@@ -2,20 +2,19 @@
 //! vocabulary on the pools' one completion mechanism.
 
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Condvar, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::engine::{Engine, Ticket};
 use crate::error::{Error, ErrorKind, Result};
-use crate::pool::core::{Core, Ticket};
 use crate::pool::Completion;
 
 struct Inner<R> {
     completion: Arc<Completion<R>>,
     ticket: Arc<Ticket>,
-    /// The process pool that can kill the job's worker; `None` for threads.
-    killer: Option<Weak<Core>>,
+    /// The engine that can kill the job's worker.
+    engine: Weak<dyn Engine>,
 }
 
 /// The pending result of a task submitted to an executor.
@@ -52,9 +51,9 @@ impl<R: Send + 'static> Future<R> {
     pub(crate) fn new(
         completion: Arc<Completion<R>>,
         ticket: Arc<Ticket>,
-        killer: Option<Weak<Core>>,
+        engine: Weak<dyn Engine>,
     ) -> Self {
-        Future { inner: Arc::new(Inner { completion, ticket, killer }) }
+        Future { inner: Arc::new(Inner { completion, ticket, engine }) }
     }
 
     /// True once the task has finished, failed or been cancelled.
@@ -93,15 +92,10 @@ impl<R: Send + 'static> Future<R> {
         if self.done() {
             return false;
         }
-        let Some(core) = self.inner.killer.as_ref().and_then(Weak::upgrade) else {
+        let Some(engine) = self.inner.engine.upgrade() else {
             return false;
         };
-        self.inner.ticket.kill.store(true, Ordering::SeqCst);
-        let slot = self.inner.ticket.slot.load(Ordering::SeqCst);
-        if let Some(s) = core.slots.get(slot) {
-            s.wake.notify();
-        }
-        true
+        engine.kill_running(&self.inner.ticket)
     }
 
     /// True when the task was cancelled (by [`cancel`](Future::cancel),

@@ -5,39 +5,157 @@
 pub(crate) mod exit;
 mod future;
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::engine::procs::{Init, ProcEngine, ProcOptions};
+use crate::engine::threads::{ThreadEngine, ThreadOptions};
+use crate::engine::{Engine, RunState, Ticket};
 use crate::error::{Error, ErrorKind, Result};
-use crate::pool::core::{Config, Core, Init, RunState, Ticket};
-use crate::pool::thread::{ThreadCore, ThreadRunner};
-use crate::pool::{apply_via, Completion, IMap, ProcRunner};
-use crate::task::{self, TaskFn};
+use crate::pool::map::ChunkRunner;
+use crate::pool::{apply_via, IMap};
+use crate::task::TaskFn;
 
 pub use future::{
     as_completed, wait, AsCompleted, DoneAndNotDone, Future, ReturnWhen, ALL_COMPLETED,
     FIRST_COMPLETED, FIRST_EXCEPTION,
 };
 
-fn shut_down_error() -> Error {
-    Error::new(
-        ErrorKind::PoolNotRunning,
-        "cannot submit: the executor was shut down; create a new one",
-    )
+/// What both executors are: an engine, and its place in the exit hook.
+struct Executor<E: Engine> {
+    engine: Arc<E>,
+    exit: exit::Release,
 }
 
-/// Submits one call and returns its future, tracked by a ticket.
-fn submit_with<R: Send + 'static>(
-    run: impl FnOnce(Arc<Ticket>) -> Arc<Completion<R>>,
-    killer: Option<std::sync::Weak<Core>>,
-) -> Future<R> {
-    let ticket = Ticket::new();
-    let completion = run(ticket.clone());
-    Future::new(completion, ticket, killer)
+impl<E: Engine> Executor<E> {
+    fn new(engine: Arc<E>) -> Self {
+        let exit = exit::register(Arc::downgrade(&engine) as Weak<dyn Engine>);
+        Executor { engine, exit }
+    }
+
+    /// Submits one call through `runner` (made with `ticket`) and returns its
+    /// future.
+    fn submit<A, R: Send + 'static, C: ChunkRunner<A, R>>(
+        &self,
+        runner: impl FnOnce(Arc<Ticket>) -> C,
+        args: A,
+    ) -> Result<Future<R>> {
+        if self.engine.lifecycle().state() != RunState::Running {
+            return Err(Error::new(
+                ErrorKind::PoolNotRunning,
+                "cannot submit: the executor was shut down; create a new one",
+            ));
+        }
+        self.engine.check_running()?;
+        let ticket = Ticket::new();
+        let completion = apply_via(&runner(ticket.clone()), args).into_completion();
+        let engine = Arc::downgrade(&self.engine) as Weak<dyn Engine>;
+        Ok(Future::new(completion, ticket, engine))
+    }
+
+    fn shutdown(&self, wait: bool, cancel_futures: bool) {
+        if cancel_futures {
+            self.engine.cancel_queued();
+        }
+        if wait {
+            // Closes, cuts off a `map` iterator still being read (its reader
+            // may be this very thread) and waits for the workers.
+            self.engine.finish();
+            // The done-callbacks of the work waited for have run too.
+            crate::pool::callbacks::flush();
+        } else {
+            self.engine.close();
+        }
+        // Waited or told not to wait: the exit hook leaves this executor be.
+        self.exit.release();
+    }
 }
+
+impl<E: Engine> Drop for Executor<E> {
+    /// Stops taking tasks without waiting; queued tasks still run.
+    fn drop(&mut self) {
+        self.engine.close();
+    }
+}
+
+/// The methods both executors share, over their own task bounds.
+macro_rules! executor_methods {
+    (
+        face: $executor:ty,
+        runner: |$engine:ident, $f:ident| $make:expr,
+        bounds: [$($bounds:tt)*]
+    ) => {
+        impl $executor {
+            /// The most workers this executor starts.
+            pub fn max_workers(&self) -> usize {
+                self.inner.engine.workers()
+            }
+
+            /// Schedules `f(args)` and returns its future.
+            ///
+            /// # Errors
+            /// [`ErrorKind::PoolNotRunning`] after [`shutdown`](Self::shutdown).
+            pub fn submit<F, A, M>(&self, $f: F, args: A) -> Result<Future<F::Output>>
+            where $($bounds)*
+            {
+                let $engine = &self.inner.engine;
+                self.inner.submit(|ticket| $make.with_ticket(ticket), args)
+            }
+
+            /// `f` over `items`, results in input order. Lazy: input is read
+            /// with a bounded read-ahead.
+            pub fn map<F, A, M>(
+                &self,
+                $f: F,
+                items: impl IntoIterator<Item = A> + 'static,
+            ) -> IMap<F::Output>
+            where $($bounds)*
+            {
+                let $engine = &self.inner.engine;
+                IMap::new($make, items, None, true)
+            }
+
+            /// [`map`](Self::map) with an overall `timeout`: results that
+            /// arrive in time are yielded, then one timeout error, then the
+            /// iteration ends.
+            pub fn map_timeout<F, A, M>(
+                &self,
+                f: F,
+                items: impl IntoIterator<Item = A> + 'static,
+                timeout: Duration,
+            ) -> IMap<F::Output>
+            where $($bounds)*
+            {
+                self.map(f, items).with_timeout(timeout)
+            }
+
+            /// Stops taking tasks. With `cancel_futures`, queued tasks are
+            /// cancelled; otherwise they still run. With `wait`, returns once
+            /// every worker has exited (after running what it was given) and
+            /// the done-callbacks of that work have run. Without `wait`, the
+            /// end of the program no longer waits for this executor's work
+            /// either: work still pending when the program exits is lost.
+            pub fn shutdown(&self, wait: bool, cancel_futures: bool) {
+                self.inner.shutdown(wait, cancel_futures)
+            }
+        }
+
+        impl std::fmt::Debug for $executor {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($executor))
+                    .field("max_workers", &self.max_workers())
+                    .finish()
+            }
+        }
+    };
+}
+
+procs_face!(executor_methods, ProcessPoolExecutor);
+
+threads_face!(executor_methods, ThreadPoolExecutor);
 
 /// A pool of worker processes with Python's `concurrent.futures` interface.
 ///
@@ -70,23 +188,20 @@ fn submit_with<R: Send + 'static>(
 /// # Ok::<(), multiproc::Error>(())
 /// ```
 pub struct ProcessPoolExecutor {
-    core: Arc<Core>,
-    exit: exit::Release,
+    inner: Executor<ProcEngine>,
 }
 
 /// Options for a [`ProcessPoolExecutor`].
 #[derive(Default)]
 #[must_use = "a builder does nothing until .build() is called"]
 pub struct ProcessPoolExecutorBuilder {
-    max_workers: Option<usize>,
-    init: Option<Init>,
-    max_tasks_per_child: Option<usize>,
+    options: ProcOptions,
 }
 
 impl ProcessPoolExecutorBuilder {
     /// At most this many worker processes (default: [`crate::cpu_count`]).
     pub fn max_workers(mut self, n: usize) -> Self {
-        self.max_workers = Some(n);
+        self.options.workers = Some(n);
         self
     }
 
@@ -98,44 +213,32 @@ impl ProcessPoolExecutorBuilder {
         A: Serialize + DeserializeOwned,
         F::Output: Serialize,
     {
-        self.init = Some(Init::new::<F, A, M>(&args));
+        self.options.init = Some(Init::new::<F, A, M>(&args));
         self
     }
 
     /// Replace each worker after it has run `n` tasks.
     pub fn max_tasks_per_child(mut self, n: usize) -> Self {
-        self.max_tasks_per_child = Some(n);
+        self.options.max_tasks_per_child = Some(n);
+        self
+    }
+
+    /// Fail a task that runs longer than `timeout` with
+    /// [`ErrorKind::Timeout`]; its worker is killed and replaced and the
+    /// executor goes on (Python's executors have no such option).
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.options.task_timeout = Some(timeout);
         self
     }
 
     /// Makes the executor (it starts no process until the first submit).
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidArgument`] for 0 workers or a quota of 0 tasks.
+    /// [`ErrorKind::InvalidArgument`] for 0 workers, a quota of 0 tasks or a
+    /// zero timeout.
     pub fn build(self) -> Result<ProcessPoolExecutor> {
-        let workers = self.max_workers.unwrap_or_else(crate::cpu_count);
-        if workers == 0 {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                "max_workers must be at least 1 (got 0)",
-            ));
-        }
-        if self.max_tasks_per_child == Some(0) {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                "max_tasks_per_child must be at least 1 (got 0)",
-            ));
-        }
-        let core = Core::new(Config {
-            processes: workers,
-            init: self.init,
-            max_tasks_per_child: self.max_tasks_per_child,
-            task_timeout: None,
-            fingerprint: task::fingerprint(),
-            lazy: true,
-        })?;
-        let exit = exit::register(Arc::downgrade(&core) as std::sync::Weak<dyn exit::Finish>);
-        Ok(ProcessPoolExecutor { core, exit })
+        let engine = self.options.build(true, "max_workers")?;
+        Ok(ProcessPoolExecutor { inner: Executor::new(engine) })
     }
 }
 
@@ -148,109 +251,9 @@ impl ProcessPoolExecutor {
         Self::builder().max_workers(max_workers).build()
     }
 
-    /// A builder (initializer, max tasks per child).
+    /// A builder (initializer, max tasks per child, per-task timeout).
     pub fn builder() -> ProcessPoolExecutorBuilder {
         ProcessPoolExecutorBuilder::default()
-    }
-
-    /// The most workers this executor starts.
-    pub fn max_workers(&self) -> usize {
-        self.core.config.processes
-    }
-
-    /// Schedules `f(args)` and returns its future.
-    ///
-    /// # Errors
-    /// [`ErrorKind::PoolNotRunning`] after [`shutdown`](Self::shutdown).
-    pub fn submit<F, A, M>(&self, f: F, args: A) -> Result<Future<F::Output>>
-    where
-        F: TaskFn<A, M> + Copy,
-        A: Serialize + DeserializeOwned + 'static,
-        F::Output: Serialize + DeserializeOwned + Send + 'static,
-        M: 'static,
-    {
-        let _ = f;
-        if self.core.lock().state != RunState::Running {
-            return Err(shut_down_error());
-        }
-        self.core.check_running()?;
-        let core = &self.core;
-        Ok(submit_with(
-            |ticket| {
-                apply_via(&ProcRunner::<F, A, M>::new(core).with_ticket(ticket), args)
-                    .into_completion()
-            },
-            Some(Arc::downgrade(&self.core)),
-        ))
-    }
-
-    /// `f` over `items`, results in input order. Lazy: input is read with a
-    /// bounded read-ahead.
-    pub fn map<F, A, M>(
-        &self,
-        f: F,
-        items: impl IntoIterator<Item = A> + 'static,
-    ) -> IMap<F::Output>
-    where
-        F: TaskFn<A, M> + Copy,
-        A: Serialize + DeserializeOwned + 'static,
-        F::Output: Serialize + DeserializeOwned + Send + 'static,
-        M: 'static,
-    {
-        let _ = f;
-        IMap::new(ProcRunner::<F, A, M>::new(&self.core), items, None, true)
-    }
-
-    /// [`map`](Self::map) with an overall `timeout`: results that arrive in
-    /// time are yielded, then one timeout error, then the iteration ends.
-    pub fn map_timeout<F, A, M>(
-        &self,
-        f: F,
-        items: impl IntoIterator<Item = A> + 'static,
-        timeout: Duration,
-    ) -> IMap<F::Output>
-    where
-        F: TaskFn<A, M> + Copy,
-        A: Serialize + DeserializeOwned + 'static,
-        F::Output: Serialize + DeserializeOwned + Send + 'static,
-        M: 'static,
-    {
-        self.map(f, items).with_timeout(timeout)
-    }
-
-    /// Stops taking tasks. With `cancel_futures`, queued tasks are cancelled;
-    /// otherwise they still run. With `wait`, returns once every worker has
-    /// exited (after running what it was given). Without `wait`, the end of
-    /// the program no longer waits for this executor's work either: work
-    /// still pending when the program exits is lost.
-    pub fn shutdown(&self, wait: bool, cancel_futures: bool) {
-        if cancel_futures {
-            self.core.cancel_queued();
-        }
-        if wait {
-            // Closes, cuts off a `map` iterator still being read (its reader
-            // may be this very thread) and waits for the workers.
-            exit::Finish::finish(&*self.core);
-            // The done-callbacks of the work waited for have run too.
-            crate::pool::callbacks::flush();
-        } else {
-            self.core.close();
-        }
-        // Waited or told not to wait: the exit hook leaves this executor be.
-        self.exit.release();
-    }
-}
-
-impl Drop for ProcessPoolExecutor {
-    /// Stops taking tasks without waiting; queued tasks still run.
-    fn drop(&mut self) {
-        self.core.close();
-    }
-}
-
-impl std::fmt::Debug for ProcessPoolExecutor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProcessPoolExecutor").field("max_workers", &self.max_workers()).finish()
     }
 }
 
@@ -274,28 +277,26 @@ impl std::fmt::Debug for ProcessPoolExecutor {
 /// # Ok::<(), multiproc::Error>(())
 /// ```
 pub struct ThreadPoolExecutor {
-    core: Arc<ThreadCore>,
-    exit: exit::Release,
+    inner: Executor<ThreadEngine>,
 }
 
 /// Options for a [`ThreadPoolExecutor`].
 #[derive(Default)]
 #[must_use = "a builder does nothing until .build() is called"]
 pub struct ThreadPoolExecutorBuilder {
-    max_workers: Option<usize>,
-    init: Option<Arc<dyn Fn() + Send + Sync>>,
+    options: ThreadOptions,
 }
 
 impl ThreadPoolExecutorBuilder {
     /// At most this many threads (default: `min(32, cpu_count + 4)`).
     pub fn max_workers(mut self, n: usize) -> Self {
-        self.max_workers = Some(n);
+        self.options.threads = Some(n);
         self
     }
 
     /// A function each thread runs once before its first task.
     pub fn initializer(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
-        self.init = Some(Arc::new(f));
+        self.options.init = Some(Arc::new(f));
         self
     }
 
@@ -304,10 +305,9 @@ impl ThreadPoolExecutorBuilder {
     /// # Errors
     /// [`ErrorKind::InvalidArgument`] for 0 workers.
     pub fn build(self) -> Result<ThreadPoolExecutor> {
-        let n = self.max_workers.unwrap_or_else(|| (crate::cpu_count() + 4).min(32));
-        let core = ThreadCore::new(n, self.init, true)?;
-        let exit = exit::register(Arc::downgrade(&core) as std::sync::Weak<dyn exit::Finish>);
-        Ok(ThreadPoolExecutor { core, exit })
+        let default = (crate::cpu_count() + 4).min(32);
+        let engine = self.options.build(true, default, "max_workers")?;
+        Ok(ThreadPoolExecutor { inner: Executor::new(engine) })
     }
 }
 
@@ -323,96 +323,5 @@ impl ThreadPoolExecutor {
     /// A builder (initializer, max workers).
     pub fn builder() -> ThreadPoolExecutorBuilder {
         ThreadPoolExecutorBuilder::default()
-    }
-
-    /// The most threads this executor starts.
-    pub fn max_workers(&self) -> usize {
-        self.core.size()
-    }
-
-    /// Schedules `f(args)` and returns its future.
-    ///
-    /// # Errors
-    /// [`ErrorKind::PoolNotRunning`] after [`shutdown`](Self::shutdown).
-    pub fn submit<F, A, M>(&self, f: F, args: A) -> Result<Future<F::Output>>
-    where
-        F: TaskFn<A, M>,
-        A: Send + 'static,
-        F::Output: Send + 'static,
-        M: 'static,
-    {
-        if !self.core.is_running() {
-            return Err(shut_down_error());
-        }
-        let core = &self.core;
-        Ok(submit_with(
-            |ticket| {
-                apply_via(&ThreadRunner::new(core, f).with_ticket(ticket), args).into_completion()
-            },
-            None,
-        ))
-    }
-
-    /// `f` over `items`, results in input order, read lazily.
-    pub fn map<F, A, M>(
-        &self,
-        f: F,
-        items: impl IntoIterator<Item = A> + 'static,
-    ) -> IMap<F::Output>
-    where
-        F: TaskFn<A, M>,
-        A: Send + 'static,
-        F::Output: Send + 'static,
-        M: 'static,
-    {
-        IMap::new(ThreadRunner::new(&self.core, f), items, None, true)
-    }
-
-    /// [`map`](Self::map) with an overall `timeout`.
-    pub fn map_timeout<F, A, M>(
-        &self,
-        f: F,
-        items: impl IntoIterator<Item = A> + 'static,
-        timeout: Duration,
-    ) -> IMap<F::Output>
-    where
-        F: TaskFn<A, M>,
-        A: Send + 'static,
-        F::Output: Send + 'static,
-        M: 'static,
-    {
-        self.map(f, items).with_timeout(timeout)
-    }
-
-    /// Stops taking tasks; optionally cancels queued ones; optionally waits
-    /// for the threads to finish. Without `wait`, the end of the program no
-    /// longer waits for this executor's work.
-    pub fn shutdown(&self, wait: bool, cancel_futures: bool) {
-        if cancel_futures {
-            self.core.cancel_queued();
-        }
-        if wait {
-            // Closes, cuts off a `map` iterator still being read (its reader
-            // may be this very thread) and waits for the workers.
-            exit::Finish::finish(&*self.core);
-            // The done-callbacks of the work waited for have run too.
-            crate::pool::callbacks::flush();
-        } else {
-            self.core.close();
-        }
-        // Waited or told not to wait: the exit hook leaves this executor be.
-        self.exit.release();
-    }
-}
-
-impl Drop for ThreadPoolExecutor {
-    fn drop(&mut self) {
-        self.core.close();
-    }
-}
-
-impl std::fmt::Debug for ThreadPoolExecutor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ThreadPoolExecutor").field("max_workers", &self.max_workers()).finish()
     }
 }

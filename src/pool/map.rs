@@ -5,15 +5,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::core::Ticket;
 use super::result::{AsyncResult, Completion};
+use crate::engine::{Engine, Release, Ticket};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Called once with one outcome per item of a chunk.
 pub(crate) type ChunkDone<R> = Box<dyn FnOnce(Vec<Result<R>>) + Send>;
-
-/// Lets go of a hold taken with [`ChunkRunner::hold_open`].
-pub(crate) type Release = Box<dyn FnOnce() + Send>;
 
 /// Runs its release once, when the iterator's input ends or it is dropped.
 struct Hold(Option<Release>);
@@ -26,8 +23,12 @@ impl Drop for Hold {
     }
 }
 
-/// How a pool runs a chunk of items through one function.
+/// How a pool runs a chunk of items through one function: the typed half of
+/// the engine seam (a backend's runner for one task function).
 pub(crate) trait ChunkRunner<A, R> {
+    /// The engine the chunks run on.
+    type Engine: Engine;
+    fn engine(&self) -> &Arc<Self::Engine>;
     /// Runs `items` as one task; `done` gets exactly one outcome per item,
     /// whatever happens to the pool or its workers.
     fn run_chunk(&self, items: Vec<A>, done: ChunkDone<R>);
@@ -35,19 +36,20 @@ pub(crate) trait ChunkRunner<A, R> {
     /// accepted after `close()` as long as its hold is open.
     /// The chunk is tracked by `ticket`, so the iterator can cancel it
     /// while it is still queued.
-    fn run_chunk_held(&self, items: Vec<A>, done: ChunkDone<R>, ticket: Arc<Ticket>) {
-        let _ = ticket;
-        self.run_chunk(items, done)
-    }
+    fn run_chunk_held(&self, items: Vec<A>, done: ChunkDone<R>, ticket: Arc<Ticket>);
     /// Keeps a closed pool's workers for an iterator that will submit more;
     /// the returned closure lets go. `None` when the pool is not running.
     fn hold_open(&self) -> Option<Release> {
-        None
+        self.engine().hold_open()
     }
     /// Fails when the pool takes no new tasks.
-    fn check_running(&self) -> Result<()>;
+    fn check_running(&self) -> Result<()> {
+        self.engine().check_running()
+    }
     /// The pool's number of workers.
-    fn workers(&self) -> usize;
+    fn workers(&self) -> usize {
+        self.engine().workers()
+    }
 }
 
 /// Python's rule: `ceil(len / (workers * 4))`, at least 1.
@@ -382,14 +384,28 @@ impl<R> std::fmt::Debug for IMap<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::threads::ThreadEngine;
     use std::cell::Cell;
     use std::rc::Rc;
 
-    /// Runs chunks inline on the caller's thread: the scheduler-free runner.
+    /// Runs chunks inline on the caller's thread: the scheduler-free runner
+    /// (its engine, two idle threads, is there for the pool's state only).
     #[derive(Clone)]
-    struct Inline;
+    struct Inline(Arc<ThreadEngine>);
+
+    fn inline() -> Inline {
+        let options = crate::engine::threads::ThreadOptions::default();
+        Inline(options.build(false, 2, "threads").unwrap())
+    }
 
     impl ChunkRunner<u64, u64> for Inline {
+        type Engine = ThreadEngine;
+        fn engine(&self) -> &Arc<ThreadEngine> {
+            &self.0
+        }
+        fn run_chunk_held(&self, items: Vec<u64>, done: ChunkDone<u64>, _: Arc<Ticket>) {
+            self.run_chunk(items, done)
+        }
         fn run_chunk(&self, items: Vec<u64>, done: ChunkDone<u64>) {
             done(
                 items
@@ -404,12 +420,6 @@ mod tests {
                     .collect(),
             )
         }
-        fn check_running(&self) -> Result<()> {
-            Ok(())
-        }
-        fn workers(&self) -> usize {
-            2
-        }
     }
 
     #[test]
@@ -422,11 +432,11 @@ mod tests {
 
     #[test]
     fn map_keeps_order_and_fails_whole() {
-        let r = map_async(&Inline, (0..10).collect(), Some(3)).get().unwrap();
+        let r = map_async(&inline(), (0..10).collect(), Some(3)).get().unwrap();
         assert_eq!(r, (0..10).map(|x| x * 2).collect::<Vec<_>>());
-        assert!(map_async(&Inline, (0..20).collect(), None).get().is_err());
-        assert!(map_async(&Inline, Vec::new(), None).get().unwrap().is_empty());
-        let e = map_async(&Inline, vec![1], Some(0)).get().unwrap_err();
+        assert!(map_async(&inline(), (0..20).collect(), None).get().is_err());
+        assert!(map_async(&inline(), Vec::new(), None).get().unwrap().is_empty());
+        let e = map_async(&inline(), vec![1], Some(0)).get().unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     }
 
@@ -435,7 +445,7 @@ mod tests {
         let pulled = Rc::new(Cell::new(0u64));
         let p = pulled.clone();
         let input = (0..u64::MAX).inspect(move |_| p.set(p.get() + 1));
-        let mut it = IMap::new(Inline, input, Some(2), true);
+        let mut it = IMap::new(inline(), input, Some(2), true);
         assert_eq!(it.next().unwrap().unwrap(), 0);
         // A bounded window of chunks, not the whole (endless) input.
         assert!(pulled.get() <= 2 * 16 + 2, "pulled {}", pulled.get());

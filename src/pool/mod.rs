@@ -1,27 +1,24 @@
 //! `Pool` (worker processes) and `ThreadPool` (threads), with one API.
 
 pub(crate) mod callbacks;
-pub(crate) mod core;
 pub(crate) mod map;
 mod result;
-mod slot;
-pub(crate) mod thread;
 
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use self::core::{Config, Core, Init, RunState};
-use self::map::{ChunkDone, ChunkRunner};
+use self::map::ChunkRunner;
+use crate::engine::procs::{Init, ProcEngine, ProcOptions};
+use crate::engine::threads::{ThreadEngine, ThreadOptions};
+use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
-use crate::task::{self, TaskFn};
+use crate::task::TaskFn;
 
 pub use self::map::IMap;
 pub use self::result::AsyncResult;
-pub use self::thread::{ThreadPool, ThreadPoolBuilder};
 
 pub(crate) use self::result::Completion;
 
@@ -55,24 +52,20 @@ pub(crate) use self::result::Completion;
 /// # Ok::<(), multiproc::Error>(())
 /// ```
 pub struct Pool {
-    core: Arc<Core>,
+    engine: Arc<ProcEngine>,
 }
 
 /// Options for a [`Pool`]: `Pool::builder().processes(4).build()`.
 #[derive(Default)]
 #[must_use = "a builder does nothing until .build() is called"]
 pub struct PoolBuilder {
-    processes: Option<usize>,
-    init: Option<Init>,
-    max_tasks_per_child: Option<usize>,
-    task_timeout: Option<Duration>,
-    simulate_mismatch: bool,
+    options: ProcOptions,
 }
 
 impl PoolBuilder {
     /// The number of worker processes (default: [`crate::cpu_count`]).
     pub fn processes(mut self, n: usize) -> Self {
-        self.processes = Some(n);
+        self.options.workers = Some(n);
         self
     }
 
@@ -85,14 +78,14 @@ impl PoolBuilder {
         A: Serialize + DeserializeOwned,
         F::Output: Serialize,
     {
-        self.init = Some(Init::new::<F, A, M>(&args));
+        self.options.init = Some(Init::new::<F, A, M>(&args));
         self
     }
 
     /// Replace each worker after it has run `n` tasks (a chunk of a `map` is
     /// one task), as Python's `maxtasksperchild`.
     pub fn max_tasks_per_child(mut self, n: usize) -> Self {
-        self.max_tasks_per_child = Some(n);
+        self.options.max_tasks_per_child = Some(n);
         self
     }
 
@@ -100,7 +93,7 @@ impl PoolBuilder {
     /// [`ErrorKind::Timeout`]; its worker is killed and replaced and the pool
     /// goes on.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
-        self.task_timeout = Some(timeout);
+        self.options.task_timeout = Some(timeout);
         self
     }
 
@@ -108,7 +101,7 @@ impl PoolBuilder {
     /// the build check only.
     #[doc(hidden)]
     pub fn simulate_build_mismatch(mut self) -> Self {
-        self.simulate_mismatch = true;
+        self.options.simulate_mismatch = true;
         self
     }
 
@@ -118,118 +111,7 @@ impl PoolBuilder {
     /// [`ErrorKind::InvalidArgument`] for 0 processes, a quota of 0 tasks, or
     /// a zero timeout; [`ErrorKind::Io`] when the pool's threads cannot start.
     pub fn build(self) -> Result<Pool> {
-        let processes = self.processes.unwrap_or_else(crate::cpu_count);
-        if processes == 0 {
-            return Err(invalid("a pool needs at least 1 process (got 0)"));
-        }
-        if self.max_tasks_per_child == Some(0) {
-            return Err(invalid("max_tasks_per_child must be at least 1 (got 0)"));
-        }
-        if self.task_timeout == Some(Duration::ZERO) {
-            return Err(invalid("task_timeout must be longer than zero"));
-        }
-        let mut fingerprint = task::fingerprint();
-        if self.simulate_mismatch {
-            fingerprint[0] ^= 0xff;
-        }
-        let core = Core::new(Config {
-            processes,
-            init: self.init,
-            max_tasks_per_child: self.max_tasks_per_child,
-            task_timeout: self.task_timeout,
-            fingerprint,
-            lazy: false,
-        })?;
-        let pool = Pool { core };
-        while pool.core.start_slot()? {}
-        Ok(pool)
-    }
-}
-
-fn invalid(msg: &str) -> Error {
-    Error::new(ErrorKind::InvalidArgument, msg)
-}
-
-/// Runs chunks of one function on a process pool.
-pub(crate) struct ProcRunner<F, A, M> {
-    core: Arc<Core>,
-    offset: i64,
-    ticket: Option<Arc<core::Ticket>>,
-    _f: PhantomData<fn(F, A, M)>,
-}
-
-impl<F, A, M> ProcRunner<F, A, M>
-where
-    F: TaskFn<A, M> + Copy,
-    A: Serialize + DeserializeOwned,
-    F::Output: Serialize,
-{
-    pub(crate) fn new(core: &Arc<Core>) -> Self {
-        ProcRunner {
-            core: core.clone(),
-            offset: task::trampoline_offset::<F, A, M>(),
-            ticket: None,
-            _f: PhantomData,
-        }
-    }
-
-    /// Tracks the (single) job through `ticket`, for executor futures.
-    pub(crate) fn with_ticket(mut self, ticket: Arc<core::Ticket>) -> Self {
-        self.ticket = Some(ticket);
-        self
-    }
-}
-
-impl<F, A, M> ProcRunner<F, A, M> {
-    fn submit<R: DeserializeOwned + Send + 'static>(
-        &self,
-        items: Vec<A>,
-        done: ChunkDone<R>,
-        held: bool,
-        ticket: Option<Arc<core::Ticket>>,
-    ) where
-        A: Serialize,
-    {
-        let n = items.len();
-        let encoded = task::encode_chunk(&items);
-        drop(items);
-        self.core.submit(
-            self.offset,
-            encoded,
-            Box::new(move |outcome, pid| match outcome {
-                Ok((bytes, fds)) => done(task::decode_outcomes(bytes, fds, n, pid)),
-                Err(e) => done((0..n).map(|_| Err(e.clone())).collect()),
-            }),
-            ticket.or_else(|| self.ticket.clone()),
-            held,
-        );
-    }
-}
-
-impl<F, A, M, R> ChunkRunner<A, R> for ProcRunner<F, A, M>
-where
-    F: TaskFn<A, M, Output = R> + Copy,
-    A: Serialize,
-    R: DeserializeOwned + Send + 'static,
-{
-    fn run_chunk(&self, items: Vec<A>, done: ChunkDone<R>) {
-        self.submit(items, done, false, None)
-    }
-
-    fn run_chunk_held(&self, items: Vec<A>, done: ChunkDone<R>, ticket: Arc<core::Ticket>) {
-        self.submit(items, done, true, Some(ticket))
-    }
-
-    fn hold_open(&self) -> Option<map::Release> {
-        self.core.hold_open()
-    }
-
-    fn check_running(&self) -> Result<()> {
-        self.core.check_running()
-    }
-
-    fn workers(&self) -> usize {
-        self.core.config.processes
+        Ok(Pool { engine: self.options.build(false, "processes")? })
     }
 }
 
@@ -264,11 +146,44 @@ pub struct Chunked<'a, P> {
 
 macro_rules! pool_methods {
     (
-        pool: $pool:ty,
-        runner: |$core:ident, $f:ident| $make:expr,
+        face: $pool:ty,
+        runner: |$engine:ident, $f:ident| $make:expr,
         bounds: [$($bounds:tt)*]
     ) => {
         impl $pool {
+            /// The number of workers.
+            pub fn processes(&self) -> usize {
+                self.engine.workers()
+            }
+
+            /// Stops taking tasks; queued tasks still run. Then call
+            /// [`join`](Self::join).
+            pub fn close(&self) {
+                self.engine.close();
+            }
+
+            /// Fails every queued task with [`ErrorKind::Cancelled`] and runs
+            /// nothing more. A process pool kills its workers at once (their
+            /// running tasks fail with `Cancelled` too); a thread pool lets
+            /// running tasks finish, as threads cannot be killed. Nothing
+            /// blocks.
+            pub fn terminate(&self) {
+                self.engine.terminate();
+            }
+
+            /// Waits until every worker has exited: after
+            /// [`close`](Self::close), once every queued task has run; after
+            /// [`terminate`](Self::terminate), at once. As in Python, the
+            /// callbacks of the pool's results have run when it returns.
+            ///
+            /// # Errors
+            /// [`ErrorKind::PoolStillRunning`] when neither was called first,
+            /// or when an `imap` iterator started before `close()` still has
+            /// input to submit.
+            pub fn join(&self) -> Result<()> {
+                self.engine.join()
+            }
+
             /// Runs `f(args)` in the pool and waits for its result.
             ///
             /// # Errors
@@ -284,8 +199,8 @@ macro_rules! pool_methods {
             pub fn apply_async<F, A, M>(&self, $f: F, args: A) -> AsyncResult<F::Output>
             where $($bounds)*
             {
-                let $core = &self.core;
-                if let Err(e) = $core.check_running() {
+                let $engine = &self.engine;
+                if let Err(e) = $engine.check_running() {
                     return AsyncResult::failed(e);
                 }
                 apply_via(&$make, args)
@@ -385,8 +300,8 @@ macro_rules! pool_methods {
             ) -> AsyncResult<Vec<F::Output>>
             where $($bounds)*
             {
-                let $core = &self.core;
-                if let Err(e) = $core.check_running() {
+                let $engine = &self.engine;
+                if let Err(e) = $engine.check_running() {
                     return AsyncResult::failed(e);
                 }
                 match map::collect_input(items) {
@@ -404,7 +319,7 @@ macro_rules! pool_methods {
             ) -> IMap<F::Output>
             where $($bounds)*
             {
-                let $core = &self.core;
+                let $engine = &self.engine;
                 IMap::new($make, items, chunksize, ordered)
             }
         }
@@ -485,27 +400,9 @@ macro_rules! pool_methods {
     };
 }
 
-pool_methods! {
-    pool: Pool,
-    runner: |core, f| { let _ = f; ProcRunner::<F, A, M>::new(core) },
-    bounds: [
-        F: TaskFn<A, M> + Copy,
-        A: Serialize + DeserializeOwned + 'static,
-        F::Output: Serialize + DeserializeOwned + Send + 'static,
-        M: 'static,
-    ]
-}
+procs_face!(pool_methods, Pool);
 
-pool_methods! {
-    pool: ThreadPool,
-    runner: |core, f| thread::ThreadRunner::new(core, f),
-    bounds: [
-        F: TaskFn<A, M>,
-        A: Send + 'static,
-        F::Output: Send + 'static,
-        M: 'static,
-    ]
-}
+threads_face!(pool_methods, ThreadPool);
 
 impl Pool {
     /// A pool of `processes` workers.
@@ -521,75 +418,109 @@ impl Pool {
     pub fn builder() -> PoolBuilder {
         PoolBuilder::default()
     }
-
-    /// The number of worker processes.
-    pub fn processes(&self) -> usize {
-        self.core.config.processes
-    }
-
-    /// Stops taking tasks; queued tasks still run. Then call [`join`](Self::join).
-    pub fn close(&self) {
-        self.core.close();
-    }
-
-    /// Kills the workers at once. Every pending task fails with
-    /// [`ErrorKind::Cancelled`]; nothing blocks.
-    pub fn terminate(&self) {
-        self.core.terminate();
-    }
-
-    /// Waits until every worker has exited: after [`close`](Self::close), once
-    /// every queued task has run; after [`terminate`](Self::terminate), at once.
-    ///
-    /// # Errors
-    /// [`ErrorKind::PoolStillRunning`] when neither was called first.
-    pub fn join(&self) -> Result<()> {
-        let q = self.core.lock();
-        if q.state == RunState::Running {
-            return Err(still_running());
-        }
-        if q.state == RunState::Closed && q.holds > 0 {
-            return Err(unfinished_iterator());
-        }
-        drop(q);
-        self.core.join_threads();
-        // As in Python, join returns once the callbacks of the pool's
-        // results have run too.
-        callbacks::flush();
-        Ok(())
-    }
-}
-
-pub(crate) fn unfinished_iterator() -> Error {
-    Error::new(
-        ErrorKind::PoolStillRunning,
-        "join() would wait for an imap iterator started before close() that still has input; \
-         consume or drop it first",
-    )
-}
-
-pub(crate) fn still_running() -> Error {
-    Error::new(
-        ErrorKind::PoolStillRunning,
-        "join() was called on a running pool; call close() or terminate() first",
-    )
 }
 
 impl Drop for Pool {
     /// Terminates the pool, as Python's `with Pool() as p:` does on exit:
     /// pending results fail with [`ErrorKind::Cancelled`].
     fn drop(&mut self) {
-        self.core.terminate();
-        self.core.join_threads();
+        self.engine.face_dropped();
     }
 }
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = self.core.lock().state;
         f.debug_struct("Pool")
-            .field("processes", &self.core.config.processes)
-            .field("state", &state)
+            .field("processes", &self.processes())
+            .field("state", &self.engine.lifecycle().state())
             .finish()
+    }
+}
+
+/// A pool of threads with the same API as [`Pool`]: Python's
+/// `multiprocessing.pool.ThreadPool`.
+///
+/// Tasks may be any `Send + 'static` closure, capturing or not, and need no
+/// serde. A task that panics fails with its message and location; the thread
+/// goes on. Threads cannot be killed, so [`terminate`](ThreadPool::terminate)
+/// fails the queued tasks but lets running ones finish, and dropping the pool
+/// does not wait for them.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::ThreadPool;
+///
+/// let offset = 10;
+/// let pool = ThreadPool::new(2)?;
+/// assert_eq!(pool.map(move |x: u32| x + offset, 0..3)?, vec![10, 11, 12]);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub struct ThreadPool {
+    engine: Arc<ThreadEngine>,
+}
+
+/// Options for a [`ThreadPool`].
+#[derive(Default)]
+#[must_use = "a builder does nothing until .build() is called"]
+pub struct ThreadPoolBuilder {
+    options: ThreadOptions,
+}
+
+impl ThreadPoolBuilder {
+    /// The number of threads (default: [`crate::cpu_count`]).
+    pub fn threads(mut self, n: usize) -> Self {
+        self.options.threads = Some(n);
+        self
+    }
+
+    /// Same as [`threads`](Self::threads), by `Pool`'s name.
+    pub fn processes(self, n: usize) -> Self {
+        self.threads(n)
+    }
+
+    /// A function each thread runs once before its first task. If it panics,
+    /// every task fails with [`ErrorKind::InitializerFailed`].
+    pub fn initializer(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.options.init = Some(Arc::new(f));
+        self
+    }
+
+    /// Starts the threads.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] for 0 threads; [`ErrorKind::Io`] when a
+    /// thread cannot start.
+    pub fn build(self) -> Result<ThreadPool> {
+        Ok(ThreadPool { engine: self.options.build(false, crate::cpu_count(), "threads")? })
+    }
+}
+
+impl ThreadPool {
+    /// A pool of `threads` threads.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] for 0 threads.
+    pub fn new(threads: usize) -> Result<ThreadPool> {
+        ThreadPool::builder().threads(threads).build()
+    }
+
+    /// A builder for a pool with an initializer.
+    pub fn builder() -> ThreadPoolBuilder {
+        ThreadPoolBuilder::default()
+    }
+}
+
+impl Drop for ThreadPool {
+    /// Queued tasks fail now unless the pool was closed; a running task
+    /// finishes on its own thread.
+    fn drop(&mut self) {
+        self.engine.face_dropped();
+    }
+}
+
+impl std::fmt::Debug for ThreadPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThreadPool").field("threads", &self.processes()).finish()
     }
 }

@@ -1970,3 +1970,35 @@ fn futures_awaited_by_a_minimal_executor_wake_it() {
     let (outs, _) = block_on_all(vec![p.submit(panics, 2).unwrap()], STARTUP);
     assert!(outs[0].as_ref().unwrap_err().is_panic());
 }
+
+fn sleep_for_ms(ms: u64) -> u32 {
+    thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+#[test]
+fn process_executor_task_timeout_fails_the_slow_call_and_goes_on() {
+    let limit = Duration::from_millis(500);
+    let ex = ProcessPoolExecutor::builder().max_workers(2).task_timeout(limit).build().unwrap();
+    // Both workers started and warm, so the limit does not race their start.
+    let warm: Vec<_> = (0..2).map(|_| ex.submit(sleep_for_ms, 50).unwrap()).collect();
+    for f in &warm {
+        f.result_timeout(STARTUP).unwrap();
+    }
+    let t = Instant::now();
+    let slow = ex.submit(sleep_for_ms, 60_000).unwrap();
+    let quick: Vec<_> = (0..4).map(|_| ex.submit(sleep_for_ms, 10).unwrap()).collect();
+    let err = slow.result_timeout(limit + STARTUP).unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(t.elapsed() >= limit, "timed out after {:?}, before {limit:?}", t.elapsed());
+    assert_faster(t.elapsed(), limit + PROMPT, "the executor's task timeout");
+    let killed = err.pid().expect("the timed-out worker's pid");
+    for f in quick {
+        f.result_timeout(STARTUP).expect("the other calls succeed");
+    }
+    assert!(wait_pid_gone(killed, PROMPT), "timed-out worker {killed} still runs");
+    let after = ex.submit(sleep_for_ms, 1).unwrap().result_timeout(STARTUP).unwrap();
+    assert_ne!(after, killed);
+    let zero = ProcessPoolExecutor::builder().task_timeout(Duration::ZERO).build().unwrap_err();
+    assert_eq!(zero.kind(), ErrorKind::InvalidArgument);
+}

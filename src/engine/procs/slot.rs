@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::core::{cancelled, Core, Job, RunState};
+use super::{Job, ProcEngine as Core};
+use crate::engine::{cancelled, Engine};
 use crate::error::{Error, ErrorKind};
 use crate::spawn;
 use crate::sys::{self, Interest};
@@ -90,16 +91,13 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
     let mut early_deaths = 0;
     let mut pause = RESTART_PAUSE.0;
     loop {
-        {
-            let q = core.lock();
-            if q.state == RunState::Terminated || q.broken.is_some() || q.finished() {
-                return;
-            }
+        if core.lifecycle().is_stopped() || core.finished() {
+            return;
         }
         let name = format!("PoolWorker-{}", WORKER_NUMBER.fetch_add(1, Ordering::Relaxed));
         let spawned = match spawn::spawn(ROLE_POOL, &name, true) {
             Ok(s) => s,
-            Err(e) => return core.break_pool(e),
+            Err(e) => return core.break_with(e),
         };
         let mut worker = Worker {
             index,
@@ -142,7 +140,7 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
                 let signal = &core.slots[index];
                 loop {
                     let left = until.saturating_duration_since(Instant::now());
-                    if left.is_zero() || core.lock().state == RunState::Terminated {
+                    if left.is_zero() || core.lifecycle().is_stopped() {
                         break;
                     }
                     let wake = Interest { fd: signal.wake.fd(), read: true, write: false };
@@ -178,7 +176,7 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
                             ),
                         ),
                     };
-                    return core.break_pool(err.with_pid(worker.pid));
+                    return core.break_with(err.with_pid(worker.pid));
                 }
             }
         }
@@ -214,7 +212,7 @@ impl Worker {
         let fds = match init.map_or(Ok(Vec::new()), |i| dup_all(&i.fds)) {
             Ok(fds) => fds,
             Err(e) => {
-                core.break_pool(e.clone());
+                core.break_with(e.clone());
                 return self.shut_down(Some(e));
             }
         };
@@ -222,14 +220,10 @@ impl Worker {
         let _ = Init { fingerprint: core.config.fingerprint, init }.encode(self.conn.output(), fds);
         let quota = core.config.max_tasks_per_child;
         loop {
-            let (state, broken) = {
-                let q = core.lock();
-                (q.state, q.broken.clone())
-            };
-            if let Some(err) = broken {
+            if let Some(err) = core.lifecycle().broken() {
                 return self.shut_down(Some(err));
             }
-            if state == RunState::Terminated {
+            if core.lifecycle().is_stopped() {
                 return self.shut_down(Some(cancelled()));
             }
             if self.head_kill_requested() {
@@ -255,7 +249,7 @@ impl Worker {
                 }
             }
             if self.ready && self.inflight.is_empty() {
-                let idle_closed = core.lock().finished();
+                let idle_closed = core.finished();
                 if retiring || idle_closed {
                     self.exit_gracefully();
                     return if retiring { End::Respawn } else { End::Exit };
@@ -270,13 +264,10 @@ impl Worker {
             } else {
                 self.unflushed_ends.clear();
             }
-            let room_left = self.ready
-                && !retiring
-                && depth(pace) > self.inflight.len()
-                && state != RunState::Terminated;
+            let room_left = self.ready && !retiring && depth(pace) > self.inflight.len();
             if room_left {
                 signal.wants_work.store(true, Ordering::SeqCst);
-                if !core.lock().jobs.is_empty() {
+                if core.has_queued() {
                     signal.wants_work.store(false, Ordering::SeqCst);
                     continue;
                 }
@@ -426,7 +417,7 @@ impl Worker {
                             self.pid
                         ),
                     );
-                    core.break_pool(err.clone());
+                    core.break_with(err.clone());
                     return Some(self.shut_down(Some(err)));
                 }
                 FromWorker::InitFailed(failed) => {
@@ -439,7 +430,7 @@ impl Worker {
                         ),
                     )
                     .with_pid(self.pid);
-                    core.break_pool(err.clone());
+                    core.break_with(err.clone());
                     return Some(self.shut_down(Some(err)));
                 }
             }
@@ -553,7 +544,7 @@ impl Worker {
                     ErrorKind::BuildMismatch,
                     format!("worker {} is not the same build as this process", self.pid),
                 );
-                core.break_pool(err.clone());
+                core.break_with(err.clone());
                 return self.shut_down(Some(err));
             }
             return match (signal, code) {

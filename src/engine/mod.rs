@@ -1,0 +1,202 @@
+//! The engine: what every face (`Pool`, `ThreadPool`, the two executors)
+//! talks to, and nothing else.
+//!
+//! A face makes a typed *runner* from an engine for one task function
+//! ([`ChunkRunner`](crate::pool::map::ChunkRunner): run a chunk of items,
+//! one outcome per item whatever happens) and drives the pool's life through
+//! the [`Engine`] trait: close, terminate, join, cancel what is queued, kill
+//! the worker running a job, hold a closed pool open for an iterator. The
+//! run state and its rules are written once, in [`lifecycle`].
+//!
+//! Backends: [`procs`] (worker processes, one slot thread per worker) and
+//! [`threads`] (threads of this process). A new backend is one new module
+//! implementing [`Engine`] and a runner; no face changes.
+
+/// Calls the face-methods macro `$methods` for `$face`, a face of the
+/// process backend, with that backend's task bounds and runner: each
+/// backend states them once, for all its faces.
+macro_rules! procs_face {
+    ($methods:ident, $face:ty) => {
+        $methods! {
+            face: $face,
+            runner: |engine, f| $crate::engine::procs::ProcRunner::<F, A, M>::new(engine, f),
+            bounds: [
+                F: $crate::task::TaskFn<A, M> + Copy,
+                A: ::serde::Serialize + ::serde::de::DeserializeOwned + 'static,
+                F::Output: ::serde::Serialize + ::serde::de::DeserializeOwned + Send + 'static,
+                M: 'static,
+            ]
+        }
+    };
+}
+
+/// As [`procs_face`], for the thread backend: any `Send` closure and values.
+macro_rules! threads_face {
+    ($methods:ident, $face:ty) => {
+        $methods! {
+            face: $face,
+            runner: |engine, f| $crate::engine::threads::ThreadRunner::new(engine, f),
+            bounds: [
+                F: $crate::task::TaskFn<A, M>,
+                A: Send + 'static,
+                F::Output: Send + 'static,
+                M: 'static,
+            ]
+        }
+    };
+}
+
+pub(crate) mod lifecycle;
+pub(crate) mod procs;
+pub(crate) mod threads;
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+pub(crate) use lifecycle::{cancelled, Lifecycle, RunState};
+
+/// Lets go of a hold taken with [`Engine::hold_open`].
+pub(crate) type Release = Box<dyn FnOnce() + Send>;
+
+/// A pool's engine, as the faces see it.
+pub(crate) trait Engine: Send + Sync + 'static {
+    fn lifecycle(&self) -> &Lifecycle;
+
+    /// The most workers the pool runs at once.
+    fn workers(&self) -> usize;
+
+    /// Makes every worker look at the lifecycle again.
+    fn wake_all(&self);
+
+    /// Fails every queued job with `err` (a job whose ticket was cancelled
+    /// is already complete and is only dropped).
+    fn fail_queued(&self, err: Error);
+
+    /// After `terminate()`: stops the running jobs where the backend can
+    /// (processes are killed; threads finish their job).
+    fn stop_running(&self) {
+        self.wake_all();
+    }
+
+    /// Waits for the workers to exit (not for the caller itself, when it is
+    /// one of them).
+    fn join_workers(&self);
+
+    /// Kills the worker running the job of `ticket`, failing it with
+    /// `Cancelled`; false when the backend cannot (threads).
+    fn kill_running(&self, ticket: &Ticket) -> bool;
+
+    /// What dropping the face does.
+    fn face_dropped(&self);
+
+    // --- written once, for every backend ---------------------------------
+
+    fn check_running(&self) -> Result<()> {
+        self.lifecycle().check_running()
+    }
+
+    /// Stops taking tasks; queued tasks still run.
+    fn close(&self) {
+        self.lifecycle().close();
+        self.wake_all();
+    }
+
+    /// Fails every queued task with `Cancelled` and runs nothing more.
+    fn terminate(&self) {
+        self.lifecycle().terminate();
+        self.fail_queued(cancelled());
+        self.stop_running();
+    }
+
+    /// Marks the pool unusable: everything queued, and every later
+    /// submission, fails with `err`.
+    fn break_with(&self, err: Error) {
+        self.lifecycle().break_with(err);
+        let err = self.lifecycle().broken().expect("just set");
+        self.fail_queued(err);
+        self.wake_all();
+    }
+
+    /// Cancels every queued task (`shutdown(cancel_futures = true)`).
+    fn cancel_queued(&self) {
+        self.fail_queued(cancelled());
+    }
+
+    /// Waits until every worker has exited, then for the callbacks of the
+    /// pool's results, as Python's `join` does.
+    fn join(&self) -> Result<()> {
+        self.lifecycle().check_joinable()?;
+        self.join_workers();
+        crate::pool::callbacks::flush();
+        Ok(())
+    }
+
+    /// Takes no new work and waits until the work given has run; a `map`
+    /// iterator nobody reads any more keeps no worker (executor shutdown and
+    /// the exit hook).
+    fn finish(&self) {
+        self.close();
+        self.lifecycle().cut_holds();
+        self.wake_all();
+        self.join_workers();
+    }
+
+    /// Keeps a closed pool's workers until the returned release runs, for an
+    /// iterator that will submit more; `None` when the pool is not running.
+    fn hold_open(self: &Arc<Self>) -> Option<Release>
+    where
+        Self: Sized,
+    {
+        if !self.lifecycle().hold() {
+            return None;
+        }
+        let engine = self.clone();
+        Some(Box::new(move || {
+            engine.lifecycle().release_hold();
+            engine.wake_all();
+        }))
+    }
+}
+
+/// Where a job is, for `Future::running`, `cancel` and `kill`.
+pub(crate) struct Ticket {
+    phase: AtomicU8,
+    /// Set by `Future::kill`: the backend kills the worker running this job.
+    pub(crate) kill: AtomicBool,
+    /// The worker (slot) that holds the job once it is sent.
+    pub(crate) slot: AtomicUsize,
+}
+
+const QUEUED: u8 = 0;
+const SENT: u8 = 1;
+const CANCELLED: u8 = 2;
+
+impl Ticket {
+    pub(crate) fn new() -> Arc<Ticket> {
+        Arc::new(Ticket {
+            phase: AtomicU8::new(QUEUED),
+            kill: AtomicBool::new(false),
+            slot: AtomicUsize::new(usize::MAX),
+        })
+    }
+
+    /// Moves a queued job to cancelled; false once it was sent.
+    pub(crate) fn cancel(&self) -> bool {
+        self.phase.compare_exchange(QUEUED, CANCELLED, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+    }
+
+    /// Moves a queued job to sent; false when it was cancelled first.
+    pub(crate) fn start(&self) -> bool {
+        self.phase.compare_exchange(QUEUED, SENT, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+    }
+
+    /// Back to queued, for a job returned to the queue unstarted.
+    pub(crate) fn unsend(&self) {
+        let _ = self.phase.compare_exchange(SENT, QUEUED, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_sent(&self) -> bool {
+        self.phase.load(Ordering::SeqCst) == SENT
+    }
+}

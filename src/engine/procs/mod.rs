@@ -1,0 +1,295 @@
+//! The process backend: worker processes, one slot thread each.
+//!
+//! Here are the queue of jobs waiting for a worker and how submitters wake
+//! the slots; [`slot`] is one slot's thread (start a worker, feed it, read
+//! its results, replace it when it dies); [`runner`] turns typed calls into
+//! jobs.
+
+mod runner;
+mod slot;
+
+pub(crate) use runner::{Init, ProcOptions, ProcRunner};
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::{cancelled, Engine, Lifecycle, Ticket};
+use crate::error::{Error, Result};
+use crate::sys::EventFd;
+
+/// A job's raw outcomes and the descriptors that came with them.
+pub(crate) type Outcomes<'a> = (&'a [u8], Vec<OwnedFd>);
+
+/// Called once with a job's raw outcomes (or the reason it has none) and the
+/// pid of the worker that ran it.
+pub(crate) type JobDone = Box<dyn for<'a> FnOnce(Result<Outcomes<'a>>, Option<u32>) + Send>;
+
+/// One chunk of work for a worker.
+pub(crate) struct Job {
+    pub(crate) id: u64,
+    pub(crate) offset: i64,
+    pub(crate) chunk: crate::wire::Chunk,
+    /// Handles inside the arguments; duplicates are sent, so the job can be
+    /// sent again if its worker dies before running it.
+    pub(crate) fds: Vec<OwnedFd>,
+    pub(crate) done: JobDone,
+    pub(crate) ticket: Option<Arc<Ticket>>,
+}
+
+impl Job {
+    pub(crate) fn fail(self, err: Error, pid: Option<u32>) {
+        (self.done)(Err(err), pid)
+    }
+}
+
+/// How a slot's thread is woken.
+pub(crate) struct SlotSignal {
+    pub(crate) wake: EventFd,
+    /// Set by a slot that is parked with room for more work.
+    pub(crate) wants_work: AtomicBool,
+    /// Set while the slot's worker is ready and holds no job. Set before the
+    /// last result is delivered, so a caller who submits again at once finds
+    /// this worker instead of starting another.
+    pub(crate) idle: AtomicBool,
+    /// True while the slot's worker is ready and holds no job: busy slots
+    /// leave queued jobs to vacant ones rather than pipelining them.
+    pub(crate) vacant: AtomicBool,
+}
+
+pub(crate) struct Config {
+    pub(crate) processes: usize,
+    pub(crate) init: Option<Init>,
+    pub(crate) max_tasks_per_child: Option<usize>,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) fingerprint: [u8; 16],
+    /// Start workers only as submissions need them (executors), rather than
+    /// all at once (pools).
+    pub(crate) lazy: bool,
+}
+
+/// The process backend's engine.
+pub(crate) struct ProcEngine {
+    lifecycle: Lifecycle,
+    /// Jobs waiting for a worker.
+    queue: Mutex<VecDeque<Job>>,
+    pub(crate) slots: Vec<SlotSignal>,
+    pub(crate) config: Config,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    started: AtomicUsize,
+    next_id: AtomicU64,
+}
+
+impl ProcEngine {
+    pub(crate) fn new(config: Config) -> Result<Arc<ProcEngine>> {
+        let slots = (0..config.processes)
+            .map(|_| {
+                Ok(SlotSignal {
+                    wake: EventFd::new()
+                        .map_err(|e| Error::io("could not create an eventfd", e))?,
+                    wants_work: AtomicBool::new(false),
+                    idle: AtomicBool::new(false),
+                    vacant: AtomicBool::new(false),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let lazy = config.lazy;
+        let engine = Arc::new(ProcEngine {
+            lifecycle: Lifecycle::new(),
+            queue: Mutex::new(VecDeque::new()),
+            slots,
+            config,
+            threads: Mutex::new(Vec::new()),
+            started: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+        });
+        if !lazy {
+            while engine.start_slot()? {}
+        }
+        Ok(engine)
+    }
+
+    /// Starts the thread of the next slot, which starts its worker; false
+    /// when every slot has one.
+    fn start_slot(self: &Arc<Self>) -> Result<bool> {
+        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        let index = self.started.load(Ordering::SeqCst);
+        if index >= self.slots.len() {
+            return Ok(false);
+        }
+        // Starting means free soon: busy slots leave queued jobs for it.
+        self.slots[index].vacant.store(true, Ordering::SeqCst);
+        let engine = self.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("multiproc-slot-{index}"))
+            .spawn(move || slot::run(engine, index))
+            .map_err(|e| Error::io("could not start a pool thread", e))?;
+        threads.push(handle);
+        self.started.store(index + 1, Ordering::SeqCst);
+        Ok(true)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Job>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True once a closed pool has nothing left to run or wait for.
+    pub(crate) fn finished(&self) -> bool {
+        let q = self.lock();
+        self.lifecycle.finished(q.is_empty())
+    }
+
+    /// True when jobs wait for a worker.
+    pub(crate) fn has_queued(&self) -> bool {
+        !self.lock().is_empty()
+    }
+
+    /// Queues a job, or fails it at once if the pool takes no tasks.
+    pub(crate) fn submit(
+        self: &Arc<Self>,
+        offset: i64,
+        (chunk, fds): (Vec<u8>, Vec<OwnedFd>),
+        done: JobDone,
+        ticket: Option<Arc<Ticket>>,
+        held: bool,
+    ) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let job = Job { id, offset, chunk: chunk.into(), fds, done, ticket };
+        let mut q = self.lock();
+        // Checked under the queue's lock: see the rule in `lifecycle`.
+        if let Some(err) = self.lifecycle.refusal(held) {
+            drop(q);
+            return job.fail(err, None);
+        }
+        let lazy = self.config.lazy;
+        // Each idle worker answers for one submission: a burst of submissions
+        // finds one idle worker and starts more, up to the limit. Looked at
+        // before the job is queued, as the worker may take it at once.
+        let idle_found = lazy && self.slots.iter().any(|s| s.idle.swap(false, Ordering::SeqCst));
+        if lazy && !idle_found {
+            // The worker about to start counts as free from now on, so a busy
+            // one does not take this job first.
+            if let Some(next) = self.slots.get(self.started.load(Ordering::SeqCst)) {
+                next.vacant.store(true, Ordering::SeqCst);
+            }
+        }
+        q.push_back(job);
+        drop(q);
+        self.wake_one();
+        if lazy && !idle_found {
+            if let Err(e) = self.start_slot() {
+                self.break_with(e);
+            }
+        }
+    }
+
+    /// Puts jobs that never started back at the head of the queue.
+    pub(crate) fn requeue(&self, jobs: impl DoubleEndedIterator<Item = Job>) {
+        let mut q = self.lock();
+        if self.lifecycle.is_stopped() {
+            drop(q);
+            let err = self.lifecycle.broken().unwrap_or_else(cancelled);
+            jobs.for_each(|j| j.fail(err.clone(), None));
+            return;
+        }
+        for job in jobs.rev() {
+            if let Some(t) = &job.ticket {
+                t.unsend();
+            }
+            q.push_front(job);
+        }
+        drop(q);
+        self.wake_all();
+    }
+
+    /// Takes up to `room` jobs, leaving a fair share for the other slots.
+    pub(crate) fn take(&self, room: usize) -> Vec<Job> {
+        let mut q = self.lock();
+        if self.lifecycle.is_stopped() {
+            return Vec::new();
+        }
+        let share = q.len().div_ceil(self.slots.len());
+        let mut taken = Vec::with_capacity(share.min(room));
+        while taken.len() < share.min(room) {
+            let Some(job) = q.pop_front() else { break };
+            // A job cancelled while queued was already completed by `cancel`.
+            if job.ticket.as_ref().is_none_or(|t| t.start()) {
+                taken.push(job);
+            }
+        }
+        taken
+    }
+
+    /// Wakes one parked slot with room, a vacant one first.
+    fn wake_one(&self) {
+        for vacant_only in [true, false] {
+            for s in &self.slots {
+                if (!vacant_only || s.vacant.load(Ordering::SeqCst))
+                    && s.wants_work.swap(false, Ordering::SeqCst)
+                {
+                    s.wake.notify();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// True when a slot other than `me` is vacant.
+    pub(crate) fn other_vacant(&self, me: usize) -> bool {
+        self.slots.iter().enumerate().any(|(i, s)| i != me && s.vacant.load(Ordering::SeqCst))
+    }
+}
+
+impl Engine for ProcEngine {
+    fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
+    }
+
+    fn workers(&self) -> usize {
+        self.config.processes
+    }
+
+    fn wake_all(&self) {
+        for s in &self.slots {
+            s.wake.notify();
+        }
+    }
+
+    fn fail_queued(&self, err: Error) {
+        let jobs: Vec<Job> = self.lock().drain(..).collect();
+        for j in jobs {
+            if j.ticket.as_ref().is_none_or(|t| t.cancel()) {
+                j.fail(err.clone(), None);
+            }
+        }
+    }
+
+    fn join_workers(&self) {
+        let handles: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let me = std::thread::current().id();
+        for h in handles {
+            if h.thread().id() != me {
+                let _ = h.join();
+            }
+        }
+    }
+
+    fn kill_running(&self, ticket: &Ticket) -> bool {
+        ticket.kill.store(true, Ordering::SeqCst);
+        if let Some(s) = self.slots.get(ticket.slot.load(Ordering::SeqCst)) {
+            s.wake.notify();
+        }
+        true
+    }
+
+    /// Terminates, as Python's `with Pool() as p:` does on exit, and reaps
+    /// the workers.
+    fn face_dropped(&self) {
+        self.terminate();
+        self.join_workers();
+    }
+}

@@ -1,0 +1,154 @@
+//! Typed calls become jobs: a runner for one task function, and the options
+//! every process-pool face (Pool, ProcessPoolExecutor) is built from.
+
+use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{Config, ProcEngine};
+use crate::engine::Ticket;
+use crate::error::{Error, ErrorKind, Result};
+use crate::pool::map::{ChunkDone, ChunkRunner};
+use crate::task::{self, TaskFn};
+
+/// The initializer a worker runs before its first task.
+pub(crate) struct Init {
+    pub(crate) offset: i64,
+    pub(crate) chunk: Vec<u8>,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+impl Init {
+    /// `f(args)` encoded once, to be sent to every worker.
+    pub(crate) fn new<F, A, M>(args: &A) -> Init
+    where
+        F: TaskFn<A, M> + Copy,
+        A: Serialize + DeserializeOwned,
+        F::Output: Serialize,
+    {
+        let (chunk, fds) = task::encode_chunk(std::slice::from_ref(args));
+        Init { offset: task::trampoline_offset::<F, A, M>(), chunk, fds }
+    }
+}
+
+/// What a process-pool builder collects; validated once, in [`build`](Self::build).
+#[derive(Default)]
+pub(crate) struct ProcOptions {
+    pub(crate) workers: Option<usize>,
+    pub(crate) init: Option<Init>,
+    pub(crate) max_tasks_per_child: Option<usize>,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) simulate_mismatch: bool,
+}
+
+impl ProcOptions {
+    /// The engine; `lazy` starts workers only as submissions need them
+    /// (executors) rather than all at once (pools). `workers_option` names
+    /// the option that sets the number of workers, for the error.
+    pub(crate) fn build(self, lazy: bool, workers_option: &str) -> Result<Arc<ProcEngine>> {
+        let invalid = |msg: String| Error::new(ErrorKind::InvalidArgument, msg);
+        let processes = self.workers.unwrap_or_else(crate::cpu_count);
+        if processes == 0 {
+            return Err(invalid(format!("{workers_option} must be at least 1 (got 0)")));
+        }
+        if self.max_tasks_per_child == Some(0) {
+            return Err(invalid("max_tasks_per_child must be at least 1 (got 0)".into()));
+        }
+        if self.task_timeout == Some(Duration::ZERO) {
+            return Err(invalid("task_timeout must be longer than zero".into()));
+        }
+        let mut fingerprint = task::fingerprint();
+        if self.simulate_mismatch {
+            fingerprint[0] ^= 0xff;
+        }
+        ProcEngine::new(Config {
+            processes,
+            init: self.init,
+            max_tasks_per_child: self.max_tasks_per_child,
+            task_timeout: self.task_timeout,
+            fingerprint,
+            lazy,
+        })
+    }
+}
+
+/// Runs chunks of one function on a process pool.
+pub(crate) struct ProcRunner<F, A, M> {
+    engine: Arc<ProcEngine>,
+    offset: i64,
+    ticket: Option<Arc<Ticket>>,
+    _f: PhantomData<fn(F, A, M)>,
+}
+
+impl<F, A, M> ProcRunner<F, A, M>
+where
+    F: TaskFn<A, M> + Copy,
+    A: Serialize + DeserializeOwned,
+    F::Output: Serialize,
+{
+    pub(crate) fn new(engine: &Arc<ProcEngine>, _f: F) -> Self {
+        ProcRunner {
+            engine: engine.clone(),
+            offset: task::trampoline_offset::<F, A, M>(),
+            ticket: None,
+            _f: PhantomData,
+        }
+    }
+
+    /// Tracks the (single) job through `ticket`, for executor futures.
+    pub(crate) fn with_ticket(mut self, ticket: Arc<Ticket>) -> Self {
+        self.ticket = Some(ticket);
+        self
+    }
+}
+
+impl<F, A, M> ProcRunner<F, A, M> {
+    fn submit<R: DeserializeOwned + Send + 'static>(
+        &self,
+        items: Vec<A>,
+        done: ChunkDone<R>,
+        held: bool,
+        ticket: Option<Arc<Ticket>>,
+    ) where
+        A: Serialize,
+    {
+        let n = items.len();
+        let encoded = task::encode_chunk(&items);
+        drop(items);
+        self.engine.submit(
+            self.offset,
+            encoded,
+            Box::new(move |outcome, pid| match outcome {
+                Ok((bytes, fds)) => done(task::decode_outcomes(bytes, fds, n, pid)),
+                Err(e) => done((0..n).map(|_| Err(e.clone())).collect()),
+            }),
+            ticket.or_else(|| self.ticket.clone()),
+            held,
+        );
+    }
+}
+
+impl<F, A, M, R> ChunkRunner<A, R> for ProcRunner<F, A, M>
+where
+    F: TaskFn<A, M, Output = R> + Copy,
+    A: Serialize,
+    R: DeserializeOwned + Send + 'static,
+{
+    type Engine = ProcEngine;
+
+    fn engine(&self) -> &Arc<ProcEngine> {
+        &self.engine
+    }
+
+    fn run_chunk(&self, items: Vec<A>, done: ChunkDone<R>) {
+        self.submit(items, done, false, None)
+    }
+
+    fn run_chunk_held(&self, items: Vec<A>, done: ChunkDone<R>, ticket: Arc<Ticket>) {
+        self.submit(items, done, true, Some(ticket))
+    }
+}
