@@ -39,8 +39,8 @@ fn memfds(count: usize, sizes: &[u8]) -> Vec<OwnedFd> {
 }
 
 /// Feeds `bytes` to the parent's frame splitter ([`wire::Conn`]) through a
-/// real socket, as a worker's channel would deliver them, and walks every
-/// frame. Returns how many frames it found.
+/// real socket, as a worker's channel would deliver them, and runs every
+/// message decoder on every frame. Returns how many frames it found.
 pub fn frames(bytes: &[u8]) -> usize {
     let bytes = &bytes[..bytes.len().min(SOCKET_INPUT_MAX)];
     let Ok((mut tx, rx)) = UnixStream::pair() else { return 0 };
@@ -51,15 +51,15 @@ pub fn frames(bytes: &[u8]) -> usize {
     let mut conn = wire::Conn::new(rx.into());
     let mut found = 0;
     loop {
-        while let Some((_kind, body, _fds)) = conn.next_frame() {
-            let _ = conn.body(body);
+        while let Some((kind, body, _fds)) = conn.next_frame() {
+            wire::decode_all(kind, conn.body(body));
             found += 1;
         }
         match conn.read_blocking() {
             Ok(false) => {}
             Ok(true) => {
-                while let Some((_kind, body, _fds)) = conn.next_frame() {
-                    let _ = conn.body(body);
+                while let Some((kind, body, _fds)) = conn.next_frame() {
+                    wire::decode_all(kind, conn.body(body));
                     found += 1;
                 }
                 return found;

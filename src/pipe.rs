@@ -10,11 +10,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::wire::Conn;
+use crate::wire::{Chunk, Conn, PipeMessage, Tail};
 use crate::{fdpass, sys};
-
-const OBJECT: u8 = 1;
-const BYTES: u8 = 2;
 
 /// One end of a [`pipe`]: Python's `multiprocessing.connection.Connection`.
 ///
@@ -94,13 +91,10 @@ impl<T> Connection<T> {
         Err(Error::new(ErrorKind::InvalidState, format!("cannot {what} of a one-way pipe")))
     }
 
-    fn send_frame(&self, kind: u8, body: &[u8], fds: Vec<OwnedFd>) -> Result<()> {
+    fn send_frame(&self, msg: PipeMessage<impl Tail + Copy>, fds: Vec<OwnedFd>) -> Result<()> {
         self.check(true)?;
         let mut c = self.lock_writer();
-        let start = c.begin_frame(kind);
-        c.out().extend_from_slice(body);
-        c.end_frame(start)?;
-        c.attach_fds(start, fds)?;
+        msg.encode(c.output(), fds)?;
         // While the peer does not read, read what it sends into the receive
         // half (unless a receiver is busy with it), so that two ends sending
         // large messages to each other at once cannot both block forever.
@@ -128,7 +122,7 @@ impl<T> Connection<T> {
     /// # Errors
     /// [`ErrorKind::Closed`] when the other end is gone; misuse of a one-way end.
     pub fn send_bytes(&self, bytes: &[u8]) -> Result<()> {
-        self.send_frame(BYTES, bytes, Vec::new())
+        self.send_frame(PipeMessage::Bytes(bytes), Vec::new())
     }
 
     /// Waits for the next message and returns its bytes (Python's
@@ -137,21 +131,22 @@ impl<T> Connection<T> {
     /// # Errors
     /// As [`recv`](Connection::recv).
     pub fn recv_bytes(&self) -> Result<Vec<u8>> {
-        let (_, bytes, _) = self.recv_frame(None)?;
+        let (bytes, _) = self.recv_frame(None)?;
         Ok(bytes)
     }
 
-    fn recv_frame(&self, timeout: Option<Duration>) -> Result<(u8, Vec<u8>, Vec<OwnedFd>)> {
+    /// The bytes of the next message, whatever its kind, and its handles.
+    fn recv_frame(&self, timeout: Option<Duration>) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
         self.check(false)?;
         let deadline = timeout.and_then(crate::deadline_after);
         let mut c = self.lock();
         loop {
             if let Some((kind, body, fds)) = next_frame(&mut c)? {
-                let bytes = c.body(body).to_vec();
+                let bytes = PipeMessage::decode(kind, c.body(body)).bytes().to_vec();
                 // Gives back the buffer of a large message now, not at the
                 // next receive.
                 c.compact();
-                return Ok((kind, bytes, fds));
+                return Ok((bytes, fds));
             }
             if let Some(d) = deadline {
                 let left = d.saturating_duration_since(Instant::now());
@@ -166,7 +161,7 @@ impl<T> Connection<T> {
                 Ok(false) => {}
                 Ok(true) => {
                     if let Some((kind, body, fds)) = next_frame(&mut c)? {
-                        return Ok((kind, c.body(body).to_vec(), fds));
+                        return Ok((PipeMessage::decode(kind, c.body(body)).bytes().to_vec(), fds));
                     }
                     return Err(if c.input_idle() && !c.has_partial_input() {
                         Error::new(
@@ -249,7 +244,8 @@ impl<T: Serialize> Connection<T> {
                 ),
             )
         })?;
-        self.send_frame(OBJECT, &bytes, fds)
+        // A large message is sent from where it was encoded, not copied.
+        self.send_frame(PipeMessage::Object(&Chunk::from(bytes)), fds)
     }
 }
 
@@ -273,7 +269,7 @@ impl<T: DeserializeOwned> Connection<T> {
     }
 
     fn recv_within(&self, timeout: Option<Duration>) -> Result<T> {
-        let (_, bytes, fds) = self.recv_frame(timeout)?;
+        let (bytes, fds) = self.recv_frame(timeout)?;
         fdpass::supply(fds, || crate::codec::decode(&bytes)).map_err(|e| {
             Error::new(
                 ErrorKind::Deserialize,

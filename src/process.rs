@@ -14,7 +14,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::spawn::{self, ChildInfo};
 use crate::sys;
 use crate::task::{self, TaskFn};
-use crate::wire::{self, Conn};
+use crate::wire::{self, Call, Conn};
 use crate::worker::{self, ROLE_PROCESS};
 
 static PROCESS_NUMBER: AtomicUsize = AtomicUsize::new(1);
@@ -160,14 +160,9 @@ impl Process {
         let spawned = spawn::spawn(ROLE_PROCESS, &self.name, self.daemon)?;
         self.child = Some(spawned.child);
         let mut conn = Conn::new(spawned.channel);
-        let mut head = Vec::with_capacity(24);
-        head.extend_from_slice(&task::fingerprint());
-        head.extend_from_slice(&target.offset.to_le_bytes());
-        let start = conn.begin_frame(wire::RUN);
-        conn.out().extend_from_slice(&head);
-        conn.out().extend_from_slice(&target.chunk);
-        conn.end_frame(start)?;
-        conn.attach_fds(start, target.fds)?;
+        let call = Call { entry: target.offset, chunk: &target.chunk[..] };
+        let run = wire::Run { fingerprint: task::fingerprint(), call };
+        run.encode(conn.output(), target.fds)?;
         // The child reads its frame first thing; a child that died before
         // reading shows up as its exit code, so a failed write is not an error.
         let _ = conn.flush_blocking();

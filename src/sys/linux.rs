@@ -411,15 +411,31 @@ pub(crate) fn send_with_fds(
     fds: &[OwnedFd],
     wait: bool,
 ) -> io::Result<usize> {
+    send_parts_with_fds(fd, &[io::IoSlice::new(buf)], fds, wait)
+}
+
+/// Sends `parts` one after the other in one `sendmsg` (a frame's header and
+/// a body kept elsewhere need no copy into one buffer), with `fds` attached
+/// to the first byte (SCM_RIGHTS), without raising SIGPIPE. `wait == false`
+/// never blocks. Returns how many bytes, counted across the parts, were sent.
+pub(crate) fn send_parts_with_fds(
+    fd: BorrowedFd<'_>,
+    parts: &[io::IoSlice<'_>],
+    fds: &[OwnedFd],
+    wait: bool,
+) -> io::Result<usize> {
     use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage};
+    if fds.len() > MAX_FDS_PER_MESSAGE {
+        return Err(Errno::INVAL.into());
+    }
     let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+    // Room for MAX_FDS_PER_MESSAGE descriptors, on the stack.
     let mut space = [MaybeUninit::<u8>::uninit(); FDS_SPACE];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !borrowed.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&borrowed)) {
         return Err(Errno::INVAL.into());
     }
-    let iov = [io::IoSlice::new(buf)];
-    retry(|| rustix::net::sendmsg(fd, &iov, &mut control, send_flags(wait)))
+    retry(|| rustix::net::sendmsg(fd, parts, &mut control, send_flags(wait)))
 }
 
 /// Reads at most `max` bytes onto the end of `buf` without initialising the

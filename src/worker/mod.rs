@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 
 use crate::sys;
 use crate::task::{self, Failure, FailureKind};
-use crate::wire::{self, le, Conn};
+use crate::wire::{Conn, Done, InitFailed, Mismatch, Ready, ToWorker};
 
 pub(crate) const ENV_ROLE: &str = "MULTIPROC_ROLE";
 pub(crate) const ENV_NAME: &str = "MULTIPROC_NAME";
@@ -152,30 +152,27 @@ fn serve_pool(channel: OwnedFd) -> i32 {
     let Some((kind, body, fds)) = recv_frame(&mut conn) else {
         return EXIT_NO_PARENT;
     };
-    let b = conn.body(body.clone());
-    if kind != wire::INIT || b.len() < 25 {
+    let Ok(ToWorker::Init(init)) = ToWorker::decode(kind, conn.body(body)) else {
         return EXIT_NO_PARENT;
-    }
-    let mine = task::fingerprint();
-    if b[..16] != mine {
+    };
+    if init.fingerprint != task::fingerprint() {
         // The body stays empty: a peer that does not know the fingerprint
         // learns nothing from failing.
-        let _ = conn.push_frame(wire::MISMATCH, &[]);
+        let _ = Mismatch.encode(conn.output());
         let _ = conn.flush_blocking();
         return EXIT_MISMATCH;
     }
-    if b[16] == 1 {
-        let offset = i64::from_le_bytes(le::<8>(b, 17).expect("length checked"));
+    if let Some(call) = init.init {
         let mut out = Vec::new();
-        drop(task::run_chunk_at(offset, &b[25..], fds, &mut out));
+        drop(task::run_chunk_at(call.entry, call.chunk, fds, &mut out));
         if let Some(Err(failure)) = task::ItemReader::new(&out).next() {
-            let msg = describe(&failure);
-            let _ = conn.push_frame(wire::INIT_FAILED, &[msg.as_bytes()]);
+            let message = describe(&failure).into();
+            let _ = InitFailed { message }.encode(conn.output());
             let _ = conn.flush_blocking();
             return 1;
         }
     }
-    let _ = conn.push_frame(wire::READY, &[&std::process::id().to_le_bytes()]);
+    let _ = Ready { pid: std::process::id() }.encode(conn.output());
     if conn.flush_blocking().is_err() {
         return EXIT_NO_PARENT;
     }
@@ -199,29 +196,21 @@ fn describe(failure: &Failure) -> String {
 fn task_loop(conn: &mut Conn) {
     loop {
         let Some((kind, body, fds)) = recv_frame(conn) else { return };
-        if kind != wire::TASK {
-            return;
-        }
-        let start = conn.begin_frame(wire::DONE);
-        let (b, out) = conn.body_and_out(body.clone());
-        let (Some(id), Some(offset)) = (le::<8>(b, 0), le::<8>(b, 8)) else {
+        let (b, out) = conn.body_and_output(body);
+        let Ok(ToWorker::Task(t)) = ToWorker::decode(kind, b) else {
             return;
         };
-        out.extend_from_slice(&id);
-        let chunk = &b[16..];
-        let out_fds = task::run_chunk_at(i64::from_le_bytes(offset), chunk, fds, out);
-        let sent = conn.end_frame(start).and_then(|()| conn.attach_fds(start, out_fds));
-        if let Err(e) = sent {
+        let outcomes = |out: &mut Vec<u8>| task::run_chunk_at(t.call.entry, t.call.chunk, fds, out);
+        if let Err(e) = Done::encode_with(out, t.id, outcomes) {
             // The results cannot travel: report that instead, for every item.
-            conn.out().truncate(start);
             let failure = Failure::new(FailureKind::Serialize, e.to_string());
-            let start = conn.begin_frame(wire::DONE);
-            conn.out().extend_from_slice(&id);
-            let (b, out) = conn.body_and_out(body);
-            for _ in task::ItemReader::new(&b[16..]) {
-                task::encode_failure(&failure, out);
-            }
-            let _ = conn.end_frame(start);
+            let each = |out: &mut Vec<u8>| {
+                for _ in task::ItemReader::new(t.call.chunk) {
+                    task::encode_failure(&failure, out);
+                }
+                Vec::new()
+            };
+            let _ = Done::encode_with(out, t.id, each);
         }
         if conn.flush_blocking().is_err() {
             return;
@@ -234,20 +223,18 @@ fn run_process(channel: OwnedFd) -> i32 {
     let Some((kind, body, fds)) = recv_frame(&mut conn) else {
         return EXIT_NO_PARENT;
     };
-    let b = conn.body(body);
-    if kind != wire::RUN || b.len() < 24 {
+    let Ok(ToWorker::Run(run)) = ToWorker::decode(kind, conn.body(body)) else {
         return EXIT_NO_PARENT;
-    }
-    if b[..16] != task::fingerprint() {
+    };
+    if run.fingerprint != task::fingerprint() {
         eprintln!(
             "multiproc: process {} is not the same build as its parent; it refuses to run",
             std::process::id()
         );
         return EXIT_MISMATCH;
     }
-    let offset = i64::from_le_bytes(le::<8>(b, 16).expect("length checked"));
     let mut out = Vec::new();
-    drop(task::run_chunk_at(offset, &b[24..], fds, &mut out));
+    drop(task::run_chunk_at(run.call.entry, run.call.chunk, fds, &mut out));
     match task::ItemReader::new(&out).next() {
         Some(Err(failure)) => {
             let name = identity().map(|i| i.name.as_str()).unwrap_or("?");

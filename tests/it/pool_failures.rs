@@ -651,3 +651,43 @@ fn workers_die_when_their_parent_is_killed() {
     }
     assert_faster(t.elapsed(), PROMPT, "workers of a killed parent dying");
 }
+
+/// Exits when the buffer starts with 0xff; otherwise its length and sum.
+fn sum_or_exit(buf: Vec<u8>) -> (usize, u64) {
+    if buf.first() == Some(&0xff) {
+        std::process::exit(3);
+    }
+    (buf.len(), buf.iter().map(|&b| u64::from(b)).sum())
+}
+
+#[test]
+fn large_arguments_queued_behind_a_crashed_task_are_sent_again_intact() {
+    // Arguments this large are sent from the job's own buffer, shared with
+    // the channel's output queue: those the dead worker held, or that never
+    // reached its socket, must reach the replacement unchanged.
+    let (pool, first) = one_worker();
+    // Fast tasks first: the worker is then handed many tasks at a time, more
+    // than its socket holds, so some are still queued when it dies.
+    assert_eq!(pool.map(sqr, 0..500).unwrap().len(), 500);
+    let bufs: Vec<Vec<u8>> = (0..12u8)
+        .map(|i| {
+            let mut b: Vec<u8> = (0..(64 << 10) + usize::from(i)).map(|j| (j as u8) ^ i).collect();
+            b[0] = if i == 2 { 0xff } else { i };
+            b
+        })
+        .collect();
+    let results: Vec<_> = bufs.iter().map(|b| pool.apply_async(sum_or_exit, b.clone())).collect();
+    for (i, (b, r)) in bufs.iter().zip(results).enumerate() {
+        match r.get_timeout(STARTUP) {
+            Ok(got) => {
+                assert_ne!(i, 2, "the crashing task returned {got:?}");
+                assert_eq!(got, (b.len(), b.iter().map(|&x| u64::from(x)).sum()), "task {i}");
+            }
+            Err(e) => {
+                assert_eq!(i, 2, "task {i} failed, but only task 2 crashed: {e:?}");
+                assert!(e.is_worker_died(), "{e:?}");
+                assert_eq!(e.pid(), Some(first));
+            }
+        }
+    }
+}

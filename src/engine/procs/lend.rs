@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use super::Job;
 use crate::sys::{self, Interest};
-use crate::wire::{self, le, Conn};
+use crate::wire::{self, Conn, Done, FromWorker};
 
 pub(super) const BUSY: u8 = 0;
 pub(super) const OFFERED: u8 = 1;
@@ -163,19 +163,20 @@ pub(super) fn run(
             ended = true;
         }
         match conn.try_next_frame() {
-            Ok(Some((wire::DONE, body, fds))) => {
-                let b = conn.body(body);
-                let id = le::<8>(b, 0).map(u64::from_le_bytes);
-                if id != Some(job.id) {
-                    let what = wrong_result(id, job.id);
+            Ok(Some((kind, body, fds))) => {
+                let done = match FromWorker::decode(kind, conn.body(body)) {
+                    Ok(FromWorker::Done(done)) => done,
+                    // After READY a worker sends only results.
+                    Ok(_) => return failed(job, true, How::Protocol(wire::kind_name(kind))),
+                    Err(v) => return failed(job, true, How::Protocol(v.0)),
+                };
+                if done.id != job.id {
+                    let what = wrong_result(Some(done.id), job.id);
                     return failed(job, true, How::Protocol(what));
                 }
-                (job.done)(Ok((&b[8..], fds)), Some(lent.pid));
+                (job.done)(Ok((done.outcomes, fds)), Some(lent.pid));
                 conn.compact();
                 return Ok(());
-            }
-            Ok(Some((kind, _, _))) => {
-                return failed(job, true, How::Protocol(wire::kind_name(kind)))
             }
             Ok(None) => {}
             Err(v) => return failed(job, true, How::Protocol(v.0)),
@@ -183,7 +184,7 @@ pub(super) fn run(
         // A result is judged by its task id as soon as that has arrived, so
         // a bogus length cannot make the caller wait for the rest.
         if let Some((wire::DONE, start)) = conn.partial_head() {
-            let id = le::<8>(start, 0).map(u64::from_le_bytes);
+            let id = Done::id_of_partial(start);
             if id.is_some_and(|id| id != job.id) {
                 let what = format!("the start of {}", wrong_result(id, job.id));
                 return failed(job, true, How::Protocol(what));

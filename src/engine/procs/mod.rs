@@ -33,7 +33,7 @@ pub(crate) type JobDone = Box<dyn for<'a> FnOnce(Result<Outcomes<'a>>, Option<u3
 pub(crate) struct Job {
     pub(crate) id: u64,
     pub(crate) offset: i64,
-    pub(crate) chunk: Vec<u8>,
+    pub(crate) chunk: crate::wire::Chunk,
     /// Handles inside the arguments; duplicates are sent, so the job can be
     /// sent again if its worker dies before running it.
     pub(crate) fds: Vec<OwnedFd>,
@@ -171,7 +171,7 @@ impl ProcEngine {
         ticket: Option<Arc<Ticket>>,
     ) -> Job {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        Job { id, offset, chunk, fds, done, ticket }
+        Job { id, offset, chunk: chunk.into(), fds, done, ticket }
     }
 
     /// Runs a job for a caller who will wait for it: on this thread, on an

@@ -9,7 +9,7 @@
 //! on a write.
 //!
 //! A worker is not trusted: every frame it sends is checked (see
-//! [`wire::Accept`] and the limits below), and one that breaks a rule fails
+//! [`wire::Accept`] and the limits in `wire`), and one that breaks a rule fails
 //! only the task it was running; the worker is killed and replaced.
 
 use std::collections::VecDeque;
@@ -25,7 +25,7 @@ use crate::engine::{cancelled, Engine, RunState};
 use crate::error::{Error, ErrorKind};
 use crate::spawn;
 use crate::sys::{self, Interest};
-use crate::wire::{self, le, Accept, Conn};
+use crate::wire::{self, Accept, Call, Conn, Done, FromWorker, Init, Task};
 use crate::worker::{EXIT_MISMATCH, ROLE_POOL};
 
 /// How many workers in a row may fail to start by their own doing (an exit,
@@ -34,19 +34,6 @@ const STARTUP_ATTEMPTS: u32 = 3;
 /// Pauses between starts while workers are killed from outside before they
 /// are ready: from the first to the last, doubling.
 const RESTART_PAUSE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(100));
-
-/// The largest result frame a worker may send, 2 GiB. A bigger result fails
-/// its task with a `Protocol` error; the cap keeps a worker's header from
-/// making the parent wait for (or reserve) data that never comes, while
-/// leaving results of a gigabyte room.
-pub(crate) const MAX_RESULT_FRAME: u32 = 2 << 30;
-/// Frames valid before READY (the worker's pid, and an empty MISMATCH body;
-/// room is left for a few more bytes), with and without an initializer.
-const HANDSHAKE: &[(u8, u32)] =
-    &[(wire::READY, 64), (wire::MISMATCH, 64), (wire::INIT_FAILED, 64 << 10)];
-const HANDSHAKE_NO_INIT: &[(u8, u32)] = &[(wire::READY, 64), (wire::MISMATCH, 64)];
-/// After READY a worker sends only results.
-const RUNNING: &[(u8, u32)] = &[(wire::DONE, MAX_RESULT_FRAME)];
 
 /// Signals a process gets from outside (a user, a supervisor, the OOM
 /// killer) rather than by its own doing: a worker that dies of one while
@@ -123,9 +110,9 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
             conn: Conn::with_accept(
                 spawned.channel,
                 Accept::Only(if core.config.init.is_some() {
-                    HANDSHAKE
+                    wire::HANDSHAKE
                 } else {
-                    HANDSHAKE_NO_INIT
+                    wire::HANDSHAKE_NO_INIT
                 }),
             ),
             inflight: VecDeque::new(),
@@ -218,38 +205,24 @@ struct Worker {
     ready: bool,
     /// How the worker ended (signal, exit code), once reaped.
     exit: (Option<i32>, Option<i32>),
-    /// Where in the output buffer the frames of the last jobs sent end,
+    /// Where in the output stream the frames of the last jobs sent end,
     /// while not all of their bytes have reached the socket.
-    unflushed_ends: VecDeque<usize>,
+    unflushed_ends: VecDeque<u64>,
 }
 
 impl Worker {
     fn serve(&mut self, core: &Core) -> End {
         let signal = &core.slots[self.index];
-        let mut init = Vec::with_capacity(25);
-        init.extend_from_slice(&core.config.fingerprint);
-        match &core.config.init {
-            Some(i) => {
-                init.push(1);
-                init.extend_from_slice(&i.offset.to_le_bytes());
-                init.extend_from_slice(&i.chunk);
+        let init = core.config.init.as_ref();
+        let fds = match init.map_or(Ok(Vec::new()), |i| dup_all(&i.fds)) {
+            Ok(fds) => fds,
+            Err(e) => {
+                core.break_with(e.clone());
+                return self.shut_down(Some(e));
             }
-            None => init.extend_from_slice(&[0; 9]),
-        }
-        let start = self.conn.begin_frame(wire::INIT);
-        self.conn.out().extend_from_slice(&init);
-        let _ = self.conn.end_frame(start);
-        if let Some(i) = &core.config.init {
-            match dup_all(&i.fds) {
-                Ok(fds) => {
-                    let _ = self.conn.attach_fds(start, fds);
-                }
-                Err(e) => {
-                    core.break_with(e.clone());
-                    return self.shut_down(Some(e));
-                }
-            }
-        }
+        };
+        let init = init.map(|i| Call { entry: i.offset, chunk: &i.chunk[..] });
+        let _ = Init { fingerprint: core.config.fingerprint, init }.encode(self.conn.output(), fds);
         let quota = core.config.max_tasks_per_child;
         loop {
             if let Some(err) = core.lifecycle().broken() {
@@ -380,7 +353,7 @@ impl Worker {
         if let Some(t) = &job.ticket {
             t.slot.store(self.index, Ordering::SeqCst);
         }
-        self.unflushed_ends.push_back(self.conn.out().len());
+        self.unflushed_ends.push_back(self.conn.queued());
         if self.inflight.is_empty() {
             self.head_since = Instant::now();
         }
@@ -404,7 +377,7 @@ impl Worker {
                     return self.wait_for_wake(core);
                 };
                 *lent = Some(Lent {
-                    conn: Conn::with_accept(chan, Accept::Only(RUNNING)),
+                    conn: Conn::with_accept(chan, Accept::Only(wire::RUNNING)),
                     pid: self.pid,
                     pidfd: exit,
                     task_timeout: core.config.task_timeout,
@@ -514,17 +487,19 @@ impl Worker {
                 Ok(None) => break,
                 Err(v) => return Some(self.protocol_error(core, &v.0)),
             };
-            let b = self.conn.body(body);
-            match kind {
-                wire::READY => {
+            let msg = match FromWorker::decode(kind, self.conn.body(body)) {
+                Ok(msg) => msg,
+                Err(v) => return Some(self.protocol_error(core, &v.0)),
+            };
+            match msg {
+                FromWorker::Ready(_) => {
                     self.ready = true;
-                    self.conn.set_accept(Accept::Only(RUNNING));
+                    self.conn.set_accept(Accept::Only(wire::RUNNING));
                     signal.idle.store(self.inflight.is_empty(), Ordering::SeqCst);
                     signal.vacant.store(self.inflight.is_empty(), Ordering::SeqCst);
                 }
-                wire::DONE => {
-                    let id = le::<8>(b, 0).map(u64::from_le_bytes);
-                    if let Some(what) = self.wrong_result(id) {
+                FromWorker::Done(done) => {
+                    if let Some(what) = self.wrong_result(Some(done.id)) {
                         return Some(self.protocol_error(core, &what));
                     }
                     let job = self.inflight.pop_front().expect("checked by wrong_result");
@@ -539,9 +514,9 @@ impl Worker {
                         signal.idle.store(true, Ordering::SeqCst);
                         signal.vacant.store(true, Ordering::SeqCst);
                     }
-                    (job.done)(Ok((&b[8..], fds)), Some(self.pid));
+                    (job.done)(Ok((done.outcomes, fds)), Some(self.pid));
                 }
-                wire::MISMATCH => {
+                FromWorker::Mismatch(_) => {
                     let err = Error::new(
                         ErrorKind::BuildMismatch,
                         format!(
@@ -553,8 +528,8 @@ impl Worker {
                     core.break_with(err.clone());
                     return Some(self.shut_down(Some(err)));
                 }
-                wire::INIT_FAILED => {
-                    let msg = String::from_utf8_lossy(b).into_owned();
+                FromWorker::InitFailed(failed) => {
+                    let msg = failed.message;
                     let err = Error::new(
                         ErrorKind::InitializerFailed,
                         format!(
@@ -566,14 +541,12 @@ impl Worker {
                     core.break_with(err.clone());
                     return Some(self.shut_down(Some(err)));
                 }
-                // The accepted kinds are checked by the channel.
-                k => return Some(self.protocol_error(core, &wire::kind_name(k))),
             }
         }
         // A result is judged by its task id as soon as that has arrived, so
         // a bogus length cannot make the slot wait for the rest.
         if let Some((wire::DONE, start)) = self.conn.partial_head() {
-            if let Some(id) = le::<8>(start, 0).map(u64::from_le_bytes) {
+            if let Some(id) = Done::id_of_partial(start) {
                 if let Some(what) = self.wrong_result(Some(id)) {
                     return Some(self.protocol_error(core, &format!("the start of {what}")));
                 }
@@ -726,17 +699,8 @@ impl Worker {
 /// Puts `job`'s task frame in `conn`'s output, or nothing when it cannot
 /// travel.
 pub(super) fn write_task(conn: &mut Conn, job: &Job) -> crate::Result<()> {
-    let start = conn.begin_frame(wire::TASK);
-    let out = conn.out();
-    out.extend_from_slice(&job.id.to_le_bytes());
-    out.extend_from_slice(&job.offset.to_le_bytes());
-    out.extend_from_slice(&job.chunk);
-    let attached = dup_all(&job.fds).and_then(|fds| conn.attach_fds(start, fds));
-    if let Err(e) = conn.end_frame(start).and(attached) {
-        conn.out().truncate(start);
-        return Err(e);
-    }
-    Ok(())
+    let task = Task { id: job.id, call: Call { entry: job.offset, chunk: &job.chunk } };
+    dup_all(&job.fds).and_then(|fds| task.encode(conn.output(), fds))
 }
 
 /// Duplicates of `fds` to send, keeping the originals for a resend.

@@ -1,21 +1,10 @@
-//! Framing: the only place the bytes on a parent–worker channel are shaped.
+//! One end of a framed channel: framing, descriptor batches, the reader's
+//! limits, and an output queue written with vectored sends.
 //!
 //! A frame is `[u32 body length, little endian][u8 kind][u8 descriptors][body]`;
 //! a frame's descriptors (handles inside its values) travel as SCM_RIGHTS
-//! attached to the first byte of its header. Bodies:
-//!
-//! | kind        | direction        | body                                          |
-//! |-------------|------------------|-----------------------------------------------|
-//! | `INIT`      | parent → worker  | fingerprint (16) · has initializer (1) · offset (8) · chunk |
-//! | `TASK`      | parent → worker  | task id (8) · offset (8) · chunk               |
-//! | `RUN`       | parent → process | fingerprint (16) · offset (8) · chunk          |
-//! | `READY`     | worker → parent  | pid (4)                                        |
-//! | `MISMATCH`  | worker → parent  | the worker's fingerprint (16)                 |
-//! | `INIT_FAILED` | worker → parent | message (UTF-8)                              |
-//! | `DONE`      | worker → parent  | task id (8) · outcomes                         |
-//!
-//! A chunk is a sequence of items made by `task::encode_item`; outcomes are one
-//! item per argument. The parent closes the channel to tell a worker to exit.
+//! attached to the first byte of its header. What a body holds is
+//! [`super::msg`]'s business; here a body is bytes.
 //!
 //! The reader trusts nothing the peer sends. A header is checked as soon as
 //! its 6 bytes are buffered (a kind the reader accepts, at most
@@ -30,24 +19,32 @@
 //! many descriptors. Anything else (a batch no frame claims, too many or too
 //! few) is a [`Violation`]: the descriptors are closed and the channel reads
 //! no further.
+//!
+//! The writer queues frames as pieces: ranges of its own buffer (headers,
+//! small bodies, bodies encoded in place) and shared bodies ([`Chunk`]s too
+//! large to be worth a copy), and hands up to [`MAX_PARTS`] of them to the
+//! kernel in one `sendmsg`, so a large task's argument bytes are never copied
+//! in this process. A send stops short of the next frame that carries
+//! descriptors, so they always go with its first byte.
 
 use std::collections::VecDeque;
-use std::io;
-use std::ops::Range;
+use std::io::{self, IoSlice};
+use std::ops::{Deref, Range};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
+use super::msg::kind_name;
 use crate::error::{Error, ErrorKind};
 use crate::sys;
 
-pub(crate) const INIT: u8 = 1;
-pub(crate) const TASK: u8 = 2;
-pub(crate) const RUN: u8 = 3;
-pub(crate) const READY: u8 = 10;
-pub(crate) const MISMATCH: u8 = 11;
-pub(crate) const INIT_FAILED: u8 = 12;
-pub(crate) const DONE: u8 = 13;
-
-const HEADER: usize = 6;
+/// The bytes of a frame header.
+pub(crate) const HEADER: usize = 6;
+/// The most pieces one `sendmsg` takes (well below the kernel's 1024).
+pub(crate) const MAX_PARTS: usize = 32;
+/// A body larger than this is queued shared, not copied (see [`Chunk`]):
+/// below it a copy costs less than the shared allocation and a piece of
+/// its own, and small frames batch in one buffer.
+pub(crate) const SHARE_ABOVE: usize = 1024;
 const READ_CHUNK: usize = 64 * 1024;
 /// Once the frame at the head of the buffer is complete, one `read_some`
 /// reads at most this much more, so a peer that writes without pause cannot
@@ -86,20 +83,6 @@ impl Accept {
             Accept::Any { max_len } => Some(max_len),
             Accept::Only(kinds) => kinds.iter().find(|(k, _)| *k == kind).map(|(_, m)| *m),
         }
-    }
-}
-
-/// The name of a frame kind, for messages.
-pub(crate) fn kind_name(kind: u8) -> String {
-    match kind {
-        INIT => "INIT".into(),
-        TASK => "TASK".into(),
-        RUN => "RUN".into(),
-        READY => "READY".into(),
-        MISMATCH => "MISMATCH".into(),
-        INIT_FAILED => "INIT_FAILED".into(),
-        DONE => "DONE".into(),
-        k => format!("unknown kind {k}"),
     }
 }
 
@@ -156,10 +139,7 @@ pub(crate) struct Conn {
     fd: OwnedFd,
     rbuf: Vec<u8>,
     rpos: usize,
-    wbuf: Vec<u8>,
-    wpos: usize,
-    /// Descriptors to attach at these offsets of `wbuf` (frame starts).
-    out_fds: VecDeque<(usize, Vec<OwnedFd>)>,
+    out: Output,
     /// Descriptors received and not yet claimed by a frame, in order.
     batches: VecDeque<Batch>,
     /// How many descriptors `batches` holds.
@@ -175,7 +155,7 @@ pub(crate) struct Conn {
     more: bool,
 }
 
-/// Reads a little-endian integer of `N` bytes at `at`.
+/// Reads `N` bytes at `at` (a little-endian integer's), if the body has them.
 pub(crate) fn le<const N: usize>(body: &[u8], at: usize) -> Option<[u8; N]> {
     body.get(at..at + N).map(|b| b.try_into().expect("slice of N bytes"))
 }
@@ -193,9 +173,7 @@ impl Conn {
             fd,
             rbuf: Vec::new(),
             rpos: 0,
-            wbuf: Vec::new(),
-            wpos: 0,
-            out_fds: VecDeque::new(),
+            out: Output::default(),
             batches: VecDeque::new(),
             held: 0,
             rbase: 0,
@@ -221,115 +199,31 @@ impl Conn {
         self.fd.as_fd()
     }
 
-    /// Starts a frame of `kind` in the output buffer; returns its start for
-    /// [`Conn::end_frame`]. The body is appended to [`Conn::out`] in between.
-    pub(crate) fn begin_frame(&mut self, kind: u8) -> usize {
-        if self.wpos == self.wbuf.len() {
-            self.wbuf.clear();
-            self.wpos = 0;
-        }
-        let start = self.wbuf.len();
-        self.wbuf.extend_from_slice(&[0, 0, 0, 0, kind, 0]);
-        start
+    /// The output queue, to encode messages into (see [`super::msg`]).
+    pub(crate) fn output(&mut self) -> &mut Output {
+        &mut self.out
     }
 
-    /// Attaches `fds` to the frame begun at `start`.
-    pub(crate) fn attach_fds(&mut self, start: usize, fds: Vec<OwnedFd>) -> crate::Result<()> {
-        if fds.is_empty() {
-            return Ok(());
-        }
-        if fds.len() > sys::MAX_FDS_PER_MESSAGE {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                format!(
-                    "a task carries {} handles; one message carries at most {}",
-                    fds.len(),
-                    sys::MAX_FDS_PER_MESSAGE
-                ),
-            ));
-        }
-        self.wbuf[start + 5] = fds.len() as u8;
-        self.out_fds.push_back((start, fds));
-        Ok(())
+    /// The stream position just past the last byte handed to the kernel:
+    /// the bytes of every frame queued before it reached the peer's socket.
+    pub(crate) fn written(&self) -> u64 {
+        self.out.written
     }
 
-    /// The output buffer, to append a frame body to.
-    pub(crate) fn out(&mut self) -> &mut Vec<u8> {
-        &mut self.wbuf
-    }
-
-    /// Closes the frame begun at `start` by writing its length.
-    pub(crate) fn end_frame(&mut self, start: usize) -> crate::Result<()> {
-        let len = self.wbuf.len() - start - HEADER;
-        let Ok(len32) = u32::try_from(len) else {
-            self.wbuf.truncate(start);
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                format!("a task of {len} bytes is too large: a frame holds at most 4 GiB"),
-            ));
-        };
-        self.wbuf[start..start + 4].copy_from_slice(&len32.to_le_bytes());
-        Ok(())
-    }
-
-    /// Appends a whole frame.
-    pub(crate) fn push_frame(&mut self, kind: u8, parts: &[&[u8]]) -> crate::Result<()> {
-        let start = self.begin_frame(kind);
-        for p in parts {
-            self.wbuf.extend_from_slice(p);
-        }
-        self.end_frame(start)
-    }
-
-    /// How far into the output buffer the peer has been handed bytes; valid
-    /// as an offset until the buffer is next emptied.
-    pub(crate) fn written(&self) -> usize {
-        self.wpos
+    /// The stream position just past the last byte queued: where the frame
+    /// queued last ends (compare with [`Conn::written`]).
+    pub(crate) fn queued(&self) -> u64 {
+        self.out.queued
     }
 
     /// True while output is waiting to be written.
     pub(crate) fn has_output(&self) -> bool {
-        self.wpos < self.wbuf.len()
+        !self.out.pieces.is_empty()
     }
 
     /// Writes as much pending output as the socket takes without blocking.
     pub(crate) fn write_some(&mut self) -> io::Result<()> {
-        while self.has_output() {
-            // Descriptors go with the first byte of their frame, so a send
-            // stops short of the next frame that carries some.
-            let attach_here = self.out_fds.front().is_some_and(|(at, _)| *at == self.wpos);
-            let next_mark = self
-                .out_fds
-                .iter()
-                .map(|(at, _)| *at)
-                .find(|&at| at > self.wpos)
-                .unwrap_or(self.wbuf.len());
-            let bytes = &self.wbuf[self.wpos..next_mark];
-            let sent = if attach_here {
-                let fds = &self.out_fds.front().expect("checked above").1;
-                sys::send_with_fds(self.fd.as_fd(), bytes, fds, false)
-            } else {
-                sys::send(self.fd.as_fd(), bytes, false)
-            };
-            match sent {
-                Ok(n) => {
-                    if attach_here && n > 0 {
-                        self.out_fds.pop_front();
-                    }
-                    self.wpos += n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
-        if !self.has_output() {
-            self.wbuf.clear();
-            self.wpos = 0;
-            if self.wbuf.capacity() > SHRINK_ABOVE {
-                self.wbuf.shrink_to(READ_CHUNK);
-            }
-        }
-        Ok(())
+        self.out.write_some(self.fd.as_fd())
     }
 
     /// Writes all pending output, blocking; reads incoming data meanwhile so a
@@ -571,13 +465,240 @@ impl Conn {
     }
 
     /// The body of a frame returned by [`Conn::next_frame`], and the output
-    /// buffer, borrowed together.
-    pub(crate) fn body_and_out(&mut self, body: Range<usize>) -> (&[u8], &mut Vec<u8>) {
-        (&self.rbuf[body], &mut self.wbuf)
+    /// queue, borrowed together (to answer a frame while reading it).
+    pub(crate) fn body_and_output(&mut self, body: Range<usize>) -> (&[u8], &mut Output) {
+        (&self.rbuf[body], &mut self.out)
     }
 
     pub(crate) fn body(&self, body: Range<usize>) -> &[u8] {
         &self.rbuf[body]
+    }
+}
+
+/// The bytes a frame ends with, kept by their owner while the output queue
+/// sends them: a job's encoded arguments (a job goes to another worker when
+/// its worker dies before reading it, so they stay with the job), a pipe's
+/// message. A small chunk is copied into the output buffer (where it
+/// batches with other frames into one piece); a large one is shared with
+/// the queue and never copied in this process.
+#[derive(Debug)]
+pub(crate) enum Chunk {
+    Small(Vec<u8>),
+    Large(Arc<Vec<u8>>),
+}
+
+impl From<Vec<u8>> for Chunk {
+    fn from(bytes: Vec<u8>) -> Chunk {
+        if bytes.len() > SHARE_ABOVE {
+            Chunk::Large(Arc::new(bytes))
+        } else {
+            Chunk::Small(bytes)
+        }
+    }
+}
+
+impl Deref for Chunk {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Chunk::Small(b) => b,
+            Chunk::Large(b) => b,
+        }
+    }
+}
+
+/// The tail of a frame's body: bytes a message ends with and does not
+/// look into (a chunk, outcomes, a pipe message).
+pub(crate) trait Tail {
+    /// Appends the bytes to `out`: copied into its buffer, or shared.
+    fn queue(&self, out: &mut Output);
+}
+
+impl Tail for &[u8] {
+    fn queue(&self, out: &mut Output) {
+        out.buf.extend_from_slice(self);
+    }
+}
+
+impl Tail for &Chunk {
+    fn queue(&self, out: &mut Output) {
+        match self {
+            Chunk::Small(b) => out.buf.extend_from_slice(b),
+            Chunk::Large(b) => out.shared = Some(b.clone()),
+        }
+    }
+}
+
+/// Bytes a piece of output holds.
+enum Bytes {
+    /// A range of [`Output::buf`].
+    Buf(Range<usize>),
+    /// A body shared with its owner.
+    Shared(Arc<Vec<u8>>),
+}
+
+/// A run of output bytes that one `sendmsg` can take in one part.
+struct Piece {
+    bytes: Bytes,
+    /// Sent with the piece's first byte, which is the first of a frame.
+    fds: Vec<OwnedFd>,
+}
+
+/// The output side of a channel: frames queued in order, as pieces.
+#[derive(Default)]
+pub(crate) struct Output {
+    /// Headers and copied bodies, back to back; emptied once all is sent.
+    buf: Vec<u8>,
+    pieces: VecDeque<Piece>,
+    /// How much of the first piece has been sent.
+    first_sent: usize,
+    /// A shared body the frame being built ends with (see [`Tail::queue`]).
+    shared: Option<Arc<Vec<u8>>>,
+    /// Stream positions: bytes handed to the kernel, and bytes queued.
+    written: u64,
+    queued: u64,
+}
+
+impl Output {
+    /// Starts a frame of `kind`; its body is appended with [`Output::buf`] or
+    /// a [`Tail`], and [`Output::end_frame`] closes it. Returns its start.
+    pub(crate) fn begin_frame(&mut self, kind: u8) -> usize {
+        if self.pieces.is_empty() {
+            self.buf.clear();
+            self.first_sent = 0;
+        }
+        self.shared = None;
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0, 0, 0, 0, kind, 0]);
+        start
+    }
+
+    /// The buffer the body of the frame being built is appended to.
+    pub(crate) fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// Appends `tail` to the frame being built; nothing may follow it.
+    pub(crate) fn tail(&mut self, tail: impl Tail) {
+        tail.queue(self);
+    }
+
+    /// Closes the frame begun at `start`: writes its length and descriptor
+    /// count and queues it with `fds`. A frame that cannot travel (over
+    /// 4 GiB, too many descriptors) is taken back whole, and the error says
+    /// why.
+    pub(crate) fn end_frame(&mut self, start: usize, fds: Vec<OwnedFd>) -> crate::Result<()> {
+        let shared = self.shared.take();
+        let in_buf = self.buf.len() - start;
+        let len = in_buf - HEADER + shared.as_ref().map_or(0, |s| s.len());
+        let fail = |out: &mut Output, message: String| {
+            out.buf.truncate(start);
+            Err(Error::new(ErrorKind::InvalidArgument, message))
+        };
+        let Ok(len32) = u32::try_from(len) else {
+            return fail(
+                self,
+                format!("a task of {len} bytes is too large: a frame holds at most 4 GiB"),
+            );
+        };
+        if fds.len() > sys::MAX_FDS_PER_MESSAGE {
+            return fail(
+                self,
+                format!(
+                    "a task carries {} handles; one message carries at most {}",
+                    fds.len(),
+                    sys::MAX_FDS_PER_MESSAGE
+                ),
+            );
+        }
+        self.buf[start..start + 4].copy_from_slice(&len32.to_le_bytes());
+        self.buf[start + 5] = fds.len() as u8;
+        let end = self.buf.len();
+        match self.pieces.back_mut() {
+            // Frames without descriptors join the buffer piece before them.
+            Some(Piece { bytes: Bytes::Buf(r), .. }) if fds.is_empty() && r.end == start => {
+                r.end = end;
+            }
+            _ => self.pieces.push_back(Piece { bytes: Bytes::Buf(start..end), fds }),
+        }
+        if let Some(s) = shared.filter(|s| !s.is_empty()) {
+            self.pieces.push_back(Piece { bytes: Bytes::Shared(s), fds: Vec::new() });
+        }
+        self.queued += (HEADER + len) as u64;
+        Ok(())
+    }
+
+    /// Queues a whole frame of `kind` whose body is `body`.
+    pub(crate) fn push_frame(
+        &mut self,
+        kind: u8,
+        body: impl Tail,
+        fds: Vec<OwnedFd>,
+    ) -> crate::Result<()> {
+        let start = self.begin_frame(kind);
+        self.tail(body);
+        self.end_frame(start, fds)
+    }
+
+    fn piece_bytes<'a>(buf: &'a [u8], p: &'a Piece) -> &'a [u8] {
+        match &p.bytes {
+            Bytes::Buf(r) => &buf[r.clone()],
+            Bytes::Shared(s) => s,
+        }
+    }
+
+    fn write_some(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        while let Some(first) = self.pieces.front() {
+            let mut parts = [IoSlice::new(&[]); MAX_PARTS];
+            let mut n = 0;
+            for (i, p) in self.pieces.iter().enumerate().take(MAX_PARTS) {
+                // Descriptors go with the first byte of their frame, so a
+                // send stops short of the next frame that carries some.
+                if i > 0 && !p.fds.is_empty() {
+                    break;
+                }
+                let bytes = Output::piece_bytes(&self.buf, p);
+                parts[n] = IoSlice::new(if i == 0 { &bytes[self.first_sent..] } else { bytes });
+                n += 1;
+            }
+            let sent = match (n, first.fds.is_empty()) {
+                (1, true) => sys::send(fd, &parts[0], false),
+                _ => sys::send_parts_with_fds(fd, &parts[..n], &first.fds, false),
+            };
+            match sent {
+                Ok(0) => break,
+                Ok(sent) => self.advance(sent),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.pieces.is_empty() {
+            self.buf.clear();
+            self.first_sent = 0;
+            if self.buf.capacity() > SHRINK_ABOVE {
+                self.buf.shrink_to(READ_CHUNK);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the first `sent` bytes of the queue.
+    fn advance(&mut self, mut sent: usize) {
+        self.written += sent as u64;
+        if let Some(first) = self.pieces.front_mut() {
+            // They have been passed on with the piece's first byte.
+            first.fds.clear();
+        }
+        while let Some(first) = self.pieces.front() {
+            let left = Output::piece_bytes(&self.buf, first).len() - self.first_sent;
+            if sent < left {
+                self.first_sent += sent;
+                return;
+            }
+            sent -= left;
+            self.first_sent = 0;
+            self.pieces.pop_front();
+        }
     }
 }
 
@@ -587,7 +708,9 @@ fn stray(n: usize) -> Violation {
 
 #[cfg(test)]
 mod tests {
+    use super::super::msg::{DONE, READY, TASK};
     use super::*;
+    use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
 
     fn pair() -> (Conn, Conn) {
@@ -598,8 +721,8 @@ mod tests {
     #[test]
     fn frames_round_trip_in_order() {
         let (mut a, mut b) = pair();
-        a.push_frame(TASK, &[b"hello"]).unwrap();
-        a.push_frame(DONE, &[b"", b"world"]).unwrap();
+        a.output().push_frame(TASK, &b"hello"[..], Vec::new()).unwrap();
+        a.output().push_frame(DONE, &b"world"[..], Vec::new()).unwrap();
         a.flush_blocking().unwrap();
         assert!(!b.read_blocking().unwrap());
         let (k, r, _) = b.next_frame().unwrap();
@@ -628,11 +751,11 @@ mod tests {
         }
         let (mut a, mut b) = pair();
         let t = std::thread::spawn(move || {
-            b.push_frame(DONE, &[&vec![9u8; 8 << 20]]).unwrap();
+            b.output().push_frame(DONE, &vec![9u8; 8 << 20][..], Vec::new()).unwrap();
             b.flush_blocking().unwrap();
             next_len(&mut b)
         });
-        a.push_frame(TASK, &[&vec![7u8; 8 << 20]]).unwrap();
+        a.output().push_frame(TASK, &vec![7u8; 8 << 20][..], Vec::new()).unwrap();
         a.flush_blocking().unwrap();
         assert_eq!(next_len(&mut a), 8 << 20);
         assert_eq!(t.join().unwrap(), 8 << 20);
@@ -773,9 +896,9 @@ mod tests {
     fn buffers_shrink_after_a_large_frame() {
         let (mut a, mut b) = pair();
         let t = std::thread::spawn(move || {
-            b.push_frame(DONE, &[&vec![9u8; 16 << 20]]).unwrap();
+            b.output().push_frame(DONE, &vec![9u8; 16 << 20][..], Vec::new()).unwrap();
             b.flush_blocking().unwrap();
-            b.wbuf.capacity()
+            b.out.buf.capacity()
         });
         let len = loop {
             if let Some((_, r, _)) = a.next_frame() {
@@ -792,6 +915,96 @@ mod tests {
         assert!(a.rbuf.capacity() <= SHRINK_ABOVE, "reader kept {}", a.rbuf.capacity());
         let kept = t.join().unwrap();
         assert!(kept <= SHRINK_ABOVE, "writer kept {kept}");
+    }
+
+    /// Reads every frame until end of file: kind, body, descriptor count.
+    fn read_all(c: &mut Conn) -> Vec<(u8, Vec<u8>, usize)> {
+        let mut got = Vec::new();
+        loop {
+            let eof = c.read_blocking().unwrap();
+            while let Some((kind, body, fds)) = c.try_next_frame().unwrap() {
+                got.push((kind, c.body(body).to_vec(), fds.len()));
+            }
+            if eof {
+                return got;
+            }
+        }
+    }
+
+    #[test]
+    fn shared_bodies_small_frames_and_descriptors_arrive_in_order() {
+        // Frames mixing copied and shared bodies, some with descriptors,
+        // sent through a small socket buffer so that sends stop mid-piece.
+        let (a, b) = UnixStream::pair().unwrap();
+        let size = 4096i32;
+        // SAFETY: setsockopt reads `size` for its stated length.
+        unsafe {
+            let p = (&size as *const i32).cast();
+            libc::setsockopt(a.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, p, 4);
+        }
+        let (mut a, mut b) = (Conn::new(a.into()), Conn::new(b.into()));
+        let big = |n: usize, seed: u8| -> Chunk {
+            Chunk::from((0..n).map(|i| (i as u8).wrapping_add(seed)).collect::<Vec<u8>>())
+        };
+        let chunks = [big(10, 1), big(200_000, 2), big(3000, 3), big(0, 4), big(70_000, 5)];
+        let fd_counts = [0, 2, 1, 0, 3];
+        let reader = std::thread::spawn(move || read_all(&mut b));
+        for (round, (chunk, &n)) in chunks.iter().zip(&fd_counts).enumerate() {
+            let fds: Vec<OwnedFd> = (0..n).map(|_| watched_fd().0).collect();
+            let o = a.output();
+            let start = o.begin_frame(5 + round as u8);
+            o.buf().push(round as u8);
+            o.tail(chunk);
+            o.end_frame(start, fds).unwrap();
+            // Some of it goes now, the rest with the next frames.
+            a.write_some().unwrap();
+            assert!(a.written() <= a.queued());
+        }
+        let total: usize = chunks.iter().map(|c| HEADER + 1 + c.len()).sum();
+        assert_eq!(a.queued(), total as u64);
+        a.flush_blocking().unwrap();
+        assert_eq!(a.written(), total as u64);
+        drop(a);
+        let got = reader.join().unwrap();
+        assert_eq!(got.len(), chunks.len());
+        for (round, ((kind, body, n), chunk)) in got.iter().zip(&chunks).enumerate() {
+            assert_eq!((*kind, *n, body[0]), (5 + round as u8, fd_counts[round], round as u8));
+            assert!(body[1..] == chunk[..], "frame {round} arrived changed");
+        }
+    }
+
+    #[test]
+    fn a_large_chunk_is_queued_shared_not_copied() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (mut a, mut b) = (Conn::new(a.into()), Conn::new(b.into()));
+        let chunk = Chunk::from(vec![1u8; 64 << 10]);
+        let Chunk::Large(shared) = &chunk else { panic!("a 64 KiB chunk is not shared") };
+        a.output().push_frame(9, &chunk, Vec::new()).unwrap();
+        assert_eq!(Arc::strong_count(shared), 2, "the queue holds the chunk itself");
+        assert!(a.out.buf.len() < 64, "the body was copied: {} bytes", a.out.buf.len());
+        let reader = std::thread::spawn(move || read_all(&mut b));
+        a.flush_blocking().unwrap();
+        assert_eq!(Arc::strong_count(shared), 1, "the queue let go once it was sent");
+        drop(a);
+        assert_eq!(reader.join().unwrap()[0].1.len(), 64 << 10);
+    }
+
+    #[test]
+    fn written_stops_short_of_frames_the_socket_did_not_take() {
+        // The slot tells which jobs never reached the worker by comparing
+        // where their frames end with `written`.
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut a = Conn::new(a.into());
+        let mut ends = Vec::new();
+        for _ in 0..64 {
+            a.output().push_frame(9, &Chunk::from(vec![0u8; 100_000]), Vec::new()).unwrap();
+            ends.push(a.queued());
+        }
+        a.write_some().unwrap();
+        let written = a.written();
+        assert!(a.has_output() && written > 0, "the socket took {written} bytes");
+        let unsent = ends.iter().filter(|&&end| end > written).count();
+        assert!(unsent > 0 && unsent < 64, "{unsent} frames unsent");
     }
 
     #[test]
