@@ -218,9 +218,7 @@ fn task_loop(conn: &mut Conn) {
             let start = conn.begin_frame(wire::DONE);
             conn.out().extend_from_slice(&id);
             let (b, out) = conn.body_and_out(body);
-            for _ in task::ItemReader::new(&b[16..]) {
-                task::encode_failure(&failure, out);
-            }
+            task::encode_failures(&failure, task::ItemReader::new(&b[16..]).count(), out);
             let _ = conn.end_frame(start);
         }
         if conn.flush_blocking().is_err() {
