@@ -449,13 +449,13 @@ fn decode_items<R: DeserializeOwned>(bytes: &[u8], n: usize, pid: Option<u32>) -
         Ok(chunk) => {
             // A result whose `Deserialize` fails or panics, or that nests
             // too deep, fails only its own task.
-            let given = walk::<R, _>(&chunk, n, |_, item| {
-                outcomes.push(match item {
-                    Item::Value(value) => Ok(value),
-                    Item::Undecodable(e) => Err(undecodable(CodecError::Serde(e))),
-                    Item::Panicked(failure) => Err(undecodable(CodecError::Panic(failure))),
-                    Item::Failed(failure) => Err(failure.into_error(pid)),
-                })
+            let given = walk::<R, _>(&chunk, n, |_, item| match item {
+                Item::Value(value) => outcomes.values.push(value),
+                Item::Undecodable(e) => outcomes.push(Err(undecodable(CodecError::Serde(e)))),
+                Item::Panicked(failure) => {
+                    outcomes.push(Err(undecodable(CodecError::Panic(failure))))
+                }
+                Item::Failed(failure) => outcomes.push(Err(failure.into_error(pid))),
             });
             if given < n.min(chunk.n) {
                 given
