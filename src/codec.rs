@@ -75,14 +75,9 @@ impl Display for CodecError {
 ///
 /// Like `postcard::from_bytes`, bytes after the value are ignored.
 pub(crate) fn decode<'de, T: de::Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, CodecError> {
-    let state = State::new(bytes.len());
-    let outcome = catch_panic(|| {
-        let mut inner = postcard::Deserializer::from_bytes(bytes);
-        T::deserialize(Limited { inner: &mut inner, state: &state })
-    });
-    match outcome {
+    match catch_panic(|| SeqDecoder::new(bytes).next()) {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(CodecError::Serde(*e.0)),
+        Ok(Err(message)) => Err(CodecError::Serde(message)),
         Err(failure) => Err(CodecError::Panic(failure)),
     }
 }
@@ -93,18 +88,76 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     out: &mut Vec<u8>,
 ) -> Result<(), CodecError> {
     let start = out.len();
-    let state = State::new(0);
-    let outcome = catch_panic(|| {
+    match catch_panic(|| Encoder::new().append(value, &mut *out)) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(message)) => Err(CodecError::Serde(message)),
+        Err(failure) => {
+            out.truncate(start);
+            Err(CodecError::Panic(failure))
+        }
+    }
+}
+
+/// Decodes values that lie back to back in one buffer, with the limits
+/// [`decode`] gives each of them, but no panic guard of its own: a chunk of
+/// task items is decoded under one guard for many values (see `task`), so
+/// a panic in a value's `Deserialize` unwinds to the caller.
+pub(crate) struct SeqDecoder<'de> {
+    rest: &'de [u8],
+    state: State,
+}
+
+impl<'de> SeqDecoder<'de> {
+    pub(crate) fn new(bytes: &'de [u8]) -> SeqDecoder<'de> {
+        SeqDecoder { rest: bytes, state: State::new(bytes.len()) }
+    }
+
+    /// Decodes the next value. After an error (or a panic) the position is
+    /// unknown: the decoder must not be used again.
+    #[inline]
+    pub(crate) fn next<T: de::Deserialize<'de>>(&mut self) -> Result<T, String> {
+        // Each value gets the element budget a lone `decode` of the rest
+        // would; the depth is back at 0 after every value.
+        self.state.elements_left.set(self.rest.len().saturating_add(MAX_EMPTY_ELEMENTS));
+        let mut inner = postcard::Deserializer::from_bytes(self.rest);
+        let value =
+            T::deserialize(Limited { inner: &mut inner, state: &self.state }).map_err(|e| *e.0)?;
+        // A slice deserializer's remainder is always there.
+        self.rest = inner.finalize().unwrap_or_default();
+        Ok(value)
+    }
+}
+
+/// Appends encodings of values to a buffer, with no panic guard of its own
+/// (as [`SeqDecoder`], for chunks).
+pub(crate) struct Encoder {
+    state: State,
+}
+
+impl Encoder {
+    pub(crate) fn new() -> Encoder {
+        Encoder { state: State::new(0) }
+    }
+
+    /// Appends the encoding of `value` to `out`. On an error `out` is as it
+    /// was; on a panic in the value's `Serialize` it holds part of the value
+    /// and the caller must truncate it.
+    #[inline]
+    pub(crate) fn append<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        let start = out.len();
         let mut inner = postcard::Serializer { output: VecRef(&mut *out) };
-        value.serialize(Checked { inner: &mut inner, state: &state })
-    });
-    let result = match outcome {
-        Ok(Ok(())) => return Ok(()),
-        Ok(Err(e)) => CodecError::Serde(*e.0),
-        Err(failure) => CodecError::Panic(failure),
-    };
-    out.truncate(start);
-    Err(result)
+        match value.serialize(Checked { inner: &mut inner, state: &self.state }) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                out.truncate(start);
+                Err(*e.0)
+            }
+        }
+    }
 }
 
 /// The encoding of `value`.
@@ -119,12 +172,16 @@ struct VecRef<'a>(&'a mut Vec<u8>);
 
 impl postcard::ser_flavors::Flavor for VecRef<'_> {
     type Output = ();
+    #[inline]
     fn try_push(&mut self, data: u8) -> postcard::Result<()> {
         self.0.push(data);
         Ok(())
     }
+    #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
+        // Most calls carry one varint: a copy loop the compiler sees whole
+        // beats a call to memcpy for a few bytes.
+        self.0.extend(data.iter().copied());
         Ok(())
     }
     fn finalize(self) -> postcard::Result<()> {
@@ -272,6 +329,22 @@ struct Seed<'s, T> {
     state: &'s State,
 }
 
+/// The methods for values that hold no other value: they cannot nest, so
+/// they skip the depth count.
+macro_rules! leaf_methods {
+    ($($method:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        #[inline]
+        fn $method<V: Visitor<'de>>(self $(, $arg: $ty)*, visitor: V)
+            -> Result<V::Value, Message>
+        {
+            let state = self.state;
+            self.inner
+                .$method($($arg,)* Wrap { inner: visitor, state })
+                .map_err(|e| state.unpark(e))
+        }
+    )*};
+}
+
 macro_rules! limited_methods {
     ($($method:ident($($arg:ident: $ty:ty),*);)*) => {$(
         #[inline]
@@ -290,8 +363,7 @@ macro_rules! limited_methods {
 impl<'de, D: Deserializer<'de>> Deserializer<'de> for Limited<'_, D> {
     type Error = Message;
 
-    limited_methods! {
-        deserialize_any();
+    leaf_methods! {
         deserialize_bool();
         deserialize_i8();
         deserialize_i16();
@@ -310,9 +382,13 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Limited<'_, D> {
         deserialize_string();
         deserialize_bytes();
         deserialize_byte_buf();
-        deserialize_option();
         deserialize_unit();
         deserialize_unit_struct(name: &'static str);
+    }
+
+    limited_methods! {
+        deserialize_any();
+        deserialize_option();
         deserialize_newtype_struct(name: &'static str);
         deserialize_seq();
         deserialize_tuple(len: usize);

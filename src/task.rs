@@ -12,7 +12,6 @@
 //! that captures is rejected at compile time by an assertion in
 //! [`trampoline_offset`].
 
-use std::any::type_name;
 use std::cell::RefCell;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::OnceLock;
@@ -20,8 +19,11 @@ use std::sync::OnceLock;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{self, CodecError};
 use crate::error::{Error, ErrorKind};
+
+mod chunk;
+
+pub(crate) use chunk::{decode_outcomes, encode_chunk, encode_failures, ItemReader, Outcomes};
 
 /// A function that can be run as a task with arguments `Args`.
 ///
@@ -88,7 +90,7 @@ impl_task_fn!(A a, B b, C c, D d, E e);
 impl_task_fn!(A a, B b, C c, D d, E e, G g);
 
 /// Runs one chunk of items in the worker: `input` is a chunk as made by
-/// [`encode_item`], `out` receives one encoded outcome per item.
+/// [`encode_chunk`], `out` receives the chunk of their outcomes.
 pub(crate) type Trampoline = fn(input: &[u8], out: &mut Vec<u8>);
 
 // --- task entries -----------------------------------------------------------
@@ -215,108 +217,7 @@ where
     // zero-sized and it is `Copy`, so it holds no state and no invariant a
     // conjured value could break: this is a copy of the sender's `F`.
     let f: F = unsafe { std::mem::zeroed() };
-    for item in ItemReader::new(input) {
-        let outcome = match item {
-            Err(failure) => Err(failure),
-            Ok(bytes) => match codec::decode::<A>(bytes) {
-                // A panic in the argument's `Deserialize` fails this task as
-                // a panic, like one in the task's body; the worker goes on.
-                Err(CodecError::Panic(failure)) => Err(failure),
-                Err(CodecError::Serde(e)) => Err(Failure::new(
-                    FailureKind::Deserialize,
-                    format!(
-                        "the worker could not deserialize the task's argument (type `{}`): {e}",
-                        type_name::<A>()
-                    ),
-                )),
-                Ok(args) => catch_panic(|| f.call(args)),
-            },
-        };
-        match outcome {
-            Ok(value) => append_or_fail(&value, out, |e| {
-                format!(
-                    "the worker could not serialize the task's result (type `{}`): {e}",
-                    type_name::<F::Output>()
-                )
-            }),
-            Err(failure) => encode_failure(&failure, out),
-        }
-    }
-}
-
-// --- item framing shared by arguments and results -------------------------
-
-const TAG_OK: u8 = 0;
-const TAG_ERR: u8 = 1;
-
-fn patch_len(out: &mut [u8], start: usize) {
-    let len = (out.len() - start - 5) as u32;
-    out[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
-}
-
-/// Appends `value` as one length-prefixed item; on failure (including a
-/// panic in its `Serialize`, part-way through) `out` is unchanged.
-fn append_item<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
-    let start = out.len();
-    out.push(TAG_OK);
-    out.extend_from_slice(&[0; 4]);
-    match codec::encode_into(value, out) {
-        Ok(()) => {
-            patch_len(out, start);
-            Ok(())
-        }
-        Err(e) => {
-            out.truncate(start);
-            Err(e)
-        }
-    }
-}
-
-/// Appends `value` to a chunk as one length-prefixed item. A value that fails
-/// to serialize becomes a failed item, so it fails its own task only; one
-/// whose `Serialize` panics fails it as a panic.
-pub(crate) fn encode_item<T: Serialize>(value: &T, out: &mut Vec<u8>) {
-    append_or_fail(value, out, |e| {
-        format!(
-            "could not serialize the task's argument (type `{}`) in the parent: {e}",
-            type_name::<T>()
-        )
-    });
-}
-
-/// Appends `value` as one item, or else a failed item in its place: a panic
-/// in its `Serialize` as that panic, a serde error as a `Serialize` failure
-/// described by `describe`.
-fn append_or_fail<T: Serialize + ?Sized>(
-    value: &T,
-    out: &mut Vec<u8>,
-    describe: impl FnOnce(&str) -> String,
-) {
-    match append_item(value, out) {
-        Ok(()) => {}
-        Err(CodecError::Panic(failure)) => encode_failure(&failure, out),
-        Err(CodecError::Serde(e)) => {
-            encode_failure(&Failure::new(FailureKind::Serialize, describe(&e)), out)
-        }
-    }
-}
-
-pub(crate) fn encode_failure(failure: &Failure, out: &mut Vec<u8>) {
-    let bytes = postcard::to_stdvec(failure).unwrap_or_default();
-    out.push(TAG_ERR);
-    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-    out.extend_from_slice(&bytes);
-}
-
-/// Encodes `items` as one chunk, with the descriptors of any handles in them.
-pub(crate) fn encode_chunk<T: Serialize>(items: &[T]) -> (Vec<u8>, Vec<std::os::fd::OwnedFd>) {
-    let mut chunk = Vec::new();
-    let ((), fds) = crate::fdpass::collect(|| {
-        for item in items {
-            encode_item(item, &mut chunk);
-        }
-    });
-    (chunk, fds)
+    chunk::run(input, out, |args| f.call(args));
 }
 
 /// Runs the trampoline whose entry is at `offset` over `chunk`, with `fds`
@@ -331,102 +232,13 @@ pub(crate) fn run_chunk_at(
     let trampoline = match trampoline_at(offset) {
         Ok(t) => t,
         Err(failure) => {
-            for _ in ItemReader::new(chunk) {
-                encode_failure(&failure, out);
-            }
+            encode_failures(&failure, ItemReader::new(chunk).count(), out);
             return Vec::new();
         }
     };
     let ((), out_fds) =
         crate::fdpass::collect(|| crate::fdpass::supply(fds, || trampoline(chunk, out)));
     out_fds
-}
-
-/// Walks the items of a chunk. A malformed chunk yields one failure and stops.
-pub(crate) struct ItemReader<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> ItemReader<'a> {
-    pub(crate) fn new(bytes: &'a [u8]) -> Self {
-        ItemReader { rest: bytes }
-    }
-}
-
-impl<'a> Iterator for ItemReader<'a> {
-    type Item = Result<&'a [u8], Failure>;
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() {
-            return None;
-        }
-        let malformed =
-            || Failure::new(FailureKind::Protocol, "malformed item in a task frame".to_string());
-        if self.rest.len() < 5 {
-            self.rest = &[];
-            return Some(Err(malformed()));
-        }
-        let tag = self.rest[0];
-        let len = u32::from_le_bytes(self.rest[1..5].try_into().unwrap()) as usize;
-        if self.rest.len() < 5 + len {
-            self.rest = &[];
-            return Some(Err(malformed()));
-        }
-        let body = &self.rest[5..5 + len];
-        self.rest = &self.rest[5 + len..];
-        Some(match tag {
-            TAG_OK => Ok(body),
-            TAG_ERR => Err(codec::decode(body).unwrap_or_else(|_| malformed())),
-            _ => Err(malformed()),
-        })
-    }
-}
-
-/// Decodes the outcomes of a chunk of `n` items run by worker `pid`.
-pub(crate) fn decode_outcomes<R: DeserializeOwned>(
-    bytes: &[u8],
-    fds: Vec<std::os::fd::OwnedFd>,
-    n: usize,
-    pid: Option<u32>,
-) -> Vec<crate::Result<R>> {
-    crate::fdpass::supply(fds, || decode_items(bytes, n, pid))
-}
-
-fn decode_items<R: DeserializeOwned>(
-    bytes: &[u8],
-    n: usize,
-    pid: Option<u32>,
-) -> Vec<crate::Result<R>> {
-    // Only the `n` items the chunk had are decoded; a lying worker's extra
-    // items are merely counted, for the error.
-    let mut reader = ItemReader::new(bytes);
-    let mut items: Vec<crate::Result<R>> = reader
-        .by_ref()
-        .take(n)
-        .map(|item| match item {
-            // A result whose `Deserialize` fails or panics, or that nests too
-            // deep, fails only its own task: `codec` catches all three.
-            Ok(body) => codec::decode::<R>(body).map_err(|e| {
-                Error::new(
-                    ErrorKind::Deserialize,
-                    format!(
-                        "could not deserialize the task's result (type `{}`) in the parent: {e}",
-                        type_name::<R>()
-                    ),
-                )
-            }),
-            Err(failure) => Err(failure.into_error(pid)),
-        })
-        .collect();
-    let returned = items.len() + reader.count();
-    if returned != n {
-        let err = Error::new(
-            ErrorKind::Protocol,
-            format!("a worker returned {returned} results for a chunk of {n} items"),
-        );
-        items.truncate(n);
-        items.resize_with(n, || Err(err.clone()));
-    }
-    items
 }
 
 // --- failures that travel back from a worker ------------------------------
@@ -572,7 +384,7 @@ mod tests {
         let (input, fds) = encode_chunk(&args);
         let mut out = Vec::new();
         let fds = run_chunk_at(trampoline_offset::<F, A, M>(), &input, fds, &mut out);
-        decode_outcomes(&out, fds, args.len(), None)
+        decode_outcomes(&out, fds, args.len(), None).into_iter().collect()
     }
 
     #[test]
@@ -592,16 +404,18 @@ mod tests {
         assert_eq!(*out[2].as_ref().unwrap(), 2);
     }
 
+    /// The entry offset of `f`'s trampoline, its types inferred.
+    pub(crate) fn offset_of<F, A, M>(_f: F) -> i64
+    where
+        F: TaskFn<A, M> + Copy,
+        A: DeserializeOwned,
+        F::Output: Serialize,
+    {
+        trampoline_offset::<F, A, M>()
+    }
+
     #[test]
     fn only_offsets_of_task_entries_are_accepted() {
-        fn offset_of<F, A, M>(_f: F) -> i64
-        where
-            F: TaskFn<A, M> + Copy,
-            A: DeserializeOwned,
-            F::Output: Serialize,
-        {
-            trampoline_offset::<F, A, M>()
-        }
         let real = offset_of(add);
         assert!(trampoline_at(real).is_ok());
         assert!(trampoline_at(0).is_ok(), "the anchor is an entry too");
@@ -620,7 +434,8 @@ mod tests {
         let (input, fds) = encode_chunk(&[1u32, 2, 3]);
         let mut out = Vec::new();
         let fds = run_chunk_at(0x4141_0000, &input, fds, &mut out);
-        let outcomes = decode_outcomes::<u32>(&out, fds, 3, None);
+        let outcomes: Vec<_> = decode_outcomes::<u32>(&out, fds, 3, None).into_iter().collect();
+        assert_eq!(outcomes.len(), 3);
         assert!(outcomes
             .iter()
             .all(|o| o.as_ref().is_err_and(|e| e.kind() == ErrorKind::Protocol)));
@@ -629,5 +444,31 @@ mod tests {
     #[test]
     fn fingerprint_is_stable_within_a_process() {
         assert_eq!(fingerprint(), fingerprint());
+    }
+}
+
+/// The parent's and a worker's share of one `map` chunk, run in one process
+/// so that `valgrind --tool=callgrind` counts it: `cargo test --release --lib
+/// chunk_micro -- --ignored`.
+#[cfg(test)]
+mod micro {
+    use super::*;
+
+    fn inc(x: u64) -> u64 {
+        x + 1
+    }
+
+    #[test]
+    #[ignore = "a measurement, run by hand under callgrind"]
+    fn chunk_micro() {
+        let n = 125_000u64;
+        let items: Vec<u64> = (0..n).collect();
+        let offset = super::tests::offset_of(inc);
+        let (input, fds) = encode_chunk(&items);
+        let mut out = Vec::new();
+        let fds = run_chunk_at(offset, &input, fds, &mut out);
+        let got = decode_outcomes::<u64>(&out, fds, items.len(), None).into_values().unwrap();
+        assert_eq!(got.len(), n as usize);
+        assert!(got.iter().enumerate().all(|(i, r)| *r == i as u64 + 1));
     }
 }

@@ -1,16 +1,17 @@
 //! Chunking, `map` collection and the lazy `imap` iterators, written once for
 //! both pools on top of [`ChunkRunner`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::result::{AsyncResult, Completion};
 use crate::engine::{Engine, Release, Ticket};
 use crate::error::{Error, ErrorKind, Result};
+use crate::task::Outcomes;
 
 /// Called once with one outcome per item of a chunk.
-pub(crate) type ChunkDone<R> = Box<dyn FnOnce(Vec<Result<R>>) + Send>;
+pub(crate) type ChunkDone<R> = Box<dyn FnOnce(Outcomes<R>) + Send>;
 
 /// Runs its release once, when the iterator's input ends or it is dropped.
 struct Hold(Option<Release>);
@@ -75,88 +76,171 @@ pub(crate) fn check_chunksize(chunksize: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-/// Reads the user's input iterator to the end. A panic inside it becomes an
-/// error naming the iterator (caught, so it is reported once, by the caller),
-/// as Python's `map` raises what `list(iterable)` raised.
-pub(crate) fn collect_input<A>(items: impl IntoIterator<Item = A>) -> Result<Vec<A>> {
-    crate::task::catch_panic(|| items.into_iter().collect())
-        .map_err(|f| Error::input_panicked(f.message, f.location))
-}
-
-/// Reads up to `size` items from the input. The input may panic part-way:
-/// the items read before the panic are returned with the panic as an error,
-/// so they still run and their results are yielded before that error.
+/// Reads up to `size` items from the input, under one panic guard. The
+/// input may panic part-way: the items read before the panic are returned
+/// with the panic as an error, so they still run and their results are
+/// yielded before that error.
 fn read_chunk<A>(input: &mut impl Iterator<Item = A>, size: usize) -> (Vec<A>, Option<Error>) {
-    let mut chunk = Vec::with_capacity(size.min(1024));
-    while chunk.len() < size {
-        match crate::task::catch_panic(|| input.next()) {
-            Ok(Some(item)) => chunk.push(item),
-            Ok(None) => break,
-            Err(f) => return (chunk, Some(Error::input_panicked(f.message, f.location))),
+    // Not the input's size_hint: it is the caller's word, and may be wrong.
+    let mut chunk = Vec::with_capacity(size.min(1 << 16));
+    let read = crate::task::catch_panic(|| {
+        while chunk.len() < size {
+            match input.next() {
+                Some(item) => chunk.push(item),
+                None => break,
+            }
         }
-    }
-    (chunk, None)
+    });
+    (chunk, read.err().map(|f| Error::input_panicked(f.message, f.location)))
 }
 
+/// What `map_async` has gathered.
 struct Collect<R> {
-    parts: Vec<Option<Vec<R>>>,
-    remaining: usize,
+    /// The values of chunks `0..next`, in order.
+    values: Vec<R>,
+    next: usize,
+    /// Chunks that finished before chunk `next`.
+    early: BTreeMap<usize, Vec<R>>,
+    /// How many chunks there are, once the input has been read to its end.
+    chunks: Option<usize>,
+    /// The result has completed with an error: later values are dropped.
+    failed: bool,
 }
 
-/// Submits `items` in chunks; the result completes with every output in order,
-/// or with the first error to arrive.
+impl<R> Collect<R> {
+    /// All the values, once every chunk has arrived.
+    fn take_if_complete(&mut self) -> Option<Vec<R>> {
+        (self.chunks == Some(self.next) && !self.failed).then(|| std::mem::take(&mut self.values))
+    }
+}
+
+/// Submits `items` in chunks as it reads them; the result completes with
+/// every output in order, or with the first error to arrive.
+///
+/// Python's rule for the default chunksize needs the input's length: an input
+/// whose `size_hint` is exact is chunked while it is read (so it is never
+/// held twice), any other is read to its end first. A panic in the input
+/// fails the call with an error naming the input; chunks read before it may
+/// have run.
 pub(crate) fn map_async<A, R: Send + 'static>(
     runner: &impl ChunkRunner<A, R>,
-    items: Vec<A>,
+    items: impl IntoIterator<Item = A>,
     chunksize: Option<usize>,
 ) -> AsyncResult<Vec<R>> {
     if let Err(e) = check_chunksize(chunksize).and_then(|()| runner.check_running()) {
         return AsyncResult::failed(e);
     }
+    let opened = crate::task::catch_panic(|| {
+        let input = items.into_iter();
+        let (low, high) = input.size_hint();
+        (input, (Some(low) == high).then_some(low))
+    });
+    let (input, len) = match opened {
+        Ok(opened) => opened,
+        Err(f) => return AsyncResult::failed(Error::input_panicked(f.message, f.location)),
+    };
+    match len {
+        Some(len) => submit_chunks(runner, input, len, chunksize),
+        None => match crate::task::catch_panic(|| input.collect::<Vec<A>>()) {
+            Ok(all) => {
+                let len = all.len();
+                submit_chunks(runner, all.into_iter(), len, chunksize)
+            }
+            Err(f) => AsyncResult::failed(Error::input_panicked(f.message, f.location)),
+        },
+    }
+}
+
+/// `map_async` over an input of `len` items (its word: the input may end
+/// sooner or later).
+fn submit_chunks<A, R: Send + 'static>(
+    runner: &impl ChunkRunner<A, R>,
+    mut input: impl Iterator<Item = A>,
+    len: usize,
+    chunksize: Option<usize>,
+) -> AsyncResult<Vec<R>> {
     let completion = Completion::new();
     let result = AsyncResult::new(completion.clone());
-    if items.is_empty() {
-        completion.complete(Ok(Vec::new()));
-        return result;
-    }
-    let size = chunksize.unwrap_or_else(|| default_chunksize(items.len(), runner.workers()));
-    let n_chunks = items.len().div_ceil(size);
+    let size = chunksize.unwrap_or_else(|| default_chunksize(len, runner.workers()));
+    let mut values = Vec::new();
+    // The whole output, if the allocator agrees (the length is the input's
+    // word); otherwise it grows as chunks arrive.
+    let _ = values.try_reserve_exact(len);
     let collect = Arc::new(Mutex::new(Collect {
-        parts: (0..n_chunks).map(|_| None).collect(),
-        remaining: n_chunks,
+        values,
+        next: 0,
+        early: BTreeMap::new(),
+        chunks: None,
+        failed: false,
     }));
-    let mut items = items.into_iter();
-    for index in 0..n_chunks {
-        let chunk: Vec<A> = items.by_ref().take(size).collect();
+    let mut index = 0;
+    let error = loop {
+        let (chunk, error) = read_chunk(&mut input, size);
+        if chunk.is_empty() {
+            break error;
+        }
         let (collect, completion) = (collect.clone(), completion.clone());
         runner.run_chunk(
             chunk,
             Box::new(move |outcomes| {
-                let mut values = Vec::with_capacity(outcomes.len());
-                for o in outcomes {
-                    match o {
-                        Ok(v) => values.push(v),
-                        Err(e) => return completion.complete(Err(e)),
-                    }
-                }
+                let values = outcomes.into_values();
                 let mut c = collect.lock().unwrap_or_else(|e| e.into_inner());
-                c.parts[index] = Some(values);
-                c.remaining -= 1;
-                if c.remaining == 0 {
-                    let all = c.parts.iter_mut().flat_map(|p| p.take().unwrap_or_default());
-                    let all: Vec<R> = all.collect();
-                    drop(c);
+                let mut values = match values {
+                    _ if c.failed => return,
+                    Ok(values) => values,
+                    Err(e) => {
+                        c.failed = true;
+                        c.values = Vec::new();
+                        c.early.clear();
+                        drop(c);
+                        return completion.complete(Err(e));
+                    }
+                };
+                if index != c.next {
+                    c.early.insert(index, values);
+                    return;
+                }
+                let all = {
+                    let c = &mut *c;
+                    c.values.append(&mut values);
+                    c.next += 1;
+                    while let Some(mut early) = c.early.remove(&c.next) {
+                        c.values.append(&mut early);
+                        c.next += 1;
+                    }
+                    c.take_if_complete()
+                };
+                drop(c);
+                if let Some(all) = all {
                     completion.complete(Ok(all));
                 }
             }),
         );
+        index += 1;
+        if error.is_some() {
+            break error;
+        }
+    };
+    // The input is dropped before the result can complete.
+    drop(input);
+    let mut c = collect.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(e) = error {
+        c.failed = true;
+        drop(c);
+        completion.complete(Err(e));
+        return result;
+    }
+    c.chunks = Some(index);
+    if let Some(all) = c.take_if_complete() {
+        drop(c);
+        completion.complete(Ok(all));
     }
     result
 }
 
 struct Arrived<R> {
-    by_index: HashMap<usize, Vec<Result<R>>>,
-    in_order_of_arrival: VecDeque<Vec<Result<R>>>,
+    by_index: HashMap<usize, Outcomes<R>>,
+    in_order_of_arrival: VecDeque<Outcomes<R>>,
 }
 
 struct Shared<R> {
@@ -440,10 +524,10 @@ mod tests {
 
     #[test]
     fn map_keeps_order_and_fails_whole() {
-        let r = map_async(&inline(), (0..10).collect(), Some(3)).get().unwrap();
+        let r = map_async(&inline(), 0..10, Some(3)).get().unwrap();
         assert_eq!(r, (0..10).map(|x| x * 2).collect::<Vec<_>>());
-        assert!(map_async(&inline(), (0..20).collect(), None).get().is_err());
-        assert!(map_async(&inline(), Vec::new(), None).get().unwrap().is_empty());
+        assert!(map_async(&inline(), 0..20, None).get().is_err());
+        assert!(map_async(&inline(), Vec::<u64>::new(), None).get().unwrap().is_empty());
         let e = map_async(&inline(), vec![1], Some(0)).get().unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     }

@@ -219,8 +219,8 @@ macro_rules! pool_methods {
             /// # Errors
             /// The first task error to arrive fails the whole call; an input
             /// iterator that panics fails it with an
-            /// [`ErrorKind::TaskPanicked`] error naming the input (the input
-            /// is read to the end before any task runs).
+            /// [`ErrorKind::TaskPanicked`] error naming the input (chunks read
+            /// before the panic may have run).
             pub fn map<F, A, M>(
                 &self,
                 f: F,
@@ -311,10 +311,7 @@ macro_rules! pool_methods {
                 if let Err(e) = $engine.check_running() {
                     return AsyncResult::failed(e);
                 }
-                match map::collect_input(items) {
-                    Ok(items) => map::map_async(&$make, items, chunksize),
-                    Err(e) => AsyncResult::failed(e),
-                }
+                map::map_async(&$make, items, chunksize)
             }
 
             fn imap_inner<F, A, M>(

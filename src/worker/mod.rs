@@ -204,10 +204,9 @@ fn task_loop(conn: &mut Conn) {
         if let Err(e) = Done::encode_with(out, t.id, outcomes) {
             // The results cannot travel: report that instead, for every item.
             let failure = Failure::new(FailureKind::Serialize, e.to_string());
+            let n = task::ItemReader::new(t.call.chunk).count();
             let each = |out: &mut Vec<u8>| {
-                for _ in task::ItemReader::new(t.call.chunk) {
-                    task::encode_failure(&failure, out);
-                }
+                task::encode_failures(&failure, n, out);
                 Vec::new()
             };
             let _ = Done::encode_with(out, t.id, each);

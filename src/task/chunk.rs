@@ -1,0 +1,772 @@
+//! The bytes of a chunk: the items of one task, going to a worker as
+//! arguments and coming back as outcomes.
+//!
+//! ```text
+//! n            u32 LE   items in the chunk
+//! failed       u32 LE   how many of them are failures
+//! payload_len  u64 LE
+//! payload      the items' postcard encodings, back to back (a failed item
+//!              holds its `Failure`)
+//! lengths      n LEB128 varints, item i's `payload bytes << 1 | failed`
+//! ```
+//!
+//! The fast path reads a chunk as one value: when no item failed, the
+//! payload is decoded from front to back by one decoder under one panic
+//! guard, and the length table is not read at all. The table exists for the
+//! failure path. When an item cannot be decoded (its `Deserialize` fails or
+//! panics, or it lies about its own length) the decoder no longer knows where
+//! the next item starts; rather than give up the rest of the chunk, or
+//! decode the items before it a second time (which would run user code twice
+//! and take passed descriptors twice), the walk goes on from the next item's
+//! place in the table. So one bad value still fails only its own item, at
+//! the price of about one byte per item on the wire.
+
+use std::any::type_name;
+
+use serde::de::{Deserialize, DeserializeOwned};
+use serde::Serialize;
+
+use super::{catch_panic, Failure, FailureKind};
+use crate::codec::{self, CodecError, Encoder, SeqDecoder};
+use crate::error::{Error, ErrorKind};
+
+const HEADER: usize = 16;
+
+/// Builds a chunk at the end of a buffer.
+pub(crate) struct ChunkWriter<'a> {
+    out: &'a mut Vec<u8>,
+    /// Where the chunk's header is.
+    start: usize,
+    /// The end of the last whole item: what an item that panicked part-way
+    /// through its encoding is cut back to.
+    committed: usize,
+    /// Where the last item began, in `out` and in `table`, and whether it
+    /// was a failure: to take it back when a panic after its encoding (in a
+    /// `Drop`) fails it.
+    last: (usize, usize, bool),
+    table: Vec<u8>,
+    n: usize,
+    failed: usize,
+    encoder: Encoder,
+}
+
+impl<'a> ChunkWriter<'a> {
+    /// Starts a chunk of about `items` items at the end of `out`.
+    pub(crate) fn new(out: &'a mut Vec<u8>, items: usize) -> ChunkWriter<'a> {
+        let start = out.len();
+        out.extend_from_slice(&[0; HEADER]);
+        let committed = out.len();
+        ChunkWriter {
+            out,
+            start,
+            committed,
+            last: (committed, 0, false),
+            table: Vec::with_capacity(items),
+            n: 0,
+            failed: 0,
+            encoder: Encoder::new(),
+        }
+    }
+
+    fn commit(&mut self, failed: bool) {
+        let len = self.out.len() - self.committed;
+        self.last = (self.committed, self.table.len(), failed);
+        push_varint(&mut self.table, (len as u64) << 1 | u64::from(failed));
+        self.committed = self.out.len();
+        self.n += 1;
+        self.failed += usize::from(failed);
+    }
+
+    /// Appends `value` as the next item. On an error nothing is appended; a
+    /// panic in its `Serialize` leaves part of it, which [`fail_last`]
+    /// (Self::fail_last) takes back.
+    #[inline]
+    pub(crate) fn value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), String> {
+        self.encoder.append(value, self.out)?;
+        self.commit(false);
+        Ok(())
+    }
+
+    /// Appends a failed item.
+    pub(crate) fn failure(&mut self, failure: &Failure) {
+        self.out.truncate(self.committed);
+        // A `Failure` is plain data: its encoding cannot fail.
+        let _ = self.encoder.append(failure, self.out);
+        self.commit(true);
+    }
+
+    /// Fails item `index` with `failure` after a panic: whatever was written
+    /// of it (part of its encoding, or all of it when the panic came later)
+    /// is replaced, so the item has exactly one outcome.
+    pub(crate) fn fail_last(&mut self, index: usize, failure: &Failure) {
+        self.out.truncate(self.committed);
+        if self.n > index {
+            let (at, table_at, failed) = self.last;
+            self.out.truncate(at);
+            self.table.truncate(table_at);
+            self.committed = at;
+            self.n -= 1;
+            self.failed -= usize::from(failed);
+        }
+        self.failure(failure);
+    }
+
+    /// Ends the chunk: appends the length table and fills in the header.
+    pub(crate) fn finish(self) {
+        self.out.truncate(self.committed);
+        let payload_len = (self.committed - self.start - HEADER) as u64;
+        // A chunk's items are bounded by its bytes, which no frame lets
+        // exceed u32::MAX; saturate rather than wrap if one ever did.
+        let n = u32::try_from(self.n).unwrap_or(u32::MAX);
+        let failed = u32::try_from(self.failed).unwrap_or(u32::MAX);
+        let header = &mut self.out[self.start..self.start + HEADER];
+        header[..4].copy_from_slice(&n.to_le_bytes());
+        header[4..8].copy_from_slice(&failed.to_le_bytes());
+        header[8..].copy_from_slice(&payload_len.to_le_bytes());
+        self.out.extend_from_slice(&self.table);
+    }
+}
+
+#[inline]
+fn push_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads one varint from the front of `bytes`; `None` when it is cut short
+/// or longer than a u64.
+fn take_varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&b, rest) = bytes.split_first()?;
+        *bytes = rest;
+        v |= u64::from(b & 0x7f).checked_shl(shift)?;
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn malformed() -> Failure {
+    Failure::new(FailureKind::Protocol, "malformed item in a task frame".to_string())
+}
+
+/// A chunk's parts, with its header checked.
+struct Chunk<'a> {
+    n: usize,
+    failed: usize,
+    payload: &'a [u8],
+    table: &'a [u8],
+}
+
+impl<'a> Chunk<'a> {
+    fn parse(bytes: &'a [u8]) -> Result<Chunk<'a>, Failure> {
+        let (Some(header), Some(rest)) = (bytes.get(..HEADER), bytes.get(HEADER..)) else {
+            return Err(malformed());
+        };
+        let word = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().unwrap());
+        let (n, failed) = (word(0) as usize, word(4) as usize);
+        let payload_len = u64::from_le_bytes(header[8..].try_into().unwrap());
+        let payload_len = usize::try_from(payload_len).map_err(|_| malformed())?;
+        if payload_len > rest.len() {
+            return Err(malformed());
+        }
+        let (payload, table) = rest.split_at(payload_len);
+        // Every item has a table entry of at least one byte: this bounds the
+        // items a peer can claim, even zero-sized ones, by what it sent.
+        if table.len() < n {
+            return Err(malformed());
+        }
+        Ok(Chunk { n, failed, payload, table })
+    }
+}
+
+/// Walks the items of a chunk by its length table. A malformed chunk yields
+/// one failure and stops.
+pub(crate) struct ItemReader<'a> {
+    left: usize,
+    payload: &'a [u8],
+    table: &'a [u8],
+}
+
+impl<'a> ItemReader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> ItemReader<'a> {
+        match Chunk::parse(bytes) {
+            Ok(c) => ItemReader { left: c.n, payload: c.payload, table: c.table },
+            // One item, which `next` finds malformed.
+            Err(_) => ItemReader { left: 1, payload: &[], table: &[] },
+        }
+    }
+
+    /// The items of `chunk` from item `skip` on.
+    fn from(chunk: &Chunk<'a>, skip: usize) -> ItemReader<'a> {
+        let mut reader = ItemReader { left: chunk.n, payload: chunk.payload, table: chunk.table };
+        for _ in 0..skip {
+            if reader.entry().is_none() {
+                return ItemReader { left: 1, payload: &[], table: &[] };
+            }
+        }
+        reader
+    }
+
+    /// The next item's bytes and whether it is a failure.
+    fn entry(&mut self) -> Option<(&'a [u8], bool)> {
+        self.left = self.left.checked_sub(1)?;
+        let v = take_varint(&mut self.table)?;
+        let len = usize::try_from(v >> 1).ok().filter(|&len| len <= self.payload.len())?;
+        let (body, rest) = self.payload.split_at(len);
+        self.payload = rest;
+        Some((body, v & 1 == 1))
+    }
+}
+
+impl<'a> Iterator for ItemReader<'a> {
+    type Item = Result<&'a [u8], Failure>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        Some(match self.entry() {
+            Some((body, false)) => Ok(body),
+            Some((body, true)) => Err(codec::decode(body).unwrap_or_else(|_| malformed())),
+            None => {
+                self.left = 0;
+                Err(malformed())
+            }
+        })
+    }
+}
+
+/// One item of a chunk, as [`walk`] hands it over.
+enum Item<T> {
+    Value(T),
+    /// Its `Deserialize` failed, with this message.
+    Undecodable(String),
+    /// It panicked: in its `Deserialize`, or in what the caller did with it.
+    Panicked(Failure),
+    /// It was a failure (or malformed) when it arrived.
+    Failed(Failure),
+}
+
+/// Decodes up to `limit` items of `chunk` as `T`s, giving each one's outcome
+/// to `each` (item by item, in order, exactly once), and returns how many it
+/// gave: fewer than `limit` when the chunk has fewer items or is malformed.
+///
+/// `each` runs under the walk's panic guard, which covers the whole run of
+/// items after the last panic; a panic fails only the item it happened in,
+/// and the walk goes on under a fresh guard.
+fn walk<'de, T, E>(chunk: &Chunk<'de>, limit: usize, mut each: E) -> usize
+where
+    T: Deserialize<'de>,
+    E: FnMut(usize, Item<T>),
+{
+    let n = limit.min(chunk.n);
+    let mut next = 0;
+    // Items back to back: the fast path, while it knows where item `next`
+    // starts (and only when no item failed).
+    let mut seq = (chunk.failed == 0).then(|| SeqDecoder::new(chunk.payload));
+    // Items by the table, positioned at item `next`, once off the fast path.
+    let mut table: Option<ItemReader<'de>> = None;
+    let mut stopped = false;
+    while next < n && !stopped {
+        // Whether item `next` was decoded, so that `seq` is past it.
+        let mut decoded = false;
+        let run = catch_panic(|| {
+            while next < n {
+                decoded = false;
+                if let Some(decoder) = seq.as_mut() {
+                    match decoder.next::<T>() {
+                        Ok(value) => {
+                            decoded = true;
+                            each(next, Item::Value(value));
+                        }
+                        Err(e) => {
+                            seq = None;
+                            table = Some(ItemReader::from(chunk, next + 1));
+                            each(next, Item::Undecodable(e));
+                        }
+                    }
+                } else {
+                    let reader = table.get_or_insert_with(|| ItemReader::from(chunk, next));
+                    match reader.entry() {
+                        Some((body, false)) => match SeqDecoder::new(body).next::<T>() {
+                            Ok(value) => each(next, Item::Value(value)),
+                            Err(e) => each(next, Item::Undecodable(e)),
+                        },
+                        Some((body, true)) => {
+                            let failure = codec::decode(body).unwrap_or_else(|_| malformed());
+                            each(next, Item::Failed(failure));
+                        }
+                        None => {
+                            // The table ends or lies: nothing after this
+                            // item can be found.
+                            each(next, Item::Failed(malformed()));
+                            next += 1;
+                            stopped = true;
+                            return;
+                        }
+                    }
+                }
+                next += 1;
+            }
+        });
+        match run {
+            Ok(()) => break,
+            Err(failure) => {
+                if seq.is_some() && !decoded {
+                    // It panicked inside its own `Deserialize`: where the
+                    // next item starts is now only in the table.
+                    seq = None;
+                    table = Some(ItemReader::from(chunk, next + 1));
+                }
+                each(next, Item::Panicked(failure));
+                next += 1;
+            }
+        }
+    }
+    next
+}
+
+/// Encodes `items` as one chunk, with the descriptors of any handles in them.
+/// An item that cannot be serialized becomes a failed item, so it fails its
+/// own task only; one whose `Serialize` panics fails it as a panic.
+pub(crate) fn encode_chunk<T: Serialize>(items: &[T]) -> (Vec<u8>, Vec<std::os::fd::OwnedFd>) {
+    let mut chunk = Vec::with_capacity(HEADER + 2 * items.len());
+    let ((), fds) = crate::fdpass::collect(|| {
+        let mut w = ChunkWriter::new(&mut chunk, items.len());
+        let mut next = 0;
+        while next < items.len() {
+            let run = catch_panic(|| {
+                for item in &items[next..] {
+                    if let Err(e) = w.value(item) {
+                        w.failure(&Failure::new(
+                            FailureKind::Serialize,
+                            format!(
+                                "could not serialize the task's argument (type `{}`) in the \
+                                 parent: {e}",
+                                type_name::<T>()
+                            ),
+                        ));
+                    }
+                    next += 1;
+                }
+            });
+            if let Err(failure) = run {
+                w.fail_last(next, &failure);
+                next += 1;
+            }
+        }
+        w.finish();
+    });
+    (chunk, fds)
+}
+
+/// Appends a chunk of `count` items that all fail with `failure`.
+pub(crate) fn encode_failures(failure: &Failure, count: usize, out: &mut Vec<u8>) {
+    let mut w = ChunkWriter::new(out, count);
+    for _ in 0..count {
+        w.failure(failure);
+    }
+    w.finish();
+}
+
+/// Runs `call` on every argument of the chunk `input` (in a worker) and
+/// appends the chunk of its outcomes to `out`: one outcome per item, under
+/// one panic guard for the whole loop (see [`walk`]).
+pub(super) fn run<A, R>(input: &[u8], out: &mut Vec<u8>, mut call: impl FnMut(A) -> R)
+where
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    let chunk = match Chunk::parse(input) {
+        Ok(chunk) => chunk,
+        Err(failure) => return encode_failures(&failure, 1, out),
+    };
+    let mut w = ChunkWriter::new(out, chunk.n);
+    walk::<A, _>(&chunk, chunk.n, |index, item| match item {
+        Item::Value(args) => {
+            // The result is dropped inside the guard too: a panic in its
+            // `Drop` fails this item (`fail_last` replaces its outcome).
+            let result = call(args);
+            if let Err(e) = w.value(&result) {
+                w.failure(&Failure::new(
+                    FailureKind::Serialize,
+                    format!(
+                        "the worker could not serialize the task's result (type `{}`): {e}",
+                        type_name::<R>()
+                    ),
+                ));
+            }
+        }
+        Item::Undecodable(e) => w.failure(&Failure::new(
+            FailureKind::Deserialize,
+            format!(
+                "the worker could not deserialize the task's argument (type `{}`): {e}",
+                type_name::<A>()
+            ),
+        )),
+        Item::Failed(failure) => w.failure(&failure),
+        Item::Panicked(failure) => w.fail_last(index, &failure),
+    });
+    w.finish();
+}
+
+/// Decodes the outcomes of a chunk of `n` items run by worker `pid`.
+pub(crate) fn decode_outcomes<R: DeserializeOwned>(
+    bytes: &[u8],
+    fds: Vec<std::os::fd::OwnedFd>,
+    n: usize,
+    pid: Option<u32>,
+) -> Outcomes<R> {
+    crate::fdpass::supply(fds, || decode_items(bytes, n, pid))
+}
+
+fn decode_items<R: DeserializeOwned>(bytes: &[u8], n: usize, pid: Option<u32>) -> Outcomes<R> {
+    let undecodable = |e: CodecError| {
+        Error::new(
+            ErrorKind::Deserialize,
+            format!(
+                "could not deserialize the task's result (type `{}`) in the parent: {e}",
+                type_name::<R>()
+            ),
+        )
+    };
+    let mut outcomes = Outcomes::with_capacity(n);
+    // Only the `n` items the chunk had are decoded; a lying worker's extra
+    // items are merely counted, for the error.
+    let returned = match Chunk::parse(bytes) {
+        Err(failure) => {
+            if n > 0 {
+                outcomes.push(Err(failure.into_error(pid)));
+            }
+            1
+        }
+        Ok(chunk) => {
+            // A result whose `Deserialize` fails or panics, or that nests
+            // too deep, fails only its own task.
+            let given = walk::<R, _>(&chunk, n, |_, item| match item {
+                Item::Value(value) => outcomes.values.push(value),
+                Item::Undecodable(e) => outcomes.push(Err(undecodable(CodecError::Serde(e)))),
+                Item::Panicked(failure) => {
+                    outcomes.push(Err(undecodable(CodecError::Panic(failure))))
+                }
+                Item::Failed(failure) => outcomes.push(Err(failure.into_error(pid))),
+            });
+            if given < n.min(chunk.n) {
+                given
+            } else {
+                chunk.n
+            }
+        }
+    };
+    if outcomes.len() < n {
+        let err = Error::new(
+            ErrorKind::Protocol,
+            format!("a worker returned {returned} results for a chunk of {n} items"),
+        );
+        while outcomes.len() < n {
+            outcomes.push(Err(err.clone()));
+        }
+    }
+    outcomes
+}
+
+/// The outcomes of a chunk, in item order.
+///
+/// The values and the failures are kept apart, so that a chunk whose items
+/// all succeeded hands its values on as they are.
+pub(crate) struct Outcomes<R> {
+    values: Vec<R>,
+    /// Each failure with its position among all the outcomes, ascending.
+    failures: Vec<(usize, Error)>,
+}
+
+impl<R> Outcomes<R> {
+    pub(crate) fn with_capacity(n: usize) -> Outcomes<R> {
+        Outcomes { values: Vec::with_capacity(n), failures: Vec::new() }
+    }
+
+    /// Appends the next outcome.
+    #[inline]
+    pub(crate) fn push(&mut self, outcome: crate::Result<R>) {
+        match outcome {
+            Ok(value) => self.values.push(value),
+            Err(e) => self.failures.push((self.len(), e)),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.values.len() + self.failures.len()
+    }
+
+    /// Takes the last outcome.
+    pub(crate) fn pop(&mut self) -> Option<crate::Result<R>> {
+        let last = self.len().checked_sub(1)?;
+        match self.failures.last() {
+            Some((at, _)) if *at == last => self.failures.pop().map(|(_, e)| Err(e)),
+            _ => self.values.pop().map(Ok),
+        }
+    }
+
+    /// Every value in order, or else the first failure.
+    pub(crate) fn into_values(self) -> crate::Result<Vec<R>> {
+        match self.failures.into_iter().next() {
+            Some((_, e)) => Err(e),
+            None => Ok(self.values),
+        }
+    }
+}
+
+impl<R> FromIterator<crate::Result<R>> for Outcomes<R> {
+    fn from_iter<I: IntoIterator<Item = crate::Result<R>>>(iter: I) -> Self {
+        let iter = iter.into_iter();
+        let mut outcomes = Outcomes::with_capacity(iter.size_hint().0);
+        for outcome in iter {
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+}
+
+impl<R> IntoIterator for Outcomes<R> {
+    type Item = crate::Result<R>;
+    type IntoIter = OutcomesIter<R>;
+
+    fn into_iter(self) -> OutcomesIter<R> {
+        OutcomesIter {
+            at: 0,
+            values: self.values.into_iter(),
+            failures: self.failures.into_iter().peekable(),
+        }
+    }
+}
+
+/// The outcomes of a chunk, one by one in item order.
+pub(crate) struct OutcomesIter<R> {
+    at: usize,
+    values: std::vec::IntoIter<R>,
+    failures: std::iter::Peekable<std::vec::IntoIter<(usize, Error)>>,
+}
+
+impl<R> Iterator for OutcomesIter<R> {
+    type Item = crate::Result<R>;
+
+    fn next(&mut self) -> Option<crate::Result<R>> {
+        let failed_here = self.failures.peek().is_some_and(|(i, _)| *i == self.at);
+        let next = match failed_here {
+            true => self.failures.next().map(|(_, e)| Err(e)),
+            false => self.values.next().map(Ok),
+        }
+        .or_else(|| self.failures.next().map(|(_, e)| Err(e)))?;
+        self.at += 1;
+        Some(next)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.values.len() + self.failures.len();
+        (n, Some(n))
+    }
+}
+
+impl<R> ExactSizeIterator for OutcomesIter<R> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::run_chunk_at;
+    use crate::task::tests::offset_of;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Runs `args` through `f` as a worker would and decodes the outcomes as
+    /// the parent does, as `R`.
+    fn round_trip<A: Serialize, R: DeserializeOwned>(
+        offset: i64,
+        args: &[A],
+    ) -> Vec<crate::Result<R>> {
+        let (input, fds) = encode_chunk(args);
+        let mut out = Vec::new();
+        let fds = run_chunk_at(offset, &input, fds, &mut out);
+        decode_outcomes::<R>(&out, fds, args.len(), None).into_iter().collect()
+    }
+
+    static RUNS: [AtomicUsize; 10] = [const { AtomicUsize::new(0) }; 10];
+
+    fn panics_at_3(x: usize) -> usize {
+        RUNS[x].fetch_add(1, Ordering::SeqCst);
+        if x == 3 || x == 7 {
+            panic!("item {x} panics");
+        }
+        x * 10
+    }
+
+    #[test]
+    fn a_panic_mid_chunk_fails_only_its_item_and_every_item_runs_once() {
+        let items: Vec<usize> = (0..10).collect();
+        let out = round_trip::<usize, usize>(offset_of(panics_at_3), &items);
+        assert_eq!(out.len(), 10);
+        for (i, o) in out.iter().enumerate() {
+            match i {
+                3 | 7 => {
+                    let err = o.as_ref().unwrap_err();
+                    assert_eq!(err.panic_message(), Some(&*format!("item {i} panics")), "{err}");
+                }
+                _ => assert_eq!(*o.as_ref().unwrap(), i * 10),
+            }
+            assert_eq!(RUNS[i].load(Ordering::SeqCst), 1, "item {i} ran once");
+        }
+    }
+
+    /// Encodes as a u32; decoding it fails (odd) or panics (multiple of 5
+    /// above 0), after reading its bytes.
+    #[derive(Debug, Serialize)]
+    struct Picky(u32);
+
+    impl<'de> Deserialize<'de> for Picky {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Picky, D::Error> {
+            let v = u32::deserialize(d)?;
+            if v % 2 == 1 {
+                return Err(serde::de::Error::custom(format!("picky refuses {v}")));
+            }
+            if v > 0 && v % 5 == 0 {
+                panic!("picky panics at {v}");
+            }
+            Ok(Picky(v))
+        }
+    }
+
+    fn echo(p: Picky) -> Picky {
+        p
+    }
+
+    fn same(x: u32) -> u32 {
+        x
+    }
+
+    #[test]
+    fn a_result_that_fails_or_panics_in_deserialize_fails_only_its_item() {
+        // Results decoded as `Picky` in the parent.
+        let items: Vec<u32> = vec![0, 2, 3, 4, 10, 12, 14, 15, 16];
+        let out = round_trip::<u32, Picky>(offset_of(same), &items);
+        assert_eq!(out.len(), items.len());
+        for (o, &v) in out.iter().zip(&items) {
+            match o {
+                Ok(p) => assert_eq!(p.0, v),
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::Deserialize, "{e}");
+                    let why = if v % 2 == 1 {
+                        format!("picky refuses {v}")
+                    } else {
+                        format!("picky panics at {v}")
+                    };
+                    assert!(e.message().contains(&why), "{v}: {e}");
+                    assert!(v % 2 == 1 || v % 5 == 0, "{v} failed: {e}");
+                }
+            }
+        }
+        assert_eq!(out.iter().filter(|o| o.is_ok()).count(), 6);
+    }
+
+    #[test]
+    fn an_argument_that_fails_or_panics_in_deserialize_fails_only_its_item() {
+        let items: Vec<Picky> = [0, 2, 3, 4, 10, 12].into_iter().map(Picky).collect();
+        let out = round_trip::<Picky, u32>(offset_of(echo), &items);
+        let got: Vec<_> =
+            out.iter().map(|o| o.as_ref().map(|_| ()).map_err(|e| e.kind())).collect();
+        assert_eq!(
+            got,
+            [
+                Ok(()),
+                Ok(()),
+                Err(ErrorKind::Deserialize),
+                Ok(()),
+                Err(ErrorKind::TaskPanicked),
+                Ok(())
+            ]
+        );
+        assert_eq!(out[5].as_ref().unwrap(), &12);
+    }
+
+    /// Its `Drop` panics after it was serialized.
+    #[derive(Serialize)]
+    struct DropBomb(u32);
+
+    impl Drop for DropBomb {
+        fn drop(&mut self) {
+            if self.0 == 1 && !std::thread::panicking() {
+                panic!("drop bomb");
+            }
+        }
+    }
+
+    fn bomb(x: u32) -> DropBomb {
+        DropBomb(x)
+    }
+
+    #[test]
+    fn a_panic_after_a_result_was_written_replaces_it() {
+        let out = round_trip::<u32, u32>(offset_of(bomb), &[0, 1, 2]);
+        assert_eq!(out.len(), 3);
+        assert_eq!(*out[0].as_ref().unwrap(), 0);
+        assert_eq!(out[1].as_ref().unwrap_err().panic_message(), Some("drop bomb"));
+        assert_eq!(*out[2].as_ref().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_worker_that_lies_about_its_results_fails_the_missing_ones() {
+        let (chunk, _) = encode_chunk(&[1u64, 2, 3]);
+        // Claims 3 results for a chunk of 5.
+        let out: Vec<_> =
+            decode_outcomes::<u64>(&chunk, Vec::new(), 5, Some(9)).into_iter().collect();
+        assert_eq!(out.len(), 5);
+        assert_eq!(out[..3].iter().map(|o| *o.as_ref().unwrap()).collect::<Vec<_>>(), [1, 2, 3]);
+        let err = out[4].as_ref().unwrap_err();
+        assert!(err.message().contains("returned 3 results for a chunk of 5"), "{err}");
+        // Claims more: only the chunk's own items are decoded.
+        let out = decode_outcomes::<u64>(&chunk, Vec::new(), 2, None).into_values().unwrap();
+        assert_eq!(out, [1, 2]);
+    }
+
+    #[test]
+    fn malformed_chunks_fail_their_items_without_reading_past_the_bytes() {
+        let (chunk, _) = encode_chunk(&[1u64, 300, 70_000]);
+        for cut in 0..chunk.len() {
+            let out: Vec<_> =
+                decode_outcomes::<u64>(&chunk[..cut], Vec::new(), 3, None).into_iter().collect();
+            assert_eq!(out.len(), 3, "cut at {cut}");
+        }
+        // A header claiming 2^32 - 1 zero-sized items in a few bytes.
+        let mut forged = chunk.clone();
+        forged[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(ItemReader::new(&forged).all(|i| i.is_err()));
+        let out: Vec<_> = decode_outcomes::<()>(&forged, Vec::new(), 3, None).into_iter().collect();
+        assert!(out.iter().all(|o| o.as_ref().is_err_and(|e| e.kind() == ErrorKind::Protocol)));
+        // A table whose lengths run past the payload, behind a failed item.
+        let mut lying = chunk.clone();
+        lying[4..8].copy_from_slice(&1u32.to_le_bytes());
+        let table = lying.len() - 3;
+        lying[table] = 0x7f;
+        let out: Vec<_> = decode_outcomes::<u64>(&lying, Vec::new(), 3, None).into_iter().collect();
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|o| o.is_err()), "{out:?}");
+    }
+
+    #[test]
+    fn outcomes_keep_item_order_with_failures_anywhere() {
+        let e = |m: &str| Error::new(ErrorKind::Protocol, m);
+        let items = vec![Err(e("a")), Ok(1), Ok(2), Err(e("b")), Ok(3), Err(e("c"))];
+        let outcomes: Outcomes<u32> = items.into_iter().collect();
+        assert_eq!(outcomes.len(), 6);
+        let back: Vec<_> =
+            outcomes.into_iter().map(|o| o.map_err(|e| e.message().to_string())).collect();
+        assert_eq!(back, [Err("a".into()), Ok(1), Ok(2), Err("b".into()), Ok(3), Err("c".into())]);
+        let mut o: Outcomes<u32> = vec![Ok(1), Err(e("x"))].into_iter().collect();
+        assert!(o.pop().unwrap().is_err());
+        assert_eq!(o.pop().unwrap().unwrap(), 1);
+        assert!(o.pop().is_none());
+    }
+}
