@@ -56,6 +56,9 @@ struct State<T> {
     notify: Vec<Hook>,
     delivery: Delivery,
     wakers: Vec<Waker>,
+    /// Threads blocked on the condvar: the condvar is notified (a system
+    /// call) only when one is.
+    sleepers: u32,
 }
 
 impl<T> State<T> {
@@ -142,6 +145,7 @@ impl<T> Completion<T> {
                 notify: Vec::new(),
                 delivery: Delivery::Open,
                 wakers: Vec::new(),
+                sleepers: 0,
             }),
             cond: Condvar::new(),
         })
@@ -172,10 +176,13 @@ impl<T> Completion<T> {
         } else {
             wakers = self.settle(&mut st);
         }
+        let sleepers = st.sleepers > 0;
         drop(st);
         wakers.into_iter().for_each(Waker::wake);
         // Callback threads that wait for this result may run its callbacks.
-        self.cond.notify_all();
+        if sleepers {
+            self.cond.notify_all();
+        }
         for n in notify {
             run_guarded(n);
         }
@@ -230,8 +237,11 @@ impl<T> Completion<T> {
                 continue;
             }
             let wakers = self.settle(&mut st);
+            let sleepers = st.sleepers > 0;
             drop(st);
-            self.cond.notify_all();
+            if sleepers {
+                self.cond.notify_all();
+            }
             wakers.into_iter().for_each(Waker::wake);
             return;
         }
@@ -361,16 +371,19 @@ impl<T> Completion<T> {
                 st = self.lock();
                 continue;
             }
+            st.sleepers += 1;
             match deadline {
                 None => st = self.cond.wait(st).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
+                        st.sleepers -= 1;
                         break;
                     }
                     st = self.cond.wait_timeout(st, d - now).unwrap_or_else(|e| e.into_inner()).0;
                 }
             }
+            st.sleepers -= 1;
         }
         st
     }
