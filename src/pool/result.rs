@@ -388,6 +388,24 @@ impl<T> Completion<T> {
         st
     }
 
+    /// Waits up to `timeout` (`None`: no bound) and moves the value out (an
+    /// error stays for later callers); `None` on timeout.
+    pub(crate) fn wait_take(&self, timeout: Option<Duration>) -> Option<Result<T>> {
+        let mut st = self.wait_until(timeout.and_then(crate::deadline_after));
+        Self::take(&mut st)
+    }
+
+    /// Moves the value out if the result is settled; otherwise registers
+    /// `waker` and returns `None`.
+    pub(crate) fn poll_take(&self, waker: &Waker) -> Option<Result<T>> {
+        let mut st = self.lock();
+        let taken = Self::take(&mut st);
+        if taken.is_none() && !st.wakers.iter().any(|w| w.will_wake(waker)) {
+            st.wakers.push(waker.clone());
+        }
+        taken
+    }
+
     /// Moves the value out of a settled result; `None` while it is not.
     fn take(st: &mut State<T>) -> Option<Result<T>> {
         if !st.settled() {
@@ -498,8 +516,7 @@ impl<T> AsyncResult<T> {
     /// The task's own error: it panicked, its worker died, it timed out, it
     /// was cancelled, or a value failed to (de)serialize.
     pub fn get(self) -> Result<T> {
-        let mut st = self.inner.wait_until(None);
-        Completion::take(&mut st).expect("an unbounded wait ends with the result settled")
+        self.inner.wait_take(None).expect("an unbounded wait ends with the result settled")
     }
 
     /// Waits at most `timeout` for the result.
@@ -568,15 +585,9 @@ impl<T> Future for AsyncResult<T> {
     type Output = Result<T>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
-        let mut st = self.inner.lock();
-        match Completion::take(&mut st) {
+        match self.inner.poll_take(cx.waker()) {
             Some(r) => Poll::Ready(r),
-            None => {
-                if !st.wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                    st.wakers.push(cx.waker().clone());
-                }
-                Poll::Pending
-            }
+            None => Poll::Pending,
         }
     }
 }
