@@ -45,6 +45,7 @@ use crossbeam_deque::{Injector, Steal};
 use super::{Engine, Lifecycle, RunState, Ticket};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pool::map::{ChunkDone, ChunkRunner};
+use crate::pool::Completion;
 use crate::task::{self, TaskFn};
 
 /// A job: called with `None` to run, or with the reason it will not run.
@@ -402,5 +403,31 @@ where
 
     fn run_chunk_held(&self, items: Vec<A>, done: ChunkDone<R>, ticket: Arc<Ticket>) {
         self.submit(items, done, true, Some(ticket))
+    }
+
+    /// One allocation besides the completion: the job itself (no item or
+    /// outcome vector, no chunk callback).
+    fn run_one(&self, item: A, done: Arc<Completion<R>>) {
+        let ticket = self.ticket.clone();
+        let (f, engine) = (self.f.clone(), self.engine.clone());
+        self.engine.submit(
+            Box::new(move |cancel| {
+                let outcome = match cancel {
+                    Some(e) => Err(e),
+                    None => {
+                        if ticket.as_ref().is_some_and(|t| !t.start()) {
+                            // Cancelled while queued: `cancel` already completed it.
+                            return engine.release();
+                        }
+                        let outcome =
+                            task::catch_panic(|| f.call(item)).map_err(|fl| fl.into_error(None));
+                        engine.release();
+                        outcome
+                    }
+                };
+                done.complete(outcome)
+            }),
+            false,
+        );
     }
 }

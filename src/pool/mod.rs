@@ -14,7 +14,9 @@ use self::map::ChunkRunner;
 use crate::engine::procs::{Init, ProcEngine, ProcOptions};
 use crate::engine::threads::{ThreadEngine, ThreadOptions};
 use crate::engine::Engine;
-use crate::error::{Error, ErrorKind, Result};
+#[cfg(doc)]
+use crate::error::ErrorKind;
+use crate::error::Result;
 use crate::task::TaskFn;
 
 pub use self::map::IMap;
@@ -121,15 +123,7 @@ pub(crate) fn apply_via<A, R: Send + 'static>(
     args: A,
 ) -> AsyncResult<R> {
     let completion = Completion::new();
-    let c = completion.clone();
-    runner.run_chunk(
-        vec![args],
-        Box::new(move |mut outcomes| {
-            c.complete(outcomes.pop().unwrap_or_else(|| {
-                Err(Error::new(ErrorKind::Protocol, "a task returned no result"))
-            }))
-        }),
-    );
+    runner.run_one(args, completion.clone());
     AsyncResult::new(completion)
 }
 
