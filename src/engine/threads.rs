@@ -1,22 +1,51 @@
 //! The thread backend: the pool's tasks run on threads of this process.
 //!
-//! Jobs wait in one queue under a mutex; idle threads sleep on its condvar.
-//! The run state lives in the shared [`Lifecycle`]; a thread reads it under
-//! the queue's lock and every change to it is followed by [`wake_all`]
-//! (which takes that lock), so no change is missed by a thread about to
-//! sleep.
+//! # The path of one task
+//!
+//! A submission is checked against the [`Lifecycle`] and pushed onto one
+//! lock-free queue (a `crossbeam_deque::Injector`); no lock is taken on that
+//! path. An idle thread takes the next job from the queue, runs it and looks
+//! again; only a thread that finds the queue empty goes to sleep.
+//!
+//! # Sleep and wake-up
+//!
+//! A thread about to sleep takes the sleep lock, counts itself in
+//! `Sleep::waiting` (mirrored in the atomic `sleepy`), and looks at the
+//! queue and the lifecycle once more before it waits on the condvar. A
+//! submitter pushes, then reads `sleepy` (both sides with a `SeqCst` fence
+//! between their write and their read, so at least one sees the other): when
+//! nobody sleeps, a submission costs no lock and no system call. When a
+//! thread sleeps, the submitter takes the sleep lock, claims one sleeper
+//! (`waiting - 1`, `woken + 1`) and wakes it; the claim is made at once, so
+//! the submissions that follow while that thread wakes up do not wake it
+//! again. Every change to the lifecycle is followed by [`wake_all`], which
+//! takes the sleep lock, so a thread that looked at the lifecycle before the
+//! change is already waiting and is woken.
+//!
+//! # Admitting vs draining
+//!
+//! The rule of [`lifecycle`](super::lifecycle) is kept without a queue lock:
+//! a submitter counts itself in `admitting` before it checks the lifecycle
+//! and leaves only after its push, and checks whether the pool stopped after
+//! pushing (draining the queue itself if so: a `terminate()` whose drain ran
+//! before the push would otherwise strand the job). A thread leaves a closed
+//! pool only when, read in this order, the lifecycle says it is finished, no
+//! submitter is admitting and the queue is empty: a submission admitted
+//! before `close()` is therefore pushed before the last thread can leave.
 //!
 //! [`wake_all`]: Engine::wake_all
 
-use std::collections::VecDeque;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+
+use crossbeam_deque::{Injector, Steal};
 
 use super::{Engine, Lifecycle, RunState, Ticket};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pool::map::{ChunkDone, ChunkRunner};
+use crate::pool::Completion;
 use crate::task::{self, TaskFn};
 
 /// A job: called with `None` to run, or with the reason it will not run.
@@ -51,17 +80,34 @@ impl ThreadOptions {
     }
 }
 
+/// The sleepers, under the sleep lock.
+#[derive(Default)]
+struct Sleep {
+    /// Threads waiting on the condvar that nobody has claimed yet.
+    waiting: usize,
+    /// Wake-ups given and not yet taken by a waiting thread.
+    woken: usize,
+}
+
 pub(crate) struct ThreadEngine {
     lifecycle: Lifecycle,
-    queue: Mutex<VecDeque<Job>>,
+    queue: Injector<Job>,
+    /// Submitters between their look at the lifecycle and their push.
+    admitting: AtomicUsize,
+    sleep: Mutex<Sleep>,
+    /// `Sleep::waiting`, readable without the lock.
+    sleepy: AtomicUsize,
     cond: Condvar,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Threads started (lazy engines read it on every submission).
+    started: AtomicUsize,
     size: usize,
     init: Option<Initializer>,
     /// Start threads only as submissions need them (executors).
     lazy: bool,
-    /// Threads running a job; a job gives its thread back just before it
-    /// delivers its result, so a caller who submits again at once reuses it.
+    /// Threads running a job (kept by lazy engines only); a job gives its
+    /// thread back just before it delivers its result, so a caller who
+    /// submits again at once reuses it.
     busy: AtomicUsize,
 }
 
@@ -69,9 +115,13 @@ impl ThreadEngine {
     fn new(size: usize, init: Option<Initializer>, lazy: bool) -> Result<Arc<ThreadEngine>> {
         let engine = Arc::new(ThreadEngine {
             lifecycle: Lifecycle::new(),
-            queue: Mutex::new(VecDeque::new()),
+            queue: Injector::new(),
+            admitting: AtomicUsize::new(0),
+            sleep: Mutex::new(Sleep::default()),
+            sleepy: AtomicUsize::new(0),
             cond: Condvar::new(),
             threads: Mutex::new(Vec::new()),
+            started: AtomicUsize::new(0),
             size,
             init,
             lazy,
@@ -85,8 +135,8 @@ impl ThreadEngine {
         Ok(engine)
     }
 
-    fn lock(&self) -> MutexGuard<'_, VecDeque<Job>> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_sleep(&self) -> MutexGuard<'_, Sleep> {
+        self.sleep.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn start_thread(self: &Arc<Self>) -> Result<()> {
@@ -100,26 +150,72 @@ impl ThreadEngine {
             .spawn(move || engine.worker())
             .map_err(|e| Error::io("could not start a pool thread", e))?;
         threads.push(h);
+        self.started.store(threads.len(), Ordering::SeqCst);
         Ok(())
     }
 
     fn submit(self: &Arc<Self>, job: Job, held: bool) {
-        let mut q = self.lock();
-        // Checked under the queue's lock: see the rule in `lifecycle`.
+        // See "Admitting vs draining" above.
+        self.admitting.fetch_add(1, Ordering::SeqCst);
         if let Some(err) = self.lifecycle.refusal(held) {
-            drop(q);
+            self.admitting.fetch_sub(1, Ordering::SeqCst);
+            // A thread of a closed pool may wait for this submission.
+            self.wake_all();
             return job(Some(err));
         }
-        q.push_back(job);
-        let queued = q.len();
-        drop(q);
-        self.cond.notify_one();
-        let started = self.threads.lock().map_or(self.size, |t| t.len());
-        if self.lazy && self.busy.load(Ordering::SeqCst) + queued > started {
-            if let Err(e) = self.start_thread() {
-                self.break_with(e);
+        self.queue.push(job);
+        self.admitting.fetch_sub(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if self.lifecycle.is_stopped() {
+            // Terminated or broken since the check: its drain may have run
+            // before the push.
+            let err = self.lifecycle.broken().unwrap_or_else(super::cancelled);
+            return self.fail_queued(err);
+        }
+        if self.sleepy.load(Ordering::SeqCst) > 0 {
+            self.wake_one();
+        }
+        if self.lazy {
+            let queued = self.queue.len();
+            let started = self.started.load(Ordering::SeqCst);
+            if self.busy.load(Ordering::SeqCst) + queued > started {
+                if let Err(e) = self.start_thread() {
+                    self.break_with(e);
+                }
             }
         }
+    }
+
+    /// Wakes one sleeping thread, if one still sleeps.
+    fn wake_one(&self) {
+        let mut s = self.lock_sleep();
+        if s.waiting > 0 {
+            s.waiting -= 1;
+            s.woken += 1;
+            self.sleepy.store(s.waiting, Ordering::SeqCst);
+            drop(s);
+            self.cond.notify_one();
+        }
+    }
+
+    /// The next queued job, if any.
+    fn pop(&self) -> Option<Job> {
+        loop {
+            match self.queue.steal() {
+                Steal::Success(job) => return Some(job),
+                Steal::Empty => return None,
+                Steal::Retry => std::hint::spin_loop(),
+            }
+        }
+    }
+
+    /// True once this thread may leave: the pool is stopped, or it is closed,
+    /// finished, admits nobody and has nothing queued (read in that order).
+    fn may_leave(&self) -> bool {
+        self.lifecycle.is_stopped()
+            || (self.lifecycle.finished(true)
+                && self.admitting.load(Ordering::SeqCst) == 0
+                && self.queue.is_empty())
     }
 
     fn worker(&self) {
@@ -137,28 +233,49 @@ impl ThreadEngine {
             }
         }
         loop {
-            let mut q = self.lock();
-            let job = loop {
-                if self.lifecycle.is_stopped() {
-                    return;
+            if self.lifecycle.is_stopped() {
+                return;
+            }
+            if let Some(job) = self.pop() {
+                if self.lazy {
+                    self.busy.fetch_add(1, Ordering::SeqCst);
                 }
-                if let Some(job) = q.pop_front() {
-                    break job;
-                }
-                if self.lifecycle.finished(true) {
-                    return;
-                }
-                q = self.cond.wait(q).unwrap_or_else(|e| e.into_inner());
-            };
-            self.busy.fetch_add(1, Ordering::SeqCst);
-            drop(q);
-            job(None);
+                job(None);
+                continue;
+            }
+            if self.may_leave() {
+                return;
+            }
+            self.sleep_until_woken();
+        }
+    }
+
+    /// Sleeps until a submission or a lifecycle change wakes this thread;
+    /// returns at once if there is something to look at already.
+    fn sleep_until_woken(&self) {
+        let mut s = self.lock_sleep();
+        s.waiting += 1;
+        self.sleepy.store(s.waiting, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if !self.queue.is_empty() || self.may_leave() {
+            s.waiting -= 1;
+            self.sleepy.store(s.waiting, Ordering::SeqCst);
+            return;
+        }
+        loop {
+            s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner());
+            if s.woken > 0 {
+                s.woken -= 1;
+                return;
+            }
         }
     }
 
     /// Called by a job just before it delivers its result.
     fn release(&self) {
-        self.busy.fetch_sub(1, Ordering::SeqCst);
+        if self.lazy {
+            self.busy.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -174,14 +291,18 @@ impl Engine for ThreadEngine {
     fn wake_all(&self) {
         // Taking the lock orders this wake-up after any thread's look at the
         // lifecycle: a thread either saw the change or is already waiting.
-        drop(self.lock());
+        let mut s = self.lock_sleep();
+        s.woken += s.waiting;
+        s.waiting = 0;
+        self.sleepy.store(0, Ordering::SeqCst);
+        drop(s);
         self.cond.notify_all();
     }
 
     fn fail_queued(&self, err: Error) {
-        let jobs: Vec<Job> = self.lock().drain(..).collect();
-        for j in jobs {
-            j(Some(err.clone()));
+        fence(Ordering::SeqCst);
+        while let Some(job) = self.pop() {
+            job(Some(err.clone()));
         }
     }
 
@@ -282,5 +403,31 @@ where
 
     fn run_chunk_held(&self, items: Vec<A>, done: ChunkDone<R>, ticket: Arc<Ticket>) {
         self.submit(items, done, true, Some(ticket))
+    }
+
+    /// One allocation besides the completion: the job itself (no item or
+    /// outcome vector, no chunk callback).
+    fn run_one(&self, item: A, done: Arc<Completion<R>>) {
+        let ticket = self.ticket.clone();
+        let (f, engine) = (self.f.clone(), self.engine.clone());
+        self.engine.submit(
+            Box::new(move |cancel| {
+                let outcome = match cancel {
+                    Some(e) => Err(e),
+                    None => {
+                        if ticket.as_ref().is_some_and(|t| !t.start()) {
+                            // Cancelled while queued: `cancel` already completed it.
+                            return engine.release();
+                        }
+                        let outcome =
+                            task::catch_panic(|| f.call(item)).map_err(|fl| fl.into_error(None));
+                        engine.release();
+                        outcome
+                    }
+                };
+                done.complete(outcome)
+            }),
+            false,
+        );
     }
 }

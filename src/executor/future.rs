@@ -147,6 +147,49 @@ impl<R: Send + 'static> Future<R> {
         self.inner.completion.on_done(move || f(&me));
     }
 
+    /// Waits for the task and moves its result out: the way to get a result
+    /// that is not `Clone` (`.await` does the same). Clones of this future
+    /// that ask for the result afterwards get an [`ErrorKind::ResultTaken`]
+    /// error; a task's error is returned to every caller.
+    ///
+    /// # Errors
+    /// The task's error: panicked, worker died, cancelled, (de)serialisation.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::ThreadPoolExecutor;
+    ///
+    /// struct Token(u32); // not Clone
+    /// let ex = ThreadPoolExecutor::new(1)?;
+    /// let f = ex.submit(|n: u32| Token(n), 7)?;
+    /// assert_eq!(f.into_result()?.0, 7);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn into_result(self) -> Result<R> {
+        self.inner.completion.wait_take(None).expect("an unbounded wait ends with an outcome")
+    }
+
+    /// [`into_result`](Future::into_result), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`] when the task is not done in time (the result
+    /// stays: call this on a clone, `f.clone().into_result_timeout(..)`, to
+    /// wait again), or the task's error.
+    pub fn into_result_timeout(self, timeout: Duration) -> Result<R> {
+        self.inner.completion.wait_take(Some(timeout)).unwrap_or_else(|| {
+            Err(Error::timeout(format!("the future's result was not ready within {timeout:?}")))
+        })
+    }
+
+    /// [`into_result`](Future::into_result) as something to `.await`: the
+    /// result is moved out, so it need not be `Clone`.
+    pub fn into_result_async(self) -> impl std::future::Future<Output = Result<R>> + Send {
+        std::future::poll_fn(move |cx| {
+            self.inner.completion.poll_take(cx.waker()).map_or(Poll::Pending, Poll::Ready)
+        })
+    }
+
     fn same(&self, other: &Future<R>) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
@@ -178,11 +221,19 @@ impl<R: Clone + Send + 'static> Future<R> {
     }
 }
 
+/// Awaiting a future that has no clone moves its result out; one with
+/// clones hands out a copy, so every clone awaited gets the result. For a
+/// result that is not `Clone`, await [`Future::into_result_async`].
 impl<R: Clone + Send + 'static> std::future::Future for Future<R> {
     type Output = Result<R>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
-        if self.inner.completion.poll_ready(cx.waker()) {
+        let completion = &self.inner.completion;
+        if Arc::strong_count(&self.inner) == 1 {
+            // No clone can ask for the result afterwards: no copy is needed.
+            return completion.poll_take(cx.waker()).map_or(Poll::Pending, Poll::Ready);
+        }
+        if completion.poll_ready(cx.waker()) {
             Poll::Ready(self.result())
         } else {
             Poll::Pending
@@ -372,5 +423,71 @@ impl<R: Send + 'static> Iterator for AsCompleted<R> {
         let f = got.and_then(|i| self.futures[i].take())?;
         self.left -= 1;
         Some(Ok(f))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ThreadPoolExecutor;
+
+    /// A result that cannot be cloned.
+    #[derive(Debug, PartialEq)]
+    struct Token(u32);
+
+    #[test]
+    fn a_result_that_is_not_clone_is_moved_out_once() {
+        let ex = ThreadPoolExecutor::new(1).unwrap();
+        let f = ex.submit(|n: u32| Token(n), 7).unwrap();
+        let other = f.clone();
+        assert_eq!(f.into_result().unwrap(), Token(7));
+        let again = other.into_result_timeout(Duration::from_secs(10)).unwrap_err();
+        assert_eq!(again.kind(), ErrorKind::ResultTaken);
+        ex.shutdown(true, false);
+    }
+
+    #[test]
+    fn an_error_is_returned_to_every_taker() {
+        let ex = ThreadPoolExecutor::new(1).unwrap();
+        let f = ex.submit(|()| -> Token { panic!("no token") }, ()).unwrap();
+        let other = f.clone();
+        assert_eq!(f.into_result().unwrap_err().kind(), ErrorKind::TaskPanicked);
+        assert_eq!(other.into_result().unwrap_err().kind(), ErrorKind::TaskPanicked);
+        ex.shutdown(true, false);
+    }
+
+    #[test]
+    fn a_timed_out_into_result_leaves_the_result_for_a_clone() {
+        let ex = ThreadPoolExecutor::new(1).unwrap();
+        let (tx, rx) = mpsc::channel::<()>();
+        let rx = Mutex::new(rx);
+        let f = ex
+            .submit(
+                move |()| {
+                    let _ = rx.lock().unwrap().recv_timeout(Duration::from_secs(10));
+                    Token(3)
+                },
+                (),
+            )
+            .unwrap();
+        let err = f.clone().into_result_timeout(Duration::from_millis(10)).unwrap_err();
+        assert!(err.is_timeout());
+        tx.send(()).unwrap();
+        assert_eq!(f.into_result_timeout(Duration::from_secs(10)).unwrap(), Token(3));
+        ex.shutdown(true, false);
+    }
+
+    #[test]
+    fn into_result_async_moves_a_result_that_is_not_clone() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let ex = ThreadPoolExecutor::new(1).unwrap();
+        let f = ex.submit(|n: u32| Token(n + 1), 1).unwrap();
+        let got = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), f.into_result_async())
+                .await
+                .expect("in time")
+        });
+        assert_eq!(got.unwrap(), Token(2));
+        ex.shutdown(true, false);
     }
 }

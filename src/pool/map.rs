@@ -38,6 +38,15 @@ pub(crate) trait ChunkRunner<A, R> {
     /// The chunk is tracked by `ticket`, so the iterator can cancel it
     /// while it is still queued.
     fn run_chunk_held(&self, items: Vec<A>, done: ChunkDone<R>, ticket: Arc<Ticket>);
+    /// Runs one item as its own task and completes `done` with its outcome,
+    /// whatever happens. By default a chunk of one; a backend may skip the
+    /// chunk's vectors and callback (the thread pool's hot path).
+    fn run_one(&self, item: A, done: Arc<Completion<R>>)
+    where
+        R: Send + 'static,
+    {
+        self.run_chunk(vec![item], complete_one(done))
+    }
     /// Keeps a closed pool's workers for an iterator that will submit more;
     /// the returned closure lets go. `None` when the pool is not running.
     fn hold_open(&self) -> Option<Release> {
@@ -59,6 +68,18 @@ pub(crate) trait ChunkRunner<A, R> {
     {
         super::apply_via(self, args).get()
     }
+}
+
+/// The chunk callback of a chunk of one item: completes `done` with its
+/// outcome.
+pub(crate) fn complete_one<R: Send + 'static>(done: Arc<Completion<R>>) -> ChunkDone<R> {
+    Box::new(move |mut outcomes| {
+        done.complete(
+            outcomes.pop().unwrap_or_else(|| {
+                Err(Error::new(ErrorKind::Protocol, "a task returned no result"))
+            }),
+        )
+    })
 }
 
 /// Python's rule: `ceil(len / (workers * 4))`, at least 1.

@@ -10,11 +10,13 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use self::map::{ChunkDone, ChunkRunner};
+use self::map::ChunkRunner;
 use crate::engine::procs::{Init, ProcEngine, ProcOptions};
 use crate::engine::threads::{ThreadEngine, ThreadOptions};
 use crate::engine::Engine;
-use crate::error::{Error, ErrorKind, Result};
+#[cfg(doc)]
+use crate::error::ErrorKind;
+use crate::error::Result;
 use crate::task::TaskFn;
 
 pub use self::map::IMap;
@@ -115,27 +117,13 @@ impl PoolBuilder {
     }
 }
 
-/// A completion for one task, and the chunk callback that completes it with
-/// the chunk's only outcome.
-pub(crate) fn one_result<R: Send + 'static>() -> (Arc<Completion<R>>, ChunkDone<R>) {
-    let completion = Completion::new();
-    let c = completion.clone();
-    let done: ChunkDone<R> =
-        Box::new(move |mut outcomes| {
-            c.complete(outcomes.pop().unwrap_or_else(|| {
-                Err(Error::new(ErrorKind::Protocol, "a task returned no result"))
-            }))
-        });
-    (completion, done)
-}
-
 /// Submits one item as its own task; the result completes with its outcome.
 pub(crate) fn apply_via<A, R: Send + 'static>(
     runner: &impl ChunkRunner<A, R>,
     args: A,
 ) -> AsyncResult<R> {
-    let (completion, done) = one_result();
-    runner.run_chunk(vec![args], done);
+    let completion = Completion::new();
+    runner.run_one(args, completion.clone());
     AsyncResult::new(completion)
 }
 

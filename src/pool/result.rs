@@ -56,6 +56,9 @@ struct State<T> {
     notify: Vec<Hook>,
     delivery: Delivery,
     wakers: Vec<Waker>,
+    /// Threads blocked on the condvar: the condvar is notified (a system
+    /// call) only when one is.
+    sleepers: u32,
 }
 
 impl<T> State<T> {
@@ -142,6 +145,7 @@ impl<T> Completion<T> {
                 notify: Vec::new(),
                 delivery: Delivery::Open,
                 wakers: Vec::new(),
+                sleepers: 0,
             }),
             cond: Condvar::new(),
         })
@@ -172,10 +176,13 @@ impl<T> Completion<T> {
         } else {
             wakers = self.settle(&mut st);
         }
+        let sleepers = st.sleepers > 0;
         drop(st);
         wakers.into_iter().for_each(Waker::wake);
         // Callback threads that wait for this result may run its callbacks.
-        self.cond.notify_all();
+        if sleepers {
+            self.cond.notify_all();
+        }
         for n in notify {
             run_guarded(n);
         }
@@ -230,8 +237,11 @@ impl<T> Completion<T> {
                 continue;
             }
             let wakers = self.settle(&mut st);
+            let sleepers = st.sleepers > 0;
             drop(st);
-            self.cond.notify_all();
+            if sleepers {
+                self.cond.notify_all();
+            }
             wakers.into_iter().for_each(Waker::wake);
             return;
         }
@@ -361,18 +371,39 @@ impl<T> Completion<T> {
                 st = self.lock();
                 continue;
             }
+            st.sleepers += 1;
             match deadline {
                 None => st = self.cond.wait(st).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
+                        st.sleepers -= 1;
                         break;
                     }
                     st = self.cond.wait_timeout(st, d - now).unwrap_or_else(|e| e.into_inner()).0;
                 }
             }
+            st.sleepers -= 1;
         }
         st
+    }
+
+    /// Waits up to `timeout` (`None`: no bound) and moves the value out (an
+    /// error stays for later callers); `None` on timeout.
+    pub(crate) fn wait_take(&self, timeout: Option<Duration>) -> Option<Result<T>> {
+        let mut st = self.wait_until(timeout.and_then(crate::deadline_after));
+        Self::take(&mut st)
+    }
+
+    /// Moves the value out if the result is settled; otherwise registers
+    /// `waker` and returns `None`.
+    pub(crate) fn poll_take(&self, waker: &Waker) -> Option<Result<T>> {
+        let mut st = self.lock();
+        let taken = Self::take(&mut st);
+        if taken.is_none() && !st.wakers.iter().any(|w| w.will_wake(waker)) {
+            st.wakers.push(waker.clone());
+        }
+        taken
     }
 
     /// Moves the value out of a settled result; `None` while it is not.
@@ -485,8 +516,7 @@ impl<T> AsyncResult<T> {
     /// The task's own error: it panicked, its worker died, it timed out, it
     /// was cancelled, or a value failed to (de)serialize.
     pub fn get(self) -> Result<T> {
-        let mut st = self.inner.wait_until(None);
-        Completion::take(&mut st).expect("an unbounded wait ends with the result settled")
+        self.inner.wait_take(None).expect("an unbounded wait ends with the result settled")
     }
 
     /// Waits at most `timeout` for the result.
@@ -555,15 +585,9 @@ impl<T> Future for AsyncResult<T> {
     type Output = Result<T>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
-        let mut st = self.inner.lock();
-        match Completion::take(&mut st) {
+        match self.inner.poll_take(cx.waker()) {
             Some(r) => Poll::Ready(r),
-            None => {
-                if !st.wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                    st.wakers.push(cx.waker().clone());
-                }
-                Poll::Pending
-            }
+            None => Poll::Pending,
         }
     }
 }

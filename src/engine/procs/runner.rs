@@ -160,9 +160,10 @@ where
     /// Runs the task on this thread when a worker is idle: no thread
     /// hand-off on either side of the round trip (see `lend`).
     fn apply(&self, args: A) -> Result<R> {
-        let (completion, done) = crate::pool::one_result();
+        let completion = crate::pool::Completion::new();
         let encoded = task::encode_chunk(std::slice::from_ref(&args));
         drop(args);
+        let done = crate::pool::map::complete_one(completion.clone());
         self.engine.run_waited(self.offset, encoded, job_done(1, done));
         crate::pool::AsyncResult::new(completion).get()
     }
