@@ -25,6 +25,7 @@ use std::any::type_name;
 
 use serde::de::{Deserialize, DeserializeOwned};
 use serde::Serialize;
+use smallvec::SmallVec;
 
 use super::{catch_panic, Failure, FailureKind};
 use crate::codec::{self, CodecError, Encoder, SeqDecoder};
@@ -44,7 +45,9 @@ pub(crate) struct ChunkWriter<'a> {
     /// was a failure: to take it back when a panic after its encoding (in a
     /// `Drop`) fails it.
     last: (usize, usize, bool),
-    table: Vec<u8>,
+    /// The length table; on the stack for small chunks (a one-item chunk
+    /// is the `apply` hot path: no allocation for it).
+    table: SmallVec<[u8; 32]>,
     n: usize,
     failed: usize,
     encoder: Encoder,
@@ -61,7 +64,7 @@ impl<'a> ChunkWriter<'a> {
             start,
             committed,
             last: (committed, 0, false),
-            table: Vec::with_capacity(items),
+            table: SmallVec::with_capacity(items),
             n: 0,
             failed: 0,
             encoder: Encoder::new(),
@@ -128,7 +131,7 @@ impl<'a> ChunkWriter<'a> {
 }
 
 #[inline]
-fn push_varint(out: &mut Vec<u8>, mut v: u64) {
+fn push_varint(out: &mut SmallVec<[u8; 32]>, mut v: u64) {
     while v >= 0x80 {
         out.push(v as u8 | 0x80);
         v >>= 7;
@@ -336,7 +339,10 @@ where
 /// An item that cannot be serialized becomes a failed item, so it fails its
 /// own task only; one whose `Serialize` panics fails it as a panic.
 pub(crate) fn encode_chunk<T: Serialize>(items: &[T]) -> (Vec<u8>, Vec<std::os::fd::OwnedFd>) {
-    let mut chunk = Vec::with_capacity(HEADER + 2 * items.len());
+    // Room for the header, small items and their table entries: no
+    // reallocation for a chunk of small values.
+    let item = std::mem::size_of::<T>().min(64) + 2;
+    let mut chunk = Vec::with_capacity(HEADER + item * items.len() + 8);
     let ((), fds) = crate::fdpass::collect(|| {
         let mut w = ChunkWriter::new(&mut chunk, items.len());
         let mut next = 0;
