@@ -447,9 +447,10 @@ mod tests {
     }
 }
 
-/// The parent's and a worker's share of one `map` chunk, run in one process
-/// so that `valgrind --tool=callgrind` counts it: `cargo test --release --lib
-/// chunk_micro -- --ignored`.
+/// The parent's and a worker's share of one `map` chunk of 125,000 items,
+/// run in one process: a test that a chunk of the default size round-trips,
+/// and the measurement `valgrind --tool=callgrind` counts per item
+/// (`cargo test --release --lib chunk_micro`).
 #[cfg(test)]
 mod micro {
     use super::*;
@@ -459,7 +460,6 @@ mod micro {
     }
 
     #[test]
-    #[ignore = "a measurement, run by hand under callgrind"]
     fn chunk_micro() {
         let n = 125_000u64;
         let items: Vec<u64> = (0..n).collect();

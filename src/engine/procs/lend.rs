@@ -39,6 +39,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::slot::wrong_result;
 use super::Job;
 use crate::sys::{self, Interest};
 use crate::wire::{self, Conn, Done, FromWorker};
@@ -170,8 +171,7 @@ pub(super) fn run(
                     Ok(_) => return failed(job, true, How::Protocol(wire::kind_name(kind))),
                     Err(v) => return failed(job, true, How::Protocol(v.0)),
                 };
-                if done.id != job.id {
-                    let what = wrong_result(Some(done.id), job.id);
+                if let Some(what) = wrong_result(Some(done.id), Some(job.id)) {
                     return failed(job, true, How::Protocol(what));
                 }
                 (job.done)(Ok((done.outcomes, fds)), Some(lent.pid));
@@ -184,10 +184,10 @@ pub(super) fn run(
         // A result is judged by its task id as soon as that has arrived, so
         // a bogus length cannot make the caller wait for the rest.
         if let Some((wire::DONE, start)) = conn.partial_head() {
-            let id = Done::id_of_partial(start);
-            if id.is_some_and(|id| id != job.id) {
-                let what = format!("the start of {}", wrong_result(id, job.id));
-                return failed(job, true, How::Protocol(what));
+            if let Some(id) = Done::id_of_partial(start) {
+                if let Some(what) = wrong_result(Some(id), Some(job.id)) {
+                    return failed(job, true, How::Protocol(format!("the start of {what}")));
+                }
             }
         }
         if ended {
@@ -225,12 +225,5 @@ pub(super) fn run(
             while matches!(conn.read_some(), Ok(false)) && conn.has_more() {}
             ended = true;
         }
-    }
-}
-
-fn wrong_result(id: Option<u64>, running: u64) -> String {
-    match id {
-        Some(id) => format!("a result for task {id} while it was running task {running}"),
-        None => "a result too short to name its task".to_string(),
     }
 }

@@ -122,6 +122,7 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
             ready: false,
             exit: (None, None),
             unflushed_ends: VecDeque::new(),
+            lend_failed: false,
         };
         // A worker that is starting will be free soon: busy slots leave
         // queued jobs for it rather than pipelining them.
@@ -208,6 +209,9 @@ struct Worker {
     /// Where in the output stream the frames of the last jobs sent end,
     /// while not all of their bytes have reached the socket.
     unflushed_ends: VecDeque<u64>,
+    /// Set when the worker's channel could not be duplicated for lending:
+    /// it is then never offered (see `offer`).
+    lend_failed: bool,
 }
 
 impl Worker {
@@ -283,6 +287,7 @@ impl Worker {
                 && !self.conn.has_more()
                 && quota.is_none()
                 && self.pidfd.is_some()
+                && !self.lend_failed
                 && core.lifecycle().state() == RunState::Running;
             if lendable {
                 if let Some(end) = self.offer(core) {
@@ -373,8 +378,10 @@ impl Worker {
             if lent.is_none() {
                 let (Ok(chan), Ok(exit)) = (self.conn.fd().try_clone_to_owned(), pidfd.try_clone())
                 else {
-                    // Not lendable now; served as usual after a wake-up.
-                    return self.wait_for_wake(core);
+                    // Out of descriptors: this worker is served the usual
+                    // way only (its channel and pidfd polled as ever).
+                    self.lend_failed = true;
+                    return None;
                 };
                 *lent = Some(Lent {
                     conn: Conn::with_accept(chan, Accept::Only(wire::RUNNING)),
@@ -431,18 +438,6 @@ impl Worker {
             How::TimedOut => self.timed_out(core),
             How::Protocol(what) => self.protocol_error(core, &what),
         })
-    }
-
-    /// Waits on the slot's eventfd alone.
-    fn wait_for_wake(&self, core: &Core) -> Option<End> {
-        let signal = &core.slots[self.index];
-        let wake = Interest { fd: signal.wake.fd(), read: true, write: false };
-        if let Ok([r]) = sys::poll([wake], Some(Duration::from_millis(10))) {
-            if r.read {
-                signal.wake.drain();
-            }
-        }
-        None
     }
 
     /// How long jobs take here: the running average, or the time the
@@ -560,16 +555,7 @@ impl Worker {
     /// What is wrong with a result for task `id`, if anything: the worker
     /// runs its tasks in order, so it must be the oldest one sent.
     fn wrong_result(&self, id: Option<u64>) -> Option<String> {
-        let Some(id) = id else {
-            return Some("a result too short to name its task".to_string());
-        };
-        match self.inflight.front() {
-            None => Some(format!("a result for task {id} while it held no task")),
-            Some(job) if job.id != id => {
-                Some(format!("a result for task {id} while it was running task {}", job.id))
-            }
-            Some(_) => None,
-        }
+        wrong_result(id, self.inflight.front().map(|j| j.id))
     }
 
     fn protocol_error(&mut self, core: &Core, what: &str) -> End {
@@ -693,6 +679,22 @@ impl Worker {
             head.fail(err, Some(self.pid));
         }
         core.requeue(std::mem::take(&mut self.inflight).into_iter());
+    }
+}
+
+/// What is wrong with a result for task `id` from a worker running task
+/// `running`, if anything: a worker runs its tasks in order, so a result
+/// must be for the oldest task sent. Shared by the slot and a lent call.
+pub(super) fn wrong_result(id: Option<u64>, running: Option<u64>) -> Option<String> {
+    let Some(id) = id else {
+        return Some("a result too short to name its task".to_string());
+    };
+    match running {
+        None => Some(format!("a result for task {id} while it held no task")),
+        Some(running) if running != id => {
+            Some(format!("a result for task {id} while it was running task {running}"))
+        }
+        Some(_) => None,
     }
 }
 
