@@ -191,12 +191,14 @@ impl ProcEngine {
                 continue;
             }
             s.vacant.store(false, Ordering::SeqCst);
+            let unwinding = GiveBackOnUnwind(s);
             let ran = match s.offer.lock_lent().as_mut() {
                 Some(lent) => lend::run(lent, job, slot::write_task),
                 None => Err(lend::Returned { job, written: false, how: lend::How::Died }),
             };
             match ran {
                 Ok(()) => {
+                    std::mem::forget(unwinding);
                     s.vacant.store(true, Ordering::SeqCst);
                     if s.offer.give_back() {
                         s.wake.notify();
@@ -204,6 +206,7 @@ impl ProcEngine {
                     return;
                 }
                 Err(returned) => {
+                    std::mem::forget(unwinding);
                     s.offer.hand_back(returned);
                     s.offer.give_back_failed();
                     s.wake.notify();
@@ -297,6 +300,19 @@ impl ProcEngine {
     /// True when a slot other than `me` is vacant.
     pub(crate) fn other_vacant(&self, me: usize) -> bool {
         self.slots.iter().enumerate().any(|(i, s)| i != me && s.vacant.load(Ordering::SeqCst))
+    }
+}
+
+/// Gives a lent worker back to its slot if the caller's thread unwinds
+/// mid-call (a panic in the result's delivery), so the slot is never left
+/// waiting for a call that will not end; the slot then finds nothing handed
+/// back and serves the worker as usual.
+struct GiveBackOnUnwind<'a>(&'a SlotSignal);
+
+impl Drop for GiveBackOnUnwind<'_> {
+    fn drop(&mut self) {
+        self.0.offer.give_back_failed();
+        self.0.wake.notify();
     }
 }
 
