@@ -73,12 +73,6 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// is already complete and is only dropped).
     fn fail_queued(&self, err: Error);
 
-    /// After `terminate()`: stops the running jobs where the backend can
-    /// (processes are killed; threads finish their job).
-    fn stop_running(&self) {
-        self.wake_all();
-    }
-
     /// Waits for the workers to exit (not for the caller itself, when it is
     /// one of them).
     fn join_workers(&self);
@@ -102,11 +96,13 @@ pub(crate) trait Engine: Send + Sync + 'static {
         self.wake_all();
     }
 
-    /// Fails every queued task with `Cancelled` and runs nothing more.
+    /// Fails every queued task with `Cancelled` and runs nothing more; the
+    /// woken workers stop their running jobs where the backend can
+    /// (processes are killed; threads finish their job).
     fn terminate(&self) {
         self.lifecycle().terminate();
         self.fail_queued(cancelled());
-        self.stop_running();
+        self.wake_all();
     }
 
     /// Marks the pool unusable: everything queued, and every later
