@@ -183,3 +183,18 @@ fn a_hostile_worker_in_apply_fails_only_that_call() {
     assert_protocol_error(&err, liar, &format!("a result for task {}", u64::MAX));
     assert_eq!(pool.apply(sqr, 7).unwrap(), 49);
 }
+
+#[test]
+fn an_idle_worker_killed_from_outside_is_replaced_without_any_call() {
+    let pool = warm(1);
+    let victim = pool.apply(pid, ()).unwrap();
+    send_signal(victim, libc::SIGKILL);
+    // The slot sees the death while the worker is offered and starts a
+    // replacement on its own (it used to re-offer the dead worker in a loop).
+    let replaced = crate::support::eventually(STARTUP, || {
+        multiproc::active_children().iter().any(|c| c.pid != victim)
+    });
+    assert!(replaced, "no replacement for idle worker {victim} without a call");
+    assert!(wait_pid_gone(victim, PROMPT), "dead worker {victim} was never reaped");
+    assert_ne!(pool.apply(pid, ()).unwrap(), victim);
+}

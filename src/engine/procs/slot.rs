@@ -404,6 +404,9 @@ impl Worker {
         if matches!(polled, Ok([wake, _]) if wake.read) {
             signal.wake.drain();
         }
+        // The worker died while offered (or the poll failed): once it is
+        // back, its death is handled as any other, not offered again.
+        let exited = !matches!(polled, Ok([_, exit]) if !exit.read && !exit.hangup);
         if !offer.withdraw() {
             // A caller drives the worker: wait until it hands it back. A
             // terminated pool does not wait for the call: the worker is
@@ -420,7 +423,9 @@ impl Worker {
                 }
             }
         }
-        let lend::Returned { job, written, how } = offer.take_returned()?;
+        let Some(lend::Returned { job, written, how }) = offer.take_returned() else {
+            return exited.then(|| self.died(core, ""));
+        };
         if core.lifecycle().is_stopped() {
             // Terminated (or broken) while lent: the call fails as the jobs
             // this slot held do.
