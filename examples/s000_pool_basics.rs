@@ -19,7 +19,7 @@ use common::Context;
 use multiproc::{ErrorKind, Pool, Process};
 
 pub const SCENARIOS: &[common::Scenario] = &[
-    ("S000.1", "Pool(5).map over 1000 tasks sleeping 0.1 s, scaled to 100 tasks x 10 ms; close() then join(), then the main process prints", s000_1),
+    ("S000.1", "Pool(5).map over 1000 tasks sleeping 0.1 s, scaled to 100 tasks x 10 ms, with a progress hook; close() then join(), then the main process prints", s000_1),
     ("S000.2", "1000 trivial tasks: Pool(5).map (creation and close/join included) against 1000 processes started one per task", s000_2),
     ("S000.3", "apply is synchronous: 20 tasks of 0.1 s (scaled to 10 ms) in Pool(5) run one after another", s000_3),
     ("S000.4", "apply_async of 1000 tasks returns at once; close() and join() wait for them all (workers print every 100th)", s000_4),
@@ -78,11 +78,26 @@ pub fn s000_1() -> Result<(), String> {
         "join() before close() should fail with PoolStillRunning, got {early:?}"
     );
     println!("join() before close(): {}", early.unwrap_err());
-    let out = pool.map(fun, 0..N).context("map")?;
+    // Not in the seed: the map reports its progress (a closure here; with
+    // the `progress` feature, `multiproc::progress::bar()` draws a bar).
+    let quarter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = quarter.clone();
+    let progress = move |done: u64, total: Option<u64>| {
+        let total = total.unwrap_or(u64::from(N));
+        let q = done * 4 / total.max(1);
+        if q > seen.swap(q, std::sync::atomic::Ordering::Relaxed) {
+            println!("progress: {done}/{total} tasks done");
+        }
+    };
+    let out = pool.progress(progress).map(fun, 0..N).context("map")?;
     pool.close();
     pool.join().context("join")?;
     let took = started.elapsed();
     println!("------ main process ------ ({N} tasks in {took:.2?})");
+    ensure!(
+        quarter.load(std::sync::atomic::Ordering::Relaxed) == 4,
+        "the progress hook did not hear the last task"
+    );
     ensure!(out == (1..=N).collect::<Vec<_>>(), "map returned {out:?}, not 1..={N}");
     let (ideal, serial) = (SLEEP * N / 5, SLEEP * N);
     ensure!(took >= ideal, "{took:?} is faster than 5 workers can sleep ({ideal:?})");

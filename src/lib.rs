@@ -37,6 +37,7 @@ mod fdpass;
 mod pipe;
 mod pool;
 mod process;
+pub mod progress;
 mod queue;
 mod shm;
 mod spawn;
@@ -54,10 +55,11 @@ pub use executor::{
 };
 pub use fdpass::Fd;
 pub use pipe::{pipe, Connection};
-pub use pool::{AsyncResult, Chunked, IMap, Pool, PoolBuilder, ThreadPool, ThreadPoolBuilder};
+pub use pool::{AsyncResult, IMap, Pool, PoolBuilder, ThreadPool, ThreadPoolBuilder, With};
 pub use process::{
     active_children, cpu_count, current_process, parent_process, Process, ProcessInfo, Run,
 };
+pub use progress::Progress;
 pub use queue::{JoinableQueue, PutError, Queue};
 pub use shm::{Array, ArrayGuard, Plain, Value, ValueGuard};
 pub use spawn::ChildInfo;

@@ -37,6 +37,8 @@ mod pool;
 mod pool_failures;
 #[path = "it/process.rs"]
 mod process;
+#[path = "it/progress.rs"]
+mod progress;
 #[path = "it/seccomp.rs"]
 mod seccomp;
 #[path = "it/support.rs"]

@@ -200,6 +200,7 @@ pub const FIGURES: &[FigureDef] = &[
     def("W1", W::W1, "apply round trip, median", "us", Lower),
     def("W1.p99", W::W1, "apply round trip, p99", "us", Lower),
     def("W2.default", W::W2, "map, default chunksize", "items/s", Higher),
+    def("W2.progress", W::W2, "map, default chunksize, progress hook", "items/s", Higher),
     def("W2.best", W::W2, "map, best chunksize", "items/s", Higher),
     def("W2.peak_rss", W::W2, "parent peak RSS (VmHWM)", "MiB", Lower),
     def("W3", W::W3, "apply_async throughput", "tasks/s", Higher),

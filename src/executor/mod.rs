@@ -16,7 +16,8 @@ use crate::engine::threads::{ThreadEngine, ThreadOptions};
 use crate::engine::{Engine, RunState, Ticket};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pool::map::ChunkRunner;
-use crate::pool::{apply_via, IMap};
+use crate::pool::{apply_via, IMap, With};
+use crate::progress::Progress;
 use crate::task::TaskFn;
 
 pub use future::{
@@ -106,16 +107,40 @@ macro_rules! executor_methods {
             }
 
             /// `f` over `items`, results in input order. Lazy: input is read
-            /// with a bounded read-ahead.
+            /// with a bounded read-ahead. One item per task; see
+            /// [`chunksize`](Self::chunksize) for more.
             pub fn map<F, A, M>(
                 &self,
-                $f: F,
+                f: F,
                 items: impl IntoIterator<Item = A> + 'static,
             ) -> IMap<F::Output>
             where $($bounds)*
             {
+                self.map_inner(f, items, &With::new(self))
+            }
+
+            /// [`map`](Self::map) with `chunksize` items per task (Python's
+            /// `map(.., chunksize=)`): `ex.chunksize(10).map(f, items)`.
+            pub fn chunksize(&self, chunksize: usize) -> With<'_, Self> {
+                With::new(self).chunksize(chunksize)
+            }
+
+            /// [`map`](Self::map) reporting progress to `hook`:
+            /// `ex.progress(|done, total| ..).map(f, items)`. See [`With`].
+            pub fn progress(&self, hook: impl Progress + 'static) -> With<'_, Self> {
+                With::new(self).progress(hook)
+            }
+
+            fn map_inner<F, A, M>(
+                &self,
+                $f: F,
+                items: impl IntoIterator<Item = A> + 'static,
+                with: &With<'_, Self>,
+            ) -> IMap<F::Output>
+            where $($bounds)*
+            {
                 let $engine = &self.inner.engine;
-                IMap::new($make, items, None, true)
+                IMap::new($make, items, with.chunksize, true, with.progress.clone())
             }
 
             /// [`map`](Self::map) with an overall `timeout`: results that
@@ -140,6 +165,31 @@ macro_rules! executor_methods {
             /// either: work still pending when the program exits is lost.
             pub fn shutdown(&self, wait: bool, cancel_futures: bool) {
                 self.inner.shutdown(wait, cancel_futures)
+            }
+        }
+
+        impl With<'_, $executor> {
+            /// [`map`]($executor::map) with these settings.
+            pub fn map<F, A, M>(
+                &self,
+                f: F,
+                items: impl IntoIterator<Item = A> + 'static,
+            ) -> IMap<F::Output>
+            where $($bounds)*
+            {
+                self.face.map_inner(f, items, self)
+            }
+
+            /// [`map_timeout`]($executor::map_timeout) with these settings.
+            pub fn map_timeout<F, A, M>(
+                &self,
+                f: F,
+                items: impl IntoIterator<Item = A> + 'static,
+                timeout: Duration,
+            ) -> IMap<F::Output>
+            where $($bounds)*
+            {
+                self.map(f, items).with_timeout(timeout)
             }
         }
 

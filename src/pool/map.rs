@@ -8,10 +8,25 @@ use std::time::{Duration, Instant};
 use super::result::{AsyncResult, Completion};
 use crate::engine::{Engine, Release, Ticket};
 use crate::error::{Error, ErrorKind, Result};
+use crate::progress::{Progress, Tracker};
 use crate::task::Outcomes;
 
 /// Called once with one outcome per item of a chunk.
 pub(crate) type ChunkDone<R> = Box<dyn FnOnce(Outcomes<R>) + Send>;
+
+/// `done`, counting its chunk's items on `tracker` first.
+fn counted<R: 'static>(tracker: &Option<Arc<Tracker>>, done: ChunkDone<R>) -> ChunkDone<R> {
+    match tracker {
+        None => done,
+        Some(tracker) => {
+            let tracker = tracker.clone();
+            Box::new(move |outcomes| {
+                tracker.advance(outcomes.len() as u64);
+                done(outcomes)
+            })
+        }
+    }
+}
 
 /// Runs its release once, when the iterator's input ends or it is dropped.
 struct Hold(Option<Release>);
@@ -147,6 +162,7 @@ pub(crate) fn map_async<A, R: Send + 'static>(
     runner: &impl ChunkRunner<A, R>,
     items: impl IntoIterator<Item = A>,
     chunksize: Option<usize>,
+    progress: Option<Arc<dyn Progress>>,
 ) -> AsyncResult<Vec<R>> {
     if let Err(e) = check_chunksize(chunksize).and_then(|()| runner.check_running()) {
         return AsyncResult::failed(e);
@@ -161,11 +177,11 @@ pub(crate) fn map_async<A, R: Send + 'static>(
         Err(f) => return AsyncResult::failed(Error::input_panicked(f.message, f.location)),
     };
     match len {
-        Some(len) => submit_chunks(runner, input, len, chunksize),
+        Some(len) => submit_chunks(runner, input, len, chunksize, progress),
         None => match crate::task::catch_panic(|| input.collect::<Vec<A>>()) {
             Ok(all) => {
                 let len = all.len();
-                submit_chunks(runner, all.into_iter(), len, chunksize)
+                submit_chunks(runner, all.into_iter(), len, chunksize, progress)
             }
             Err(f) => AsyncResult::failed(Error::input_panicked(f.message, f.location)),
         },
@@ -179,7 +195,9 @@ fn submit_chunks<A, R: Send + 'static>(
     mut input: impl Iterator<Item = A>,
     len: usize,
     chunksize: Option<usize>,
+    progress: Option<Arc<dyn Progress>>,
 ) -> AsyncResult<Vec<R>> {
+    let tracker = progress.map(|hook| Tracker::start(hook, Some(len as u64)));
     let completion = Completion::new();
     let result = AsyncResult::new(completion.clone());
     let size = chunksize.unwrap_or_else(|| default_chunksize(len, runner.workers()));
@@ -203,39 +221,42 @@ fn submit_chunks<A, R: Send + 'static>(
         let (collect, completion) = (collect.clone(), completion.clone());
         runner.run_chunk(
             chunk,
-            Box::new(move |outcomes| {
-                let values = outcomes.into_values();
-                let mut c = collect.lock().unwrap_or_else(|e| e.into_inner());
-                let mut values = match values {
-                    _ if c.failed => return,
-                    Ok(values) => values,
-                    Err(e) => {
-                        c.failed = true;
-                        c.values = Vec::new();
-                        c.early.clear();
-                        drop(c);
-                        return completion.complete(Err(e));
+            counted(
+                &tracker,
+                Box::new(move |outcomes| {
+                    let values = outcomes.into_values();
+                    let mut c = collect.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut values = match values {
+                        _ if c.failed => return,
+                        Ok(values) => values,
+                        Err(e) => {
+                            c.failed = true;
+                            c.values = Vec::new();
+                            c.early.clear();
+                            drop(c);
+                            return completion.complete(Err(e));
+                        }
+                    };
+                    if index != c.next {
+                        c.early.insert(index, values);
+                        return;
                     }
-                };
-                if index != c.next {
-                    c.early.insert(index, values);
-                    return;
-                }
-                let all = {
-                    let c = &mut *c;
-                    c.values.append(&mut values);
-                    c.next += 1;
-                    while let Some(mut early) = c.early.remove(&c.next) {
-                        c.values.append(&mut early);
+                    let all = {
+                        let c = &mut *c;
+                        c.values.append(&mut values);
                         c.next += 1;
+                        while let Some(mut early) = c.early.remove(&c.next) {
+                            c.values.append(&mut early);
+                            c.next += 1;
+                        }
+                        c.take_if_complete()
+                    };
+                    drop(c);
+                    if let Some(all) = all {
+                        completion.complete(Ok(all));
                     }
-                    c.take_if_complete()
-                };
-                drop(c);
-                if let Some(all) = all {
-                    completion.complete(Ok(all));
-                }
-            }),
+                }),
+            ),
         );
         index += 1;
         if error.is_some() {
@@ -320,6 +341,8 @@ pub struct IMap<R> {
     tickets: VecDeque<Arc<Ticket>>,
     /// An overall bound (executor `map` with a timeout).
     deadline: Option<(Instant, Duration)>,
+    /// Counts finished chunks for a progress hook.
+    tracker: Option<Arc<Tracker>>,
 }
 
 impl<R: Send + 'static> IMap<R> {
@@ -328,6 +351,7 @@ impl<R: Send + 'static> IMap<R> {
         input: impl IntoIterator<Item = A> + 'static,
         chunksize: Option<usize>,
         ordered: bool,
+        progress: Option<Arc<dyn Progress>>,
     ) -> IMap<R> {
         let shared = Arc::new(Shared {
             arrived: Mutex::new(Arrived {
@@ -350,6 +374,7 @@ impl<R: Send + 'static> IMap<R> {
             hold: None,
             tickets: VecDeque::new(),
             deadline: None,
+            tracker: None,
         };
         if let Err(e) = check_chunksize(chunksize).and_then(|()| runner.check_running()) {
             imap.pending_error = Some(e);
@@ -357,6 +382,12 @@ impl<R: Send + 'static> IMap<R> {
         }
         let size = chunksize.unwrap_or(1);
         let mut input = input.into_iter();
+        let hint = crate::task::catch_panic(|| input.size_hint()).unwrap_or((0, None));
+        let total = match hint {
+            (low, Some(high)) if low == high => Some(low as u64),
+            _ => None,
+        };
+        imap.tracker = progress.map(|hook| Tracker::start(hook, total));
         imap.hold = runner.hold_open().map(|r| Hold(Some(r)));
         imap.feeder = Some(Box::new(move |done, ticket| {
             let (chunk, error) = read_chunk(&mut input, size);
@@ -395,7 +426,7 @@ impl<R: Send + 'static> IMap<R> {
                 shared.cond.notify_all();
             });
             let ticket = Ticket::new();
-            let fed = feed(done, ticket.clone());
+            let fed = feed(counted(&self.tracker, done), ticket.clone());
             if fed.submitted {
                 self.tickets.push_back(ticket);
                 self.submitted += 1;
@@ -419,6 +450,7 @@ impl<R> IMap<R> {
         self.feeder = None;
         self.hold = None;
         self.input_error = None;
+        self.tracker = None;
         for t in self.tickets.drain(..) {
             t.cancel();
         }
@@ -444,6 +476,9 @@ impl<R: Send + 'static> Iterator for IMap<R> {
             }
             self.top_up();
             if self.consumed == self.submitted {
+                // The end (or the input's error, then the end): the hook
+                // hears its finish now, not when the iterator is dropped.
+                self.tracker = None;
                 return self.input_error.take().map(Err);
             }
             let mut a = self.shared.arrived.lock().unwrap_or_else(|e| e.into_inner());
@@ -535,6 +570,14 @@ mod tests {
         }
     }
 
+    fn map_async_plain(
+        runner: &Inline,
+        items: impl IntoIterator<Item = u64>,
+        chunksize: Option<usize>,
+    ) -> AsyncResult<Vec<u64>> {
+        map_async(runner, items, chunksize, None)
+    }
+
     #[test]
     fn default_chunksize_follows_python() {
         assert_eq!(default_chunksize(1000, 5), 50);
@@ -545,11 +588,11 @@ mod tests {
 
     #[test]
     fn map_keeps_order_and_fails_whole() {
-        let r = map_async(&inline(), 0..10, Some(3)).get().unwrap();
+        let r = map_async_plain(&inline(), 0..10, Some(3)).get().unwrap();
         assert_eq!(r, (0..10).map(|x| x * 2).collect::<Vec<_>>());
-        assert!(map_async(&inline(), 0..20, None).get().is_err());
-        assert!(map_async(&inline(), Vec::<u64>::new(), None).get().unwrap().is_empty());
-        let e = map_async(&inline(), vec![1], Some(0)).get().unwrap_err();
+        assert!(map_async_plain(&inline(), 0..20, None).get().is_err());
+        assert!(map_async_plain(&inline(), Vec::<u64>::new(), None).get().unwrap().is_empty());
+        let e = map_async_plain(&inline(), vec![1], Some(0)).get().unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     }
 
@@ -558,7 +601,7 @@ mod tests {
         let pulled = Rc::new(Cell::new(0u64));
         let p = pulled.clone();
         let input = (0..u64::MAX).inspect(move |_| p.set(p.get() + 1));
-        let mut it = IMap::new(inline(), input, Some(2), true);
+        let mut it = IMap::new(inline(), input, Some(2), true, None);
         assert_eq!(it.next().unwrap().unwrap(), 0);
         // A bounded window of chunks, not the whole (endless) input.
         assert!(pulled.get() <= 2 * 16 + 2, "pulled {}", pulled.get());

@@ -17,6 +17,7 @@ use crate::engine::Engine;
 #[cfg(doc)]
 use crate::error::ErrorKind;
 use crate::error::Result;
+use crate::progress::Progress;
 use crate::task::TaskFn;
 
 pub use self::map::IMap;
@@ -127,15 +128,65 @@ pub(crate) fn apply_via<A, R: Send + 'static>(
     AsyncResult::new(completion)
 }
 
-/// A pool seen with a fixed chunksize: `pool.chunksize(10).map(f, items)`.
+/// A pool or executor seen with settings for the maps called through it:
+/// `pool.chunksize(10).progress(hook).map(f, items)`.
 ///
-/// A chunk of items travels as one task, which saves round trips for short
-/// tasks. A chunksize of 0 makes every call fail with
-/// [`ErrorKind::InvalidArgument`].
-#[derive(Clone, Copy, Debug)]
-pub struct Chunked<'a, P> {
-    pool: &'a P,
-    chunksize: usize,
+/// - [`chunksize`](With::chunksize): items per task. A chunk travels as one
+///   task, which saves round trips for short tasks. A chunksize of 0 makes
+///   every call fail with [`ErrorKind::InvalidArgument`].
+/// - [`progress`](With::progress): a [`Progress`] hook told how many items
+///   have finished, from the pool's threads, as chunks complete.
+///
+/// # Examples
+///
+/// ```
+/// let pool = multiproc::ThreadPool::new(2)?;
+/// let done = std::sync::atomic::AtomicU64::new(0);
+/// let done = std::sync::Arc::new(done);
+/// let seen = done.clone();
+/// let hook = move |n: u64, _: Option<u64>| seen.store(n, std::sync::atomic::Ordering::Relaxed);
+/// let squares = pool.chunksize(25).progress(hook).map(|x: u64| x * x, 0..1000)?;
+/// assert_eq!(squares[999], 998_001);
+/// assert_eq!(done.load(std::sync::atomic::Ordering::Relaxed), 1000);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+#[derive(Clone)]
+#[must_use = "settings do nothing until a map is called through them"]
+pub struct With<'a, P> {
+    pub(crate) face: &'a P,
+    pub(crate) chunksize: Option<usize>,
+    pub(crate) progress: Option<Arc<dyn Progress>>,
+}
+
+impl<'a, P> With<'a, P> {
+    pub(crate) fn new(face: &'a P) -> Self {
+        With { face, chunksize: None, progress: None }
+    }
+
+    /// `chunksize` items per task (default: the face's own rule).
+    pub fn chunksize(mut self, chunksize: usize) -> Self {
+        self.chunksize = Some(chunksize);
+        self
+    }
+
+    /// Reports the map's progress to `hook`: a closure
+    /// `Fn(done: u64, total: Option<u64>)`, anything implementing
+    /// [`Progress`], or with the `progress` feature an
+    /// `indicatif::ProgressBar` (see `multiproc::progress::bar`).
+    pub fn progress(mut self, hook: impl Progress + 'static) -> Self {
+        self.progress = Some(Arc::new(hook));
+        self
+    }
+}
+
+impl<P: std::fmt::Debug> std::fmt::Debug for With<'_, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("With")
+            .field("face", self.face)
+            .field("chunksize", &self.chunksize)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
 }
 
 macro_rules! pool_methods {
@@ -228,7 +279,7 @@ macro_rules! pool_methods {
             ) -> AsyncResult<Vec<F::Output>>
             where $($bounds)*
             {
-                self.map_inner(f, items, None)
+                self.map_inner(f, items, &With::new(self))
             }
 
             /// Like [`map`](Self::map) for functions of several arguments,
@@ -267,7 +318,7 @@ macro_rules! pool_methods {
             ) -> IMap<F::Output>
             where $($bounds)*
             {
-                self.imap_inner(f, items, None, true)
+                self.imap_inner(f, items, &With::new(self), true)
             }
 
             /// Results in the order tasks finish. Reads `items` lazily, keeping
@@ -279,19 +330,26 @@ macro_rules! pool_methods {
             ) -> IMap<F::Output>
             where $($bounds)*
             {
-                self.imap_inner(f, items, None, false)
+                self.imap_inner(f, items, &With::new(self), false)
             }
 
-            /// The map family with `chunksize` items per task.
-            pub fn chunksize(&self, chunksize: usize) -> Chunked<'_, Self> {
-                Chunked { pool: self, chunksize }
+            /// The map family with `chunksize` items per task:
+            /// `pool.chunksize(10).map(f, items)`.
+            pub fn chunksize(&self, chunksize: usize) -> With<'_, Self> {
+                With::new(self).chunksize(chunksize)
+            }
+
+            /// The map family reporting progress to `hook`:
+            /// `pool.progress(|done, total| ..).map(f, items)`. See [`With`].
+            pub fn progress(&self, hook: impl Progress + 'static) -> With<'_, Self> {
+                With::new(self).progress(hook)
             }
 
             fn map_inner<F, A, M>(
                 &self,
                 $f: F,
                 items: impl IntoIterator<Item = A>,
-                chunksize: Option<usize>,
+                with: &With<'_, Self>,
             ) -> AsyncResult<Vec<F::Output>>
             where $($bounds)*
             {
@@ -299,25 +357,25 @@ macro_rules! pool_methods {
                 if let Err(e) = $engine.check_running() {
                     return AsyncResult::failed(e);
                 }
-                map::map_async(&$make, items, chunksize)
+                map::map_async(&$make, items, with.chunksize, with.progress.clone())
             }
 
             fn imap_inner<F, A, M>(
                 &self,
                 $f: F,
                 items: impl IntoIterator<Item = A> + 'static,
-                chunksize: Option<usize>,
+                with: &With<'_, Self>,
                 ordered: bool,
             ) -> IMap<F::Output>
             where $($bounds)*
             {
                 let $engine = &self.engine;
-                IMap::new($make, items, chunksize, ordered)
+                IMap::new($make, items, with.chunksize, ordered, with.progress.clone())
             }
         }
 
-        impl Chunked<'_, $pool> {
-            /// [`map`]($pool::map) with this chunksize.
+        impl With<'_, $pool> {
+            /// [`map`]($pool::map) with these settings.
             ///
             /// # Errors
             /// As `map`, and [`ErrorKind::InvalidArgument`] for chunksize 0.
@@ -331,7 +389,7 @@ macro_rules! pool_methods {
                 self.map_async(f, items).get()
             }
 
-            /// `map_async` with this chunksize.
+            /// `map_async` with these settings.
             pub fn map_async<F, A, M>(
                 &self,
                 f: F,
@@ -339,10 +397,10 @@ macro_rules! pool_methods {
             ) -> AsyncResult<Vec<F::Output>>
             where $($bounds)*
             {
-                self.pool.map_inner(f, items, Some(self.chunksize))
+                self.face.map_inner(f, items, self)
             }
 
-            /// `starmap` with this chunksize.
+            /// `starmap` with these settings.
             ///
             /// # Errors
             /// As `map`.
@@ -356,7 +414,7 @@ macro_rules! pool_methods {
                 self.map(f, items)
             }
 
-            /// `starmap_async` with this chunksize.
+            /// `starmap_async` with these settings.
             pub fn starmap_async<F, A, M>(
                 &self,
                 f: F,
@@ -367,7 +425,7 @@ macro_rules! pool_methods {
                 self.map_async(f, items)
             }
 
-            /// `imap` with this chunksize.
+            /// `imap` with these settings.
             pub fn imap<F, A, M>(
                 &self,
                 f: F,
@@ -375,10 +433,10 @@ macro_rules! pool_methods {
             ) -> IMap<F::Output>
             where $($bounds)*
             {
-                self.pool.imap_inner(f, items, Some(self.chunksize), true)
+                self.face.imap_inner(f, items, self, true)
             }
 
-            /// `imap_unordered` with this chunksize.
+            /// `imap_unordered` with these settings.
             pub fn imap_unordered<F, A, M>(
                 &self,
                 f: F,
@@ -386,7 +444,7 @@ macro_rules! pool_methods {
             ) -> IMap<F::Output>
             where $($bounds)*
             {
-                self.pool.imap_inner(f, items, Some(self.chunksize), false)
+                self.face.imap_inner(f, items, self, false)
             }
         }
     };

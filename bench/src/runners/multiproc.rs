@@ -118,6 +118,21 @@ fn w2(p: &Params) -> R<Vec<Sample>> {
     let default = n as f64 / secs(t);
     check_map(&out, n)?;
     drop(out);
+    // The same map reporting to a progress hook: its cost is the ratio of
+    // W2.progress to W2.default.
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let hook = {
+        let seen = seen.clone();
+        move |done: u64, _: Option<u64>| seen.store(done, std::sync::atomic::Ordering::Relaxed)
+    };
+    let t = Instant::now();
+    let out = pool.progress(hook).map(inc, 0..n).map_err(e)?;
+    let with_progress = n as f64 / secs(t);
+    check_map(&out, n)?;
+    if seen.load(std::sync::atomic::Ordering::Relaxed) != n {
+        return Err("the progress hook did not see every item".into());
+    }
+    drop(out);
     let mut best = (default, "default".to_string());
     for &cs in &p.w2_chunksizes {
         let t = Instant::now();
@@ -131,6 +146,7 @@ fn w2(p: &Params) -> R<Vec<Sample>> {
     drop(pool);
     Ok(vec![
         Sample::ok("W2.default", default),
+        Sample::ok("W2.progress", with_progress),
         Sample::ok("W2.best", best.0).with_note(format!("chunksize {}", best.1)),
         peak::measure(Contender::Multiproc, p),
     ])
