@@ -67,7 +67,7 @@ pub use sync::{
     Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, Lock, LockGuard, RLock, Semaphore,
     SemaphoreGuard,
 };
-pub use task::TaskFn;
+pub use task::{TaskFn, TaskOnce};
 
 /// The instant `timeout` from now; `None` (no bound) when that is beyond
 /// what the clock can represent, so `Duration::MAX` means "wait forever".

@@ -89,6 +89,69 @@ impl_task_fn!(A a, B b, C c, D d);
 impl_task_fn!(A a, B b, C c, D d, E e);
 impl_task_fn!(A a, B b, C c, D d, E e, G g);
 
+/// A function that a thread pool or thread executor runs once, as one call
+/// (`apply`, `apply_async`, `submit`): any `FnOnce` of zero to six arguments,
+/// so a closure may move what it captures out (`move || data`).
+///
+/// Arguments are passed as for [`TaskFn`]: one as is, several as a tuple.
+///
+/// # Examples
+///
+/// ```
+/// let pool = multiproc::ThreadPool::new(1)?;
+/// let words = vec![String::from("owned"), String::from("data")];
+/// // Moves `words` out: FnOnce, not Fn.
+/// let joined = pool.apply(move || words.join(" "), ())?;
+/// assert_eq!(joined, "owned data");
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub trait TaskOnce<Args, Marker>: Send + 'static {
+    /// What the function returns.
+    type Output;
+    /// Calls the function with the arguments unpacked, consuming it.
+    fn call_once(self, args: Args) -> Self::Output;
+}
+
+impl<F, A, R> TaskOnce<A, fn(A) -> R> for F
+where
+    F: FnOnce(A) -> R + Send + 'static,
+{
+    type Output = R;
+    fn call_once(self, args: A) -> R {
+        self(args)
+    }
+}
+
+impl<F, R> TaskOnce<(), fn() -> R> for F
+where
+    F: FnOnce() -> R + Send + 'static,
+{
+    type Output = R;
+    fn call_once(self, _args: ()) -> R {
+        self()
+    }
+}
+
+macro_rules! impl_task_once {
+    ($($t:ident $v:ident),+) => {
+        impl<Func, Ret, $($t),+> TaskOnce<($($t,)+), fn($($t),+) -> Ret> for Func
+        where
+            Func: FnOnce($($t),+) -> Ret + Send + 'static,
+        {
+            type Output = Ret;
+            fn call_once(self, ($($v,)+): ($($t,)+)) -> Ret {
+                self($($v),+)
+            }
+        }
+    };
+}
+
+impl_task_once!(A a, B b);
+impl_task_once!(A a, B b, C c);
+impl_task_once!(A a, B b, C c, D d);
+impl_task_once!(A a, B b, C c, D d, E e);
+impl_task_once!(A a, B b, C c, D d, E e, G g);
+
 /// Runs one chunk of items in the worker: `input` is a chunk as made by
 /// [`encode_chunk`], `out` receives the chunk of their outcomes.
 pub(crate) type Trampoline = fn(input: &[u8], out: &mut Vec<u8>);

@@ -14,23 +14,31 @@
 
 /// Calls the face-methods macro `$methods` for `$face`, a face of the
 /// process backend, with that backend's task bounds and runner: each
-/// backend states them once, for all its faces.
+/// backend states them once, for all its faces. A process backend runs one
+/// call (`apply`, `submit`) as a chunk of one, with the same bounds.
 macro_rules! procs_face {
     ($methods:ident, $face:ty) => {
+        procs_face!(@bounds $methods, $face, [
+            F: $crate::task::TaskFn<A, M> + Copy,
+            A: ::serde::Serialize + ::serde::de::DeserializeOwned + 'static,
+            F::Output: ::serde::Serialize + ::serde::de::DeserializeOwned + Send + 'static,
+            M: 'static,
+        ]);
+    };
+    (@bounds $methods:ident, $face:ty, [$($bounds:tt)*]) => {
         $methods! {
             face: $face,
             runner: |engine, f| $crate::engine::procs::ProcRunner::<F, A, M>::new(engine, f),
-            bounds: [
-                F: $crate::task::TaskFn<A, M> + Copy,
-                A: ::serde::Serialize + ::serde::de::DeserializeOwned + 'static,
-                F::Output: ::serde::Serialize + ::serde::de::DeserializeOwned + Send + 'static,
-                M: 'static,
-            ]
+            bounds: [$($bounds)*],
+            once: |engine, f| $crate::engine::procs::ProcRunner::<F, A, M>::new(engine, f),
+            once_bounds: [$($bounds)*]
         }
     };
 }
 
-/// As [`procs_face`], for the thread backend: any `Send` closure and values.
+/// As [`procs_face`], for the thread backend: any `Send` closure and values;
+/// a map's function is shared by the threads (`Fn + Sync`), one call's is
+/// run once (`FnOnce`).
 macro_rules! threads_face {
     ($methods:ident, $face:ty) => {
         $methods! {
@@ -38,6 +46,13 @@ macro_rules! threads_face {
             runner: |engine, f| $crate::engine::threads::ThreadRunner::new(engine, f),
             bounds: [
                 F: $crate::task::TaskFn<A, M>,
+                A: Send + 'static,
+                F::Output: Send + 'static,
+                M: 'static,
+            ],
+            once: |engine, f| $crate::engine::threads::ThreadOnce::new(engine, f),
+            once_bounds: [
+                F: $crate::task::TaskOnce<A, M>,
                 A: Send + 'static,
                 F::Output: Send + 'static,
                 M: 'static,

@@ -44,9 +44,9 @@ use crossbeam_deque::{Injector, Steal};
 
 use super::{Engine, Lifecycle, RunState, Ticket};
 use crate::error::{Error, ErrorKind, Result};
-use crate::pool::map::{ChunkDone, ChunkRunner};
+use crate::pool::map::{ChunkDone, ChunkRunner, OneShot};
 use crate::pool::Completion;
-use crate::task::{self, TaskFn};
+use crate::task::{self, TaskFn, TaskOnce};
 
 /// A job: called with `None` to run, or with the reason it will not run.
 type Job = Box<dyn FnOnce(Option<Error>) + Send>;
@@ -57,6 +57,9 @@ pub(crate) type Initializer = Arc<dyn Fn() + Send + Sync>;
 pub(crate) struct ThreadOptions {
     pub(crate) threads: Option<usize>,
     pub(crate) init: Option<Initializer>,
+    /// Threads are named `{prefix}_{i}` from 0, as Python's
+    /// `thread_name_prefix`; by default `ThreadPoolWorker-{i}` from 1.
+    pub(crate) name_prefix: Option<String>,
 }
 
 impl ThreadOptions {
@@ -76,7 +79,7 @@ impl ThreadOptions {
                 format!("{threads_option} must be at least 1 (got 0)"),
             ));
         }
-        ThreadEngine::new(size, self.init, lazy)
+        ThreadEngine::new(size, self.init, lazy, self.name_prefix)
     }
 }
 
@@ -105,6 +108,8 @@ pub(crate) struct ThreadEngine {
     init: Option<Initializer>,
     /// Start threads only as submissions need them (executors).
     lazy: bool,
+    /// See [`ThreadOptions::name_prefix`].
+    name_prefix: Option<String>,
     /// Threads running a job (kept by lazy engines only); a job gives its
     /// thread back just before it delivers its result, so a caller who
     /// submits again at once reuses it.
@@ -112,7 +117,12 @@ pub(crate) struct ThreadEngine {
 }
 
 impl ThreadEngine {
-    fn new(size: usize, init: Option<Initializer>, lazy: bool) -> Result<Arc<ThreadEngine>> {
+    fn new(
+        size: usize,
+        init: Option<Initializer>,
+        lazy: bool,
+        name_prefix: Option<String>,
+    ) -> Result<Arc<ThreadEngine>> {
         let engine = Arc::new(ThreadEngine {
             lifecycle: Lifecycle::new(),
             queue: Injector::new(),
@@ -125,6 +135,7 @@ impl ThreadEngine {
             size,
             init,
             lazy,
+            name_prefix,
             busy: AtomicUsize::new(0),
         });
         if !lazy {
@@ -146,7 +157,10 @@ impl ThreadEngine {
         }
         let engine = self.clone();
         let h = std::thread::Builder::new()
-            .name(format!("ThreadPoolWorker-{}", threads.len() + 1))
+            .name(match &self.name_prefix {
+                Some(prefix) => format!("{prefix}_{}", threads.len()),
+                None => format!("ThreadPoolWorker-{}", threads.len() + 1),
+            })
             .spawn(move || engine.worker())
             .map_err(|e| Error::io("could not start a pool thread", e))?;
         threads.push(h);
@@ -334,19 +348,12 @@ impl Engine for ThreadEngine {
 pub(crate) struct ThreadRunner<F, A, M> {
     engine: Arc<ThreadEngine>,
     f: Arc<F>,
-    ticket: Option<Arc<Ticket>>,
     _f: PhantomData<fn(A, M)>,
 }
 
 impl<F, A, M> ThreadRunner<F, A, M> {
     pub(crate) fn new(engine: &Arc<ThreadEngine>, f: F) -> Self {
-        ThreadRunner { engine: engine.clone(), f: Arc::new(f), ticket: None, _f: PhantomData }
-    }
-
-    /// Tracks the (single) job through `ticket`, for executor futures.
-    pub(crate) fn with_ticket(mut self, ticket: Arc<Ticket>) -> Self {
-        self.ticket = Some(ticket);
-        self
+        ThreadRunner { engine: engine.clone(), f: Arc::new(f), _f: PhantomData }
     }
 }
 
@@ -357,7 +364,6 @@ impl<F, A, M> ThreadRunner<F, A, M> {
         A: Send + 'static,
         R: Send + 'static,
     {
-        let ticket = ticket.or_else(|| self.ticket.clone());
         let (f, engine) = (self.f.clone(), self.engine.clone());
         self.engine.submit(
             Box::new(move |cancel| {
@@ -408,26 +414,76 @@ where
     /// One allocation besides the completion: the job itself (no item or
     /// outcome vector, no chunk callback).
     fn run_one(&self, item: A, done: Arc<Completion<R>>) {
-        let ticket = self.ticket.clone();
-        let (f, engine) = (self.f.clone(), self.engine.clone());
-        self.engine.submit(
-            Box::new(move |cancel| {
-                let outcome = match cancel {
-                    Some(e) => Err(e),
-                    None => {
-                        if ticket.as_ref().is_some_and(|t| !t.start()) {
-                            // Cancelled while queued: `cancel` already completed it.
-                            return engine.release();
-                        }
-                        let outcome =
-                            task::catch_panic(|| f.call(item)).map_err(|fl| fl.into_error(None));
-                        engine.release();
-                        outcome
-                    }
-                };
-                done.complete(outcome)
-            }),
-            false,
-        );
+        let f = self.f.clone();
+        submit_one(&self.engine, None, move || f.call(item), done);
     }
+}
+
+/// Runs one call of a function that may be called only once (`FnOnce`):
+/// `apply`, `apply_async` and executor `submit` on the thread backend.
+pub(crate) struct ThreadOnce<F, A, M> {
+    engine: Arc<ThreadEngine>,
+    f: F,
+    ticket: Option<Arc<Ticket>>,
+    _f: PhantomData<fn(A, M)>,
+}
+
+impl<F, A, M> ThreadOnce<F, A, M> {
+    pub(crate) fn new(engine: &Arc<ThreadEngine>, f: F) -> Self {
+        ThreadOnce { engine: engine.clone(), f, ticket: None, _f: PhantomData }
+    }
+
+    /// Tracks the job through `ticket`, for executor futures.
+    pub(crate) fn with_ticket(mut self, ticket: Arc<Ticket>) -> Self {
+        self.ticket = Some(ticket);
+        self
+    }
+}
+
+impl<F, A, M, R> OneShot<A, R> for ThreadOnce<F, A, M>
+where
+    F: TaskOnce<A, M, Output = R>,
+    A: Send + 'static,
+    R: Send + 'static,
+{
+    fn run(self, args: A, done: Arc<Completion<R>>) {
+        let f = self.f;
+        submit_one(&self.engine, self.ticket, move || f.call_once(args), done);
+    }
+
+    fn apply(self, args: A) -> Result<R> {
+        let completion = Completion::new();
+        self.run(args, completion.clone());
+        crate::pool::AsyncResult::new(completion).get()
+    }
+}
+
+/// Queues `call` as one job whose outcome completes `done`, whatever
+/// happens: cancelled with the pool's error, or skipped when `ticket` was
+/// cancelled while it was queued.
+fn submit_one<R: Send + 'static>(
+    engine: &Arc<ThreadEngine>,
+    ticket: Option<Arc<Ticket>>,
+    call: impl FnOnce() -> R + Send + 'static,
+    done: Arc<Completion<R>>,
+) {
+    let worker_engine = engine.clone();
+    engine.submit(
+        Box::new(move |cancel| {
+            let outcome = match cancel {
+                Some(e) => Err(e),
+                None => {
+                    if ticket.as_ref().is_some_and(|t| !t.start()) {
+                        // Cancelled while queued: `cancel` already completed it.
+                        return worker_engine.release();
+                    }
+                    let outcome = task::catch_panic(call).map_err(|fl| fl.into_error(None));
+                    worker_engine.release();
+                    outcome
+                }
+            };
+            done.complete(outcome)
+        }),
+        false,
+    );
 }

@@ -15,8 +15,8 @@ use crate::engine::procs::{Init, ProcEngine, ProcOptions};
 use crate::engine::threads::{ThreadEngine, ThreadOptions};
 use crate::engine::{Engine, RunState, Ticket};
 use crate::error::{Error, ErrorKind, Result};
-use crate::pool::map::ChunkRunner;
-use crate::pool::{apply_via, IMap, With};
+use crate::pool::map::OneShot;
+use crate::pool::{Completion, IMap, With};
 use crate::progress::Progress;
 use crate::task::TaskFn;
 
@@ -39,7 +39,7 @@ impl<E: Engine> Executor<E> {
 
     /// Submits one call through `runner` (made with `ticket`) and returns its
     /// future.
-    fn submit<A, R: Send + 'static, C: ChunkRunner<A, R>>(
+    fn submit<A, R: Send + 'static, C: OneShot<A, R>>(
         &self,
         runner: impl FnOnce(Arc<Ticket>) -> C,
         args: A,
@@ -52,7 +52,8 @@ impl<E: Engine> Executor<E> {
         }
         self.engine.check_running()?;
         let ticket = Ticket::new();
-        let completion = apply_via(&runner(ticket.clone()), args).into_completion();
+        let completion = Completion::new();
+        runner(ticket.clone()).run(args, completion.clone());
         let engine = Arc::downgrade(&self.engine) as Weak<dyn Engine>;
         Ok(Future::new(completion, ticket, engine))
     }
@@ -87,7 +88,9 @@ macro_rules! executor_methods {
     (
         face: $executor:ty,
         runner: |$engine:ident, $f:ident| $make:expr,
-        bounds: [$($bounds:tt)*]
+        bounds: [$($bounds:tt)*],
+        once: |$oengine:ident, $of:ident| $make_once:expr,
+        once_bounds: [$($once_bounds:tt)*]
     ) => {
         impl $executor {
             /// The most workers this executor starts.
@@ -99,11 +102,11 @@ macro_rules! executor_methods {
             ///
             /// # Errors
             /// [`ErrorKind::PoolNotRunning`] after [`shutdown`](Self::shutdown).
-            pub fn submit<F, A, M>(&self, $f: F, args: A) -> Result<Future<F::Output>>
-            where $($bounds)*
+            pub fn submit<F, A, M>(&self, $of: F, args: A) -> Result<Future<F::Output>>
+            where $($once_bounds)*
             {
-                let $engine = &self.inner.engine;
-                self.inner.submit(|ticket| $make.with_ticket(ticket), args)
+                let $oengine = &self.inner.engine;
+                self.inner.submit(|ticket| $make_once.with_ticket(ticket), args)
             }
 
             /// `f` over `items`, results in input order. Lazy: input is read
@@ -305,6 +308,37 @@ impl ProcessPoolExecutor {
     pub fn builder() -> ProcessPoolExecutorBuilder {
         ProcessPoolExecutorBuilder::default()
     }
+
+    /// Stops the executor now (Python 3.14's `terminate_workers`): every
+    /// worker is killed, every queued or running call's future fails with
+    /// [`ErrorKind::Cancelled`], and nothing more runs. Returns at once.
+    ///
+    /// Python sends `SIGTERM` here and `SIGKILL` in
+    /// [`kill_workers`](Self::kill_workers); a Rust worker has no handler a
+    /// task could run on `SIGTERM`, so both kill with `SIGKILL`, which no
+    /// task can block or delay.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ex = multiproc::ProcessPoolExecutor::new(1)?;
+    /// let slow = ex.submit(|ms: u64| std::thread::sleep(std::time::Duration::from_millis(ms)), 60_000)?;
+    /// ex.terminate_workers();
+    /// assert_eq!(slow.result().unwrap_err().kind(), multiproc::ErrorKind::Cancelled);
+    /// assert!(ex.submit(|x: u32| x, 1).is_err());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn terminate_workers(&self) {
+        self.inner.engine.terminate();
+        // Nothing is left for the end of the program to wait for.
+        self.inner.exit.release();
+    }
+
+    /// As [`terminate_workers`](Self::terminate_workers) (Python 3.14's
+    /// `kill_workers`).
+    pub fn kill_workers(&self) {
+        self.terminate_workers()
+    }
 }
 
 /// A pool of threads with Python's `concurrent.futures` interface.
@@ -350,6 +384,22 @@ impl ThreadPoolExecutorBuilder {
         self
     }
 
+    /// Names the threads `{prefix}_0`, `{prefix}_1`, … (Python's
+    /// `thread_name_prefix`), as debuggers, panics and logs show them.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ex = multiproc::ThreadPoolExecutor::builder().thread_name_prefix("fetch").build()?;
+    /// let name = ex.submit(|| std::thread::current().name().map(String::from), ())?;
+    /// assert_eq!(name.result()?.as_deref(), Some("fetch_0"));
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn thread_name_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.options.name_prefix = Some(prefix.into());
+        self
+    }
+
     /// Makes the executor (it starts no thread until the first submit).
     ///
     /// # Errors
@@ -370,7 +420,7 @@ impl ThreadPoolExecutor {
         Self::builder().max_workers(max_workers).build()
     }
 
-    /// A builder (initializer, max workers).
+    /// A builder (initializer, max workers, thread names).
     pub fn builder() -> ThreadPoolExecutorBuilder {
         ThreadPoolExecutorBuilder::default()
     }

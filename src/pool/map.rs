@@ -85,6 +85,18 @@ pub(crate) trait ChunkRunner<A, R> {
     }
 }
 
+/// How a face runs one call (`apply`, `apply_async`, executor `submit`):
+/// by value, so a backend may take a function it can call only once. A
+/// backend whose one call is a chunk of one implements it with
+/// [`ChunkRunner::run_one`] and [`ChunkRunner::apply`].
+pub(crate) trait OneShot<A, R>: Sized {
+    /// Runs `args` as one task and completes `done` with its outcome,
+    /// whatever happens.
+    fn run(self, args: A, done: Arc<Completion<R>>);
+    /// Runs `args` as one task and waits for its outcome.
+    fn apply(self, args: A) -> Result<R>;
+}
+
 /// The chunk callback of a chunk of one item: completes `done` with its
 /// outcome.
 pub(crate) fn complete_one<R: Send + 'static>(done: Arc<Completion<R>>) -> ChunkDone<R> {

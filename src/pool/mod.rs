@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use self::map::ChunkRunner;
+use self::map::{ChunkRunner, OneShot};
 use crate::engine::procs::{Init, ProcEngine, ProcOptions};
 use crate::engine::threads::{ThreadEngine, ThreadOptions};
 use crate::engine::Engine;
@@ -193,7 +193,9 @@ macro_rules! pool_methods {
     (
         face: $pool:ty,
         runner: |$engine:ident, $f:ident| $make:expr,
-        bounds: [$($bounds:tt)*]
+        bounds: [$($bounds:tt)*],
+        once: |$oengine:ident, $of:ident| $make_once:expr,
+        once_bounds: [$($once_bounds:tt)*]
     ) => {
         impl $pool {
             /// The number of workers.
@@ -234,22 +236,24 @@ macro_rules! pool_methods {
             /// # Errors
             /// The task's error (see [`AsyncResult::get`]) or
             /// [`ErrorKind::PoolNotRunning`].
-            pub fn apply<F, A, M>(&self, $f: F, args: A) -> Result<F::Output>
-            where $($bounds)*
+            pub fn apply<F, A, M>(&self, $of: F, args: A) -> Result<F::Output>
+            where $($once_bounds)*
             {
-                let $engine = &self.engine;
-                $make.apply(args)
+                let $oengine = &self.engine;
+                OneShot::apply($make_once, args)
             }
 
             /// Submits `f(args)` and returns at once.
-            pub fn apply_async<F, A, M>(&self, $f: F, args: A) -> AsyncResult<F::Output>
-            where $($bounds)*
+            pub fn apply_async<F, A, M>(&self, $of: F, args: A) -> AsyncResult<F::Output>
+            where $($once_bounds)*
             {
-                let $engine = &self.engine;
-                if let Err(e) = $engine.check_running() {
+                let $oengine = &self.engine;
+                if let Err(e) = $oengine.check_running() {
                     return AsyncResult::failed(e);
                 }
-                apply_via(&$make, args)
+                let completion = Completion::new();
+                OneShot::run($make_once, args, completion.clone());
+                AsyncResult::new(completion)
             }
 
             /// Applies `f` to every item, in chunks of Python's default size,

@@ -495,11 +495,6 @@ impl<T> AsyncResult<T> {
         AsyncResult { inner }
     }
 
-    /// The completion underneath, for the executors' `Future`.
-    pub(crate) fn into_completion(self) -> Arc<Completion<T>> {
-        self.inner
-    }
-
     /// An already-failed result (a task that could not be submitted).
     pub(crate) fn failed(err: Error) -> Self
     where

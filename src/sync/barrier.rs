@@ -10,6 +10,7 @@ use super::remaining;
 use crate::error::{Error, ErrorKind, Result};
 use crate::shm::Cell;
 use crate::sys;
+use crate::task::{self, TaskFn};
 
 #[repr(C)]
 struct BarrierMem {
@@ -43,10 +44,30 @@ struct BarrierMem {
 /// p.join()?;
 /// # Ok::<(), multiproc::Error>(())
 /// ```
+///
+/// With an action (Python's `Barrier(parties, action)`), the last party to
+/// arrive runs it before any party is released:
+///
+/// ```
+/// use multiproc::{Barrier, Process};
+///
+/// fn party(b: Barrier) { b.wait(None).unwrap(); }
+/// fn all_here() { println!("every party has arrived"); }
+///
+/// let b = Barrier::with_action(2, all_here)?;
+/// let mut p = Process::new(party, b.clone());
+/// p.start()?;
+/// b.wait(None)?;
+/// p.join()?;
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Barrier {
     mutex: Mutex,
     cell: Cell<BarrierMem>,
+    /// The action's task entry (an offset checked where it runs, as a
+    /// task's is: a handle from another process may carry any number).
+    action: Option<i64>,
 }
 
 fn broken() -> Error {
@@ -67,7 +88,43 @@ impl Barrier {
         }
         let cell = Cell::<BarrierMem>::zeroed()?;
         cell.get().parties.store(parties, Ordering::SeqCst);
-        Ok(Barrier { mutex: Mutex::new(false)?, cell })
+        Ok(Barrier { mutex: Mutex::new(false)?, cell, action: None })
+    }
+
+    /// A barrier for `parties` parties whose last party to arrive runs
+    /// `action` before any is released, in its own process. If the action
+    /// panics, that party's `wait` fails with the panic and the barrier
+    /// breaks for the others (as in Python).
+    ///
+    /// `action` is a `fn` item or a closure that captures nothing, as a
+    /// process pool's task is, so any process of this program can run it.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn with_action<F, M>(parties: u32, _action: F) -> Result<Barrier>
+    where
+        F: TaskFn<(), M, Output = ()> + Copy,
+    {
+        let mut barrier = Barrier::new(parties)?;
+        barrier.action = Some(task::trampoline_offset::<F, (), M>());
+        Ok(barrier)
+    }
+
+    /// Runs the action, if there is one; its failure, if it fails.
+    fn run_action(&self) -> Result<()> {
+        let Some(offset) = self.action else {
+            return Ok(());
+        };
+        let (chunk, fds) = task::encode_chunk(&[()]);
+        let mut out = Vec::new();
+        let fds = task::run_chunk_at(offset, &chunk, fds, &mut out);
+        match task::decode_outcomes::<()>(&out, fds, 1, None).pop() {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => {
+                Err(Error::new(e.kind(), format!("the barrier's action failed: {}", e.message())))
+            }
+            None => Err(Error::new(ErrorKind::Protocol, "the barrier's action returned nothing")),
+        }
     }
 
     fn mem(&self) -> &BarrierMem {
@@ -94,6 +151,13 @@ impl Barrier {
         }
         let index = m.count.fetch_add(1, Ordering::SeqCst);
         if index + 1 == m.parties.load(Ordering::SeqCst) {
+            if let Err(e) = self.run_action() {
+                m.count.store(0, Ordering::SeqCst);
+                m.broken.store(1, Ordering::SeqCst);
+                drop(guard);
+                self.wake_all();
+                return Err(e);
+            }
             m.count.store(0, Ordering::SeqCst);
             m.released.fetch_add(1, Ordering::SeqCst);
             drop(guard);

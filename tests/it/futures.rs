@@ -2002,3 +2002,47 @@ fn process_executor_task_timeout_fails_the_slow_call_and_goes_on() {
     let zero = ProcessPoolExecutor::builder().task_timeout(Duration::ZERO).build().unwrap_err();
     assert_eq!(zero.kind(), ErrorKind::InvalidArgument);
 }
+
+#[test]
+fn terminate_workers_kills_the_running_call_and_cancels_the_queued_ones() {
+    let ex = ProcessPoolExecutor::new(1).unwrap();
+    let beacon = Beacon::new();
+    let running = ex.submit(announce_then_sleep, beacon.path()).unwrap();
+    let queued = ex.submit(sqr, 3).unwrap();
+    let pid = beacon.recv_pid(STARTUP, "the first call to start");
+    let t = Instant::now();
+    ex.terminate_workers();
+    assert_faster(t.elapsed(), PROMPT, "terminate_workers");
+    assert_eq!(running.map_kind(), Some(ErrorKind::Cancelled));
+    assert_eq!(queued.map_kind(), Some(ErrorKind::Cancelled));
+    assert!(wait_pid_gone(pid, STARTUP), "worker {pid} outlived terminate_workers");
+    assert_eq!(ex.submit(sqr, 2).unwrap_err().kind(), ErrorKind::PoolNotRunning);
+    // kill_workers on an executor already stopped is harmless.
+    ex.kill_workers();
+}
+
+/// The error kind a future ends with, waiting at most ten seconds.
+trait MapKind {
+    fn map_kind(&self) -> Option<ErrorKind>;
+}
+
+impl<T: Clone + Send + 'static> MapKind for Future<T> {
+    fn map_kind(&self) -> Option<ErrorKind> {
+        self.result_timeout(Duration::from_secs(10)).err().map(|e| e.kind())
+    }
+}
+
+#[test]
+fn thread_name_prefix_names_the_executors_threads_as_python_does() {
+    let ex = ThreadPoolExecutor::builder().max_workers(2).thread_name_prefix("dl").build().unwrap();
+    // The first call starts the first thread (threads start as needed).
+    let first = ex.submit(|| thread::current().name().unwrap().to_string(), ()).unwrap();
+    assert_eq!(first.result().unwrap(), "dl_0");
+    let names: HashSet<String> = (0..20)
+        .map(|_| ex.submit(|| thread::current().name().unwrap().to_string(), ()).unwrap())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|f| f.result().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| n == "dl_0" || n == "dl_1"), "{names:?}");
+}

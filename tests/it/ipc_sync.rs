@@ -934,6 +934,75 @@ fn barrier_hands_out_each_index_once_per_pass() {
     assert_eq!(barrier.n_waiting(), 0);
 }
 
+/// The actions run in this process (each process has its own count).
+static ACTIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn count_action() {
+    ACTIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Three passes; records each party's index per pass, then how many actions
+/// its own process ran.
+fn barrier_action_passes(
+    (barrier, indices, actions, party): (Barrier, Array<u32>, Array<u32>, u32),
+) {
+    for pass in 0..3 {
+        let i = barrier.wait(Some(STARTUP)).unwrap();
+        indices.set((pass * PARTIES + party) as usize, i).unwrap();
+    }
+    actions.set(party as usize, ACTIONS.load(std::sync::atomic::Ordering::SeqCst)).unwrap();
+}
+
+/// Python's `Barrier(parties, action)`: the last party to arrive runs the
+/// action, in its own process, once per pass.
+#[test]
+fn barrier_action_runs_once_per_pass_in_the_last_arrivers_process() {
+    ACTIONS.store(0, std::sync::atomic::Ordering::SeqCst);
+    let barrier = Barrier::with_action(PARTIES, count_action).unwrap();
+    let indices = Array::from_slice(&[u32::MAX; 3 * PARTIES as usize]).unwrap();
+    let actions = Array::from_slice(&[u32::MAX; PARTIES as usize]).unwrap();
+    run_parties(barrier_action_passes, |party| {
+        (barrier.clone(), indices.clone(), actions.clone(), party)
+    });
+    let (indices, actions) = (indices.to_vec(), actions.to_vec());
+    for party in 0..PARTIES as usize {
+        let last_arrivals =
+            indices.chunks(PARTIES as usize).filter(|pass| pass[party] == PARTIES - 1).count();
+        assert_eq!(
+            actions[party] as usize, last_arrivals,
+            "party {party}: {indices:?} {actions:?}"
+        );
+    }
+    assert_eq!(actions.iter().sum::<u32>(), 3);
+}
+
+fn panicking_action() {
+    panic!("the action gives up");
+}
+
+/// The party whose action panics gets the panic; the others see the barrier
+/// broken, as in Python.
+#[test]
+fn a_panicking_barrier_action_breaks_the_barrier() {
+    let barrier = Barrier::with_action(3, panicking_action).unwrap();
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            let b = barrier.clone();
+            std::thread::spawn(move || b.wait(Some(STARTUP)))
+        })
+        .collect();
+    while barrier.n_waiting() < 2 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mine = barrier.wait(Some(STARTUP)).unwrap_err();
+    assert_eq!(mine.kind(), ErrorKind::TaskPanicked, "{mine}");
+    assert!(mine.message().contains("the action gives up"), "{mine}");
+    for w in waiters {
+        assert_eq!(w.join().unwrap().unwrap_err().kind(), ErrorKind::BrokenBarrier);
+    }
+    assert!(barrier.broken());
+}
+
 /// CPython's `_test_thousand_f`, checked through shared state rather than a
 /// shared pipe: before pass `i` completes, every party has counted itself
 /// for it, and no party has got beyond pass `i + 1`.

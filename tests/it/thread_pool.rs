@@ -251,3 +251,27 @@ fn thread_pool_runs_tasks_on_distinct_threads() {
         .unwrap();
     assert_eq!(ids.into_iter().collect::<HashSet<_>>().len(), 3);
 }
+
+#[test]
+fn one_calls_take_fnonce_closures_that_move_their_captures_out() {
+    let pool = ThreadPool::new(2).unwrap();
+    // Not Clone, moved out of the closure: FnOnce only.
+    let words = vec![String::from("moved"), String::from("out")];
+    assert_eq!(pool.apply(move || words, ()).unwrap(), vec!["moved", "out"]);
+    let (tx, rx) = std::sync::mpsc::channel::<u32>();
+    // A Sender is Send but not Sync: an Fn + Sync bound would refuse it.
+    let sent = pool.apply_async(move |x: u32| tx.send(x * 2).is_ok(), 21);
+    assert!(sent.get().unwrap());
+    assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap(), 42);
+    let boxed = Box::new(7u64);
+    assert_eq!(pool.apply(move |a: u64, b: u64| *boxed + a + b, (1, 2)).unwrap(), 10);
+
+    let ex = multiproc::ThreadPoolExecutor::new(2).unwrap();
+    let owned = String::from("future");
+    let f = ex.submit(move || owned + "s", ()).unwrap();
+    assert_eq!(f.result().unwrap(), "futures");
+    // A panicking one-shot fails only its own call.
+    let bad = pool.apply(move || -> u32 { panic!("once and gone") }, ());
+    assert_eq!(bad.unwrap_err().kind(), multiproc::ErrorKind::TaskPanicked);
+    assert_eq!(pool.apply(|x: u32| x + 1, 1).unwrap(), 2);
+}

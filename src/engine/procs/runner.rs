@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::{Config, JobDone, ProcEngine};
 use crate::engine::Ticket;
 use crate::error::{Error, ErrorKind, Result};
-use crate::pool::map::{ChunkDone, ChunkRunner};
+use crate::pool::map::{ChunkDone, ChunkRunner, OneShot};
 use crate::task::{self, TaskFn};
 
 /// The initializer a worker runs before its first task.
@@ -166,5 +166,21 @@ where
         let done = crate::pool::map::complete_one(completion.clone());
         self.engine.run_waited(self.offset, encoded, job_done(1, done));
         crate::pool::AsyncResult::new(completion).get()
+    }
+}
+
+/// One call is a chunk of one (with the lent-worker path for `apply`).
+impl<F, A, M, R> OneShot<A, R> for ProcRunner<F, A, M>
+where
+    F: TaskFn<A, M, Output = R> + Copy,
+    A: Serialize,
+    R: DeserializeOwned + Send + 'static,
+{
+    fn run(self, args: A, done: Arc<crate::pool::Completion<R>>) {
+        self.run_one(args, done)
+    }
+
+    fn apply(self, args: A) -> Result<R> {
+        ChunkRunner::apply(&self, args)
     }
 }
