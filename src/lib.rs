@@ -29,6 +29,7 @@
 #[path = "fuzz_api.rs"]
 pub mod __fuzz;
 mod codec;
+pub mod connection;
 #[macro_use]
 mod engine;
 mod error;

@@ -9,6 +9,8 @@
 mod apply_here;
 #[path = "it/async_result.rs"]
 mod async_result;
+#[path = "it/connection.rs"]
+mod connection;
 #[path = "it/futures.rs"]
 mod futures;
 #[path = "it/hostile_ipc.rs"]
