@@ -35,6 +35,7 @@ mod engine;
 mod error;
 mod executor;
 mod fdpass;
+pub mod manager;
 mod pipe;
 mod pool;
 mod process;
@@ -54,6 +55,7 @@ pub use executor::{
     ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION,
 };
 pub use fdpass::Fd;
+pub use manager::Manager;
 pub use pipe::{pipe, Connection};
 pub use pool::{AsyncResult, Chunked, IMap, Pool, PoolBuilder, ThreadPool, ThreadPoolBuilder};
 pub use process::{
