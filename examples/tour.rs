@@ -26,6 +26,12 @@ pub mod s001;
 #[path = "s002_ipc.rs"]
 pub mod s002_ipc;
 #[allow(dead_code)]
+#[path = "s002_manager.rs"]
+pub mod s002_manager;
+#[allow(dead_code)]
+#[path = "s002_pool_apply.rs"]
+pub mod s002_pool_apply;
+#[allow(dead_code)]
 #[path = "s002_processes.rs"]
 pub mod s002_processes;
 #[allow(dead_code)]
@@ -44,6 +50,8 @@ fn main() -> std::process::ExitCode {
         s001::SCENARIOS,
         s002_processes::SCENARIOS,
         s002_ipc::SCENARIOS,
+        s002_manager::SCENARIOS,
+        s002_pool_apply::SCENARIOS,
         s003::SCENARIOS,
         s004_futures::SCENARIOS,
         s004::SCENARIOS,

@@ -50,6 +50,13 @@ pub enum ErrorKind {
     Full,
     /// An operating-system call failed.
     Io,
+    /// A [`connection`](crate::connection) peer failed the authentication
+    /// handshake: its key differs, it spoke another protocol, or it did not
+    /// finish in time.
+    Authentication,
+    /// A receive buffer was too short for the next message, which was kept
+    /// for the next receive.
+    BufferTooShort,
 }
 
 #[derive(Debug)]

@@ -29,11 +29,13 @@
 #[path = "fuzz_api.rs"]
 pub mod __fuzz;
 mod codec;
+pub mod connection;
 #[macro_use]
 mod engine;
 mod error;
 mod executor;
 mod fdpass;
+pub mod manager;
 mod pipe;
 mod pool;
 mod process;
@@ -54,6 +56,7 @@ pub use executor::{
     ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION,
 };
 pub use fdpass::Fd;
+pub use manager::Manager;
 pub use pipe::{pipe, Connection};
 pub use pool::{AsyncResult, IMap, Pool, PoolBuilder, ThreadPool, ThreadPoolBuilder, With};
 pub use process::{

@@ -2,7 +2,8 @@
 
 use parking_lot::{Mutex, MutexGuard};
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, OwnedFd};
+use std::ops::Range;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -23,14 +24,41 @@ use crate::{fdpass, sys};
 ///
 /// Send a connection to another process before reading from it: data it has
 /// already buffered stays behind.
+///
+/// A connection from [`connection::Listener`](crate::connection::Listener)
+/// or [`connection::Client`](crate::connection::Client) over TCP carries
+/// plain values only: a value holding a handle fails to send with
+/// [`ErrorKind::InvalidArgument`] (handles travel only between processes of
+/// one machine). The connection itself can still be sent to a local
+/// `Process` or task: its socket goes along.
 pub struct Connection<T> {
     /// Reading and writing have their own state (and descriptor), so a send
     /// never waits behind a receive blocked on the same end.
-    reader: Mutex<Conn>,
+    reader: Mutex<Reader>,
     writer: Mutex<Conn>,
+    /// The reading descriptor, which `reader` owns for the connection's
+    /// whole life: [`connection::wait`](crate::connection::wait) polls it
+    /// without taking the lock a blocked receiver holds.
+    read_fd: RawFd,
     readable: bool,
     writable: bool,
+    /// Over TCP: no descriptors can travel.
+    remote: bool,
     _t: PhantomData<fn(T) -> T>,
+}
+
+/// The receiving half: the channel, and a message a too-short
+/// [`Connection::recv_bytes_into`] gave back.
+struct Reader {
+    conn: Conn,
+    kept: Option<(Vec<u8>, Vec<OwnedFd>)>,
+}
+
+/// Where the next message is: in the channel's buffer (its body range) or
+/// given back earlier.
+enum Next {
+    Buffered(u8, Range<usize>, Vec<OwnedFd>),
+    Kept(Vec<u8>, Vec<OwnedFd>),
 }
 
 /// A connected pair: with `duplex` each end sends and receives; otherwise the
@@ -63,19 +91,47 @@ pub fn pipe<T>(duplex: bool) -> Result<(Connection<T>, Connection<T>)> {
 
 impl<T> Connection<T> {
     fn new(fd: OwnedFd, readable: bool, writable: bool) -> Result<Self> {
+        Self::with_remote(fd, readable, writable, false)
+    }
+
+    /// A duplex connection over a connected stream socket (Unix or TCP, in
+    /// blocking mode); `remote` for TCP, which carries no descriptors.
+    pub(crate) fn from_stream(fd: OwnedFd, remote: bool) -> Result<Self> {
+        Self::with_remote(fd, true, true, remote)
+    }
+
+    fn with_remote(fd: OwnedFd, readable: bool, writable: bool, remote: bool) -> Result<Self> {
         let write_fd =
             fd.try_clone().map_err(|e| Error::io("could not duplicate a pipe end", e))?;
         Ok(Connection {
-            reader: Mutex::new(Conn::new(fd)),
+            read_fd: fd.as_raw_fd(),
+            reader: Mutex::new(Reader { conn: Conn::new(fd), kept: None }),
             writer: Mutex::new(Conn::new(write_fd)),
             readable,
             writable,
+            remote,
             _t: PhantomData,
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Conn> {
+    fn lock(&self) -> MutexGuard<'_, Reader> {
         self.reader.lock()
+    }
+
+    /// The descriptor to poll for input, and whether a message (or a
+    /// violation to report) is already buffered; `None` for a sending-only
+    /// end. A receiver busy on another thread counts as nothing buffered.
+    pub(crate) fn wait_state(&self) -> Option<(BorrowedFd<'_>, bool)> {
+        if !self.readable {
+            return None;
+        }
+        let buffered = self.reader.try_lock().is_some_and(|r| {
+            r.kept.is_some() || !r.conn.input_idle() || r.conn.violation().is_some()
+        });
+        // SAFETY: `read_fd` is owned by `self.reader`'s channel, which lives
+        // (and keeps it open) as long as `self`, and the borrow is tied to
+        // `self`.
+        Some((unsafe { BorrowedFd::borrow_raw(self.read_fd) }, buffered))
     }
 
     fn lock_writer(&self) -> MutexGuard<'_, Conn> {
@@ -108,7 +164,7 @@ impl<T> Connection<T> {
                     .map_err(|e| Error::io("could not poll a pipe", e))?;
             if r.read {
                 if let Some(mut reader) = self.reader.try_lock() {
-                    let _ = reader.read_some();
+                    let _ = reader.conn.read_some();
                 }
             }
             if r.hangup && !r.write && !r.read {
@@ -135,18 +191,91 @@ impl<T> Connection<T> {
         Ok(bytes)
     }
 
+    /// Waits for the next message and copies its bytes to the start of
+    /// `buf`, returning their length (Python's `recv_bytes_into`; pass
+    /// `&mut buf[offset..]` for an offset).
+    ///
+    /// # Errors
+    /// [`ErrorKind::BufferTooShort`] when the message is longer than `buf`:
+    /// nothing is copied and the message stays first in line, so the next
+    /// `recv_bytes_into` with a large enough buffer, or `recv_bytes`, gets
+    /// it. Otherwise as [`recv`](Connection::recv).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{pipe, ErrorKind};
+    ///
+    /// let (a, b) = pipe::<()>(true)?;
+    /// a.send_bytes(b"twelve bytes")?;
+    /// let mut small = [0u8; 4];
+    /// assert_eq!(b.recv_bytes_into(&mut small).unwrap_err().kind(), ErrorKind::BufferTooShort);
+    /// let mut big = [0u8; 64];
+    /// let n = b.recv_bytes_into(&mut big)?;
+    /// assert_eq!(&big[..n], b"twelve bytes");
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize> {
+        self.check(false)?;
+        let mut r = self.lock();
+        let (bytes, fds) = match Self::next_locked(&mut r, None)? {
+            Next::Kept(bytes, fds) => (bytes, fds),
+            Next::Buffered(kind, body, fds) => {
+                let body = PipeMessage::decode(kind, r.conn.body(body)).bytes();
+                if body.len() <= buf.len() {
+                    buf[..body.len()].copy_from_slice(body);
+                    let n = body.len();
+                    r.conn.compact();
+                    return Ok(n);
+                }
+                let bytes = body.to_vec();
+                r.conn.compact();
+                (bytes, fds)
+            }
+        };
+        if bytes.len() <= buf.len() {
+            buf[..bytes.len()].copy_from_slice(&bytes);
+            return Ok(bytes.len());
+        }
+        let (len, room) = (bytes.len(), buf.len());
+        r.kept = Some((bytes, fds));
+        Err(Error::new(
+            ErrorKind::BufferTooShort,
+            format!(
+                "the next message is {len} bytes and the buffer holds only {room}: nothing was \
+                 copied and the message stays first in line; receive it with a buffer of at \
+                 least {len} bytes or with recv_bytes"
+            ),
+        ))
+    }
+
     /// The bytes of the next message, whatever its kind, and its handles.
     fn recv_frame(&self, timeout: Option<Duration>) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
         self.check(false)?;
-        let deadline = timeout.and_then(crate::deadline_after);
-        let mut c = self.lock();
-        loop {
-            if let Some((kind, body, fds)) = next_frame(&mut c)? {
-                let bytes = PipeMessage::decode(kind, c.body(body)).bytes().to_vec();
+        let mut r = self.lock();
+        match Self::next_locked(&mut r, timeout)? {
+            Next::Kept(bytes, fds) => Ok((bytes, fds)),
+            Next::Buffered(kind, body, fds) => {
+                let bytes = PipeMessage::decode(kind, r.conn.body(body)).bytes().to_vec();
                 // Gives back the buffer of a large message now, not at the
                 // next receive.
-                c.compact();
-                return Ok((bytes, fds));
+                r.conn.compact();
+                Ok((bytes, fds))
+            }
+        }
+    }
+
+    /// Waits for the next message: one given back by a too-short
+    /// `recv_bytes_into`, else the next frame in the channel.
+    fn next_locked(r: &mut Reader, timeout: Option<Duration>) -> Result<Next> {
+        if let Some((bytes, fds)) = r.kept.take() {
+            return Ok(Next::Kept(bytes, fds));
+        }
+        let deadline = timeout.and_then(crate::deadline_after);
+        let c = &mut r.conn;
+        loop {
+            if let Some((kind, body, fds)) = next_frame(c)? {
+                return Ok(Next::Buffered(kind, body, fds));
             }
             if let Some(d) = deadline {
                 let left = d.saturating_duration_since(Instant::now());
@@ -160,8 +289,8 @@ impl<T> Connection<T> {
             match c.read_blocking() {
                 Ok(false) => {}
                 Ok(true) => {
-                    if let Some((kind, body, fds)) = next_frame(&mut c)? {
-                        return Ok((PipeMessage::decode(kind, c.body(body)).bytes().to_vec(), fds));
+                    if let Some((kind, body, fds)) = next_frame(c)? {
+                        return Ok(Next::Buffered(kind, body, fds));
                     }
                     return Err(if c.input_idle() && !c.has_partial_input() {
                         Error::new(
@@ -189,11 +318,11 @@ impl<T> Connection<T> {
     /// Misuse of a one-way end; an OS error.
     pub fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
         self.check(false)?;
-        let c = self.lock();
-        if !c.input_idle() {
+        let r = self.lock();
+        if r.kept.is_some() || !r.conn.input_idle() {
             return Ok(true);
         }
-        let [r] = sys::poll([sys::Interest { fd: c.fd(), read: true, write: false }], timeout)
+        let [r] = sys::poll([sys::Interest { fd: r.conn.fd(), read: true, write: false }], timeout)
             .map_err(|e| Error::io("could not poll a pipe", e))?;
         Ok(r.read || r.hangup)
     }
@@ -244,6 +373,18 @@ impl<T: Serialize> Connection<T> {
                 ),
             )
         })?;
+        if self.remote && !fds.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "a `{}` holding {} handle(s) (a Queue, Lock, Fd, Connection…) cannot be sent \
+                     over a TCP connection: handles travel only between processes of one \
+                     machine (use a Unix socket address, or send plain data)",
+                    std::any::type_name::<T>(),
+                    fds.len()
+                ),
+            ));
+        }
         // A large message is sent from where it was encoded, not copied.
         self.send_frame(PipeMessage::Object(&Chunk::from(bytes)), fds)
     }
@@ -283,15 +424,17 @@ impl<T: DeserializeOwned> Connection<T> {
 struct Wire {
     readable: bool,
     writable: bool,
+    remote: bool,
 }
 
 impl<T> Serialize for Connection<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
-        let c = self.lock();
+        let r = self.lock();
         let mut t = s.serialize_tuple(2)?;
-        t.serialize_element(&Wire { readable: self.readable, writable: self.writable })?;
-        t.serialize_element(&FdRef(c.fd()))?;
+        let wire = Wire { readable: self.readable, writable: self.writable, remote: self.remote };
+        t.serialize_element(&wire)?;
+        t.serialize_element(&FdRef(r.conn.fd()))?;
         t.end()
     }
 }
@@ -316,7 +459,7 @@ impl<'de, T> Deserialize<'de> for Connection<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         use serde::de::Error as _;
         let (w, fd) = <(Wire, FdOwned)>::deserialize(d)?;
-        Connection::new(fd.0, w.readable, w.writable).map_err(D::Error::custom)
+        Connection::with_remote(fd.0, w.readable, w.writable, w.remote).map_err(D::Error::custom)
     }
 }
 
@@ -325,6 +468,7 @@ impl<T> std::fmt::Debug for Connection<T> {
         f.debug_struct("Connection")
             .field("readable", &self.readable)
             .field("writable", &self.writable)
+            .field("remote", &self.remote)
             .finish()
     }
 }

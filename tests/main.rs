@@ -9,6 +9,8 @@
 mod apply_here;
 #[path = "it/async_result.rs"]
 mod async_result;
+#[path = "it/connection.rs"]
+mod connection;
 #[path = "it/futures.rs"]
 mod futures;
 #[path = "it/hostile_ipc.rs"]
@@ -29,6 +31,8 @@ mod ipc_shm;
 mod ipc_sync;
 #[path = "it/ipc_util.rs"]
 mod ipc_util;
+#[path = "it/manager.rs"]
+mod manager;
 #[path = "it/no_pidfd.rs"]
 mod no_pidfd;
 #[path = "it/pool.rs"]

@@ -30,6 +30,7 @@ pub(crate) const ENV_ROLE: &str = "MULTIPROC_ROLE";
 pub(crate) const ENV_NAME: &str = "MULTIPROC_NAME";
 pub(crate) const ROLE_POOL: &str = "pool";
 pub(crate) const ROLE_PROCESS: &str = "process";
+pub(crate) const ROLE_MANAGER: &str = "manager";
 
 /// Exit code of a child that found it is not the same build as its parent.
 pub(crate) const EXIT_MISMATCH: i32 = 121;
@@ -104,6 +105,7 @@ pub(crate) fn divert_if_worker() {
     let serve: fn(OwnedFd) -> i32 = match role.to_str() {
         Some(ROLE_POOL) => serve_pool,
         Some(ROLE_PROCESS) => run_process,
+        Some(ROLE_MANAGER) => crate::manager::run_server_process,
         _ => return ignore("not a role multiproc knows"),
     };
     // SAFETY: descriptor 0 is open for the life of the process or the call

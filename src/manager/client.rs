@@ -1,0 +1,136 @@
+//! The client side: authenticated connections to a server, reused per
+//! process, and the round trip every proxy call makes.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::proto::{message, Reply, Request, MAX_FRAME};
+use super::transport::{self, Address, Stream};
+use crate::error::{Error, ErrorKind, Result};
+
+/// How many idle connections to one server a process keeps.
+const MAX_IDLE: usize = 8;
+
+/// Where a server is and the key that opens it. Travels inside proxies.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub(crate) struct Remote {
+    pub(crate) addr: Address,
+    pub(crate) authkey: Vec<u8>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key stays out of debug output.
+        f.debug_struct("Remote").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+fn idle() -> &'static Mutex<HashMap<Remote, Vec<Stream>>> {
+    static IDLE: OnceLock<Mutex<HashMap<Remote, Vec<Stream>>>> = OnceLock::new();
+    IDLE.get_or_init(Default::default)
+}
+
+impl Remote {
+    /// A connection: an idle one, or a new one.
+    pub(crate) fn stream(&self) -> Result<Stream> {
+        if let Some(s) = idle().lock().get_mut(self).and_then(Vec::pop) {
+            return Ok(s);
+        }
+        transport::connect(&self.addr, &self.authkey)
+    }
+
+    /// Gives back a connection that finished its last round trip cleanly.
+    pub(crate) fn give_back(&self, s: Stream) {
+        let mut idle = idle().lock();
+        let list = idle.entry(self.clone()).or_default();
+        if list.len() < MAX_IDLE {
+            list.push(s);
+        }
+    }
+
+    /// Forgets every idle connection to this server.
+    pub(crate) fn forget(&self) {
+        idle().lock().remove(self);
+    }
+
+    /// One request and its reply, on a pooled connection.
+    pub(crate) fn call(&self, req: &Request) -> Result<Reply> {
+        let mut s = self.stream()?;
+        let reply = self.round_trip(&mut s, req)?;
+        self.give_back(s);
+        Ok(reply)
+    }
+
+    /// One request and its reply on `s`. An error means `s` must be dropped.
+    pub(crate) fn round_trip(&self, s: &mut Stream, req: &Request) -> Result<Reply> {
+        s.send_bytes(&message(req)?).map_err(|e| self.gone(e))?;
+        let buf = s.recv_bytes().map_err(|e| self.gone(e))?;
+        if buf.len() > MAX_FRAME {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!(
+                    "the manager at {} sent a reply of {} bytes, over the limit",
+                    self.addr,
+                    buf.len()
+                ),
+            ));
+        }
+        crate::codec::decode::<Reply>(&buf).map_err(|e| {
+            Error::new(
+                ErrorKind::Protocol,
+                format!("the manager at {} sent a reply that does not decode: {e}", self.addr),
+            )
+        })
+    }
+
+    fn gone(&self, e: Error) -> Error {
+        self.forget();
+        Error::new(
+            ErrorKind::Closed,
+            format!(
+                "the manager at {} is gone or unreachable ({e}); its objects cannot be used",
+                self.addr
+            ),
+        )
+    }
+}
+
+/// `reply` as a result: a server error becomes an [`Error`] of its kind.
+pub(crate) fn check(reply: Reply) -> Result<Reply> {
+    match reply {
+        Reply::Err { code, message } => Err(Error::new(code.kind(), format!("manager: {message}"))),
+        r => Ok(r),
+    }
+}
+
+pub(crate) fn unexpected(reply: Reply) -> Error {
+    Error::new(ErrorKind::Protocol, format!("the manager sent an unexpected reply: {reply:?}"))
+}
+
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    crate::codec::encode(value).map_err(|e| {
+        Error::new(
+            ErrorKind::Serialize,
+            format!(
+                "a {} for the manager could not be serialized: {e}",
+                std::any::type_name::<T>()
+            ),
+        )
+    })
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    crate::codec::decode(bytes).map_err(|e| {
+        Error::new(
+            ErrorKind::Deserialize,
+            format!(
+                "a {} from the manager could not be deserialized: {e}",
+                std::any::type_name::<T>()
+            ),
+        )
+    })
+}

@@ -1,0 +1,91 @@
+//! The one seam between the manager and its connections: they are
+//! [`connection`](crate::connection) listeners and clients, so every
+//! connection has proved it holds the key (mutual HMAC-SHA256) before its
+//! first request is read.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use crate::connection::{self, Client};
+use crate::error::{Error, ErrorKind, Result};
+
+pub use crate::connection::Address;
+
+/// An authenticated connection; requests and replies travel as byte messages.
+pub(crate) type Stream = crate::Connection<()>;
+
+/// How long an accept waits before it looks at the stop flag again.
+const STOP_CHECK: Duration = Duration::from_millis(50);
+
+/// A bound, listening socket that authenticates its clients.
+pub(crate) struct Listener(connection::Listener);
+
+impl Listener {
+    pub(crate) fn bind(addr: &Address, authkey: &[u8]) -> Result<Listener> {
+        connection::Listener::bind(addr.clone(), authkey).map(Listener)
+    }
+
+    /// The address it listens on (with the real port when bound to port 0).
+    pub(crate) fn address(&self) -> Address {
+        self.0.address().clone()
+    }
+
+    /// The next authenticated client; `Ok(None)` when none came within a
+    /// short while or one failed its handshake (the listener goes on).
+    pub(crate) fn accept(&self) -> Result<Option<Stream>> {
+        match self.0.accept_timeout::<()>(STOP_CHECK) {
+            Ok(c) => Ok(Some(c)),
+            Err(e) if matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Authentication) => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Connects to `addr` and authenticates with `authkey`.
+///
+/// # Errors
+/// [`ErrorKind::Closed`] when nothing listens there (what a proxy sees once
+/// its server is gone); otherwise as [`Client::connect`].
+pub(crate) fn connect(addr: &Address, authkey: &[u8]) -> Result<Stream> {
+    Client::connect::<()>(addr.clone(), authkey).map_err(|e| {
+        let io = e.source().and_then(|s| s.downcast_ref::<std::io::Error>());
+        let refused = io.is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+            )
+        });
+        // A server killed while we connected closes the socket mid-handshake.
+        let hung_up = e.kind() == ErrorKind::Closed;
+        if refused || hung_up {
+            Error::new(ErrorKind::Closed, format!("the manager at {addr} is gone: {e}"))
+        } else {
+            e
+        }
+    })
+}
+
+/// Whether the peer of `s` is still there. A client never sends while it
+/// waits for a reply, so input on the connection means it hung up (or broke
+/// the protocol: it is treated as gone either way).
+pub(crate) fn peer_alive(s: &Stream) -> bool {
+    connection::wait(&[s], Some(Duration::ZERO)).map_or(true, |ready| ready.is_empty())
+}
+
+/// Shuts the connection down, waking a thread blocked reading it.
+pub(crate) fn shut_down(s: &Stream) {
+    if let Some((fd, _)) = s.wait_state() {
+        crate::sys::shutdown(fd);
+    }
+}
+
+/// A fresh random key.
+pub(crate) fn random_key() -> Result<Vec<u8>> {
+    let mut key = vec![0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| {
+        Error::io("could not draw a random authkey", std::io::Error::other(e.to_string()))
+    })?;
+    Ok(key)
+}
