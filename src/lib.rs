@@ -34,6 +34,8 @@ mod engine;
 mod error;
 mod executor;
 mod fdpass;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 mod pipe;
 mod pool;
 mod process;

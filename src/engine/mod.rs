@@ -8,8 +8,9 @@
 //! the worker running a job, hold a closed pool open for an iterator. The
 //! run state and its rules are written once, in [`lifecycle`].
 //!
-//! Backends: [`procs`] (worker processes, one slot thread per worker) and
-//! [`threads`] (threads of this process). A new backend is one new module
+//! Backends: [`procs`] (worker processes, one slot thread per worker),
+//! [`threads`] (threads of this process) and, with the `mpi` feature, `mpi`
+//! (the ranks of an MPI job). A new backend is one new module
 //! implementing [`Engine`] and a runner; no face changes.
 
 /// Calls the face-methods macro `$methods` for `$face`, a face of the
@@ -46,7 +47,27 @@ macro_rules! threads_face {
     };
 }
 
+/// As [`procs_face`], for the MPI backend: the same task bounds (a chunk
+/// crosses to another rank as the bytes it would cross to a local worker).
+#[cfg(feature = "mpi")]
+macro_rules! mpi_face {
+    ($methods:ident, $face:ty) => {
+        $methods! {
+            face: $face,
+            runner: |engine, f| $crate::engine::mpi::MpiRunner::<F, A, M>::new(engine, f),
+            bounds: [
+                F: $crate::task::TaskFn<A, M> + Copy,
+                A: ::serde::Serialize + ::serde::de::DeserializeOwned + 'static,
+                F::Output: ::serde::Serialize + ::serde::de::DeserializeOwned + Send + 'static,
+                M: 'static,
+            ]
+        }
+    };
+}
+
 pub(crate) mod lifecycle;
+#[cfg(feature = "mpi")]
+pub(crate) mod mpi;
 pub(crate) mod procs;
 pub(crate) mod threads;
 

@@ -9,7 +9,7 @@ mod lend;
 mod runner;
 mod slot;
 
-pub(crate) use runner::{Init, ProcOptions, ProcRunner};
+pub(crate) use runner::{job_done, Init, ProcOptions, ProcRunner};
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;

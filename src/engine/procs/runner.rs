@@ -130,7 +130,10 @@ impl<F, A, M> ProcRunner<F, A, M> {
 }
 
 /// The job callback that decodes a chunk of `n` outcomes for `done`.
-fn job_done<R: DeserializeOwned + Send + 'static>(n: usize, done: ChunkDone<R>) -> JobDone {
+pub(crate) fn job_done<R: DeserializeOwned + Send + 'static>(
+    n: usize,
+    done: ChunkDone<R>,
+) -> JobDone {
     Box::new(move |outcome, pid| match outcome {
         Ok((bytes, fds)) => done(task::decode_outcomes(bytes, fds, n, pid)),
         Err(e) => done((0..n).map(|_| Err(e.clone())).collect()),
