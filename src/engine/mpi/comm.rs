@@ -175,8 +175,12 @@ impl Comm {
         self.pending.is_empty()
     }
 
-    /// Takes one message from `source` (or any, with `None`), if one came.
-    pub(crate) fn receive(&mut self, source: Option<i32>) -> Result<Option<Message>> {
+    /// Takes one message from `source` with `tag` (`None`: any), if one came.
+    pub(crate) fn receive(
+        &mut self,
+        source: Option<i32>,
+        tag: Option<i32>,
+    ) -> Result<Option<Message>> {
         if self.finalized {
             return Ok(None);
         }
@@ -187,16 +191,11 @@ impl Comm {
         let mut status: ffi::MPI_Status = unsafe { std::mem::zeroed() };
         // SAFETY: constants of the shim.
         let source = source.unwrap_or(unsafe { ffi::RSMPI_ANY_SOURCE });
+        // SAFETY: as above.
+        let tag = tag.unwrap_or(unsafe { ffi::RSMPI_ANY_TAG });
         // SAFETY: the out-pointers are valid for the call.
         let code = unsafe {
-            ffi::MPI_Improbe(
-                source,
-                ffi::RSMPI_ANY_TAG,
-                comm_world(),
-                &mut flag,
-                &mut message,
-                &mut status,
-            )
+            ffi::MPI_Improbe(source, tag, comm_world(), &mut flag, &mut message, &mut status)
         };
         check("MPI_Improbe", code)?;
         if flag == 0 {

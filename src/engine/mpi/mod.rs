@@ -116,38 +116,45 @@ pub(crate) fn build_print() -> [u8; 16] {
 
 // --- waiting without spinning ----------------------------------------------
 
-/// How a polling thread waits between two looks at MPI: a short spin (a
-/// reply that is microseconds away is taken at once), then yields (an
-/// oversubscribed core goes to the tasks), then parks with a timeout that
-/// doubles up to `max`. `unpark` (a submission, a local result) ends a park
-/// at once.
+/// How a polling thread waits between two looks at MPI: it spins for a
+/// while after the last message (a reply that is microseconds away is taken
+/// at once), then yields (an oversubscribed core goes to the tasks), then
+/// parks with a timeout that doubles up to the caller's `max`. `unpark` (a
+/// submission, a local result) ends a park at once.
 pub(crate) struct Backoff {
-    idle: u32,
-    spin: u32,
+    since: Option<Instant>,
+    naps: u32,
+    spin: Duration,
 }
 
 impl Backoff {
-    /// Polls before the first yield: `MULTIPROC_MPI_SPIN` (default 200,
-    /// some 50 µs here), 0 to never spin.
+    /// Spins `MULTIPROC_MPI_SPIN_US` microseconds (default 100; 0 never
+    /// spins), then yields as long again.
     pub(crate) fn new() -> Backoff {
-        let spin = std::env::var("MULTIPROC_MPI_SPIN").ok().and_then(|v| v.parse().ok());
-        Backoff { idle: 0, spin: spin.unwrap_or(200) }
+        let spin = std::env::var("MULTIPROC_MPI_SPIN_US").ok().and_then(|v| v.parse().ok());
+        Backoff { since: None, naps: 0, spin: Duration::from_micros(spin.unwrap_or(100)) }
     }
 
     pub(crate) fn reset(&mut self) {
-        self.idle = 0;
+        self.since = None;
+        self.naps = 0;
+    }
+
+    /// True while still in the spinning or yielding phase.
+    pub(crate) fn spinning(&self) -> bool {
+        self.since.is_none_or(|t| t.elapsed() < self.spin * 2)
     }
 
     pub(crate) fn wait(&mut self, max: Duration) {
-        self.idle = self.idle.saturating_add(1);
-        let spin = self.spin;
-        if self.idle <= spin {
+        let idle = self.since.get_or_insert_with(Instant::now).elapsed();
+        if idle < self.spin {
             std::hint::spin_loop();
-        } else if self.idle <= spin + 50 {
+        } else if idle < self.spin * 2 {
             std::thread::yield_now();
         } else {
-            let step = (self.idle - spin - 50).min(16);
-            std::thread::park_timeout(Duration::from_micros(20 << step).min(max));
+            let step = self.naps.min(16);
+            self.naps += 1;
+            std::thread::park_timeout(Duration::from_micros(25 << step).min(max));
         }
     }
 }
@@ -240,6 +247,73 @@ impl MpiEngine {
         }
         s.queue.push_back(job);
         drop(s);
+        service().wake();
+    }
+
+    /// Runs a job for a caller who waits for it (`apply`): when a rank
+    /// holds nothing, the caller sends the job itself and polls for its
+    /// result while `ready()` is false, for as long as a reply is likely to
+    /// be microseconds away; no thread hand-off on rank 0 either way. Then
+    /// (or when every rank is busy) the service thread takes over, and the
+    /// caller waits for the result as usual.
+    pub(crate) fn run_waited(
+        &self,
+        offset: i64,
+        chunk: Vec<u8>,
+        done: JobDone,
+        ready: impl Fn() -> bool,
+    ) {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let job = MpiJob { id, offset, chunk, done, ticket: None };
+        let mut s = self.state.lock();
+        if let Some(err) = self.lifecycle.refusal(false) {
+            drop(s);
+            return job.fail(err);
+        }
+        let free = s.load.iter().position(|l| l.in_flight == 0);
+        let (Some(r), true) = (free, s.queue.is_empty()) else {
+            s.queue.push_back(job);
+            drop(s);
+            return service().wake();
+        };
+        let mut batch = Vec::with_capacity(job.chunk.len() + 32);
+        wire::put_u32(&mut batch, 1);
+        wire::put_task(&mut batch, id, offset, &job.chunk);
+        s.load[r].in_flight += 1;
+        s.sent.insert(id, Sent { job, rank: r, at: Instant::now() });
+        drop(s);
+        let Ok(mut c) = comm::comm() else { return };
+        if let Err(e) = c.send(r as i32 + 1, wire::TASKS, batch) {
+            drop(c);
+            let lost = {
+                let mut s = self.state.lock();
+                s.load[r].in_flight = s.load[r].in_flight.saturating_sub(1);
+                s.sent.remove(&id)
+            };
+            return lost.into_iter().for_each(|x| x.job.fail(e.clone()));
+        }
+        drop(c);
+        // Poll for the reply ourselves while it is likely close; the service
+        // thread may take it first, which completes the job just the same.
+        let mut backoff = Backoff::new();
+        while !ready() && backoff.spinning() {
+            let got = match comm::comm_if_initialized() {
+                Some(mut c) => {
+                    c.progress();
+                    c.receive(Some(r as i32 + 1), Some(wire::DONE)).ok().flatten()
+                }
+                None => return,
+            };
+            match got {
+                Some(m) => {
+                    if let Some(body) = &m.body {
+                        self.take_results(m.source, body);
+                    }
+                }
+                None => backoff.wait(Duration::ZERO),
+            }
+        }
+        // The service thread now waits for it.
         service().wake();
     }
 
@@ -464,7 +538,7 @@ fn handshake(c: &mut comm::Comm) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut left = size - 1;
     while left > 0 {
-        match c.receive(None)? {
+        match c.receive(None, Some(wire::HELLO_REPLY))? {
             Some(m) if m.tag == wire::HELLO_REPLY && m.source > 0 && m.source < size => {
                 if !std::mem::replace(&mut answered[m.source as usize], true) {
                     left -= 1;
@@ -563,7 +637,7 @@ fn serve_ranks() {
         {
             let Some(mut c) = comm::comm_if_initialized() else { return };
             while messages.len() < 64 {
-                match c.receive(None) {
+                match c.receive(None, Some(wire::DONE)) {
                     Ok(Some(m)) => messages.push(m),
                     _ => break,
                 }
@@ -593,6 +667,39 @@ fn serve_ranks() {
             backoff.reset();
         }
     }
+}
+
+/// The MPI floor: the mean round trip of a `bytes`-byte message between
+/// rank 0 and rank 1 through the same calls the pool makes (rank 1 answers
+/// from its serving loop), over `rounds` rounds after a warm-up.
+pub(crate) fn ping_pong(rounds: usize, bytes: usize) -> Result<Duration> {
+    let service = start()?;
+    if service.world.size < 2 {
+        return Err(Error::new(ErrorKind::InvalidState, "ping-pong needs two ranks"));
+    }
+    let mut c = comm::comm()?;
+    let body = vec![0u8; bytes];
+    let round = |c: &mut comm::Comm| -> Result<()> {
+        c.send(1, wire::PING, body.clone())?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if c.receive(Some(1), Some(wire::PONG))?.is_some() {
+                c.progress();
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::timeout("rank 1 did not answer a ping within 10 s"));
+            }
+        }
+    };
+    for _ in 0..rounds.min(1000) {
+        round(&mut c)?;
+    }
+    let t = Instant::now();
+    for _ in 0..rounds {
+        round(&mut c)?;
+    }
+    Ok(t.elapsed() / rounds.max(1) as u32)
 }
 
 // --- rank 0: the end of the program ------------------------------------------

@@ -83,7 +83,7 @@ pub(super) fn serve(me: World) -> i32 {
         let Ok(mut c) = comm::comm() else { return 1 };
         let mut active = false;
         loop {
-            match c.receive(Some(0)) {
+            match c.receive(Some(0), None) {
                 Ok(Some(m)) => {
                     active = true;
                     if m.tag == wire::EXIT {
@@ -147,6 +147,9 @@ impl Rank {
                 };
             }
             wire::TERMINATE => self.end(true),
+            wire::PING => {
+                let _ = c.send(0, wire::PONG, body.to_vec());
+            }
             wire::TASKS => {
                 if let Err(e) = self.run_tasks(body) {
                     eprintln!("multiproc: MPI rank {}: {e}", self.me.rank);

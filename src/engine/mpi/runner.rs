@@ -56,11 +56,7 @@ impl<F, A: Serialize, M> MpiRunner<F, A, M> {
         let (chunk, fds) = task::encode_chunk(&items);
         drop(items);
         if !fds.is_empty() {
-            let e = Error::new(
-                ErrorKind::Serialize,
-                "a task's argument holds a file descriptor (multiproc::Fd), which cannot travel \
-                 between MPI ranks",
-            );
+            let e = fd_error();
             return done((0..n).map(|_| Err(e.clone())).collect());
         }
         self.engine.submit(
@@ -92,4 +88,27 @@ where
     fn run_chunk_held(&self, items: Vec<A>, done: ChunkDone<R>, ticket: Arc<Ticket>) {
         self.submit(items, done, true, Some(ticket))
     }
+
+    /// Sends the task and polls for its result on this thread when a rank
+    /// is free (see `MpiEngine::run_waited`).
+    fn apply(&self, args: A) -> crate::error::Result<R> {
+        let completion = crate::pool::Completion::new();
+        let result = crate::pool::AsyncResult::new(completion.clone());
+        let (chunk, fds) = task::encode_chunk(std::slice::from_ref(&args));
+        drop(args);
+        let done = crate::pool::map::complete_one(completion);
+        if !fds.is_empty() {
+            return Err(fd_error());
+        }
+        self.engine.run_waited(self.offset, chunk, job_done(1, done), || result.ready());
+        result.get()
+    }
+}
+
+fn fd_error() -> Error {
+    Error::new(
+        ErrorKind::Serialize,
+        "a task's argument holds a file descriptor (multiproc::Fd), which cannot travel between \
+         MPI ranks",
+    )
 }

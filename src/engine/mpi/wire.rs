@@ -21,6 +21,9 @@ pub(crate) const DONE: i32 = 5;
 pub(crate) const TERMINATE: i32 = 6;
 /// Rank 0 → rank: the program ends; finalize and exit.
 pub(crate) const EXIT: i32 = 7;
+/// Rank 0 → rank 1: answer at once with PONG (the benchmark's MPI floor).
+pub(crate) const PING: i32 = 8;
+pub(crate) const PONG: i32 = 9;
 
 /// A pool's options, as a rank needs them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

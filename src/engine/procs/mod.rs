@@ -9,7 +9,9 @@ mod lend;
 mod runner;
 mod slot;
 
-pub(crate) use runner::{job_done, Init, ProcOptions, ProcRunner};
+#[cfg(feature = "mpi")]
+pub(crate) use runner::job_done;
+pub(crate) use runner::{Init, ProcOptions, ProcRunner};
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
