@@ -21,7 +21,9 @@
 //! (`local_workers`, default 1), so a task that panics, segfaults, aborts or
 //! passes `task_timeout` fails alone and the rank replaces its worker; the
 //! job goes on. That costs one local socket round trip per message on the
-//! rank. `isolate(false)` runs tasks on the rank's own thread instead:
+//! rank: measured here (`mpi-bench`, 4 ranks on 2 loaded cores), an `apply`
+//! takes some 40-45 µs isolated against 15 µs on the rank (MPI floor 5 µs),
+//! and 10,000 one-item tasks 38-50 ms against 9-26 ms. `isolate(false)` runs tasks on the rank's own thread instead:
 //! faster for tiny tasks, but a task that crashes the process takes the
 //! rank, and with Open MPI the whole job, with it; a per-task timeout needs
 //! isolation.
