@@ -204,6 +204,15 @@ fn main() {
         }
         return;
     }
+    if std::env::args().nth(1).as_deref() == Some("rank-dies") {
+        // A task that kills its whole rank (no isolation): Open MPI ends the
+        // job; rank 0 must not outlive it waiting (run.sh bounds the time).
+        let pool = Pool::builder().isolate(false).build().expect("world");
+        let r = pool.apply(segfault, 0);
+        println!("rank 0 still running after its worker rank died: {r:?}");
+        std::thread::sleep(Duration::from_secs(30));
+        std::process::exit(3);
+    }
     if std::env::args().nth(1).as_deref() == Some("idle") {
         // For measuring what idle ranks cost: a pool that waits 2 s.
         let pool = Pool::world().expect("world");

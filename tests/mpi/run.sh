@@ -22,6 +22,19 @@ done
 echo "--- build mismatch: rank 0 is mpi_check, ranks 1-2 are mpi_pool"
 run -n 1 "$bin/mpi_check" mismatch : -n 2 "$bin/mpi_pool" \
   || { echo "FAILED: build mismatch"; fails=$((fails + 1)); }
+echo "--- a task kills its whole rank (isolate(false)): the job ends, nothing hangs"
+start=$(date +%s)
+set +e
+timeout --kill-after=5 60 mpirun --oversubscribe -n 3 "$bin/mpi_check" rank-dies >/dev/null 2>&1
+rc=$?
+set -e
+took=$(( $(date +%s) - start ))
+if [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] || [ "$took" -ge 25 ]; then
+  echo "FAILED: rank death: exit code $rc after ${took}s (want a non-zero exit from mpirun, soon)"
+  fails=$((fails + 1))
+else
+  echo "the job ended with code $rc after ${took}s"
+fi
 echo "--- example: mpirun -n 4 mpi_pool"
 run -n 4 "$bin/mpi_pool" || { echo "FAILED: example"; fails=$((fails + 1)); }
 echo "--- not launched by MPI: world() fails with a clear error"
