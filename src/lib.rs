@@ -36,6 +36,8 @@ mod error;
 mod executor;
 mod fdpass;
 pub mod manager;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 mod pipe;
 mod pool;
 mod process;

@@ -8,8 +8,9 @@
 //! the worker running a job, hold a closed pool open for an iterator. The
 //! run state and its rules are written once, in [`lifecycle`].
 //!
-//! Backends: [`procs`] (worker processes, one slot thread per worker) and
-//! [`threads`] (threads of this process). A new backend is one new module
+//! Backends: [`procs`] (worker processes, one slot thread per worker),
+//! [`threads`] (threads of this process) and, with the `mpi` feature, `mpi`
+//! (the ranks of an MPI job). A new backend is one new module
 //! implementing [`Engine`] and a runner; no face changes.
 
 /// Calls the face-methods macro `$methods` for `$face`, a face of the
@@ -18,20 +19,31 @@
 /// call (`apply`, `submit`) as a chunk of one, with the same bounds.
 macro_rules! procs_face {
     ($methods:ident, $face:ty) => {
-        procs_face!(@bounds $methods, $face, [
-            F: $crate::task::TaskFn<A, M> + Copy,
-            A: ::serde::Serialize + ::serde::de::DeserializeOwned + 'static,
-            F::Output: ::serde::Serialize + ::serde::de::DeserializeOwned + Send + 'static,
-            M: 'static,
-        ]);
+        serde_face!($methods, $face, procs::ProcRunner);
     };
-    (@bounds $methods:ident, $face:ty, [$($bounds:tt)*]) => {
+}
+
+/// The faces of a backend whose tasks cross to another process as encoded
+/// chunks (`procs`, `mpi`): a `fn` item or capture-free closure, serde
+/// arguments and results, for maps and one calls alike.
+macro_rules! serde_face {
+    ($methods:ident, $face:ty, $($runner:ident)::+) => {
         $methods! {
             face: $face,
-            runner: |engine, f| $crate::engine::procs::ProcRunner::<F, A, M>::new(engine, f),
-            bounds: [$($bounds)*],
-            once: |engine, f| $crate::engine::procs::ProcRunner::<F, A, M>::new(engine, f),
-            once_bounds: [$($bounds)*]
+            runner: |engine, f| $crate::engine::$($runner)::+::<F, A, M>::new(engine, f),
+            bounds: [
+                F: $crate::task::TaskFn<A, M> + Copy,
+                A: ::serde::Serialize + ::serde::de::DeserializeOwned + 'static,
+                F::Output: ::serde::Serialize + ::serde::de::DeserializeOwned + Send + 'static,
+                M: 'static,
+            ],
+            once: |engine, f| $crate::engine::$($runner)::+::<F, A, M>::new(engine, f),
+            once_bounds: [
+                F: $crate::task::TaskFn<A, M> + Copy,
+                A: ::serde::Serialize + ::serde::de::DeserializeOwned + 'static,
+                F::Output: ::serde::Serialize + ::serde::de::DeserializeOwned + Send + 'static,
+                M: 'static,
+            ]
         }
     };
 }
@@ -61,7 +73,38 @@ macro_rules! threads_face {
     };
 }
 
+/// As [`procs_face`], for the MPI backend: the same task bounds (a chunk
+/// crosses to another rank as the bytes it would cross to a local worker).
+#[cfg(feature = "mpi")]
+macro_rules! mpi_face {
+    ($methods:ident, $face:ty) => {
+        serde_face!($methods, $face, mpi::MpiRunner);
+    };
+}
+
+/// Implements [`OneShot`](crate::pool::map::OneShot) for a runner (generic over `F, A, M`) whose one
+/// call is a chunk of one: [`ChunkRunner::run_one`] and
+/// [`ChunkRunner::apply`], which a backend may speed up.
+macro_rules! one_call_is_a_chunk {
+    ($runner:ident) => {
+        impl<F, A, M, R> $crate::pool::map::OneShot<A, R> for $runner<F, A, M>
+        where
+            Self: $crate::pool::map::ChunkRunner<A, R>,
+            R: Send + 'static,
+        {
+            fn run(self, args: A, done: ::std::sync::Arc<$crate::pool::Completion<R>>) {
+                $crate::pool::map::ChunkRunner::run_one(&self, args, done)
+            }
+            fn apply(self, args: A) -> $crate::error::Result<R> {
+                $crate::pool::map::ChunkRunner::apply(&self, args)
+            }
+        }
+    };
+}
+
 pub(crate) mod lifecycle;
+#[cfg(feature = "mpi")]
+pub(crate) mod mpi;
 pub(crate) mod procs;
 pub(crate) mod threads;
 

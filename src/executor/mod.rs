@@ -26,13 +26,13 @@ pub use future::{
 };
 
 /// What both executors are: an engine, and its place in the exit hook.
-struct Executor<E: Engine> {
+pub(crate) struct Executor<E: Engine> {
     engine: Arc<E>,
     exit: exit::Release,
 }
 
 impl<E: Engine> Executor<E> {
-    fn new(engine: Arc<E>) -> Self {
+    pub(crate) fn new(engine: Arc<E>) -> Self {
         let exit = exit::register(Arc::downgrade(&engine) as Weak<dyn Engine>);
         Executor { engine, exit }
     }
@@ -209,6 +209,9 @@ macro_rules! executor_methods {
 procs_face!(executor_methods, ProcessPoolExecutor);
 
 threads_face!(executor_methods, ThreadPoolExecutor);
+
+#[cfg(feature = "mpi")]
+mpi_face!(executor_methods, crate::mpi::ProcessPoolExecutor);
 
 /// A pool of worker processes with Python's `concurrent.futures` interface.
 ///

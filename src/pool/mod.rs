@@ -458,6 +458,9 @@ procs_face!(pool_methods, Pool);
 
 threads_face!(pool_methods, ThreadPool);
 
+#[cfg(feature = "mpi")]
+mpi_face!(pool_methods, crate::mpi::Pool);
+
 impl Pool {
     /// A pool of `processes` workers.
     ///

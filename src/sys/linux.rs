@@ -169,6 +169,12 @@ impl Image {
     pub(crate) fn is_code(&self, addr: usize) -> bool {
         self.code.iter().any(|r| r.contains(&addr))
     }
+
+    /// The executable segments (hashed by the MPI backend's build check).
+    #[cfg(feature = "mpi")]
+    pub(crate) fn code(&self) -> &[std::ops::Range<usize>] {
+        &self.code
+    }
 }
 
 /// The main executable's segments (read once from the loader).

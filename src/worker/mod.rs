@@ -86,6 +86,9 @@ fn examine_channel(stdin: BorrowedFd<'_>) -> Channel {
 /// Turns this process into a worker if its parent asked for one.
 pub(crate) fn divert_if_worker() {
     let Some(role) = std::env::var_os(ENV_ROLE) else {
+        // Not a local worker: perhaps a rank of an MPI job.
+        #[cfg(feature = "mpi")]
+        crate::engine::mpi::divert_if_rank();
         return;
     };
     let name = std::env::var(ENV_NAME).unwrap_or_default();

@@ -9,6 +9,8 @@ mod lend;
 mod runner;
 mod slot;
 
+#[cfg(feature = "mpi")]
+pub(crate) use runner::job_done;
 pub(crate) use runner::{Init, ProcOptions, ProcRunner};
 
 use std::collections::VecDeque;

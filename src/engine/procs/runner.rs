@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::{Config, JobDone, ProcEngine};
 use crate::engine::Ticket;
 use crate::error::{Error, ErrorKind, Result};
-use crate::pool::map::{ChunkDone, ChunkRunner, OneShot};
+use crate::pool::map::{ChunkDone, ChunkRunner};
 use crate::task::{self, TaskFn};
 
 /// The initializer a worker runs before its first task.
@@ -130,7 +130,10 @@ impl<F, A, M> ProcRunner<F, A, M> {
 }
 
 /// The job callback that decodes a chunk of `n` outcomes for `done`.
-fn job_done<R: DeserializeOwned + Send + 'static>(n: usize, done: ChunkDone<R>) -> JobDone {
+pub(crate) fn job_done<R: DeserializeOwned + Send + 'static>(
+    n: usize,
+    done: ChunkDone<R>,
+) -> JobDone {
     Box::new(move |outcome, pid| match outcome {
         Ok((bytes, fds)) => done(task::decode_outcomes(bytes, fds, n, pid)),
         Err(e) => done((0..n).map(|_| Err(e.clone())).collect()),
@@ -169,18 +172,5 @@ where
     }
 }
 
-/// One call is a chunk of one (with the lent-worker path for `apply`).
-impl<F, A, M, R> OneShot<A, R> for ProcRunner<F, A, M>
-where
-    F: TaskFn<A, M, Output = R> + Copy,
-    A: Serialize,
-    R: DeserializeOwned + Send + 'static,
-{
-    fn run(self, args: A, done: Arc<crate::pool::Completion<R>>) {
-        self.run_one(args, done)
-    }
-
-    fn apply(self, args: A) -> Result<R> {
-        ChunkRunner::apply(&self, args)
-    }
-}
+// One call is a chunk of one (with the lent-worker path for `apply`).
+one_call_is_a_chunk!(ProcRunner);
