@@ -29,6 +29,8 @@ mod ipc_shm;
 mod ipc_sync;
 #[path = "it/ipc_util.rs"]
 mod ipc_util;
+#[path = "it/large_values.rs"]
+mod large_values;
 #[path = "it/no_pidfd.rs"]
 mod no_pidfd;
 #[path = "it/pool.rs"]
