@@ -32,7 +32,12 @@ use crate::sys;
 /// (`send_bytes` to `recv_bytes`, bytes per CPU-second of both, this 2-core
 /// machine under load): 1–3 MiB messages 1.7–3.8 GB/s through the socket,
 /// 1.1–1.4 through a file; 4 and 16 MiB 0.6–0.7 through the socket,
-/// 1.0–1.3 through a file.
+/// 1.0–1.3 through a file. In a pool (`map` of `Bytes` of 8 or 32 MiB, 2
+/// workers) the CPU cost is the same either way (0.35–0.5 GB per
+/// CPU-second), but the wall time was 15–30% longer through files on this
+/// loaded machine: the parent writes a whole file alone, where through the
+/// socket the worker's side of the copy runs on the other core. Measure
+/// again on a quiet machine before moving this.
 pub(crate) const MEMFD_ABOVE: usize = 4 << 20;
 
 /// A frozen file holding `parts` back to back; `None` when one cannot be
