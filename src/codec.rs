@@ -180,8 +180,13 @@ impl postcard::ser_flavors::Flavor for VecRef<'_> {
     #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
         // Most calls carry one varint: a copy loop the compiler sees whole
-        // beats a call to memcpy for a few bytes.
-        self.0.extend(data.iter().copied());
+        // beats a call to memcpy for a few bytes. A blob (`Bytes`, a string)
+        // is one memcpy.
+        if data.len() > 16 {
+            self.0.extend_from_slice(data);
+        } else {
+            self.0.extend(data.iter().copied());
+        }
         Ok(())
     }
     fn finalize(self) -> postcard::Result<()> {

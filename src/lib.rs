@@ -22,12 +22,20 @@
 //! exit code, and the pool starts a replacement.
 //!
 //! Linux only for now.
+//!
+//! # Large binary data
+//!
+//! Send buffers as [`Bytes`] (or `serde_bytes`), not `Vec<u8>`, which serde
+//! encodes byte by byte; messages above 4 MiB travel in shared
+//! memory by themselves; [`Array`] shares pages without copying at all. See
+//! [`Bytes`] for the details.
 
 /// Entry points for the fuzz targets in `fuzz/`; not an API.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 #[path = "fuzz_api.rs"]
 pub mod __fuzz;
+mod bytes;
 mod codec;
 pub mod connection;
 #[macro_use]
@@ -51,6 +59,7 @@ mod task;
 mod wire;
 mod worker;
 
+pub use bytes::Bytes;
 pub use error::{Error, ErrorKind, Result};
 pub use executor::{
     as_completed, wait, AsCompleted, DoneAndNotDone, Future, ProcessPoolExecutor,

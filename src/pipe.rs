@@ -2,7 +2,6 @@
 
 use parking_lot::{Mutex, MutexGuard};
 use std::marker::PhantomData;
-use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -11,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::wire::{Chunk, Conn, PipeMessage, Tail};
+use crate::wire::{Body, Chunk, Conn, PipeMessage, Tail};
 use crate::{fdpass, sys};
 
 /// One end of a [`pipe`]: Python's `multiprocessing.connection.Connection`.
@@ -57,7 +56,7 @@ struct Reader {
 /// Where the next message is: in the channel's buffer (its body range) or
 /// given back earlier.
 enum Next {
-    Buffered(u8, Range<usize>, Vec<OwnedFd>),
+    Buffered(u8, Body, Vec<OwnedFd>),
     Kept(Vec<u8>, Vec<OwnedFd>),
 }
 
@@ -155,7 +154,11 @@ impl<T> Connection<T> {
         // half (unless a receiver is busy with it), so that two ends sending
         // large messages to each other at once cannot both block forever.
         loop {
-            c.write_some().map_err(|e| closed_or_io(e, "send"))?;
+            if let Err(e) = c.write_some() {
+                // Nothing more goes out on this end: let go of what waits.
+                c.discard_output();
+                return Err(closed_or_io(e, "send"));
+            }
             if !c.has_output() {
                 return Ok(());
             }
@@ -168,6 +171,7 @@ impl<T> Connection<T> {
                 }
             }
             if r.hangup && !r.write && !r.read {
+                c.discard_output();
                 return Err(closed_or_io(std::io::ErrorKind::BrokenPipe.into(), "send"));
             }
         }
@@ -334,7 +338,7 @@ impl<T> Connection<T> {
 /// The next whole message, or a `Protocol` error once the other end broke
 /// the framing rules (the channel reads nothing more after that).
 #[allow(clippy::type_complexity)]
-fn next_frame(c: &mut Conn) -> Result<Option<(u8, std::ops::Range<usize>, Vec<OwnedFd>)>> {
+fn next_frame(c: &mut Conn) -> Result<Option<(u8, Body, Vec<OwnedFd>)>> {
     c.try_next_frame().map_err(|v| {
         Error::new(
             ErrorKind::Protocol,

@@ -431,11 +431,10 @@ fn encode<T: Serialize>(value: &T) -> Result<Message> {
             ),
         ));
     }
-    // Too large for one message: the item goes in a shared-memory file.
-    let file = sys::memfd_sealed(bytes.len() - 1)
-        .map_err(|e| Error::io("could not create shared memory", e))?;
-    sys::write_all_at(file.as_fd(), &bytes[1..])
-        .map_err(|e| Error::io("could not fill shared memory", e))?;
+    // Too large for one message: the item goes in a frozen shared-memory
+    // file, which the receiver maps (see `wire::Mapped`).
+    let file = sys::memfd_frozen(&[&bytes[1..]])
+        .map_err(|e| Error::io("could not put a large item in shared memory", e))?;
     fds.insert(0, file);
     Ok(Message { bytes: vec![TAG_FILE], fds })
 }
@@ -452,15 +451,6 @@ fn decode<T: DeserializeOwned>(mut msg: Message) -> Result<T> {
             .map_err(|e| fail(e.to_string())),
         Some(&TAG_FILE) if !msg.fds.is_empty() => {
             let file = msg.fds.remove(0);
-            // Only a file sealed as multiproc seals its own is taken: one
-            // that may shrink could change size while it is read.
-            if !sys::cannot_shrink(file.as_fd()) {
-                return Err(fail(
-                    "its shared-memory file is not sealed against shrinking (not put by \
-                     multiproc, or by an older version); it is refused"
-                        .into(),
-                ));
-            }
             let len = sys::file_len(file.as_fd())
                 .map_err(|e| Error::io("could not read a queue item", e))?;
             if len > ITEM_MAX {
@@ -469,9 +459,12 @@ fn decode<T: DeserializeOwned>(mut msg: Message) -> Result<T> {
                      item may; it is refused"
                 )));
             }
-            let bytes = sys::read_exact_at(file.as_fd(), len)
-                .map_err(|e| Error::io("could not read a queue item", e))?;
-            fdpass::supply(msg.fds, || crate::codec::decode(&bytes))
+            // Only a file sealed as multiproc seals its own is mapped: one
+            // that may shrink or be written could change while it is read.
+            let mapped = crate::wire::Mapped::open(file, len, "queue item").map_err(|v| {
+                fail(format!("{v} (not put by multiproc, or by an older version); it is refused"))
+            })?;
+            fdpass::supply(msg.fds, || crate::codec::decode(mapped.bytes()))
                 .map_err(|e| fail(e.to_string()))
         }
         _ => Err(fail("malformed message".into())),

@@ -31,6 +31,8 @@ mod ipc_shm;
 mod ipc_sync;
 #[path = "it/ipc_util.rs"]
 mod ipc_util;
+#[path = "it/large_values.rs"]
+mod large_values;
 #[path = "it/manager.rs"]
 mod manager;
 #[path = "it/no_pidfd.rs"]

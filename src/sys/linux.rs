@@ -527,34 +527,6 @@ pub(crate) fn file_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
     Ok(file_len_and_id(fd)?.0)
 }
 
-/// Writes all of `data` into the file behind `fd`, from its start.
-pub(crate) fn write_all_at(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
-    let mut done = 0;
-    while done < data.len() {
-        match retry(|| rustix::io::pwrite(fd, &data[done..], done as u64))? {
-            0 => return Err(io::ErrorKind::WriteZero.into()),
-            n => done += n,
-        }
-    }
-    Ok(())
-}
-
-/// Reads the first `len` bytes of the file behind `fd`; an error when it
-/// holds fewer. The buffer is not zeroed first.
-pub(crate) fn read_exact_at(fd: BorrowedFd<'_>, len: usize) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(len);
-    while buf.len() < len {
-        let at = buf.len() as u64;
-        let spare = || rustix::io::pread(fd, rustix::buffer::spare_capacity(&mut buf), at);
-        if retry(spare)? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-    // The capacity may exceed `len`; the file's size is sealed, but say so here too.
-    buf.truncate(len);
-    Ok(buf)
-}
-
 /// Maps `len` bytes of `fd` shared, readable and writable.
 pub(crate) fn map_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<*mut u8> {
     use rustix::mm::{MapFlags, ProtFlags};
@@ -753,6 +725,63 @@ pub(crate) fn memfd_sealed(len: usize) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// The seals of a frozen file: its size and its bytes are fixed for good.
+const FROZEN_SEALS: rustix::fs::SealFlags = FIXED_SIZE_SEALS.union(rustix::fs::SealFlags::WRITE);
+
+/// An anonymous shared-memory file holding `parts` back to back, sealed so
+/// that no process can ever change its size or its bytes again (see
+/// [`is_frozen`]): a message the receiver may map and read in place.
+pub(crate) fn memfd_frozen(parts: &[&[u8]]) -> io::Result<OwnedFd> {
+    use rustix::fs::MemfdFlags;
+    let fd = rustix::fs::memfd_create(
+        c"multiproc-msg",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    rustix::fs::ftruncate(&fd, len as u64)?;
+    let mut at = 0u64;
+    for part in parts {
+        let mut done = 0;
+        while done < part.len() {
+            match retry(|| rustix::io::pwrite(&fd, &part[done..], at + done as u64))? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => done += n,
+            }
+        }
+        at += part.len() as u64;
+    }
+    // No writable mapping of it exists, so the write seal takes.
+    rustix::fs::fcntl_add_seals(&fd, FROZEN_SEALS)?;
+    Ok(fd)
+}
+
+/// True when the file behind `fd` carries the seals of [`memfd_frozen`]: no
+/// one can shrink it (no SIGBUS for a mapping of its length) or write it (no
+/// bytes change under a reader), whoever made it.
+pub(crate) fn is_frozen(fd: BorrowedFd<'_>) -> bool {
+    let need = FROZEN_SEALS.difference(rustix::fs::SealFlags::SEAL);
+    rustix::fs::fcntl_get_seals(fd).is_ok_and(|s| s.contains(need))
+}
+
+/// Maps `len` bytes of `fd` read-only, its pages faulted in at once (one
+/// system call instead of one fault per page).
+pub(crate) fn map_readonly(fd: BorrowedFd<'_>, len: usize) -> io::Result<*const u8> {
+    use rustix::mm::{MapFlags, ProtFlags};
+    // SAFETY: a fresh read-only mapping at an address the kernel picks: it
+    // overlaps nothing that exists.
+    let p = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ,
+            MapFlags::SHARED | MapFlags::POPULATE,
+            fd,
+            0,
+        )
+    }?;
+    Ok(p.cast_const().cast())
+}
+
 /// True when the file behind `fd` can never shrink (it carries F_SEAL_SHRINK),
 /// so mapping all of its current length is safe from SIGBUS. False for a file
 /// that may shrink, or one that cannot carry seals at all (not a memfd).
@@ -832,18 +861,23 @@ mod tests {
     }
 
     #[test]
-    fn shared_memory_files_are_written_and_read_whole() {
+    fn frozen_files_hold_their_parts_and_change_no_more() {
         let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
-        let file = memfd_sealed(data.len()).unwrap();
-        write_all_at(file.as_fd(), &data).unwrap();
-        assert_eq!(read_exact_at(file.as_fd(), data.len()).unwrap(), data);
-        assert!(read_exact_at(file.as_fd(), 0).unwrap().is_empty());
-        // A file shorter than its claimed length is an error, not a short item.
-        let err = read_exact_at(file.as_fd(), data.len() + 1).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
-        // The sealed size cannot grow by writing past it.
-        assert!(write_all_at(file.as_fd(), &[0; 200_001]).is_err());
-        assert!(cannot_shrink(file.as_fd()));
+        let file = memfd_frozen(&[&data[..1000], &[], &data[1000..]]).unwrap();
+        assert_eq!(file_len(file.as_fd()).unwrap(), data.len());
+        assert!(is_frozen(file.as_fd()) && cannot_shrink(file.as_fd()));
+        let p = map_readonly(file.as_fd(), data.len()).unwrap();
+        // SAFETY: `p` maps `data.len()` readable bytes until the unmap below.
+        let mapped = unsafe { std::slice::from_raw_parts(p, data.len()) };
+        assert!(mapped == &data[..]);
+        // No one can write it, resize it or map it writable.
+        assert!(rustix::io::pwrite(&file, b"x", 0).is_err());
+        assert!(rustix::fs::ftruncate(&file, 10).is_err());
+        assert!(map_shared(file.as_fd(), data.len()).is_err());
+        // SAFETY: the mapping above, no longer used.
+        unsafe { unmap(p.cast_mut(), data.len()) };
+        // A file sealed only against resizing is not frozen.
+        assert!(!is_frozen(memfd_sealed(10).unwrap().as_fd()));
     }
 
     /// Set in the copy of this test binary that runs the truncation test:

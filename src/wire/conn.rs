@@ -33,6 +33,7 @@ use std::ops::{Deref, Range};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
+use super::memfd::{self, Mapped};
 use super::msg::kind_name;
 use crate::error::{Error, ErrorKind};
 use crate::sys;
@@ -86,13 +87,28 @@ impl Accept {
     }
 }
 
-/// Checks a frame header; returns its kind, body length and descriptor count.
+/// Set in a header's kind byte when the frame's body is not in the stream
+/// but in the first of its descriptors, a frozen file (see [`super::memfd`]);
+/// the header's length is still the body's.
+pub(crate) const IN_FILE: u8 = 0x80;
+
+/// The bytes a frame takes in the stream after its header.
+fn stream_len(kind_byte: u8, len: usize) -> usize {
+    if kind_byte & IN_FILE != 0 {
+        0
+    } else {
+        len
+    }
+}
+
+/// Checks a frame header; returns its kind (without [`IN_FILE`]), body
+/// length and descriptor count.
 pub(crate) fn check_header(
     header: &[u8; HEADER],
     accept: Accept,
 ) -> Result<(u8, usize, usize), Violation> {
     let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
-    let (kind, nfds) = (header[4], header[5] as usize);
+    let (kind, nfds) = (header[4] & !IN_FILE, header[5] as usize);
     let Some(max_len) = accept.max_len(kind) else {
         return Err(Violation(format!(
             "a frame of {} (header bytes {header:02x?}), which is not valid at this point",
@@ -112,6 +128,12 @@ pub(crate) fn check_header(
             kind_name(kind)
         )));
     }
+    if header[4] & IN_FILE != 0 && nfds == 0 {
+        return Err(Violation(format!(
+            "a {} frame whose body is in a file, with no descriptor attached",
+            kind_name(kind)
+        )));
+    }
     Ok((kind, len as usize, nfds))
 }
 
@@ -128,6 +150,28 @@ struct Head {
     kind: u8,
     len: usize,
     fds: Vec<OwnedFd>,
+    /// The body is in the first descriptor, not in the stream.
+    in_file: bool,
+}
+
+impl Head {
+    fn stream_len(&self) -> usize {
+        if self.in_file {
+            0
+        } else {
+            self.len
+        }
+    }
+}
+
+/// Where the body of a frame returned by [`Conn::try_next_frame`] is: read
+/// it with [`Conn::body`], until the next read or frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Body {
+    /// A range of the read buffer.
+    Buf(Range<usize>),
+    /// The frame's file, mapped (the number of the frame that brought it).
+    Mapped(u64),
 }
 
 /// One end of a framed, buffered channel over a Unix stream socket.
@@ -153,6 +197,11 @@ pub(crate) struct Conn {
     violation: Option<Violation>,
     /// Set when the last `read_some` stopped with input possibly left.
     more: bool,
+    /// The body file of the last frame taken, mapped, with that frame's
+    /// number; unmapped at the next frame or read.
+    mapped: Option<(u64, Mapped)>,
+    /// Frames taken so far.
+    taken: u64,
 }
 
 /// Reads `N` bytes at `at` (a little-endian integer's), if the body has them.
@@ -181,6 +230,8 @@ impl Conn {
             accept,
             violation: None,
             more: false,
+            mapped: None,
+            taken: 0,
         }
     }
 
@@ -221,6 +272,14 @@ impl Conn {
         !self.out.pieces.is_empty()
     }
 
+    /// Drops the output not written yet (and the files and descriptors it
+    /// holds): for a channel whose peer is gone.
+    pub(crate) fn discard_output(&mut self) {
+        self.out.pieces.clear();
+        self.out.buf.clear();
+        self.out.first_sent = 0;
+    }
+
     /// Writes as much pending output as the socket takes without blocking.
     pub(crate) fn write_some(&mut self) -> io::Result<()> {
         self.out.write_some(self.fd.as_fd())
@@ -251,6 +310,8 @@ impl Conn {
     /// Drops consumed input; gives back the memory of a large frame once
     /// it is consumed. Invalidates body ranges.
     pub(crate) fn compact(&mut self) {
+        // The file of a large body is given back as soon as it is done with.
+        self.mapped = None;
         if self.rpos > 0 && (self.rpos == self.rbuf.len() || self.rpos > self.rbuf.len() / 2) {
             self.rbuf.drain(..self.rpos);
             self.rbase += self.rpos as u64;
@@ -292,6 +353,7 @@ impl Conn {
                 Ok(h) => h,
                 Err(v) => return self.violate(v),
             };
+            let in_file = header[4] & IN_FILE != 0;
             // A batch that ended before this frame belonged to no frame.
             if let Some(b) = self.batches.front().filter(|b| b.end <= start) {
                 let n = b.fds.len();
@@ -312,11 +374,11 @@ impl Conn {
                 self.held -= b.fds.len();
                 fds = b.fds;
             }
-            self.head = Some(Head { kind, len, fds });
+            self.head = Some(Head { kind, len, fds, in_file });
         }
         // The next frame starts at `end`: a batch that ends at or before it
         // holds no frame's first byte but this one's, which is settled.
-        let len = self.head.as_ref().map_or(0, |h| h.len);
+        let len = self.head.as_ref().map_or(0, Head::stream_len);
         let end = start + (HEADER + len) as u64;
         if let Some(b) = self.batches.iter().find(|b| b.end <= end) {
             let n = b.fds.len();
@@ -329,7 +391,7 @@ impl Conn {
     fn head_progress(&self) -> (usize, usize) {
         let avail = self.rbuf.len() - self.rpos;
         match &self.head {
-            Some(h) => ((HEADER + h.len).saturating_sub(avail), avail),
+            Some(h) => ((HEADER + h.stream_len()).saturating_sub(avail), avail),
             None => (0, avail),
         }
     }
@@ -415,16 +477,14 @@ impl Conn {
     /// the next read) and the descriptors that came with it. `None` when no
     /// whole frame is buffered, or the peer broke a rule (see
     /// [`Conn::try_next_frame`], which tells the two apart).
-    pub(crate) fn next_frame(&mut self) -> Option<(u8, Range<usize>, Vec<OwnedFd>)> {
+    pub(crate) fn next_frame(&mut self) -> Option<(u8, Body, Vec<OwnedFd>)> {
         self.try_next_frame().ok().flatten()
     }
 
     /// The next complete frame, `Ok(None)` when none is whole yet, or the
     /// rule the peer broke at this point of the stream.
     #[allow(clippy::type_complexity)]
-    pub(crate) fn try_next_frame(
-        &mut self,
-    ) -> Result<Option<(u8, Range<usize>, Vec<OwnedFd>)>, Violation> {
+    pub(crate) fn try_next_frame(&mut self) -> Result<Option<(u8, Body, Vec<OwnedFd>)>, Violation> {
         self.check_head();
         if let Some(v) = &self.violation {
             return Err(v.clone());
@@ -434,9 +494,25 @@ impl Conn {
             return Ok(None);
         }
         let head = self.head.take().expect("checked above");
-        let body = self.rpos + HEADER..self.rpos + HEADER + head.len;
-        self.rpos += HEADER + head.len;
-        Ok(Some((head.kind, body, head.fds)))
+        self.mapped = None;
+        self.taken += 1;
+        let body = self.rpos + HEADER..self.rpos + HEADER + head.stream_len();
+        self.rpos += HEADER + head.stream_len();
+        if !head.in_file {
+            return Ok(Some((head.kind, Body::Buf(body), head.fds)));
+        }
+        let mut fds = head.fds;
+        let file = fds.remove(0);
+        match Mapped::open(file, head.len, &kind_name(head.kind)) {
+            Ok(m) => {
+                self.mapped = Some((self.taken, m));
+                Ok(Some((head.kind, Body::Mapped(self.taken), fds)))
+            }
+            Err(v) => {
+                self.violate(v.clone());
+                Err(v)
+            }
+        }
     }
 
     /// The kind of the incomplete frame at the head of the buffer and the
@@ -447,7 +523,7 @@ impl Conn {
         self.check_head();
         let h = self.head.as_ref()?;
         let from = (self.rpos + HEADER).min(self.rbuf.len());
-        let to = (self.rpos + HEADER + h.len).min(self.rbuf.len());
+        let to = (self.rpos + HEADER + h.stream_len()).min(self.rbuf.len());
         Some((h.kind, &self.rbuf[from..to]))
     }
 
@@ -458,20 +534,39 @@ impl Conn {
 
     /// True when buffered input holds no complete frame.
     pub(crate) fn input_idle(&self) -> bool {
-        match le::<4>(&self.rbuf, self.rpos) {
-            Some(len) => self.rbuf.len() - self.rpos < HEADER + u32::from_le_bytes(len) as usize,
+        match le::<HEADER>(&self.rbuf, self.rpos) {
+            Some(h) => {
+                let len = u32::from_le_bytes(h[..4].try_into().expect("4 bytes")) as usize;
+                self.rbuf.len() - self.rpos < HEADER + stream_len(h[4], len)
+            }
             None => true,
         }
     }
 
     /// The body of a frame returned by [`Conn::next_frame`], and the output
     /// queue, borrowed together (to answer a frame while reading it).
-    pub(crate) fn body_and_output(&mut self, body: Range<usize>) -> (&[u8], &mut Output) {
-        (&self.rbuf[body], &mut self.out)
+    pub(crate) fn body_and_output(&mut self, body: Body) -> (&[u8], &mut Output) {
+        let bytes = match body {
+            Body::Buf(r) => &self.rbuf[r],
+            Body::Mapped(n) => Conn::mapped_bytes(&self.mapped, n),
+        };
+        (bytes, &mut self.out)
     }
 
-    pub(crate) fn body(&self, body: Range<usize>) -> &[u8] {
-        &self.rbuf[body]
+    pub(crate) fn body(&self, body: Body) -> &[u8] {
+        match body {
+            Body::Buf(r) => &self.rbuf[r],
+            Body::Mapped(n) => Conn::mapped_bytes(&self.mapped, n),
+        }
+    }
+
+    fn mapped_bytes(mapped: &Option<(u64, Mapped)>, frame: u64) -> &[u8] {
+        match mapped {
+            Some((n, m)) if *n == frame => m.bytes(),
+            // A caller's bug, not the peer's: bodies are read before the
+            // next frame is taken.
+            _ => panic!("the body of frame {frame} was read after the next read or frame"),
+        }
     }
 }
 
@@ -516,6 +611,17 @@ pub(crate) trait Tail {
 
 impl Tail for &[u8] {
     fn queue(&self, out: &mut Output) {
+        // A body that will travel in a file goes there from where it is,
+        // not through the buffer first.
+        let head = &out.buf[out.frame_start + HEADER..];
+        if head.len() + self.len() > memfd::MEMFD_ABOVE {
+            if let Some(file) = memfd::freeze(&[head, self]) {
+                let len = head.len() + self.len();
+                out.buf.truncate(out.frame_start + HEADER);
+                out.frozen = Some((file, len));
+                return;
+            }
+        }
         out.buf.extend_from_slice(self);
     }
 }
@@ -554,6 +660,11 @@ pub(crate) struct Output {
     first_sent: usize,
     /// A shared body the frame being built ends with (see [`Tail::queue`]).
     shared: Option<Arc<Vec<u8>>>,
+    /// Where the frame being built starts in `buf`.
+    frame_start: usize,
+    /// The file the body of the frame being built was put in already, and
+    /// the body's length.
+    frozen: Option<(OwnedFd, usize)>,
     /// Stream positions: bytes handed to the kernel, and bytes queued.
     written: u64,
     queued: u64,
@@ -568,7 +679,9 @@ impl Output {
             self.first_sent = 0;
         }
         self.shared = None;
+        self.frozen = None;
         let start = self.buf.len();
+        self.frame_start = start;
         self.buf.extend_from_slice(&[0, 0, 0, 0, kind, 0]);
         start
     }
@@ -587,10 +700,14 @@ impl Output {
     /// count and queues it with `fds`. A frame that cannot travel (over
     /// 4 GiB, too many descriptors) is taken back whole, and the error says
     /// why.
-    pub(crate) fn end_frame(&mut self, start: usize, fds: Vec<OwnedFd>) -> crate::Result<()> {
-        let shared = self.shared.take();
+    pub(crate) fn end_frame(&mut self, start: usize, mut fds: Vec<OwnedFd>) -> crate::Result<()> {
+        let mut shared = self.shared.take();
+        let frozen = self.frozen.take();
         let in_buf = self.buf.len() - start;
-        let len = in_buf - HEADER + shared.as_ref().map_or(0, |s| s.len());
+        let len = match &frozen {
+            Some((_, len)) => *len,
+            None => in_buf - HEADER + shared.as_ref().map_or(0, |s| s.len()),
+        };
         let fail = |out: &mut Output, message: String| {
             out.buf.truncate(start);
             Err(Error::new(ErrorKind::InvalidArgument, message))
@@ -611,6 +728,31 @@ impl Output {
                 ),
             );
         }
+        // A large body goes in a file of its own, if one can be made.
+        let mut stream_len = len;
+        if let Some((file, len)) = frozen {
+            if fds.len() < sys::MAX_FDS_PER_MESSAGE {
+                self.buf[start + 4] |= IN_FILE;
+                fds.insert(0, file);
+                stream_len = 0;
+            } else {
+                // No room for the file beside the frame's handles: its body
+                // goes in the stream after all (rare: 253 handles).
+                match Mapped::open(file, len, "") {
+                    Ok(m) => self.buf.extend_from_slice(m.bytes()),
+                    Err(v) => return fail(self, format!("a large message was lost: {v}")),
+                }
+            }
+        } else if len > memfd::MEMFD_ABOVE && fds.len() < sys::MAX_FDS_PER_MESSAGE {
+            let tail = shared.as_deref().map_or(&[][..], |s| &s[..]);
+            if let Some(file) = memfd::freeze(&[&self.buf[start + HEADER..], tail]) {
+                self.buf.truncate(start + HEADER);
+                self.buf[start + 4] |= IN_FILE;
+                fds.insert(0, file);
+                shared = None;
+                stream_len = 0;
+            }
+        }
         self.buf[start..start + 4].copy_from_slice(&len32.to_le_bytes());
         self.buf[start + 5] = fds.len() as u8;
         let end = self.buf.len();
@@ -624,7 +766,7 @@ impl Output {
         if let Some(s) = shared.filter(|s| !s.is_empty()) {
             self.pieces.push_back(Piece { bytes: Bytes::Shared(s), fds: Vec::new() });
         }
-        self.queued += (HEADER + len) as u64;
+        self.queued += (HEADER + stream_len) as u64;
         Ok(())
     }
 
@@ -960,7 +1102,9 @@ mod tests {
             a.write_some().unwrap();
             assert!(a.written() <= a.queued());
         }
-        let total: usize = chunks.iter().map(|c| HEADER + 1 + c.len()).sum();
+        // A body above the file threshold takes no stream bytes.
+        let in_stream = |c: &Chunk| if 1 + c.len() > memfd::MEMFD_ABOVE { 0 } else { 1 + c.len() };
+        let total: usize = chunks.iter().map(|c| HEADER + in_stream(c)).sum();
         assert_eq!(a.queued(), total as u64);
         a.flush_blocking().unwrap();
         assert_eq!(a.written(), total as u64);
@@ -1005,6 +1149,76 @@ mod tests {
         assert!(a.has_output() && written > 0, "the socket took {written} bytes");
         let unsent = ends.iter().filter(|&&end| end > written).count();
         assert!(unsent > 0 && unsent < 64, "{unsent} frames unsent");
+    }
+
+    #[test]
+    fn a_large_body_travels_in_a_frozen_file() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (mut a, mut b) = (Conn::new(a.into()), Conn::new(b.into()));
+        let body: Vec<u8> = (0..memfd::MEMFD_ABOVE + 5).map(|i| i as u8).collect();
+        let (extra, _peer) = watched_fd();
+        // From a borrowed slice, from a shared chunk, and a small one.
+        a.output().push_frame(9, &body[..], vec![extra]).unwrap();
+        a.output().push_frame(8, &Chunk::from(body.clone()), Vec::new()).unwrap();
+        a.output().push_frame(7, &b"small"[..], Vec::new()).unwrap();
+        assert_eq!(a.queued(), (3 * HEADER + 5) as u64, "large bodies took stream bytes");
+        a.flush_blocking().unwrap();
+        drop(a);
+        let mut got = Vec::new();
+        loop {
+            let eof = b.read_blocking().unwrap();
+            while let Some((kind, body, fds)) = b.try_next_frame().unwrap() {
+                let mapped = matches!(body, Body::Mapped(_));
+                got.push((kind, b.body(body).to_vec(), fds.len(), mapped));
+            }
+            if eof {
+                break;
+            }
+        }
+        let want = [
+            (9, body.clone(), 1, true),
+            (8, body.clone(), 0, true),
+            (7, b"small".to_vec(), 0, false),
+        ];
+        assert!(got == want, "frames arrived changed");
+        assert!(b.rbuf.capacity() <= 2 * READ_CHUNK, "a file body went through the buffer");
+    }
+
+    #[test]
+    fn a_body_file_that_is_not_frozen_or_not_its_size_is_refused() {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let file = |len: usize, seals: SealFlags| -> OwnedFd {
+            let fd =
+                rustix::fs::memfd_create(c"multiproc-forged", MemfdFlags::ALLOW_SEALING).unwrap();
+            rustix::fs::ftruncate(&fd, len as u64).unwrap();
+            rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
+            fd
+        };
+        let size = SealFlags::SHRINK | SealFlags::GROW;
+        let frozen = size | SealFlags::WRITE;
+        for (fd, len, refused) in [
+            (file(100, size), 100, "not sealed against writes"),
+            (file(100, SealFlags::empty()), 100, "not sealed against writes"),
+            (file(100, frozen), 99, "declaring 99 bytes with a body file of 100"),
+            (file(100, frozen), 100, ""),
+        ] {
+            let (w, mut r) = raw_pair(Accept::Any { max_len: 1 << 20 });
+            sys::send_with_fds(w.as_fd(), &header(len, 5 | IN_FILE, 1), &[fd], true).unwrap();
+            let _ = r.read_blocking();
+            match r.try_next_frame() {
+                Ok(Some((5, body, fds))) if refused.is_empty() => {
+                    assert!(fds.is_empty());
+                    assert_eq!(r.body(body), &[0u8; 100][..]);
+                }
+                Err(v) => assert!(v.0.contains(refused), "{v} is not {refused:?}"),
+                other => panic!("{:?}", other.map(|f| f.map(|f| f.0))),
+            }
+        }
+        // A file body without a descriptor, and one over the reader's limit.
+        let v = check_header(&[5, 0, 0, 0, 5 | IN_FILE, 0], Accept::Any { max_len: 10 });
+        assert!(v.unwrap_err().0.contains("no descriptor"));
+        let v = check_header(&[11, 0, 0, 0, 5 | IN_FILE, 1], Accept::Any { max_len: 10 });
+        assert!(v.unwrap_err().0.contains("more than the 10 bytes"));
     }
 
     #[test]

@@ -33,7 +33,9 @@
 //! call either way.
 
 mod conn;
+mod memfd;
 mod msg;
 
-pub(crate) use conn::{Accept, Chunk, Conn, Tail};
+pub(crate) use conn::{Accept, Body, Chunk, Conn, Tail};
+pub(crate) use memfd::Mapped;
 pub(crate) use msg::*;

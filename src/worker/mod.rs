@@ -135,7 +135,7 @@ pub(crate) fn divert_if_worker() {
     std::process::exit(serve(channel));
 }
 
-type Frame = (u8, std::ops::Range<usize>, Vec<OwnedFd>);
+type Frame = (u8, crate::wire::Body, Vec<OwnedFd>);
 
 /// Blocks until a whole frame is buffered; `None` at end of file or on error.
 fn recv_frame(conn: &mut Conn) -> Option<Frame> {

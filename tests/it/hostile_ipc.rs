@@ -96,6 +96,24 @@ fn memfd(len: usize, sealed: bool) -> OwnedFd {
     fd
 }
 
+/// A memfd holding `bytes`, sealed as multiproc seals a message: against
+/// resizing and writes.
+fn frozen_memfd(bytes: &[u8]) -> OwnedFd {
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // SAFETY: the name is a NUL-terminated literal; memfd_create returns a new fd.
+    let fd = unsafe { libc::memfd_create(c"multiproc-forged".as_ptr(), flags) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: pwrite from a live buffer to a descriptor we own.
+    let w = unsafe { libc::pwrite(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
+    assert_eq!(w, bytes.len() as isize);
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: F_ADD_SEALS takes an open descriptor and a bit set.
+    assert_eq!(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) }, 0);
+    fd
+}
+
 /// A handle of `len` elements accessed `width` bytes at a time, over a
 /// fresh memfd of `file_len` bytes, without a lock.
 fn forged_as(len: u64, width: u8, file_len: usize, sealed: bool) -> ForgedArray {
@@ -205,8 +223,10 @@ fn no_process_can_shrink_or_grow_shared_memory() {
     assert_eq!(a.to_vec(), [5, 5, 5, 5, 5, 5, 5, 6]);
 }
 
-/// An item too large for one message travels in a memfd; one that may
-/// shrink while being copied is refused (the copy would crash with SIGBUS).
+/// An item too large for one message travels in a memfd, which the getter
+/// maps; one that may shrink while mapped is refused (reading it would crash
+/// with SIGBUS), and so is one that may still be written (its bytes could
+/// change while they are decoded).
 #[test]
 fn a_large_queue_item_in_an_unsealed_file_is_refused() {
     #[derive(Deserialize)]
@@ -228,18 +248,20 @@ fn a_large_queue_item_in_an_unsealed_file_is_refused() {
     }
     body.push(n as u8);
     body.extend_from_slice(&big);
-    for sealed in [false, true] {
-        let file = memfd(body.len(), sealed);
-        // SAFETY: pwrite from a live buffer to a descriptor we own; a sealed
-        // file may still be written, only not resized.
-        let w = unsafe { libc::pwrite(file.as_raw_fd(), body.as_ptr().cast(), body.len(), 0) };
-        assert_eq!(w, body.len() as isize);
+    for (sealed, frozen) in [(false, false), (true, false), (false, true)] {
+        let file = if frozen { frozen_memfd(&body) } else { memfd(body.len(), sealed) };
+        if !frozen {
+            // SAFETY: pwrite from a live buffer to a descriptor we own; a
+            // sealed file may still be written, only not resized.
+            let w = unsafe { libc::pwrite(file.as_raw_fd(), body.as_ptr().cast(), body.len(), 0) };
+            assert_eq!(w, body.len() as isize);
+        }
         send_with_fd(ends.tx.as_raw_fd(), &[1], file.as_raw_fd());
         let got = q.get_timeout(PROMPT);
-        if sealed {
+        if frozen {
             assert_eq!(got.unwrap(), big, "a well-formed large item");
         } else {
-            assert_refused(got, "a large item in an unsealed file");
+            assert_refused(got, "a large item in a file that is not frozen");
         }
     }
 }

@@ -53,8 +53,30 @@ fn send_then_wait(tx: Connection<String>, release: Event) {
     tx.send(&"bye".to_string()).unwrap();
 }
 
+/// Sends 64 MiB through the socket itself, so that a kill can stop it
+/// mid-message: a message this large would travel in a shared-memory file
+/// (which arrives whole or not at all), but this process can open no more
+/// descriptors, and so cannot make one.
 fn send_huge(tx: Connection<Vec<u8>>) {
+    forbid_new_descriptors();
     tx.send_bytes(&vec![0xAB; 64 * MIB]).unwrap();
+}
+
+/// Lowers this process's descriptor limit to the descriptors it has open.
+fn forbid_new_descriptors() {
+    // SAFETY: dup of stdin returns the lowest free descriptor number, which
+    // we close at once; every number below it is in use.
+    let lowest_free = unsafe { libc::dup(0) };
+    assert!(lowest_free >= 0);
+    // SAFETY: closing the descriptor dup just made.
+    unsafe { libc::close(lowest_free) };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit read or fill a live rlimit.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lowest_free as libc::rlim_t;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
 }
 
 fn send_strings(tx: Connection<Vec<u8>>, strings: Vec<Vec<u8>>) {
