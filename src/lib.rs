@@ -45,6 +45,7 @@ mod sys;
 mod task;
 mod wire;
 mod worker;
+mod zygote;
 
 pub use error::{Error, ErrorKind, Result};
 pub use executor::{

@@ -2,7 +2,6 @@
 //! `multiprocessing.Process`; and `current_process`, `parent_process`,
 //! `active_children`, `cpu_count`.
 
-use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -11,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::spawn::{self, ChildInfo};
+use crate::spawn::{self, Child, ChildInfo};
 use crate::sys;
 use crate::task::{self, TaskFn};
 use crate::wire::{self, Call, Conn};

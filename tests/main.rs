@@ -9,6 +9,8 @@
 mod apply_here;
 #[path = "it/async_result.rs"]
 mod async_result;
+#[path = "it/fork_server.rs"]
+mod fork_server;
 #[path = "it/futures.rs"]
 mod futures;
 #[path = "it/hostile_ipc.rs"]
