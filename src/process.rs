@@ -46,6 +46,13 @@ struct Target {
 /// Python: 0 on success, 1 when the function panicked, N for `exit(N)`, minus
 /// the signal number when killed.
 ///
+/// The child is forked from a small fork server, a copy of this program
+/// started once and kept before `main` (so it holds no state of yours); it
+/// sees the environment and working directory the parent has at `start`.
+/// Set `MULTIPROC_START=exec` to re-execute the program for every child
+/// instead; that is also what happens under valgrind or where the kernel
+/// cannot serve the fork server.
+///
 /// The child dies with its parent (no orphans). A non-daemon child still
 /// running when the parent returns from `main` is waited for, as in Python; a
 /// daemon child is killed.
