@@ -58,6 +58,7 @@ mod sys;
 mod task;
 mod wire;
 mod worker;
+mod zygote;
 
 pub use bytes::Bytes;
 pub use error::{Error, ErrorKind, Result};

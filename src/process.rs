@@ -2,7 +2,6 @@
 //! `multiprocessing.Process`; and `current_process`, `parent_process`,
 //! `active_children`, `cpu_count`.
 
-use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -11,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::spawn::{self, ChildInfo};
+use crate::spawn::{self, Child, ChildInfo};
 use crate::sys;
 use crate::task::{self, TaskFn};
 use crate::wire::{self, Call, Conn};
@@ -46,6 +45,13 @@ struct Target {
 /// it and [`join`](Process::join) it. [`exitcode`](Process::exitcode) follows
 /// Python: 0 on success, 1 when the function panicked, N for `exit(N)`, minus
 /// the signal number when killed.
+///
+/// The child is forked from a small fork server, a copy of this program
+/// started once and kept before `main` (so it holds no state of yours); it
+/// sees the environment and working directory the parent has at `start`.
+/// Set `MULTIPROC_START=exec` to re-execute the program for every child
+/// instead; that is also what happens under valgrind or where the kernel
+/// cannot serve the fork server.
 ///
 /// The child dies with its parent (no orphans). A non-daemon child still
 /// running when the parent returns from `main` is waited for, as in Python; a

@@ -49,12 +49,12 @@ mod server;
 mod shared;
 mod transport;
 
+use crate::spawn::Child;
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,3 +8,8 @@ mod imp;
 compile_error!("multiproc supports Linux only for now");
 
 pub(crate) use imp::*;
+
+#[cfg(target_os = "linux")]
+mod fork;
+#[cfg(target_os = "linux")]
+pub(crate) use fork::*;

@@ -31,6 +31,8 @@ pub(crate) const ENV_NAME: &str = "MULTIPROC_NAME";
 pub(crate) const ROLE_POOL: &str = "pool";
 pub(crate) const ROLE_PROCESS: &str = "process";
 pub(crate) const ROLE_MANAGER: &str = "manager";
+/// The fork server (`zygote`).
+pub(crate) const ROLE_ZYGOTE: &str = "zygote";
 
 /// Exit code of a child that found it is not the same build as its parent.
 pub(crate) const EXIT_MISMATCH: i32 = 121;
@@ -105,11 +107,14 @@ pub(crate) fn divert_if_worker() {
     if sys::runs_privileged() {
         return ignore("a setuid, setgid or privileged program never becomes a worker");
     }
+    let zygote = role.to_str() == Some(ROLE_ZYGOTE);
     let serve: fn(OwnedFd) -> i32 = match role.to_str() {
-        Some(ROLE_POOL) => serve_pool,
-        Some(ROLE_PROCESS) => run_process,
-        Some(ROLE_MANAGER) => crate::manager::run_server_process,
-        _ => return ignore("not a role multiproc knows"),
+        Some(ROLE_ZYGOTE) => crate::zygote::serve,
+        Some(r) => match server(r) {
+            Some(s) => s,
+            None => return ignore("not a role multiproc knows"),
+        },
+        None => return ignore("not a role multiproc knows"),
     };
     // SAFETY: descriptor 0 is open for the life of the process or the call
     // below fails cleanly with EBADF; it is only borrowed for one getsockopt.
@@ -127,12 +132,31 @@ pub(crate) fn divert_if_worker() {
     if sys::die_with_parent(parent).is_err() {
         std::process::exit(EXIT_NO_PARENT);
     }
-    let _ = IDENTITY.set(Identity { name, parent });
+    if !zygote {
+        // The fork server has no identity of its own: its children get theirs.
+        let _ = IDENTITY.set(Identity { name, parent });
+    }
     let channel = match sys::take_channel_from_stdin() {
         Ok(fd) => fd,
         Err(_) => std::process::exit(EXIT_NO_PARENT),
     };
     std::process::exit(serve(channel));
+}
+
+/// What serves `role` in a child.
+fn server(role: &str) -> Option<fn(OwnedFd) -> i32> {
+    match role {
+        ROLE_POOL => Some(serve_pool),
+        ROLE_PROCESS => Some(run_process),
+        ROLE_MANAGER => Some(crate::manager::run_server_process),
+        _ => None,
+    }
+}
+
+/// Serves `role` in a child the fork server just forked, then exits.
+pub(crate) fn run_forked(role: &str, name: String, parent: u32, channel: OwnedFd) -> ! {
+    let _ = IDENTITY.set(Identity { name, parent });
+    std::process::exit(server(role).map_or(EXIT_NO_PARENT, |serve| serve(channel)))
 }
 
 type Frame = (u8, crate::wire::Body, Vec<OwnedFd>);

@@ -14,7 +14,6 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
-use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +22,7 @@ use super::lend::{self, How, Lent};
 use super::{Job, ProcEngine as Core};
 use crate::engine::{cancelled, Engine, RunState};
 use crate::error::{Error, ErrorKind};
-use crate::spawn;
+use crate::spawn::{self, Child};
 use crate::sys::{self, Interest};
 use crate::wire::{self, Accept, Call, Conn, Done, FromWorker, Init, Task};
 use crate::worker::{EXIT_MISMATCH, ROLE_POOL};

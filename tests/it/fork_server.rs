@@ -1,0 +1,242 @@
+//! The fork server: children forked by it are the program's own children
+//! (exit codes, signals, identity, handles, death with the parent), the
+//! server dies with the program, and a killed server is replaced.
+
+use std::time::Duration;
+
+use multiproc::{Pool, Process, Queue};
+
+use crate::support::{
+    announce_then_sleep, send_beacon, send_signal, wait_pid_gone, Beacon, PROMPT, STARTUP,
+};
+
+/// The fork servers among `parent`'s children (the server names itself
+/// `multiproc-fork`; its children take the program's name back).
+fn servers_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid != Some(parent) {
+            continue;
+        }
+        if stat.contains("(multiproc-fork)") {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// True when `pid` was forked by a fork server rather than exec'd: its
+/// environment block is the server's, which names the server's role.
+fn forked(pid: u32) -> bool {
+    // Just after the fork the child still bears the server's name.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    !stat.contains("(multiproc-fork)")
+        && env.split(|&b| b == 0).any(|v| v == b"MULTIPROC_ROLE=zygote")
+}
+
+fn server() -> u32 {
+    let found = servers_of(std::process::id());
+    assert_eq!(found.len(), 1, "one fork server expected, found {found:?}");
+    found[0]
+}
+
+fn exit_with(code: i32) {
+    std::process::exit(code);
+}
+
+fn parent_pid_and_forked(_: ()) -> (u32, bool) {
+    (std::os::unix::process::parent_id(), forked(std::process::id()))
+}
+
+fn name_and_parent(_: ()) -> (String, u32, u32) {
+    let me = multiproc::current_process();
+    let parent = multiproc::parent_process().expect("a parent");
+    assert_eq!(me.pid, std::process::id());
+    (me.name, parent.pid, std::os::unix::process::parent_id())
+}
+
+fn sleep_forever(_: ()) {
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+fn run_and_join(p: &mut Process) -> Option<i32> {
+    p.start().unwrap();
+    assert!(p.join_timeout(STARTUP).unwrap(), "the child did not exit in time");
+    p.exitcode()
+}
+
+#[test]
+fn forked_processes_report_exit_codes_and_signals_to_the_program() {
+    assert_eq!(run_and_join(&mut Process::new(exit_with, 0)), Some(0));
+    // The first start went through a fork server.
+    let first = server();
+    assert_eq!(run_and_join(&mut Process::new(exit_with, 7)), Some(7));
+    assert_eq!(run_and_join(&mut Process::new(exit_with, 121)), Some(121));
+    let mut p = Process::new(sleep_forever, ());
+    p.set_daemon(true).unwrap();
+    p.start().unwrap();
+    let pid = p.pid().unwrap();
+    assert!(crate::support::eventually(PROMPT, || forked(pid)), "the child was not forked");
+    send_signal(pid, libc::SIGTERM);
+    assert!(p.join_timeout(STARTUP).unwrap());
+    assert_eq!(p.exitcode(), Some(-libc::SIGTERM));
+    let mut q = Process::new(sleep_forever, ());
+    q.set_daemon(true).unwrap();
+    q.start().unwrap();
+    q.kill().unwrap();
+    assert!(q.join_timeout(STARTUP).unwrap());
+    assert_eq!(q.exitcode(), Some(-libc::SIGKILL));
+    // One server did all of it.
+    assert_eq!(server(), first);
+}
+
+#[test]
+fn a_forked_worker_is_a_child_of_the_program_with_its_own_identity() {
+    let pool = Pool::new(2).unwrap();
+    let me = std::process::id();
+    assert_eq!(pool.apply(parent_pid_and_forked, ()).unwrap(), (me, true));
+    let (name, parent, ppid) = pool.apply(name_and_parent, ()).unwrap();
+    assert!(name.starts_with("PoolWorker-"), "{name}");
+    assert_eq!((parent, ppid), (me, me));
+    assert_eq!(servers_of(me).len(), 1);
+    pool.close();
+    pool.join().unwrap();
+}
+
+fn put_from_child(q: Queue<String>) {
+    let me = std::process::id();
+    q.put(format!("hello from {me} {}", forked(me))).unwrap();
+}
+
+#[test]
+fn handles_travel_to_a_forked_child() {
+    let q: Queue<String> = Queue::new().unwrap();
+    let mut p = Process::new(put_from_child, q.clone());
+    p.start().unwrap();
+    let pid = p.pid().unwrap();
+    let got = q.get_timeout(STARTUP).unwrap();
+    assert_eq!(got, format!("hello from {pid} true"));
+    assert!(p.join_timeout(STARTUP).unwrap());
+    assert_eq!(p.exitcode(), Some(0));
+    server();
+}
+
+#[test]
+fn a_killed_fork_server_is_replaced_and_its_children_live_on() {
+    let beacon = Beacon::new();
+    let mut running = Process::new(announce_then_sleep, beacon.path());
+    running.set_daemon(true).unwrap();
+    running.start().unwrap();
+    let child = beacon.recv_pid(STARTUP, "the sleeper's pid");
+    assert!(forked(child));
+    let old = server();
+    send_signal(old, libc::SIGKILL);
+    assert!(wait_pid_gone(old, PROMPT), "the server did not die");
+    // Killing the server killed none of its children.
+    assert!(running.is_alive());
+    assert_eq!(running.pid(), Some(child));
+    for round in 0..2 {
+        let mut p = Process::new(sleep_forever, ());
+        p.set_daemon(true).unwrap();
+        p.start().unwrap();
+        let pid = p.pid().unwrap();
+        assert!(crate::support::eventually(PROMPT, || forked(pid)), "round {round}: not forked");
+        p.kill().unwrap();
+        assert!(p.join_timeout(STARTUP).unwrap());
+        let new = server();
+        assert_ne!(new, old);
+        if round == 0 {
+            // And once more: a server that worked before is replaced again.
+            send_signal(new, libc::SIGKILL);
+            assert!(wait_pid_gone(new, PROMPT));
+        }
+    }
+    running.kill().unwrap();
+    assert!(running.join_timeout(STARTUP).unwrap());
+    assert_eq!(running.exitcode(), Some(-libc::SIGKILL));
+}
+
+fn report_env_and_dir(beacon: String) {
+    let var = std::env::var("MULTIPROC_TEST_MARK").unwrap_or_default();
+    let dir = std::env::current_dir().unwrap();
+    let forked = forked(std::process::id());
+    send_beacon(&beacon, &format!("{forked} {var} {}", dir.display()));
+}
+
+#[test]
+fn a_child_sees_the_environment_and_directory_of_the_start_not_of_the_server() {
+    let beacon = Beacon::new();
+    assert_eq!(run_and_join(&mut Process::new(exit_with, 0)), Some(0));
+    let first = server();
+    std::env::set_var("MULTIPROC_TEST_MARK", "marked");
+    let dir = std::env::temp_dir().canonicalize().unwrap();
+    std::env::set_current_dir(&dir).unwrap();
+    assert_eq!(run_and_join(&mut Process::new(report_env_and_dir, beacon.path())), Some(0));
+    assert_eq!(beacon.recv(STARTUP, "the child's view"), format!("true marked {}", dir.display()));
+    // The old server, forked from the old surroundings, was replaced.
+    assert_ne!(server(), first);
+    assert!(wait_pid_gone(first, PROMPT));
+}
+
+/// In a child: starts a grandchild through its own fork server, reports the
+/// grandchild's and the server's pids, then sleeps until killed.
+fn start_grandchild_and_sleep(beacon: String) {
+    let mut grandchild = Process::new(announce_then_sleep, beacon.clone());
+    grandchild.set_daemon(true).unwrap();
+    grandchild.start().unwrap();
+    let servers = servers_of(std::process::id());
+    let pid = grandchild.pid().unwrap_or(0);
+    let forked = crate::support::eventually(PROMPT, || forked(pid));
+    let server = if forked { servers.first().copied().unwrap_or(0) } else { 0 };
+    send_beacon(&beacon, &format!("server {server}"));
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn forked_children_and_their_server_die_with_a_killed_parent() {
+    let beacon = Beacon::new();
+    let mut parent = Process::new(start_grandchild_and_sleep, beacon.path());
+    parent.set_daemon(true).unwrap();
+    parent.start().unwrap();
+    let mut grandchild = 0;
+    let mut server = 0;
+    for _ in 0..2 {
+        let msg = beacon.recv(STARTUP, "the grandchild's or the server's pid");
+        match msg.strip_prefix("server ") {
+            Some(s) => server = s.parse().unwrap(),
+            None => grandchild = msg.parse().unwrap(),
+        }
+    }
+    assert!(server != 0 && grandchild != 0, "server {server}, grandchild {grandchild}");
+    let stat = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap();
+    let ppid: u32 =
+        stat.rsplit_once(')').unwrap().1.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_eq!(ppid, parent.pid().unwrap(), "the grandchild is its parent's child");
+    parent.kill().unwrap();
+    assert!(wait_pid_gone(grandchild, PROMPT), "the grandchild outlived its parent");
+    assert!(wait_pid_gone(server, PROMPT), "the fork server outlived its parent");
+    assert!(parent.join_timeout(STARTUP).unwrap());
+}
+
+#[test]
+fn many_forked_processes_start_and_exit() {
+    let mut procs: Vec<Process> = (0..200).map(|i| Process::new(exit_with, i % 50)).collect();
+    for p in &mut procs {
+        p.start().unwrap();
+    }
+    for (i, p) in procs.iter_mut().enumerate() {
+        assert!(p.join_timeout(STARTUP).unwrap());
+        assert_eq!(p.exitcode(), Some((i % 50) as i32));
+    }
+    assert_eq!(servers_of(std::process::id()).len(), 1);
+}
