@@ -105,7 +105,11 @@ impl<T> Connection<T> {
         Ok(Connection {
             read_fd: fd.as_raw_fd(),
             reader: Mutex::new(Reader { conn: Conn::new(fd), kept: None }),
-            writer: Mutex::new(Conn::new(write_fd)),
+            writer: Mutex::new(if remote {
+                Conn::new(write_fd).stream_only()
+            } else {
+                Conn::new(write_fd)
+            }),
             readable,
             writable,
             remote,

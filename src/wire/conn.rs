@@ -216,6 +216,13 @@ impl Conn {
         Conn::with_accept(fd, Accept::Any { max_len: u32::MAX })
     }
 
+    /// Sends every body in the stream, never in a file: for a socket that
+    /// carries no descriptors (TCP).
+    pub(crate) fn stream_only(mut self) -> Conn {
+        self.out.stream_only = true;
+        self
+    }
+
     /// A channel that accepts only the frames `accept` names.
     pub(crate) fn with_accept(fd: OwnedFd, accept: Accept) -> Conn {
         Conn {
@@ -614,7 +621,7 @@ impl Tail for &[u8] {
         // A body that will travel in a file goes there from where it is,
         // not through the buffer first.
         let head = &out.buf[out.frame_start + HEADER..];
-        if head.len() + self.len() > memfd::MEMFD_ABOVE {
+        if !out.stream_only && head.len() + self.len() > memfd::MEMFD_ABOVE {
             if let Some(file) = memfd::freeze(&[head, self]) {
                 let len = head.len() + self.len();
                 out.buf.truncate(out.frame_start + HEADER);
@@ -668,6 +675,9 @@ pub(crate) struct Output {
     /// Stream positions: bytes handed to the kernel, and bytes queued.
     written: u64,
     queued: u64,
+    /// Every body goes in the stream, however large: the socket carries no
+    /// descriptors (TCP).
+    stream_only: bool,
 }
 
 impl Output {
@@ -743,7 +753,10 @@ impl Output {
                     Err(v) => return fail(self, format!("a large message was lost: {v}")),
                 }
             }
-        } else if len > memfd::MEMFD_ABOVE && fds.len() < sys::MAX_FDS_PER_MESSAGE {
+        } else if !self.stream_only
+            && len > memfd::MEMFD_ABOVE
+            && fds.len() < sys::MAX_FDS_PER_MESSAGE
+        {
             let tail = shared.as_deref().map_or(&[][..], |s| &s[..]);
             if let Some(file) = memfd::freeze(&[&self.buf[start + HEADER..], tail]) {
                 self.buf.truncate(start + HEADER);

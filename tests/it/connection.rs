@@ -84,6 +84,29 @@ fn tcp_carries_large_messages_and_bytes() {
     });
 }
 
+/// A local message this large travels as a file; TCP carries no
+/// descriptors, so over TCP it must go in the stream (it was lost before).
+#[test]
+fn tcp_carries_messages_above_the_file_threshold_in_the_stream() {
+    bounded(PROMPT * 5, "tcp huge", || {
+        let l = tcp_listener();
+        let addr = l.address().clone();
+        let huge: Vec<u8> = (0..9u32 << 20).map(|i| (i * 13) as u8).collect();
+        let expect = huge.clone();
+        let client = std::thread::spawn(move || {
+            let c = Client::connect::<multiproc::Bytes>(&addr, KEY).unwrap();
+            c.send_bytes(&huge).unwrap();
+            c.send(&multiproc::Bytes::from(huge)).unwrap();
+            c.recv_bytes().unwrap()
+        });
+        let c = l.accept::<multiproc::Bytes>().unwrap();
+        assert!(c.recv_bytes().unwrap() == expect, "raw bytes came back changed");
+        assert!(c.recv().unwrap().into_vec() == expect, "Bytes came back changed");
+        c.send_bytes(b"ok").unwrap();
+        assert_eq!(client.join().unwrap(), b"ok");
+    });
+}
+
 #[derive(Serialize, Deserialize, Debug)]
 enum Msg {
     Pid(u32),
