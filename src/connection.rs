@@ -183,7 +183,10 @@ enum Socket {
 /// `accept` returns only connections whose peer passed the handshake (see
 /// the [module docs](self)); a peer that fails makes `accept` return an
 /// [`ErrorKind::Authentication`] error, and the next `accept` serves the
-/// next client. The listener removes its Unix socket file when dropped.
+/// next client. At most 64 handshakes run at once; more clients wait in
+/// the kernel's backlog until one of those finishes or runs out of its
+/// handshake timeout. The listener removes its Unix socket file when
+/// dropped.
 ///
 /// # Examples
 ///
