@@ -744,7 +744,9 @@ impl Waitable for Listener {
 /// (`None`: no bound), and returns the indices of those ready, in order
 /// (Python's `multiprocessing.connection.wait`; empty after a timeout).
 ///
-/// A sending-only pipe end is never ready.
+/// A sending-only pipe end is never ready; with nothing that could become
+/// ready and no timeout, `wait` returns an empty list at once instead of
+/// waiting forever.
 ///
 /// # Errors
 /// [`ErrorKind::Io`] when polling fails.
@@ -775,7 +777,9 @@ pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<
         }
         owner.extend(std::iter::repeat_n(i, fds.len() - before));
     }
-    if !ready.is_empty() {
+    // With nothing to poll (no objects, or only sending ends), nothing can
+    // become ready: an unbounded wait would never return.
+    if !ready.is_empty() || (fds.is_empty() && timeout.is_none()) {
         return Ok(ready);
     }
     let polled: Vec<_> = fds.into_iter().map(|fd| (fd, true, false)).collect();

@@ -493,3 +493,19 @@ fn several_threads_accept_from_one_listener() {
         }
     });
 }
+
+#[test]
+fn wait_on_nothing_that_can_become_ready_returns_at_once() {
+    bounded(PROMPT, "wait on nothing", || {
+        let (rx, tx) = pipe::<u32>(false).unwrap();
+        let (ready, took) = timed(|| connection::wait(&[], None).unwrap());
+        assert!(ready.is_empty());
+        assert_prompt(took, "wait(&[], None)");
+        assert!(connection::wait(&[&tx], None).unwrap().is_empty(), "a sending end is never ready");
+        let asked = Duration::from_millis(30);
+        let (ready, took) = timed(|| connection::wait(&[&tx], Some(asked)).unwrap());
+        assert!(ready.is_empty());
+        assert_waited(took, asked, "wait on a sending end with a timeout");
+        drop(rx);
+    });
+}
