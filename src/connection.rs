@@ -183,7 +183,10 @@ enum Socket {
 /// `accept` returns only connections whose peer passed the handshake (see
 /// the [module docs](self)); a peer that fails makes `accept` return an
 /// [`ErrorKind::Authentication`] error, and the next `accept` serves the
-/// next client. The listener removes its Unix socket file when dropped.
+/// next client. At most 64 handshakes run at once; more clients wait in
+/// the kernel's backlog until one of those finishes or runs out of its
+/// handshake timeout. The listener removes its Unix socket file when
+/// dropped.
 ///
 /// # Examples
 ///
@@ -741,7 +744,9 @@ impl Waitable for Listener {
 /// (`None`: no bound), and returns the indices of those ready, in order
 /// (Python's `multiprocessing.connection.wait`; empty after a timeout).
 ///
-/// A sending-only pipe end is never ready.
+/// A sending-only pipe end is never ready; with nothing that could become
+/// ready and no timeout, `wait` returns an empty list at once instead of
+/// waiting forever.
 ///
 /// # Errors
 /// [`ErrorKind::Io`] when polling fails.
@@ -772,7 +777,9 @@ pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<
         }
         owner.extend(std::iter::repeat_n(i, fds.len() - before));
     }
-    if !ready.is_empty() {
+    // With nothing to poll (no objects, or only sending ends), nothing can
+    // become ready: an unbounded wait would never return.
+    if !ready.is_empty() || (fds.is_empty() && timeout.is_none()) {
         return Ok(ready);
     }
     let polled: Vec<_> = fds.into_iter().map(|fd| (fd, true, false)).collect();

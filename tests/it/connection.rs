@@ -193,8 +193,10 @@ fn a_silent_client_does_not_delay_the_next_and_times_out_alone() {
         let Address::Tcp(a) = l.address().clone() else { unreachable!() };
         let silent = TcpStream::connect(a).unwrap();
         // Let the listener take the silent one first.
-        assert!(matches!(l.accept_timeout::<String>(Duration::from_millis(50)),
-            Err(e) if e.is_timeout()));
+        let asked = Duration::from_millis(50);
+        let (r, took) = timed(|| l.accept_timeout::<String>(asked));
+        assert!(matches!(r, Err(e) if e.is_timeout()));
+        assert_waited(took, asked, "accept_timeout with only a silent client");
         let (_, took) = timed(|| serve_one_good_client(&l));
         assert!(took < handshake, "a good client waited {took:?} behind a silent one");
         let (err, took) = timed(|| l.accept::<String>().unwrap_err());
@@ -449,5 +451,84 @@ fn recv_bytes_into_works_over_tcp() {
         assert_eq!(buf, vec![7u8; 100]);
         c.send_bytes(b"ok").unwrap();
         assert_eq!(client.join().unwrap().unwrap(), b"ok");
+    });
+}
+
+/// Sends `n` numbered messages right after connecting, before the listener
+/// even accepts.
+fn pipelining_client(addr: Address, n: u32) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let c = Client::connect::<u32>(&addr, KEY).unwrap();
+        for i in 0..n {
+            c.send(&i).unwrap();
+        }
+        assert_eq!(c.recv().unwrap(), n);
+    })
+}
+
+#[test]
+fn messages_sent_right_after_the_handshake_are_not_lost() {
+    bounded(PROMPT * 3, "pipelined", || {
+        let dir = TempDir::new();
+        for l in [tcp_listener(), Listener::bind(dir.file("p.sock").as_str(), KEY).unwrap()] {
+            let client = pipelining_client(l.address().clone(), 200);
+            let c = l.accept::<u32>().unwrap();
+            // Let everything arrive at once, behind the handshake's last frame.
+            std::thread::sleep(Duration::from_millis(20));
+            for i in 0..200 {
+                assert_eq!(c.recv().unwrap(), i);
+            }
+            c.send(&200).unwrap();
+            client.join().unwrap();
+        }
+    });
+}
+
+#[test]
+fn several_threads_accept_from_one_listener() {
+    bounded(PROMPT * 3, "accept threads", || {
+        let l = std::sync::Arc::new(tcp_listener());
+        let acceptors: Vec<_> = (0..3)
+            .map(|_| {
+                let l = l.clone();
+                std::thread::spawn(move || {
+                    let c = l.accept_timeout::<u32>(PROMPT).unwrap();
+                    let v = c.recv().unwrap();
+                    c.send(&(v * 10)).unwrap();
+                })
+            })
+            .collect();
+        let clients: Vec<_> = (1..=3u32)
+            .map(|i| {
+                let addr = l.address().clone();
+                std::thread::spawn(move || {
+                    let c = Client::connect::<u32>(&addr, KEY).unwrap();
+                    c.send(&i).unwrap();
+                    c.recv().unwrap()
+                })
+            })
+            .collect();
+        let mut got: Vec<u32> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        got.sort();
+        assert_eq!(got, vec![10, 20, 30]);
+        for a in acceptors {
+            a.join().unwrap();
+        }
+    });
+}
+
+#[test]
+fn wait_on_nothing_that_can_become_ready_returns_at_once() {
+    bounded(PROMPT, "wait on nothing", || {
+        let (rx, tx) = pipe::<u32>(false).unwrap();
+        let (ready, took) = timed(|| connection::wait(&[], None).unwrap());
+        assert!(ready.is_empty());
+        assert_prompt(took, "wait(&[], None)");
+        assert!(connection::wait(&[&tx], None).unwrap().is_empty(), "a sending end is never ready");
+        let asked = Duration::from_millis(30);
+        let (ready, took) = timed(|| connection::wait(&[&tx], Some(asked)).unwrap());
+        assert!(ready.is_empty());
+        assert_waited(took, asked, "wait on a sending end with a timeout");
+        drop(rx);
     });
 }
