@@ -93,6 +93,13 @@ impl<T> Connection<T> {
         Self::with_remote(fd, readable, writable, false)
     }
 
+    /// Refuses a message longer than `max_len` bytes at its header: receiving
+    /// one ends the connection with an error instead of buffering it (a
+    /// server's bound on what one client can make it hold).
+    pub(crate) fn limit_messages(&self, max_len: u32) {
+        self.lock().conn.set_accept(crate::wire::Accept::Any { max_len });
+    }
+
     /// A duplex connection over a connected stream socket (Unix or TCP, in
     /// blocking mode); `remote` for TCP, which carries no descriptors.
     pub(crate) fn from_stream(fd: OwnedFd, remote: bool) -> Result<Self> {

@@ -16,6 +16,12 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::proto::{message, Bytes, Code, Kind, Op, Reply, Request, Wait, MAX_FRAME};
+
+/// The longest message a client may make the server read. A request over
+/// [`MAX_FRAME`] and up to this is read and answered with an error (the
+/// connection goes on); a longer one ends its connection at its header, so
+/// one client holds at most this much of the server's memory.
+pub(super) const CONNECTION_LIMIT: u32 = 4 * MAX_FRAME as u32;
 use super::shared::{self, UserObject};
 use super::transport::{peer_alive, Stream};
 
@@ -100,6 +106,7 @@ impl Server {
 
     /// Serves one authenticated client until it goes away.
     pub(crate) fn serve_client(self: &Arc<Self>, stream: &Stream) {
+        stream.limit_messages(CONNECTION_LIMIT);
         let mut client = Client { server: self.clone(), id: next_client_id(), held: Vec::new() };
         client.run(stream);
         client.release_all();

@@ -79,6 +79,20 @@ fn an_oversized_request_gets_an_error_reply() {
     still_serves(&addr);
 }
 
+/// Over the connection's limit the server does not read the request at all:
+/// that client's connection ends (it was buffered whole before, up to 4 GiB).
+#[test]
+fn a_request_over_the_connection_limit_ends_only_that_connection() {
+    let (_s, addr) = server();
+    let s = client(&addr);
+    let huge = vec![0u8; super::server::CONNECTION_LIMIT as usize + 1];
+    let started = std::time::Instant::now();
+    let outcome = s.send_bytes(&huge).and_then(|()| s.recv_bytes());
+    assert!(outcome.is_err(), "the server answered a request it should not have read");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    still_serves(&addr);
+}
+
 #[test]
 fn a_4_gib_length_prefix_before_authenticating_is_refused() {
     let (_s, addr) = server();
