@@ -429,8 +429,9 @@ impl Client {
     /// [`ErrorKind::Authentication`] when the listener refused this key or
     /// could not prove it has it (the two sides were given different keys,
     /// or the address is not a multiproc listener); [`ErrorKind::Timeout`]
-    /// when the handshake did not finish in time; [`ErrorKind::Io`] when
-    /// the connection fails (nothing listens there);
+    /// when the handshake did not finish in time; [`ErrorKind::Closed`]
+    /// when the listener hung up mid-handshake (it exited or was killed);
+    /// [`ErrorKind::Io`] when the connection fails (nothing listens there);
     /// [`ErrorKind::InvalidArgument`] for an empty key or a bad address.
     pub fn connect<T>(addr: impl ToAddress, authkey: impl AsRef<[u8]>) -> Result<Connection<T>> {
         Self::connect_timeout(addr, authkey, DEFAULT_HANDSHAKE_TIMEOUT)
@@ -461,7 +462,12 @@ impl Client {
         let mut hs = ClientSide { wire: Wire::new(fd), state: ClientState::AwaitChallenge };
         loop {
             let done = hs.step(&key).map_err(|why| {
-                Error::new(ErrorKind::Authentication, format!("the listener at {address} {why}"))
+                let kind = if why.starts_with(HUNG_UP) {
+                    ErrorKind::Closed
+                } else {
+                    ErrorKind::Authentication
+                };
+                Error::new(kind, format!("the listener at {address} {why}"))
             })?;
             if done {
                 return Connection::from_stream(hs.wire.fd, remote);
@@ -506,6 +512,11 @@ struct Wire {
     sent: usize,
 }
 
+/// How a handshake failure begins when the peer went away mid-handshake
+/// (it exited or was killed): to a client that is [`ErrorKind::Closed`],
+/// not a refusal of its key, which always comes as a verdict.
+const HUNG_UP: &str = "closed the connection during the handshake";
+
 impl Wire {
     fn new(fd: OwnedFd) -> Wire {
         Wire { fd, input: Vec::new(), output: Vec::new(), sent: 0 }
@@ -530,7 +541,7 @@ impl Wire {
             match crate::sys::send(self.fd.as_fd(), &self.output[self.sent..], false) {
                 Ok(n) => self.sent += n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => return Err(format!("closed the connection during the handshake ({e})")),
+                Err(e) => return Err(format!("{HUNG_UP} ({e})")),
             }
         }
         self.output.clear();
@@ -563,10 +574,10 @@ impl Wire {
             let mut buf = [0u8; HEADER + MAX_BODY];
             let room = &mut buf[..want - self.input.len()];
             match recv_now(self.fd.as_fd(), room) {
-                Ok(0) => return Err("closed the connection during the handshake".into()),
+                Ok(0) => return Err(HUNG_UP.into()),
                 Ok(n) => self.input.extend_from_slice(&room[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
-                Err(e) => return Err(format!("broke the connection during the handshake ({e})")),
+                Err(e) => return Err(format!("{HUNG_UP} ({e})")),
             }
         }
     }

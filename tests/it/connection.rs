@@ -295,6 +295,22 @@ fn a_client_is_not_fooled_or_stalled_by_a_fake_listener() {
     });
 }
 
+/// A listener that goes away mid-handshake (its process was killed) is not a
+/// refusal of the key: the client is told the connection closed.
+#[test]
+fn a_listener_that_hangs_up_mid_handshake_is_closed_not_a_refusal() {
+    bounded(PROMPT * 3, "listener hangs up", || {
+        let raw = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = Address::Tcp(raw.local_addr().unwrap());
+        let t = std::thread::spawn(move || drop(raw.accept().unwrap()));
+        let (err, took) = timed(|| Client::connect::<()>(&addr, KEY).unwrap_err());
+        assert_prompt(took, "connect to a listener that hung up");
+        assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+        assert!(err.message().contains("closed the connection during the handshake"), "{err}");
+        t.join().unwrap();
+    });
+}
+
 #[test]
 fn connecting_where_nothing_listens_is_an_io_error() {
     let dir = TempDir::new();
