@@ -75,7 +75,7 @@ pub use process::{
     active_children, cpu_count, current_process, parent_process, Process, ProcessInfo, Run,
 };
 pub use progress::Progress;
-pub use queue::{JoinableQueue, PutError, Queue};
+pub use queue::{JoinableQueue, PutError, Queue, QueueIter};
 pub use shm::{Array, ArrayGuard, Plain, Value, ValueGuard};
 pub use spawn::ChildInfo;
 pub use sync::{

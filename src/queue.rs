@@ -567,6 +567,70 @@ impl<T: DeserializeOwned> Queue<T> {
     pub fn get_nowait(&self) -> Result<T> {
         self.get_within(Some(Duration::ZERO))
     }
+
+    /// The items as they come, waiting for each: Python's
+    /// `iter(q.get, sentinel)`. It ends only once this handle is
+    /// [closed](Queue::close) (looked at between items); a producer that
+    /// means to end it sends a value the consumer reads as the end, or the
+    /// consumer uses [`iter_timeout`](Queue::iter_timeout). An item that is
+    /// not a `T` is yielded as its error, and the iteration goes on.
+    pub fn iter(&self) -> QueueIter<'_, T> {
+        QueueIter { queue: self, wait: None }
+    }
+
+    /// The items as they come, until none comes within `timeout` (or this
+    /// handle is closed).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let q = multiproc::Queue::new()?;
+    /// for i in 0..3 { q.put(i).unwrap(); }
+    /// let got: Vec<u32> = q.iter_timeout(Duration::from_millis(50)).map(Result::unwrap).collect();
+    /// assert_eq!(got, [0, 1, 2]);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn iter_timeout(&self, timeout: Duration) -> QueueIter<'_, T> {
+        QueueIter { queue: self, wait: Some(timeout) }
+    }
+
+    /// The items that are there now, without waiting (as crossbeam's
+    /// `try_iter`).
+    pub fn try_iter(&self) -> QueueIter<'_, T> {
+        self.iter_timeout(Duration::ZERO)
+    }
+}
+
+/// The items of a [`Queue`], each a `Result` (an item that is not a `T` is
+/// its error): see [`Queue::iter`], [`Queue::iter_timeout`]
+/// and [`Queue::try_iter`].
+#[must_use = "iterators are lazy and do nothing unless consumed"]
+pub struct QueueIter<'a, T> {
+    queue: &'a Queue<T>,
+    /// How long to wait for each item; `None` for as long as it takes.
+    wait: Option<Duration>,
+}
+
+impl<T: DeserializeOwned> Iterator for QueueIter<'_, T> {
+    type Item = Result<T>;
+
+    fn next(&mut self) -> Option<Result<T>> {
+        if self.queue.is_closed() {
+            return None;
+        }
+        match self.queue.get_within(self.wait) {
+            Err(e) if matches!(e.kind(), ErrorKind::Empty | ErrorKind::Closed) => None,
+            item => Some(item),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for QueueIter<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueIter").field("wait", &self.wait).finish()
+    }
 }
 
 #[derive(Serialize, Deserialize)]

@@ -840,3 +840,47 @@ fn a_blocked_get_in_a_child_wakes_on_put() {
     assert_eq!(msg, format!("{} 99", p.pid().unwrap()));
     join_ok(&mut p);
 }
+
+// --- iterators -------------------------------------------------------------------
+
+#[test]
+fn try_iter_takes_what_is_there_and_iter_timeout_waits_for_a_child_until_quiet() {
+    bounded(STARTUP * 2, "queue iterators", || {
+        let q = Queue::<u64>::new().unwrap();
+        for i in 0..5 {
+            q.put(i).unwrap();
+        }
+        // A few small items fit the socket buffer: they are in the queue
+        // once `put` returns (no outbox in between).
+        let now: Vec<u64> = q.try_iter().map(Result::unwrap).collect();
+        assert_eq!(now, [0, 1, 2, 3, 4]);
+        assert_eq!(q.try_iter().count(), 0, "nothing left");
+
+        let mut p = start_daemon(Process::new(put_range, (q.clone(), 100, 150)));
+        // Waits for the child's items, then ends once none comes for a while.
+        let got: Vec<u64> = q.iter_timeout(STARTUP).take(50).map(Result::unwrap).collect();
+        assert_eq!(got, (100..150).collect::<Vec<_>>(), "one producer's order is kept");
+        join_ok(&mut p);
+        let t = Instant::now();
+        assert_eq!(q.iter_timeout(SHORT).count(), 0);
+        assert!(t.elapsed() >= SHORT, "it waited for the timeout");
+    });
+}
+
+#[test]
+fn iter_ends_once_the_handle_is_closed() {
+    bounded(PROMPT * 3, "queue iter and close", || {
+        let q = Queue::<u32>::new().unwrap();
+        for i in 0..10 {
+            q.put(i).unwrap();
+        }
+        let mut seen = Vec::new();
+        for item in q.iter() {
+            seen.push(item.unwrap());
+            if seen.len() == 3 {
+                q.close();
+            }
+        }
+        assert_eq!(seen, [0, 1, 2]);
+    });
+}
