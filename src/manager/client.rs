@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::proto::{message, Reply, Request, MAX_FRAME};
+use super::proto::{message, Reply, Request};
 use super::transport::{self, Address, Stream};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -68,17 +68,18 @@ impl Remote {
     /// One request and its reply on `s`. An error means `s` must be dropped.
     pub(crate) fn round_trip(&self, s: &mut Stream, req: &Request) -> Result<Reply> {
         s.send_bytes(&message(req)?).map_err(|e| self.gone(e))?;
-        let buf = s.recv_bytes().map_err(|e| self.gone(e))?;
-        if buf.len() > MAX_FRAME {
-            return Err(Error::new(
-                ErrorKind::Protocol,
-                format!(
-                    "the manager at {} sent a reply of {} bytes, over the limit",
-                    self.addr,
-                    buf.len()
-                ),
-            ));
-        }
+        // The stream refuses a reply over MAX_FRAME at its header (see
+        // `transport::connect`): a Protocol error, the stream dropped.
+        let buf = s.recv_bytes().map_err(|e| match e.kind() {
+            ErrorKind::Protocol => {
+                self.forget();
+                Error::new(
+                    ErrorKind::Protocol,
+                    format!("the manager at {} broke the protocol: {e}", self.addr),
+                )
+            }
+            _ => self.gone(e),
+        })?;
         crate::codec::decode::<Reply>(&buf).map_err(|e| {
             Error::new(
                 ErrorKind::Protocol,

@@ -17,11 +17,12 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::proto::{message, Bytes, Code, Kind, Op, Reply, Request, Wait, MAX_FRAME};
 
-/// The longest message a client may make the server read. A request over
-/// [`MAX_FRAME`] and up to this is read and answered with an error (the
-/// connection goes on); a longer one ends its connection at its header, so
-/// one client holds at most this much of the server's memory.
-pub(super) const CONNECTION_LIMIT: u32 = 4 * MAX_FRAME as u32;
+/// The longest message a client may make the server read: one byte over
+/// [`MAX_FRAME`], so the shortest oversized request is still read and
+/// answered with an error (the connection goes on), while a longer one ends
+/// its connection at its header. One client holds at most a message's worth
+/// of the server's memory.
+pub(super) const CONNECTION_LIMIT: u32 = MAX_FRAME as u32 + 1;
 use super::shared::{self, UserObject};
 use super::transport::{peer_alive, Stream};
 
@@ -258,7 +259,8 @@ impl Client {
         b: Blocking,
         stream: &Stream,
     ) -> Reply {
-        let deadline = b.wait().map(|us| Instant::now() + Duration::from_micros(us));
+        // The client's number: a wait too long to add to now is no limit.
+        let deadline = b.wait().and_then(|us| crate::deadline_after(Duration::from_micros(us)));
         let generation = match &mut *st {
             State::Barrier { parties, count, generation, broken, .. } => {
                 if *broken {

@@ -49,7 +49,7 @@ impl Listener {
 /// [`ErrorKind::Closed`] when nothing listens there (what a proxy sees once
 /// its server is gone); otherwise as [`Client::connect`].
 pub(crate) fn connect(addr: &Address, authkey: &[u8]) -> Result<Stream> {
-    Client::connect::<()>(addr.clone(), authkey).map_err(|e| {
+    let s = Client::connect::<()>(addr.clone(), authkey).map_err(|e| {
         let io = e.source().and_then(|s| s.downcast_ref::<std::io::Error>());
         let refused = io.is_some_and(|io| {
             matches!(
@@ -64,7 +64,11 @@ pub(crate) fn connect(addr: &Address, authkey: &[u8]) -> Result<Stream> {
         } else {
             e
         }
-    })
+    })?;
+    // A reply is at most one manager message: a longer one is refused at
+    // its header, before any of it is buffered.
+    s.limit_messages(super::proto::MAX_FRAME as u32);
+    Ok(s)
 }
 
 /// Whether the peer of `s` is still there. A client never sends while it
