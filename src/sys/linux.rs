@@ -527,6 +527,12 @@ pub(crate) fn file_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
     Ok(file_len_and_id(fd)?.0)
 }
 
+/// The bytes of storage really behind `fd` (its allocated blocks), which a
+/// sparse file keeps far below its length.
+pub(crate) fn file_allocated(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    Ok(u64::try_from(rustix::fs::fstat(fd)?.st_blocks).unwrap_or(0).saturating_mul(512))
+}
+
 /// Maps `len` bytes of `fd` shared, readable and writable.
 pub(crate) fn map_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<*mut u8> {
     use rustix::mm::{MapFlags, ProtFlags};

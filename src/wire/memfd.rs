@@ -75,6 +75,16 @@ impl Mapped {
                 "a {what} frame declaring {len} bytes with a body file of {size}"
             )));
         }
+        // A sender writes every byte of its file; a sparse one would make
+        // this side's mapping allocate pages the sender never paid for.
+        let allocated = sys::file_allocated(file.as_fd()).unwrap_or(0);
+        let whole_pages = (len as u64) & !4095;
+        if allocated < whole_pages {
+            return Err(Violation(format!(
+                "a {what} frame whose body file of {len} bytes is sparse ({allocated} bytes \
+                 written)"
+            )));
+        }
         // A zero-length mapping is refused by the kernel; one page of a
         // zero-length file is mapped and never read.
         let map_len = len.max(1);
@@ -97,5 +107,31 @@ impl Drop for Mapped {
     fn drop(&mut self) {
         // SAFETY: the mapping is ours; borrows of its bytes end with `self`.
         unsafe { sys::unmap(self.ptr.cast_mut(), self.map_len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sealed file of 1 MiB whose pages were never written: mapping it
+    /// would make the receiver allocate what the sender never paid for.
+    #[test]
+    fn a_sparse_body_file_is_refused_and_a_written_one_maps() {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let len = 1 << 20;
+        let fd =
+            rustix::fs::memfd_create(c"sparse", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+                .unwrap();
+        rustix::fs::ftruncate(&fd, len as u64).unwrap();
+        let seals = SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL;
+        rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
+        let Err(v) = Mapped::open(fd, len, "test") else { panic!("a sparse file was mapped") };
+        assert!(v.0.contains("sparse"), "{}", v.0);
+
+        let body = vec![0u8; len];
+        let fd = sys::memfd_frozen(&[&body]).unwrap();
+        let m = Mapped::open(fd, len, "test").unwrap_or_else(|v| panic!("{}", v.0));
+        assert_eq!(m.bytes().len(), len);
     }
 }
