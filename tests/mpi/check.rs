@@ -122,6 +122,24 @@ fn errors_and_panics_propagate() -> Result<(), String> {
     Ok(())
 }
 
+fn byte_len(b: multiproc::Bytes) -> usize {
+    b.len()
+}
+
+/// An argument larger than one message to a rank is refused at once, with
+/// an error naming the cause (a rank used to drop the message, and the call
+/// never returned); the pool goes on.
+fn an_argument_too_large_for_a_message_is_refused() -> Result<(), String> {
+    let pool = Pool::world().map_err(|e| e.to_string())?;
+    let huge = multiproc::Bytes::from(vec![0u8; (512 << 20) + 1]);
+    let e = pool.apply(byte_len, huge).unwrap_err();
+    ensure(e.kind() == ErrorKind::Serialize && e.to_string().contains("one message"), || {
+        format!("too large: {e}")
+    })?;
+    let small = multiproc::Bytes::from(vec![1u8; 1000]);
+    ensure(pool.apply(byte_len, small).ok() == Some(1000), || "the pool did not go on".into())
+}
+
 fn a_segfault_fails_only_its_task() -> Result<(), String> {
     let pool = Pool::world().map_err(|e| e.to_string())?;
     let out: Vec<_> = pool.chunksize(1).imap(segfault, 0..20u64).collect();
@@ -220,13 +238,17 @@ fn main() {
         std::thread::sleep(Duration::from_secs(2));
         return;
     }
-    let checks: [(&str, Check); 7] = [
+    let checks: [(&str, Check); 8] = [
         ("results_in_order", results_in_order),
         (
             "tasks_run_on_other_ranks_and_callbacks_on_rank_0",
             tasks_run_on_other_ranks_and_callbacks_on_rank_0,
         ),
         ("errors_and_panics_propagate", errors_and_panics_propagate),
+        (
+            "an_argument_too_large_for_a_message_is_refused",
+            an_argument_too_large_for_a_message_is_refused,
+        ),
         ("a_segfault_fails_only_its_task", a_segfault_fails_only_its_task),
         ("per_task_timeout", per_task_timeout),
         ("terminate_cancels_without_waiting", terminate_cancels_without_waiting),

@@ -55,8 +55,7 @@ impl<F, A: Serialize, M> MpiRunner<F, A, M> {
         let n = items.len();
         let (chunk, fds) = task::encode_chunk(&items);
         drop(items);
-        if !fds.is_empty() {
-            let e = fd_error();
+        if let Some(e) = refused(&chunk, &fds) {
             return done((0..n).map(|_| Err(e.clone())).collect());
         }
         self.engine.submit(
@@ -97,8 +96,8 @@ where
         let (chunk, fds) = task::encode_chunk(std::slice::from_ref(&args));
         drop(args);
         let done = crate::pool::map::complete_one(completion);
-        if !fds.is_empty() {
-            return Err(fd_error());
+        if let Some(e) = refused(&chunk, &fds) {
+            return Err(e);
         }
         self.engine.run_waited(self.offset, chunk, job_done(1, done), || result.ready());
         result.get()
@@ -108,10 +107,26 @@ where
 // One call is a chunk of one (with the polled path for `apply`).
 one_call_is_a_chunk!(MpiRunner);
 
-fn fd_error() -> Error {
-    Error::new(
-        ErrorKind::Serialize,
-        "a task's argument holds a file descriptor (multiproc::Fd), which cannot travel between \
-         MPI ranks",
-    )
+/// Why an encoded chunk cannot travel to a rank, if it cannot: it holds a
+/// descriptor, or it is larger than one batch message may be (a rank drops
+/// an oversized message, so the job would never be answered).
+fn refused(chunk: &[u8], fds: &[std::os::fd::OwnedFd]) -> Option<Error> {
+    if !fds.is_empty() {
+        return Some(Error::new(
+            ErrorKind::Serialize,
+            "a task's argument holds a file descriptor (multiproc::Fd), which cannot travel \
+             between MPI ranks",
+        ));
+    }
+    let max = super::comm::MAX_MESSAGE / 2;
+    (chunk.len() > max).then(|| {
+        Error::new(
+            ErrorKind::Serialize,
+            format!(
+                "a task's arguments encode to {} bytes, more than the {max} bytes one message to \
+                 an MPI rank carries; pass large data through shared storage instead",
+                chunk.len()
+            ),
+        )
+    })
 }
