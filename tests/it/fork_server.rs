@@ -77,6 +77,9 @@ fn run_and_join(p: &mut Process) -> Option<i32> {
 
 #[test]
 fn forked_processes_report_exit_codes_and_signals_to_the_program() {
+    if !crate::support::alone() {
+        return;
+    }
     assert_eq!(run_and_join(&mut Process::new(exit_with, 0)), Some(0));
     // The first start went through a fork server.
     let first = server();
@@ -102,6 +105,9 @@ fn forked_processes_report_exit_codes_and_signals_to_the_program() {
 
 #[test]
 fn a_forked_worker_is_a_child_of_the_program_with_its_own_identity() {
+    if !crate::support::alone() {
+        return;
+    }
     let pool = Pool::new(2).unwrap();
     let me = std::process::id();
     assert_eq!(pool.apply(parent_pid_and_forked, ()).unwrap(), (me, true));
@@ -120,6 +126,9 @@ fn put_from_child(q: Queue<String>) {
 
 #[test]
 fn handles_travel_to_a_forked_child() {
+    if !crate::support::alone() {
+        return;
+    }
     let q: Queue<String> = Queue::new().unwrap();
     let mut p = Process::new(put_from_child, q.clone());
     p.start().unwrap();
@@ -133,6 +142,9 @@ fn handles_travel_to_a_forked_child() {
 
 #[test]
 fn a_killed_fork_server_is_replaced_and_its_children_live_on() {
+    if !crate::support::alone() {
+        return;
+    }
     let beacon = Beacon::new();
     let mut running = Process::new(announce_then_sleep, beacon.path());
     running.set_daemon(true).unwrap();
@@ -175,6 +187,9 @@ fn report_env_and_dir(beacon: String) {
 
 #[test]
 fn a_child_sees_the_environment_and_directory_of_the_start_not_of_the_server() {
+    if !crate::support::alone() {
+        return;
+    }
     let beacon = Beacon::new();
     assert_eq!(run_and_join(&mut Process::new(exit_with, 0)), Some(0));
     let first = server();
@@ -204,6 +219,9 @@ fn start_grandchild_and_sleep(beacon: String) {
 
 #[test]
 fn forked_children_and_their_server_die_with_a_killed_parent() {
+    if !crate::support::alone() {
+        return;
+    }
     let beacon = Beacon::new();
     let mut parent = Process::new(start_grandchild_and_sleep, beacon.path());
     parent.set_daemon(true).unwrap();
@@ -230,6 +248,9 @@ fn forked_children_and_their_server_die_with_a_killed_parent() {
 
 #[test]
 fn many_forked_processes_start_and_exit() {
+    if !crate::support::alone() {
+        return;
+    }
     let mut procs: Vec<Process> = (0..200).map(|i| Process::new(exit_with, i % 50)).collect();
     for p in &mut procs {
         p.start().unwrap();

@@ -140,6 +140,9 @@ fn assert_refused<T>(r: multiproc::Result<T>, what: &str) {
 /// match the memory is refused, whatever the lock.
 #[test]
 fn an_array_handle_longer_than_its_memory_is_refused() {
+    if !crate::support::alone() {
+        return;
+    }
     assert_refused(pun::<_, Array<u64>>(forged(8, 0, true)), "8 u64s over 0 bytes");
     assert_refused(pun::<_, Array<u64>>(forged(8, 63, true)), "8 u64s over 63 bytes");
     assert_refused(pun::<_, Array<u64>>(forged(u64::MAX, 64, true)), "2^64-1 u64s");
@@ -161,6 +164,9 @@ fn an_array_handle_longer_than_its_memory_is_refused() {
 /// `Value::get` panicked on a handle of no elements: a value holds exactly one.
 #[test]
 fn a_value_handle_of_other_than_one_element_is_refused() {
+    if !crate::support::alone() {
+        return;
+    }
     assert_refused(pun::<_, Value<u32>>(forged_as(0, 4, 0, true)), "a Value of 0 elements");
     assert_refused(pun::<_, Value<u32>>(forged_as(2, 4, 8, true)), "a Value of 2 elements");
     let v = pun::<_, Value<u32>>(forged_as(1, 4, 4, true)).unwrap();
@@ -172,6 +178,9 @@ fn a_value_handle_of_other_than_one_element_is_refused() {
 /// it has: refused rather than reinterpreted with the wrong length.
 #[test]
 fn an_array_received_as_another_element_type_is_refused() {
+    if !crate::support::alone() {
+        return;
+    }
     let a = Array::from_slice(&[1u64, 2, 3]).unwrap();
     assert_refused(pun::<_, Array<u8>>(a.clone()), "3 u64s read as 3 u8s");
     assert_refused(pun::<_, Array<[u64; 2]>>(a.clone()), "3 u64s read as 3 [u64; 2]s");
@@ -187,6 +196,9 @@ fn an_array_received_as_another_element_type_is_refused() {
 /// descriptor that is no memfd at all.
 #[test]
 fn shared_memory_that_is_not_sealed_is_refused() {
+    if !crate::support::alone() {
+        return;
+    }
     assert_refused(pun::<_, Array<u64>>(forged(8, 64, false)), "an unsealed memfd");
     assert_refused(pun::<_, Value<u64>>(forged(1, 8, false)), "an unsealed memfd as a Value");
     let (r, _w) = std::io::pipe().unwrap();
@@ -208,6 +220,9 @@ fn shared_memory_that_is_not_sealed_is_refused() {
 /// whole.
 #[test]
 fn no_process_can_shrink_or_grow_shared_memory() {
+    if !crate::support::alone() {
+        return;
+    }
     let a = Array::from_slice(&[5u64; 8]).unwrap();
     let stolen: StolenArray = pun(a.clone()).unwrap();
     let fd = stolen.region.as_raw_fd();
@@ -229,6 +244,9 @@ fn no_process_can_shrink_or_grow_shared_memory() {
 /// change while they are decoded).
 #[test]
 fn a_large_queue_item_in_an_unsealed_file_is_refused() {
+    if !crate::support::alone() {
+        return;
+    }
     #[derive(Deserialize)]
     struct Ends {
         tx: Fd<OwnedFd>,
@@ -310,6 +328,9 @@ fn blocks(f: impl FnOnce() + Send + 'static) -> (bool, mpsc::Receiver<()>) {
 /// `to_vec` of a locked value or array wait for the guard to drop.
 #[test]
 fn get_and_set_wait_for_another_threads_guard() {
+    if !crate::support::alone() {
+        return;
+    }
     let v = Value::new(0u64).unwrap();
     let mut g = v.lock().unwrap();
     let v2 = v.clone();
@@ -345,6 +366,9 @@ fn hold_guard_until(v: Value<u32>, locked: Event, release: Event) {
 /// and `set` in the other.
 #[test]
 fn set_waits_for_a_guard_held_in_another_process() {
+    if !crate::support::alone() {
+        return;
+    }
     let v = Value::new(0u32).unwrap();
     let (locked, release) = (Event::new().unwrap(), Event::new().unwrap());
     let mut p =
@@ -364,6 +388,9 @@ fn set_waits_for_a_guard_held_in_another_process() {
 /// panic for `Value`, whose `get` returns no `Result`).
 #[test]
 fn the_thread_holding_a_guard_gets_no_second_way_in() {
+    if !crate::support::alone() {
+        return;
+    }
     let a = Array::from_slice(&[1u32, 2]).unwrap();
     let mut g = a.lock().unwrap();
     g[1] = 20;
@@ -397,6 +424,9 @@ fn the_thread_holding_a_guard_gets_no_second_way_in() {
 /// threads wait.
 #[test]
 fn get_and_set_work_while_holding_the_lock_without_a_guard() {
+    if !crate::support::alone() {
+        return;
+    }
     let v = Value::new(1u64).unwrap();
     let held = v.get_lock().unwrap().acquire().unwrap();
     v.set(v.get() + 1);
@@ -459,6 +489,9 @@ fn fill_and_drop_three_queues(_: ()) {
 /// for 5 s (three queues: 15 s). Now they are discarded at once.
 #[test]
 fn a_process_dropping_queues_no_one_can_read_exits_at_once() {
+    if !crate::support::alone() {
+        return;
+    }
     let start = Instant::now();
     let mut p = start_daemon(Process::new(fill_and_drop_three_queues, ()));
     assert!(p.join_timeout(Duration::from_secs(30)).unwrap(), "the child never exited");
@@ -471,6 +504,9 @@ fn a_process_dropping_queues_no_one_can_read_exits_at_once() {
 /// the last handle was dropped; now they are gone.
 #[test]
 fn a_dropped_queue_leaves_no_thread_or_descriptor() {
+    if !crate::support::alone() {
+        return;
+    }
     let fds = fd_count();
     assert_eq!(feeder_threads(), 0);
     let q = Queue::<Vec<u8>>::new().unwrap();
@@ -498,6 +534,9 @@ fn fill_and_return(q: Queue<Vec<u8>>) {
 /// still waits for every item, even when the reader starts late.
 #[test]
 fn a_live_reader_in_another_process_still_gets_everything_at_exit() {
+    if !crate::support::alone() {
+        return;
+    }
     let q = Queue::<Vec<u8>>::new().unwrap();
     let mut p = start_daemon(Process::new(fill_and_return, q.clone()));
     assert!(

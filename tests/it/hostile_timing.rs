@@ -25,6 +25,9 @@ fn gated_sqr(x: u64, gate: String) -> u64 {
 
 #[test]
 fn a_pool_callback_may_submit_to_its_one_worker_and_wait() {
+    if !crate::support::alone() {
+        return;
+    }
     let pool = Arc::new(Pool::new(1).unwrap());
     let (tx, rx) = mpsc::channel();
     let p = pool.clone();
@@ -50,6 +53,9 @@ fn a_pool_callback_may_submit_to_its_one_worker_and_wait() {
 
 #[test]
 fn a_thread_pool_callback_may_submit_to_its_one_thread_and_wait() {
+    if !crate::support::alone() {
+        return;
+    }
     let pool = Arc::new(ThreadPool::new(1).unwrap());
     let (tx, rx) = mpsc::channel();
     let p = pool.clone();
@@ -74,6 +80,9 @@ fn a_thread_pool_callback_may_submit_to_its_one_thread_and_wait() {
 
 #[test]
 fn a_process_executor_done_callback_may_submit_to_its_one_worker_and_wait() {
+    if !crate::support::alone() {
+        return;
+    }
     let ex = Arc::new(ProcessPoolExecutor::new(1).unwrap());
     let (tx, rx) = mpsc::channel();
     let e = ex.clone();
@@ -98,6 +107,9 @@ fn a_process_executor_done_callback_may_submit_to_its_one_worker_and_wait() {
 
 #[test]
 fn a_thread_executor_done_callback_may_submit_to_its_one_thread_and_wait() {
+    if !crate::support::alone() {
+        return;
+    }
     let ex = Arc::new(ThreadPoolExecutor::new(1).unwrap());
     let (tx, rx) = mpsc::channel();
     let e = ex.clone();
@@ -137,6 +149,9 @@ fn blocking_callback(
 
 #[test]
 fn a_blocked_callback_stalls_neither_the_worker_nor_other_results() {
+    if !crate::support::alone() {
+        return;
+    }
     let pool = Pool::new(1).unwrap();
     let (started_tx, started) = mpsc::channel();
     let (release, release_rx) = mpsc::channel();
@@ -180,6 +195,9 @@ fn a_blocked_callback_stalls_neither_the_worker_nor_other_results() {
 
 #[test]
 fn a_slow_callback_does_not_delay_results_from_other_workers() {
+    if !crate::support::alone() {
+        return;
+    }
     let pool = Pool::new(2).unwrap();
     // Both workers started and warm.
     assert_eq!(pool.map(sqr, 0..4).unwrap().len(), 4);
@@ -242,6 +260,9 @@ fn assert_unordered(items: Vec<multiproc::Result<u64>>, what: &str) {
 
 #[test]
 fn pool_imap_yields_the_results_before_a_failing_input_then_its_error() {
+    if !crate::support::alone() {
+        return;
+    }
     let pool = Arc::new(Pool::new(2).unwrap());
     for chunksize in [1, 2, 3, 100] {
         let p = pool.clone();
@@ -270,6 +291,9 @@ fn pool_imap_yields_the_results_before_a_failing_input_then_its_error() {
 
 #[test]
 fn thread_pool_imap_yields_the_results_before_a_failing_input_then_its_error() {
+    if !crate::support::alone() {
+        return;
+    }
     let pool = ThreadPool::new(2).unwrap();
     for chunksize in [1, 2, 3, 100] {
         let c = pool.chunksize(chunksize);
@@ -286,6 +310,9 @@ fn thread_pool_imap_yields_the_results_before_a_failing_input_then_its_error() {
 
 #[test]
 fn executor_map_yields_the_results_before_a_failing_input_then_its_error() {
+    if !crate::support::alone() {
+        return;
+    }
     let ex = ProcessPoolExecutor::new(2).unwrap();
     let got = bounded(STARTUP, "executor map over a failing input", move || {
         let got: Vec<_> = ex.map(sqr, breaks_at_3()).collect();
@@ -377,6 +404,9 @@ fn run_child(how: &str) -> (Duration, bool) {
 
 #[test]
 fn executor_work_completes_when_the_program_ends_without_shutdown() {
+    if !crate::support::alone() {
+        return;
+    }
     for how in [
         "process: return",
         "process: exit",
@@ -391,6 +421,9 @@ fn executor_work_completes_when_the_program_ends_without_shutdown() {
 
 #[test]
 fn shutdown_without_wait_still_lets_the_program_exit_at_once() {
+    if !crate::support::alone() {
+        return;
+    }
     for how in ["process: shutdown without wait", "thread: shutdown without wait"] {
         let (took, done) = run_child(how);
         assert!(!done, "{how}: the 30 s task cannot have finished");
@@ -403,6 +436,9 @@ const CHILD_ENV: &str = "MULTIPROC_TEST_EXECUTOR_AT_EXIT";
 
 #[test]
 fn child_main_returns_with_executor_work_pending() {
+    if !crate::support::alone() {
+        return;
+    }
     // A no-op unless this binary runs as the child of the test below: then
     // the test harness's `main` returns right after this test.
     let Ok(path) = std::env::var(CHILD_ENV) else { return };
@@ -412,6 +448,9 @@ fn child_main_returns_with_executor_work_pending() {
 
 #[test]
 fn executor_work_completes_when_main_returns() {
+    if !crate::support::alone() {
+        return;
+    }
     let dir = TempDir::new();
     let path = dir.file("marker");
     let exe = std::env::current_exe().expect("the test binary's path");
@@ -442,6 +481,9 @@ fn slow_recorder(seen: &Arc<std::sync::Mutex<Vec<u64>>>) -> impl FnOnce(&u64) + 
 /// callback; callbacks now run on their own threads, and join still waits.
 #[test]
 fn join_returns_after_every_callback_of_the_pools_results() {
+    if !crate::support::alone() {
+        return;
+    }
     let pool = Pool::new(2).unwrap();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     for i in 1..5 {
@@ -465,6 +507,9 @@ fn join_returns_after_every_callback_of_the_pools_results() {
 
 #[test]
 fn shutdown_with_wait_returns_after_the_done_callbacks() {
+    if !crate::support::alone() {
+        return;
+    }
     let ex = ProcessPoolExecutor::new(2).unwrap();
     let seen = Arc::new(std::sync::Mutex::new(0));
     for i in 1..5u64 {

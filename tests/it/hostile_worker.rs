@@ -198,6 +198,9 @@ fn one_worker() -> (Pool, u32) {
 
 #[test]
 fn random_garbage_fails_only_its_task_and_the_pool_goes_on() {
+    if !crate::support::alone() {
+        return;
+    }
     let pool = Pool::new(4).unwrap();
     let results: Vec<_> = (0..100).map(|seed| pool.apply_async(write_garbage, seed)).collect();
     for (seed, r) in results.into_iter().enumerate() {
@@ -210,6 +213,9 @@ fn random_garbage_fails_only_its_task_and_the_pool_goes_on() {
 
 #[test]
 fn a_header_declaring_4_gib_fails_its_task_at_once() {
+    if !crate::support::alone() {
+        return;
+    }
     let (pool, pid) = one_worker();
     let started = Instant::now();
     let r = pool.apply_async(write_then_sleep, (header(u32::MAX, DONE, 0), Vec::new()));
@@ -222,6 +228,9 @@ fn a_header_declaring_4_gib_fails_its_task_at_once() {
 
 #[test]
 fn a_result_for_another_task_is_refused_before_its_body_arrives() {
+    if !crate::support::alone() {
+        return;
+    }
     let (pool, pid) = one_worker();
     let started = Instant::now();
     let body = u64::MAX.to_le_bytes().to_vec();
@@ -234,6 +243,9 @@ fn a_result_for_another_task_is_refused_before_its_body_arrives() {
 
 #[test]
 fn forged_handshake_frames_after_ready_fail_only_their_task() {
+    if !crate::support::alone() {
+        return;
+    }
     let (pool, _) = one_worker();
     let cases = [
         (MISMATCH, Vec::new(), "MISMATCH"),
@@ -253,6 +265,9 @@ fn forged_handshake_frames_after_ready_fail_only_their_task() {
 
 #[test]
 fn descriptors_sent_outside_a_frame_are_closed() {
+    if !crate::support::alone() {
+        return;
+    }
     let (pool, _) = one_worker();
     let before = open_fds();
     for i in 0..20 {
@@ -267,6 +282,9 @@ fn descriptors_sent_outside_a_frame_are_closed() {
 
 #[test]
 fn a_worker_that_dies_while_its_forked_child_lives_is_noticed() {
+    if !crate::support::alone() {
+        return;
+    }
     let (pool, pid) = one_worker();
     let beacon = Beacon::new();
     let started = Instant::now();
@@ -335,6 +353,9 @@ fn squares_after(what: &str, pool: Pool) {
 
 #[test]
 fn workers_killed_as_they_start_do_not_break_the_pool() {
+    if !crate::support::alone() {
+        return;
+    }
     let k = killer(12, None, Arc::new(AtomicBool::new(false)));
     let pool = Pool::new(4).unwrap();
     assert_eq!(k.join().unwrap(), 12, "the killer did not see 12 workers");
@@ -346,6 +367,9 @@ fn workers_killed_as_they_start_do_not_break_the_pool() {
 
 #[test]
 fn executor_workers_killed_as_they_start_do_not_break_it() {
+    if !crate::support::alone() {
+        return;
+    }
     let k = killer(12, None, Arc::new(AtomicBool::new(false)));
     let ex = ProcessPoolExecutor::new(4).unwrap();
     let early: Vec<_> = (0..8u64).map(|i| ex.submit(sqr, i).unwrap()).collect();
@@ -367,6 +391,9 @@ fn executor_workers_killed_as_they_start_do_not_break_it() {
 
 #[test]
 fn a_kill_storm_every_3_ms_does_not_break_the_pool() {
+    if !crate::support::alone() {
+        return;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let k = killer(usize::MAX, Some(Duration::from_millis(3)), stop.clone());
     let pool = Pool::new(4).unwrap();
@@ -381,6 +408,9 @@ fn a_kill_storm_every_3_ms_does_not_break_the_pool() {
 
 #[test]
 fn a_large_result_leaves_no_large_buffers_behind() {
+    if !crate::support::alone() {
+        return;
+    }
     const LEN: usize = 256 << 20;
     let (pool, pid) = one_worker();
     let (parent_before, worker_before) = (rss("self"), rss(&pid.to_string()));
@@ -420,6 +450,9 @@ fn sockets() -> Vec<(RawFd, String)> {
 
 #[test]
 fn a_pipe_refuses_descriptors_no_message_declares() {
+    if !crate::support::alone() {
+        return;
+    }
     let before: HashSet<String> = sockets().into_iter().map(|(_, inode)| inode).collect();
     let (rx, tx) = pipe::<Vec<u8>>(false).unwrap();
     // The receiving end is made first: the lowest new socket is one of its

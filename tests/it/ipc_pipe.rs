@@ -107,6 +107,9 @@ fn typed_echo(conn: Connection<Vec<u8>>) {
 /// soon as something is; 16 MiB echo; after the child stops, EOF.
 #[test]
 fn messages_echo_through_a_child() {
+    if !crate::support::alone() {
+        return;
+    }
     let (conn, child_conn) = pipe::<Msg>(true).unwrap();
     let mut p = start_daemon(Process::new(echo::<Msg>, child_conn));
 
@@ -157,6 +160,9 @@ fn messages_echo_through_a_child() {
 /// writes; the wrong call on either is an error, not a hang.
 #[test]
 fn one_way_ends_refuse_the_other_direction() {
+    if !crate::support::alone() {
+        return;
+    }
     let (reader, writer) = pipe::<u32>(false).unwrap();
     writer.send(&1).unwrap();
     assert_eq!(reader.recv().unwrap(), 1);
@@ -181,6 +187,9 @@ fn one_way_ends_refuse_the_other_direction() {
 /// the other, every time, and a send to it is `Closed` (no SIGPIPE).
 #[test]
 fn the_other_end_dropped_means_closed_both_ways() {
+    if !crate::support::alone() {
+        return;
+    }
     let (a, b) = pipe::<u32>(true).unwrap();
     b.send(&1729).unwrap();
     b.close();
@@ -200,6 +209,9 @@ fn the_other_end_dropped_means_closed_both_ways() {
 /// not while the child runs, and at once when the child exits.
 #[test]
 fn closed_only_once_every_copy_in_every_process_is_gone() {
+    if !crate::support::alone() {
+        return;
+    }
     let (rx, tx) = pipe::<String>(false).unwrap();
     let release = Event::new().unwrap();
     let mut p = Process::new(send_then_wait, (tx, release.clone()));
@@ -224,6 +236,9 @@ fn closed_only_once_every_copy_in_every_process_is_gone() {
 /// returns: the parent reads what it sent, then EOF.
 #[test]
 fn a_connection_given_to_a_pool_task_is_closed_when_it_returns() {
+    if !crate::support::alone() {
+        return;
+    }
     fn send_three(tx: Connection<u32>) -> u32 {
         for i in 0..3 {
             tx.send(&i).unwrap();
@@ -248,6 +263,9 @@ fn a_connection_given_to_a_pool_task_is_closed_when_it_returns() {
 /// hang and not a truncated value.
 #[test]
 fn a_writer_killed_mid_message_is_a_protocol_error() {
+    if !crate::support::alone() {
+        return;
+    }
     let (rx, tx) = pipe::<Vec<u8>>(false).unwrap();
     let mut p = start_daemon(Process::new(send_huge, tx));
     // The first bytes are here; the rest cannot be, as nobody reads them.
@@ -270,6 +288,9 @@ fn a_writer_killed_mid_message_is_a_protocol_error() {
 /// the writer managed to send, when the writer (stopped, then) is killed.
 #[test]
 fn a_reader_blocked_in_recv_gets_an_error_when_the_writer_dies() {
+    if !crate::support::alone() {
+        return;
+    }
     let (rx, tx) = pipe::<Vec<u8>>(false).unwrap();
     let mut p = start_daemon(Process::new(send_huge, tx));
     assert!(rx.poll(Some(STARTUP)).unwrap(), "the child never started sending");
@@ -298,6 +319,9 @@ fn a_reader_blocked_in_recv_gets_an_error_when_the_writer_dies() {
 /// through `send` and back.
 #[test]
 fn sixty_four_mib_messages_round_trip() {
+    if !crate::support::alone() {
+        return;
+    }
     let (conn, child_conn) = pipe::<Vec<u8>>(true).unwrap();
     let mut p = start_daemon(Process::new(echo::<Vec<u8>>, child_conn));
     let big = pattern(64 * MIB, 3);
@@ -325,6 +349,9 @@ fn sixty_four_mib_messages_round_trip() {
 /// other forever (each keeps reading while it writes).
 #[test]
 fn sixty_four_mib_both_ways_at_once_does_not_deadlock() {
+    if !crate::support::alone() {
+        return;
+    }
     let (conn, child_conn) = pipe::<Vec<u8>>(true).unwrap();
     let mut p = start_daemon(Process::new(swap_64_mib, child_conn));
     let got = bounded(Duration::from_secs(20), "the swap", move || {
@@ -342,6 +369,9 @@ fn sixty_four_mib_both_ways_at_once_does_not_deadlock() {
 /// sends arrive one by one, never merged.
 #[test]
 fn poll_sees_each_message_and_messages_never_merge() {
+    if !crate::support::alone() {
+        return;
+    }
     let (a, b) = pipe::<Vec<u8>>(true).unwrap();
     assert!(!a.poll(Some(Duration::ZERO)).unwrap());
     b.send_bytes(b"").unwrap();
@@ -380,6 +410,9 @@ fn poll_sees_each_message_and_messages_never_merge() {
 /// timeout and then reports `Timeout`, and the pipe still works after.
 #[test]
 fn blocking_poll_and_recv_timeout() {
+    if !crate::support::alone() {
+        return;
+    }
     let (a, b) = pipe::<u32>(true).unwrap();
     let (r, took) = timed(|| a.recv_timeout(Duration::from_millis(150)));
     assert_eq!(r.unwrap_err().kind(), ErrorKind::Timeout);
@@ -402,6 +435,9 @@ fn blocking_poll_and_recv_timeout() {
 /// wait for the recv, or neither ever completes.
 #[test]
 fn a_send_is_not_held_up_by_a_recv_waiting_on_the_same_end() {
+    if !crate::support::alone() {
+        return;
+    }
     let (a, b) = pipe::<u32>(true).unwrap();
     let a = std::sync::Arc::new(a);
     let a2 = a.clone();
@@ -442,6 +478,9 @@ impl Serialize for Refuses {
 /// that are not a `T` fail that recv only; the framing survives both.
 #[test]
 fn a_bad_message_fails_only_itself() {
+    if !crate::support::alone() {
+        return;
+    }
     let (a, b) = pipe::<Refuses>(true).unwrap();
     let e = b.send(&Refuses(13)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Serialize, "{e}");
@@ -481,6 +520,9 @@ fn write_into_received_file(conn: Connection<Fd<std::fs::File>>) {
 /// above 256.
 #[test]
 fn open_files_travel_over_a_pipe() {
+    if !crate::support::alone() {
+        return;
+    }
     let dir = TempDir::new();
     for high in [false, true] {
         let path = dir.file(&format!("out-{high}"));
@@ -513,6 +555,9 @@ fn use_forwarded(control: Connection<(Connection<u32>, Queue<u32>)>) {
 /// work in the child that receives them.
 #[test]
 fn connections_and_queues_travel_over_a_pipe() {
+    if !crate::support::alone() {
+        return;
+    }
     let (control, child_control) = pipe::<(Connection<u32>, Queue<u32>)>(true).unwrap();
     let mut p = start_daemon(Process::new(use_forwarded, child_control));
     let (mine, theirs) = pipe::<u32>(true).unwrap();
@@ -545,6 +590,9 @@ fn unix_echo_upper(mut s: Fd<UnixStream>) -> String {
 /// reads end of file).
 #[test]
 fn sockets_travel_to_pool_tasks_as_fd() {
+    if !crate::support::alone() {
+        return;
+    }
     let pool = Pool::new(2).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -575,6 +623,9 @@ fn write_to_fd(mut s: Fd<UnixStream>) {
 /// `Fd` as a `Process` argument, and through a queue.
 #[test]
 fn fds_travel_to_processes_and_through_queues() {
+    if !crate::support::alone() {
+        return;
+    }
     let (mut ours, theirs) = UnixStream::pair().unwrap();
     let mut p = start_daemon(Process::new(write_to_fd, Fd::new(theirs)));
     join_ok(&mut p);

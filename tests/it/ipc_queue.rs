@@ -87,6 +87,9 @@ fn expect_in_order(q: Queue<u64>, n: u64) {
 
 #[test]
 fn qsize_empty_and_full_follow_puts_and_gets() {
+    if !crate::support::alone() {
+        return;
+    }
     let q = Queue::<u32>::new().unwrap();
     assert_eq!((q.qsize(), q.empty(), q.full(), q.maxsize()), (0, true, false, 0));
     q.put(1).unwrap();
@@ -112,6 +115,9 @@ fn qsize_empty_and_full_follow_puts_and_gets() {
 /// after the timeout asked for, and takes more once a child has emptied it.
 #[test]
 fn bounded_queue_put_is_full_within_its_timeout() {
+    if !crate::support::alone() {
+        return;
+    }
     const MAXSIZE: u32 = 6;
     let q = Queue::<u32>::bounded(MAXSIZE).unwrap();
     let (child_can_start, parent_can_continue) = (Event::new().unwrap(), Event::new().unwrap());
@@ -159,6 +165,9 @@ fn bounded_queue_put_is_full_within_its_timeout() {
 /// another process takes an item.
 #[test]
 fn blocked_put_wakes_when_a_child_takes_an_item() {
+    if !crate::support::alone() {
+        return;
+    }
     let q = Queue::<u64>::bounded(1).unwrap();
     q.put(0).unwrap();
     let q2 = q.clone();
@@ -182,6 +191,9 @@ fn blocked_put_wakes_when_a_child_takes_an_item() {
 /// raises Empty at once or after the timeout asked for.
 #[test]
 fn get_takes_a_childs_items_and_is_empty_within_its_timeout() {
+    if !crate::support::alone() {
+        return;
+    }
     let q = Queue::<u32>::new().unwrap();
     let (child_can_start, parent_can_continue) = (Event::new().unwrap(), Event::new().unwrap());
     let mut p = start_daemon(Process::new(
@@ -217,6 +229,9 @@ fn get_takes_a_childs_items_and_is_empty_within_its_timeout() {
 /// in that producer's order.
 #[test]
 fn a_child_uses_a_queue_whose_parent_has_a_feeder_running() {
+    if !crate::support::alone() {
+        return;
+    }
     const N: u64 = 20_000;
     let q = Queue::<u64>::new().unwrap();
     // Far more than the socket holds: the rest waits in the outbox.
@@ -255,6 +270,9 @@ fn a_child_uses_a_queue_whose_parent_has_a_feeder_running() {
 /// CPython's `test_timeout`: a get with a 200 ms timeout waits that long.
 #[test]
 fn get_timeout_waits_at_least_its_timeout() {
+    if !crate::support::alone() {
+        return;
+    }
     let q = Queue::<u8>::new().unwrap();
     let (r, took) = timed(|| q.get_timeout(SHORT));
     assert_eq!(r.unwrap_err().kind(), ErrorKind::Empty);
@@ -265,6 +283,9 @@ fn get_timeout_waits_at_least_its_timeout() {
 /// `join` returns once all ten are.
 #[test]
 fn join_returns_once_every_item_is_marked_done() {
+    if !crate::support::alone() {
+        return;
+    }
     let q = JoinableQueue::<Option<u32>>::new().unwrap();
     let mut workers: Vec<Process> =
         (0..4).map(|_| start_daemon(Process::new(mark_done_until_none, q.clone()))).collect();
@@ -288,6 +309,9 @@ fn join_returns_once_every_item_is_marked_done() {
 /// enough — and returns as soon as it is.
 #[test]
 fn join_waits_for_task_done_not_for_get() {
+    if !crate::support::alone() {
+        return;
+    }
     let q = JoinableQueue::<u32>::new().unwrap();
     assert!(q.join_timeout(Duration::ZERO), "an unused queue has nothing to wait for");
     q.put(1).unwrap();
@@ -312,6 +336,9 @@ fn join_waits_for_task_done_not_for_get() {
 
 #[test]
 fn task_done_more_times_than_items_is_an_error() {
+    if !crate::support::alone() {
+        return;
+    }
     let q = JoinableQueue::<u32>::new().unwrap();
     let e = q.task_done().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidState, "{e}");
@@ -334,6 +361,9 @@ fn task_done_more_times_than_items_is_an_error() {
 /// A JoinableQueue handed to a pool task: the task's task_done calls count.
 #[test]
 fn joinable_queue_in_pool_tasks() {
+    if !crate::support::alone() {
+        return;
+    }
     fn drain(q: JoinableQueue<u32>, n: u32) -> u32 {
         let mut sum = 0;
         for _ in 0..n {
@@ -358,6 +388,9 @@ fn joinable_queue_in_pool_tasks() {
 /// consumer with its own handle.
 #[test]
 fn a_closed_handle_refuses_put_and_get_but_items_still_arrive() {
+    if !crate::support::alone() {
+        return;
+    }
     let q = Queue::<u64>::new().unwrap();
     put_range(q.clone(), 0, 3);
     let other = Process::new(expect_in_order, (q.clone(), 3));
@@ -412,6 +445,9 @@ impl<'de> Deserialize<'de> for Item {
 /// size and (bounded) its free places are as before.
 #[test]
 fn a_value_that_fails_to_serialize_fails_only_its_put() {
+    if !crate::support::alone() {
+        return;
+    }
     let q = Queue::<Item>::new().unwrap();
     match q.put(Item::Poison) {
         Err(PutError::Failed(Item::Poison, e)) => {
@@ -443,6 +479,9 @@ fn a_value_that_fails_to_serialize_fails_only_its_put() {
 /// the next item is intact.
 #[test]
 fn an_item_that_fails_to_deserialize_fails_only_its_get() {
+    if !crate::support::alone() {
+        return;
+    }
     let q = Queue::<Item>::new().unwrap();
     q.put(Item::Good(13)).unwrap();
     q.put(Item::Good(14)).unwrap();
@@ -459,6 +498,9 @@ fn an_item_that_fails_to_deserialize_fails_only_its_get() {
 /// and the queue's size stays true.
 #[test]
 fn an_item_with_too_many_handles_fails_alone_even_from_the_outbox() {
+    if !crate::support::alone() {
+        return;
+    }
     let many: Vec<Event> = (0..300).map(|_| Event::new().unwrap()).collect();
     let q = Queue::<Vec<Event>>::new().unwrap();
     let r = q.put(many.clone());
@@ -485,6 +527,9 @@ fn an_item_with_too_many_handles_fails_alone_even_from_the_outbox() {
 /// A failing item that carries handles leaves no descriptor behind.
 #[test]
 fn a_failed_put_of_an_item_with_handles_leaks_no_descriptor() {
+    if !crate::support::alone() {
+        return;
+    }
     let q = Queue::<(Queue<u8>, Item)>::new().unwrap();
     let inner = Queue::<u8>::new().unwrap();
     let before = crate::ipc_util::fd_count();
@@ -501,6 +546,9 @@ fn a_failed_put_of_an_item_with_handles_leaks_no_descriptor() {
 /// put afterwards reach the consumers still alive, each exactly once.
 #[test]
 fn a_consumer_killed_while_blocked_in_get_loses_no_item() {
+    if !crate::support::alone() {
+        return;
+    }
     let q = Queue::<u64>::new().unwrap();
     let beacon = Beacon::new();
     let mut doomed = start_daemon(Process::new(get_one_and_report, (q.clone(), beacon.path())));
@@ -537,6 +585,9 @@ fn a_consumer_killed_while_blocked_in_get_loses_no_item() {
 /// consumer left: a bounded queue's places are all still there.
 #[test]
 fn killing_every_consumer_child_leaves_a_bounded_queue_whole() {
+    if !crate::support::alone() {
+        return;
+    }
     let q = Queue::<u64>::bounded(4).unwrap();
     let beacon = Beacon::new();
     let mut consumers: Vec<Process> = (0..3)
@@ -606,6 +657,9 @@ fn check_consumer(items: &[u64], seen: &mut [bool], who: &str) {
 /// each producer's items in the order they were put.
 #[test]
 fn eight_producers_times_100k_items_arrive_exactly_once_in_order() {
+    if !crate::support::alone() {
+        return;
+    }
     let q = Queue::<u64>::new().unwrap();
     let results = Queue::<Vec<u64>>::new().unwrap();
     let started = Instant::now();
@@ -667,6 +721,9 @@ fn eight_producers_times_100k_items_arrive_exactly_once_in_order() {
 /// again. They must still arrive in the order they were put.
 #[test]
 fn one_producers_order_survives_the_outbox_filling_and_draining() {
+    if !crate::support::alone() {
+        return;
+    }
     const N: u64 = 300_000;
     let q = Queue::<u64>::new().unwrap();
     let mut consumer = start_daemon(Process::new(expect_in_order, (q.clone(), N)));
@@ -687,6 +744,9 @@ fn one_producers_order_survives_the_outbox_filling_and_draining() {
 /// directly ahead of the item the feeder still holds.
 #[test]
 fn an_item_put_while_the_feeder_is_blocked_does_not_overtake_its_item() {
+    if !crate::support::alone() {
+        return;
+    }
     let q = Queue::<u64>::new().unwrap();
     let before = thread_ids();
     // The put that finds the socket full starts the feeder before it
@@ -721,6 +781,9 @@ fn an_item_put_while_the_feeder_is_blocked_does_not_overtake_its_item() {
 /// exit waits for its outbox.
 #[test]
 fn a_child_that_returns_right_after_putting_delivers_everything() {
+    if !crate::support::alone() {
+        return;
+    }
     const N: u64 = 50_000;
     let q = Queue::<u64>::new().unwrap();
     let mut p = start_daemon(Process::new(put_range, (q.clone(), 0, N)));
@@ -753,6 +816,9 @@ fn blob(len: usize, seed: u8) -> Vec<u8> {
 /// no shared-memory file once it has taken them.
 #[test]
 fn large_items_round_trip_through_a_child_intact() {
+    if !crate::support::alone() {
+        return;
+    }
     let sizes: Vec<usize> =
         [0usize, 1, 32 * 1024 - 16, 32 * 1024, 32 * 1024 + 16, 1 << 20, 16 << 20]
             .into_iter()
@@ -782,6 +848,9 @@ fn forward_through_inner(q: Queue<(Queue<u32>, Event, Vec<u8>)>) {
 /// Handles travel inside items, in small and in large (shared-memory) ones.
 #[test]
 fn handles_travel_inside_items() {
+    if !crate::support::alone() {
+        return;
+    }
     let q = Queue::<(Queue<u32>, Event, Vec<u8>)>::new().unwrap();
     for len in [10usize, 4 << 20] {
         let (inner, done) = (Queue::<u32>::new().unwrap(), Event::new().unwrap());
@@ -808,6 +877,9 @@ fn pool_make_queue(x: u64) -> Queue<u64> {
 /// back to the parent as its result, item included.
 #[test]
 fn queues_travel_to_pool_tasks_and_back() {
+    if !crate::support::alone() {
+        return;
+    }
     let pool = Pool::new(2).unwrap();
     let q = Queue::<u64>::new().unwrap();
     pool.apply(pool_put, (q.clone(), 0)).unwrap();
@@ -829,6 +901,9 @@ fn queues_travel_to_pool_tasks_and_back() {
 /// A consumer blocked in `get` in another process is woken by a put here.
 #[test]
 fn a_blocked_get_in_a_child_wakes_on_put() {
+    if !crate::support::alone() {
+        return;
+    }
     let q = Queue::<u64>::new().unwrap();
     let beacon = Beacon::new();
     let mut p = start_daemon(Process::new(get_one_and_report, (q.clone(), beacon.path())));
@@ -845,6 +920,9 @@ fn a_blocked_get_in_a_child_wakes_on_put() {
 
 #[test]
 fn try_iter_takes_what_is_there_and_iter_timeout_waits_for_a_child_until_quiet() {
+    if !crate::support::alone() {
+        return;
+    }
     bounded(STARTUP * 2, "queue iterators", || {
         let q = Queue::<u64>::new().unwrap();
         for i in 0..5 {
@@ -869,6 +947,9 @@ fn try_iter_takes_what_is_there_and_iter_timeout_waits_for_a_child_until_quiet()
 
 #[test]
 fn iter_ends_once_the_handle_is_closed() {
+    if !crate::support::alone() {
+        return;
+    }
     bounded(PROMPT * 3, "queue iter and close", || {
         let q = Queue::<u32>::new().unwrap();
         for i in 0..10 {

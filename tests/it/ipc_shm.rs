@@ -55,6 +55,9 @@ fn write_values((i, d, h, q, c): Values) {
 /// CPython's `test_value` and `test_rawvalue`.
 #[test]
 fn values_a_child_writes_are_seen_by_the_parent() {
+    if !crate::support::alone() {
+        return;
+    }
     for raw in [false, true] {
         let v = make_values(raw);
         assert_eq!(
@@ -74,6 +77,9 @@ fn values_a_child_writes_are_seen_by_the_parent() {
 /// raw value's `lock()` is an error, not a silent unlocked access.
 #[test]
 fn value_lock_and_get_lock() {
+    if !crate::support::alone() {
+        return;
+    }
     let v = Value::new(5i32).unwrap();
     assert!(v.get_lock().is_some());
     {
@@ -114,6 +120,9 @@ fn add_under_value_lock(v: Value<u64>, n: u32) {
 /// Read-modify-writes under a value's lock from 4 processes add up.
 #[test]
 fn increments_under_a_values_lock_add_up_across_processes() {
+    if !crate::support::alone() {
+        return;
+    }
     let v = Value::new(0u64).unwrap();
     let mut ps: Vec<Process> = (0..4)
         .map(|_| start_daemon(Process::new(add_under_value_lock, (v.clone(), 2000))))
@@ -136,6 +145,9 @@ fn hold_value_lock_until_killed(v: Value<u32>, beacon: String) {
 /// value's lock tells the first acquirer that the owner died.
 #[test]
 fn a_value_locked_by_a_killed_process_is_usable() {
+    if !crate::support::alone() {
+        return;
+    }
     let v = Value::new(0u32).unwrap();
     let beacon = Beacon::new();
     let mut p =
@@ -157,6 +169,9 @@ fn a_value_locked_by_a_killed_process_is_usable() {
 /// Plain types beyond CPython's codes: u128, f32, usize and arrays.
 #[test]
 fn values_of_every_plain_type_round_trip() {
+    if !crate::support::alone() {
+        return;
+    }
     type Plains = (Value<u128>, Value<f32>, Value<[u8; 16]>, Value<[i64; 3]>);
     fn write((a, b, c, d): Plains) {
         a.set(u128::MAX - 7);
@@ -198,6 +213,9 @@ fn prefix_sums_raw(arr: Array<i32>) {
 /// CPython's `test_array` and `test_rawarray`.
 #[test]
 fn arrays_a_child_writes_are_seen_by_the_parent() {
+    if !crate::support::alone() {
+        return;
+    }
     for raw in [false, true] {
         let mut seq = vec![680, 626, 934, 821, 150, 233, 548, 982, 714, 831];
         let arr = if raw { Array::from_slice_raw(&seq) } else { Array::from_slice(&seq) }.unwrap();
@@ -230,6 +248,9 @@ fn array_len(a: Array<u64>) -> usize {
 /// CPython's `test_array_from_size`, an empty array, and indices out of range.
 #[test]
 fn arrays_from_a_size_empty_arrays_and_bad_indices() {
+    if !crate::support::alone() {
+        return;
+    }
     let zeros = Array::from_slice(&[0u64; 10]).unwrap();
     assert_eq!(zeros.to_vec(), vec![0; 10]);
     assert_eq!(zeros.get(10).unwrap_err().kind(), ErrorKind::InvalidArgument);
@@ -267,6 +288,9 @@ fn bump_slot((a, slot, n): (Array<u64>, usize, u32)) {
 /// updates under the array's lock from several processes add up.
 #[test]
 fn arrays_travel_to_pool_tasks_and_processes() {
+    if !crate::support::alone() {
+        return;
+    }
     let a = Array::from_slice(&[0u32; 4]).unwrap();
     assert_eq!(Pool::new(1).unwrap().apply(fill_in_pool, a.clone()).unwrap(), 4);
     assert_eq!(a.to_vec(), vec![0, 2, 4, 6]);
@@ -385,6 +409,9 @@ fn exercise(during: impl Fn()) {
 /// while they are in use, not after.
 #[test]
 fn nothing_appears_in_dev_shm() {
+    if !crate::support::alone() {
+        return;
+    }
     let before = dev_shm();
     let check = |when: &str| {
         let now = dev_shm();
@@ -399,6 +426,9 @@ fn nothing_appears_in_dev_shm() {
 /// no mapping of one and no other descriptor it did not hold before.
 #[test]
 fn shared_memory_and_descriptors_are_released_with_the_handles() {
+    if !crate::support::alone() {
+        return;
+    }
     // A first round starts whatever lives as long as the process (the
     // spawner thread and the like).
     exercise(|| {});

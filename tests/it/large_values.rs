@@ -38,6 +38,9 @@ fn doubled(v: Vec<u8>) -> Vec<u8> {
 
 #[test]
 fn large_task_arguments_and_results_arrive_whole_and_leave_nothing() {
+    if !crate::support::alone() {
+        return;
+    }
     let shm = dev_shm();
     let pool = Pool::new(1).unwrap();
     // A first call starts what lives as long as the pool.
@@ -68,6 +71,9 @@ fn send_large(tx: Connection<Bytes>) {
 
 #[test]
 fn a_sender_killed_after_sending_large_messages_leaves_them_whole() {
+    if !crate::support::alone() {
+        return;
+    }
     let (rx, tx) = pipe::<Bytes>(false).unwrap();
     let mut p = start_daemon(Process::new(send_large, tx));
     let before = held();
@@ -110,6 +116,9 @@ fn never_reads(rx: Connection<Bytes>) {
 
 #[test]
 fn a_receiver_killed_with_large_messages_in_flight_leaks_nothing() {
+    if !crate::support::alone() {
+        return;
+    }
     let (rx, tx) = pipe::<Bytes>(false).unwrap();
     let mut p = start_daemon(Process::new(never_reads, rx));
     let before = held();
@@ -133,6 +142,9 @@ fn put_large(q: Queue<Bytes>) {
 
 #[test]
 fn a_large_queue_item_is_mapped_and_released() {
+    if !crate::support::alone() {
+        return;
+    }
     let q = Queue::<Bytes>::new().unwrap();
     let before = held();
     let mut p = start_daemon(Process::new(put_large, q.clone()));

@@ -319,3 +319,42 @@ pub(crate) fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> boo
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+// --- a process of the test's own -------------------------------------------
+
+/// Whether the calling test should run its body here.
+///
+/// Under nextest every test has a process of its own. Under `cargo test` the
+/// tests share one, so a test that reads process-wide state (its open
+/// descriptors, mappings, threads, environment or working directory) would
+/// see its neighbours'. Such a test calls this first: under `cargo test` it
+/// runs the same test again in a child process, alone, asserts that it passed
+/// and returns `false`; in the child, or under nextest, it returns `true`.
+#[track_caller]
+pub(crate) fn alone() -> bool {
+    const MARK: &str = "MULTIPROC_TEST_ALONE";
+    let own_process = std::env::var_os("NEXTEST_EXECUTION_MODE")
+        .is_some_and(|m| m == "process-per-test")
+        || std::env::var_os(MARK).is_some();
+    if own_process {
+        return true;
+    }
+    let name = std::thread::current()
+        .name()
+        .expect("alone() is called on the test's own thread (libtest names it after the test)")
+        .to_string();
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = std::process::Command::new(exe)
+        .args([name.as_str(), "--exact", "--test-threads=1"])
+        .env(MARK, "1")
+        .output()
+        .expect("run the test in a process of its own");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{name}, run alone, failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    false
+}

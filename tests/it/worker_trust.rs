@@ -52,12 +52,18 @@ fn describe(out: &Output) -> String {
 
 #[test]
 fn stray_role_in_an_ordinary_environment_is_ignored_with_a_warning() {
+    if !crate::support::alone() {
+        return;
+    }
     let out = run_listing(Stdio::null());
     assert!(ran_main(&out), "expected main to run with a warning: {}", describe(&out));
 }
 
 #[test]
 fn a_socket_made_by_a_process_that_is_not_the_parent_does_not_divert() {
+    if !crate::support::alone() {
+        return;
+    }
     // The socket pair is made here, but the program's parent is a shell: the
     // kernel's record of the socket's maker names another live process.
     let (ours, theirs) = UnixStream::pair().unwrap();
@@ -82,6 +88,9 @@ fn a_socket_made_by_a_process_that_is_not_the_parent_does_not_divert() {
 /// gets an empty refusal (nothing to learn from) and the worker exits 121.
 #[test]
 fn a_worker_refusing_a_wrong_fingerprint_reveals_nothing() {
+    if !crate::support::alone() {
+        return;
+    }
     let (mut ours, theirs) = UnixStream::pair().unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
@@ -112,6 +121,9 @@ fn a_worker_refusing_a_wrong_fingerprint_reveals_nothing() {
 /// run its `main`, not serve the user's frames. Needs root to make the copy.
 #[test]
 fn a_setuid_program_never_becomes_a_worker() {
+    if !crate::support::alone() {
+        return;
+    }
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 || Command::new("python3").arg("-V").output().is_err() {
         eprintln!("skipped: needs root (to make a setuid copy) and python3");
@@ -184,6 +196,9 @@ fn leaky_file(dir: &TempDir) -> (std::fs::File, String) {
 
 #[test]
 fn workers_do_not_inherit_descriptors_the_parent_leaked() {
+    if !crate::support::alone() {
+        return;
+    }
     let dir = TempDir::new();
     let (_leak, path) = leaky_file(&dir);
     let pool = Pool::new(1).unwrap();
@@ -202,6 +217,9 @@ fn exit_unless_only_standard_streams_and_channel(_: ()) {
 
 #[test]
 fn processes_do_not_inherit_descriptors_the_parent_leaked() {
+    if !crate::support::alone() {
+        return;
+    }
     let dir = TempDir::new();
     let (_leak, _path) = leaky_file(&dir);
     let mut p = Process::new(exit_unless_only_standard_streams_and_channel, ());
@@ -228,6 +246,9 @@ fn write_to_a_closed_pipe(_: ()) -> String {
 
 #[test]
 fn sigpipe_is_ignored_in_workers_as_in_main() {
+    if !crate::support::alone() {
+        return;
+    }
     let pool = Pool::new(1).unwrap();
     let r = pool.apply(write_to_a_closed_pipe, ());
     assert_eq!(r.unwrap(), "BrokenPipe");
@@ -241,6 +262,9 @@ fn write_to_a_closed_pipe_in_process(_: ()) {
 
 #[test]
 fn sigpipe_does_not_kill_a_process() {
+    if !crate::support::alone() {
+        return;
+    }
     let mut p = Process::new(write_to_a_closed_pipe_in_process, ());
     p.start().unwrap();
     assert!(p.join_timeout(BOUND).unwrap());
