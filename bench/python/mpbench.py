@@ -6,7 +6,7 @@ usage: mpbench.py CONTENDER WORKLOAD PARAMS_JSON
 CONTENDER  mp       multiprocessing.Pool (fork start method)
            ppe      concurrent.futures.ProcessPoolExecutor (fork context)
            threads  multiprocessing.pool.ThreadPool (for T1 and T3)
-WORKLOAD   W1..W10, T1, T3, or PEAK (the parent's peak RSS during W2's map)
+WORKLOAD   W1..W10, T1, T3, Q1, P1, or PEAK (the parent's peak RSS during W2's map)
 PARAMS     the counts for this run, as JSON, from the Rust harness
 
 Prints one JSON object on stdout:
@@ -339,6 +339,53 @@ def w9(c, p):
     return [fig("W9", secs / n * 1e6, note=note), fig("W9.survived", 1.0 if survived else 0.0)]
 
 
+def _produce(q, n):
+    for i in range(n):
+        q.put(i)
+
+
+def _send_mib(conn, n):
+    buf = bytes(1 << 20)
+    for _ in range(n):
+        conn.send_bytes(buf)
+
+
+def q1(_c, p):
+    n = p["q1_items"]
+    q = CTX.Queue()
+    proc = CTX.Process(target=_produce, args=(q, n))
+    proc.start()
+    expect = q.get() + 1
+    t = now()
+    for _ in range(1, n):
+        v = q.get()
+        assert v == expect, (v, expect)
+        expect += 1
+    secs = now() - t
+    proc.join()
+    note = f"{n} int items, order checked, clock from the first item"
+    return [fig("Q1", (n - 1) / secs, note=note)]
+
+
+def p1(_c, p):
+    n = p["p1_msgs"]
+    rx, tx = CTX.Pipe(duplex=False)
+    proc = CTX.Process(target=_send_mib, args=(tx, n))
+    proc.start()
+    tx.close()
+    rx.recv_bytes()
+    t = now()
+    total = 0
+    for _ in range(1, n):
+        m = rx.recv_bytes()
+        assert len(m) == 1 << 20, len(m)
+        total += len(m)
+    secs = now() - t
+    proc.join()
+    note = f"{n} x 1 MiB send_bytes/recv_bytes, clock from the first"
+    return [fig("P1", total / secs / 1e9, note=note)]
+
+
 def wait_for_pid_file(path, timeout=10.0):
     end = now() + timeout
     while now() < end:
@@ -419,6 +466,8 @@ def main():
         "W8": lambda: w8(contender, params),
         "W9": lambda: w9(contender, params),
         "W10": lambda: w10(contender, params),
+        "Q1": lambda: q1(contender, params),
+        "P1": lambda: p1(contender, params),
     }
     if workload not in table:
         raise SystemExit(f"unknown workload {workload}")

@@ -18,10 +18,14 @@ pub enum Workload {
     W10,
     T1,
     T3,
+    /// Queue throughput, small items, one producer process to one consumer.
+    Q1,
+    /// Pipe bandwidth, 1 MiB messages, one sending process to one receiver.
+    P1,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 12] = [
+    pub const ALL: [Workload; 14] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
@@ -34,6 +38,8 @@ impl Workload {
         Workload::W10,
         Workload::T1,
         Workload::T3,
+        Workload::Q1,
+        Workload::P1,
     ];
 
     pub fn parse(s: &str) -> Option<Workload> {
@@ -43,6 +49,11 @@ impl Workload {
     /// T1 and T3 run on thread pools; the rest on process pools.
     pub fn on_threads(self) -> bool {
         matches!(self, Workload::T1 | Workload::T3)
+    }
+
+    /// Q1 and P1 measure the process-shared channels, not a pool.
+    pub fn on_channels(self) -> bool {
+        matches!(self, Workload::Q1 | Workload::P1)
     }
 
     /// One line on what the workload does, for the table's legend.
@@ -64,6 +75,8 @@ impl Workload {
             }
             Workload::T1 => "W1 on a thread pool of 2",
             Workload::T3 => "W3 on a thread pool of 2",
+            Workload::Q1 => "Queue: 1 producer process puts small ints, the parent gets them",
+            Workload::P1 => "Pipe: 1 sending process, 1 MiB messages as bytes to the parent",
         }
     }
 }
@@ -106,6 +119,13 @@ impl Contender {
 
     /// Full name of what ran for `w` (thread workloads use the thread pools).
     pub fn name(self, w: Workload) -> &'static str {
+        match (self, w) {
+            (Contender::Multiproc, Workload::Q1) => return "multiproc.Queue",
+            (Contender::Multiproc, Workload::P1) => return "multiproc.Pipe",
+            (Contender::PyPool, Workload::Q1) => return "python.multiprocessing.Queue",
+            (Contender::PyPool, Workload::P1) => return "python.multiprocessing.Pipe",
+            _ => {}
+        }
         match (self, w.on_threads()) {
             (Contender::Multiproc, false) => "multiproc.Pool",
             (Contender::Multiproc, true) => "multiproc.ThreadPool",
@@ -124,7 +144,7 @@ impl Contender {
         match self {
             Contender::Multiproc => false,
             Contender::PyPool => true,
-            Contender::PyExecutor | Contender::Procspawn => !w.on_threads(),
+            Contender::PyExecutor | Contender::Procspawn => !w.on_threads() && !w.on_channels(),
             Contender::Rayon => w.on_threads(),
         }
     }
@@ -224,6 +244,8 @@ pub const FIGURES: &[FigureDef] = &[
     def("T1", W::T1, "apply round trip, median", "us", Lower),
     def("T1.p99", W::T1, "apply round trip, p99", "us", Lower),
     def("T3", W::T3, "apply_async throughput", "tasks/s", Higher),
+    def("Q1", W::Q1, "Queue, small items, 1 -> 1 process", "items/s", Higher),
+    def("P1", W::P1, "Pipe, 1 MiB messages, 1 -> 1 process", "GB/s", Higher),
 ];
 
 pub fn figure(id: &str) -> Option<&'static FigureDef> {

@@ -13,6 +13,7 @@
 //! least 5 repetitions) also copies the chart to `docs/bench/ratios.svg`; a
 //! `--quick` or subset run never replaces the committed chart.
 
+mod channels;
 mod figures;
 mod params;
 mod peak;
@@ -37,7 +38,7 @@ use runners::python;
 const USAGE: &str = "usage: multiproc-bench [--quick] [--reps N] [WORKLOAD ...]
   --quick    fewer repetitions and smaller counts (under 3 minutes on 2 cores)
   --reps N   repetitions of every workload (default: 5 full, 2 quick)
-  WORKLOAD   W1 W2 W3 W4 W5 W6 W7 W8 W9 W10 T1 T3 (default: all)
+  WORKLOAD   W1 W2 W3 W4 W5 W6 W7 W8 W9 W10 T1 T3 Q1 P1 (default: all)
   PYTHON=... the interpreter for the Python contenders (default: python3)
 Writes target/bench/results.json and target/bench/ratios.svg. Only a full run
 (every workload, no --quick, at least 5 repetitions) also replaces the
@@ -266,7 +267,7 @@ mod tests {
         assert!(few.contains("4 repetitions, fewer than 5"), "{few}");
         let subset = may_publish(false, 5, &[Workload::W1, Workload::W3]).unwrap_err();
         assert!(subset.starts_with("only a full run"), "{subset}");
-        assert!(subset.ends_with("without W2 W4 W5 W6 W7 W8 W9 W10 T1 T3"), "{subset}");
+        assert!(subset.ends_with("without W2 W4 W5 W6 W7 W8 W9 W10 T1 T3 Q1 P1"), "{subset}");
         let one_short = &all()[1..];
         assert!(may_publish(false, 5, one_short).unwrap_err().contains("without W1"));
         assert!(may_publish(false, 5, &[]).is_err());

@@ -35,6 +35,10 @@ pub struct Params {
     pub w10_timeout_s: f64,
     pub t1_calls: usize,
     pub t3_tasks: u64,
+    /// Small items through a queue (Q1).
+    pub q1_items: u64,
+    /// 1 MiB messages through a pipe (P1).
+    pub p1_msgs: usize,
     /// Scratch directory for W10's pid files.
     pub tmpdir: String,
 }
@@ -61,6 +65,8 @@ impl Params {
             w10_timeout_s: 3.0,
             t1_calls: 2000,
             t3_tasks: 100_000,
+            q1_items: 1_000_000,
+            p1_msgs: 2_000,
             tmpdir,
         }
     }
@@ -83,6 +89,8 @@ impl Params {
             w10_timeout_s: 1.5,
             t1_calls: 500,
             t3_tasks: 20_000,
+            q1_items: 200_000,
+            p1_msgs: 500,
             ..Params::full(tmpdir)
         }
     }
@@ -93,7 +101,7 @@ impl Params {
             "{} repetitions; W1 {} calls; W2 {} items, chunksizes {:?} (PPE default: {} items); \
              W3 {} tasks (procspawn in waves of {}); W4 {} pools per rep; W6 {} tasks of ~{} s; \
              W7 {} tasks; W8 {} x {} MiB; W9 {} tasks (procspawn {}); W10 bound {} s; \
-             T1 {} calls; T3 {} tasks",
+             T1 {} calls; T3 {} tasks; Q1 {} items; P1 {} x 1 MiB",
             self.reps,
             self.w1_calls,
             self.w2_items,
@@ -112,6 +120,8 @@ impl Params {
             self.w10_timeout_s,
             self.t1_calls,
             self.t3_tasks,
+            self.q1_items,
+            self.p1_msgs,
         )
     }
 }

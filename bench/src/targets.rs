@@ -46,6 +46,8 @@ pub const TARGETS: &[Target] = &[
     t("W10", "<=10 ms (py Pool hangs)", Some(10.0), &[]),
     t("T1", "<=3 us; on par with rayon (>=0.8x)", Some(3.0), &[(Rayon, "T1", 0.8)]),
     t("T3", ">=4M/s; on par with rayon (>=0.8x)", Some(4e6), &[(Rayon, "T3", 0.8)]),
+    t("Q1", ">=3M/s; >=50x py Queue", Some(3e6), &[(PyPool, "Q1", 50.0)]),
+    t("P1", ">=4 GB/s; >=4x py Pipe", Some(4.0), &[(PyPool, "P1", 4.0)]),
 ];
 
 pub fn target(id: &str) -> Option<&'static Target> {

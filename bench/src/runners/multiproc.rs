@@ -67,6 +67,8 @@ impl Runner for Multiproc {
             Workload::W10 => w10(p),
             Workload::T1 => t1(p),
             Workload::T3 => t3(p),
+            Workload::Q1 => crate::channels::q1(p),
+            Workload::P1 => crate::channels::p1(p),
         }
     }
 }

@@ -83,6 +83,9 @@ impl Runner for Procspawn {
         if w.on_threads() {
             return Err("a process-pool library");
         }
+        if w.on_channels() {
+            return Err("no queue or pipe of its own");
+        }
         Ok(())
     }
 
@@ -98,7 +101,9 @@ impl Runner for Procspawn {
             Workload::W8 => w8(p),
             Workload::W9 => w9(p),
             Workload::W10 => w10(p),
-            Workload::T1 | Workload::T3 => Err("not applicable".into()),
+            Workload::T1 | Workload::T3 | Workload::Q1 | Workload::P1 => {
+                Err("not applicable".into())
+            }
         }
     }
 }

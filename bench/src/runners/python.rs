@@ -94,6 +94,9 @@ impl Runner for Python {
         if self.contender == Contender::PyExecutor && w.on_threads() {
             return Err("thread workloads use multiprocessing.pool.ThreadPool");
         }
+        if self.contender == Contender::PyExecutor && w.on_channels() {
+            return Err("multiprocessing's Queue and Pipe are in the py Pool column");
+        }
         Ok(())
     }
 
