@@ -67,7 +67,8 @@ struct Inner {
     signal: Option<i32>,
     exit_code: Option<i32>,
     panic: Option<(String, Option<String>)>,
-    io: Option<std::io::Error>,
+    /// Shared, so an error re-labelled with a pid keeps its source.
+    io: Option<Arc<std::io::Error>>,
 }
 
 /// The error of every fallible multiproc operation.
@@ -101,7 +102,7 @@ impl Error {
 
     pub(crate) fn io(context: impl fmt::Display, err: std::io::Error) -> Error {
         let mut inner = Self::build(ErrorKind::Io, format!("{context}: {err}"));
-        inner.io = Some(err);
+        inner.io = Some(Arc::new(err));
         Error(Arc::new(inner))
     }
 
@@ -155,6 +156,7 @@ impl Error {
         inner.signal = self.0.signal;
         inner.exit_code = self.0.exit_code;
         inner.panic = self.0.panic.clone();
+        inner.io = self.0.io.clone();
         Error(Arc::new(inner))
     }
 
@@ -236,20 +238,74 @@ impl fmt::Display for Error {
     }
 }
 
+/// The kind, the message, and whichever of pid, signal, exit code and
+/// operating-system error the failure has: what a `{:?}` in a log or an
+/// `unwrap` should show.
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Error {{ kind: {:?}, message: {:?} }}", self.0.kind, self.0.message)
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.0.kind).field("message", &self.0.message);
+        if let Some(pid) = self.0.pid {
+            d.field("pid", &pid);
+        }
+        if let Some(sig) = self.0.signal {
+            d.field("signal", &format_args!("{sig} ({})", crate::sys::signal_name(sig)));
+        }
+        if let Some(code) = self.0.exit_code {
+            d.field("exit_code", &code);
+        }
+        if let Some(io) = &self.0.io {
+            d.field("io", &format_args!("{:?}", io.kind()));
+        }
+        d.finish()
     }
 }
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.io.as_ref().map(|e| e as _)
+        self.0.io.as_deref().map(|e| e as _)
     }
 }
 
+/// Keeps the operating system's error kind when there is one (`NotFound`,
+/// `PermissionDenied`, …), so `?` into an `io::Result` loses nothing.
 impl From<Error> for std::io::Error {
     fn from(e: Error) -> Self {
-        std::io::Error::other(e)
+        let kind = e.0.io.as_ref().map_or(std::io::ErrorKind::Other, |io| io.kind());
+        std::io::Error::new(kind, e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn debug_shows_the_pid_signal_and_exit_code_a_log_needs() {
+        let killed = Error::worker_died(4242, Some(9), None, "while running a task");
+        let shown = format!("{killed:?}");
+        assert!(shown.contains("pid: 4242"), "{shown}");
+        assert!(shown.contains("signal: 9 (SIGKILL)"), "{shown}");
+        assert!(!shown.contains("exit_code"), "{shown}");
+        let exited = Error::worker_died(7, None, Some(3), "while running a task");
+        assert!(format!("{exited:?}").contains("exit_code: 3"), "{exited:?}");
+    }
+
+    #[test]
+    fn a_pid_added_later_keeps_the_os_error_as_source_and_kind() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let e = Error::io("could not open the socket", denied).with_pid(12);
+        assert_eq!(e.pid(), Some(12));
+        let source = e.source().expect("the io error is kept as the source");
+        assert_eq!(
+            source.downcast_ref::<std::io::Error>().map(std::io::Error::kind),
+            Some(std::io::ErrorKind::PermissionDenied)
+        );
+        assert!(format!("{e:?}").contains("io: PermissionDenied"), "{e:?}");
+        let back: std::io::Error = e.into();
+        assert_eq!(back.kind(), std::io::ErrorKind::PermissionDenied);
+        let other: std::io::Error = Error::timeout("late").into();
+        assert_eq!(other.kind(), std::io::ErrorKind::Other);
     }
 }

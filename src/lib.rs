@@ -1,5 +1,7 @@
 //! Process pools, thread pools and processes for Rust: what Python's
-//! `multiprocessing` gives Python programs, faster and impossible to hang.
+//! `multiprocessing` and `concurrent.futures` give Python programs, faster,
+//! impossible to hang, and honest about failure. Linux only for now
+//! (x86_64, aarch64); the plan for other systems is in `docs/portability.md`.
 //!
 //! ```
 //! use multiproc::Pool;
@@ -11,17 +13,70 @@
 //! # Ok::<(), multiproc::Error>(())
 //! ```
 //!
-//! Worker processes are this same executable, re-executed and diverted
-//! before `main` runs: there is no setup line to write, and it works the same
-//! in binaries, examples, tests, benches and doctests. A task is a `fn` item or
-//! a closure that captures nothing, with serde arguments and result; a worker
-//! proves it is the same build as its parent before it runs any.
+//! # The model
 //!
-//! Nothing here blocks forever because a worker died: a crash fails only the
-//! task the worker was running, with an error naming the pid and the signal or
-//! exit code, and the pool starts a replacement.
+//! **A worker is this same program.** A [`Pool`]'s workers and a
+//! [`Process`] are processes running the executable the parent runs,
+//! diverted before `main` into serving tasks: there is no setup line to
+//! write, and it works the same in binaries, examples, tests, benches and
+//! doctests. A worker proves it is the same build as its parent before it
+//! runs anything, and it dies with its parent, even when the parent is
+//! killed with SIGKILL.
 //!
-//! Linux only for now.
+//! **A task is a function and its values.** A process task is a `fn` item or
+//! a closure that captures nothing (a capturing closure is a compile error),
+//! with arguments and a result that implement serde's `Serialize` and
+//! `Deserialize`; several arguments are a tuple. State a worker needs goes in
+//! as an argument, or once per worker through the pool's `initializer`.
+//! Thread pools ([`ThreadPool`], [`ThreadPoolExecutor`]) take any
+//! `Send + 'static` closure, `FnOnce` included.
+//!
+//! **Failures are values.** Every fallible call returns
+//! [`Result`]`<T, `[`Error`]`>`, and [`Error::kind`] says what happened:
+//! a panicking task is [`ErrorKind::TaskPanicked`] with its message and
+//! location, and its worker goes on; a worker that is killed, crashes or
+//! exits is [`ErrorKind::WorkerDied`] with its pid and signal or exit code,
+//! fails only the task it was running, and is replaced; a time bound that
+//! passed is [`ErrorKind::Timeout`]; a value that does not (de)serialize is
+//! [`ErrorKind::Serialize`] or [`ErrorKind::Deserialize`] and fails only its
+//! own task. No failure of one task breaks the pool.
+//!
+//! # What changes inside a worker
+//!
+//! - **Statics start fresh.** A worker starts from the program's initial
+//!   state, not from the parent's: a global the parent changed at run time,
+//!   a `OnceLock` it filled, a thread it started, none of them is in the
+//!   worker. Pass what a task needs, or set it up in the initializer.
+//! - **Signals** keep their default dispositions, except SIGPIPE, which is
+//!   ignored as the Rust runtime ignores it before `main` (a write to a
+//!   closed pipe is an error, not a death). A Ctrl-C in a terminal reaches
+//!   the whole process group, workers included.
+//! - **`panic = "abort"`** in the profile turns a panicking task into a
+//!   worker that aborts: the task fails with [`ErrorKind::WorkerDied`]
+//!   (SIGABRT) instead of [`ErrorKind::TaskPanicked`], and the worker is
+//!   replaced. With the default `panic = "unwind"` the worker survives.
+//! - **Standard output and error** are the parent's, so a task's
+//!   `println!` shows where the parent's would; a pool worker's standard
+//!   input is `/dev/null`.
+//!
+//! # Where callbacks run
+//!
+//! Result callbacks (`AsyncResult::callback`, `error_callback`,
+//! `Future::add_done_callback`) run in the parent, on callback threads of
+//! the library's own: never on the thread that talks to a worker, and never
+//! with a lock of the pool held. They run in the order the results
+//! arrived; a callback that blocks delays the next one by at most 10 ms,
+//! and a callback may submit to the same pool and wait.
+//!
+//! # Passing handles
+//!
+//! [`Queue`], [`JoinableQueue`], [`Connection`], [`Lock`], [`RLock`],
+//! [`Semaphore`], [`Event`], [`Condition`], [`Barrier`], [`Value`],
+//! [`Array`] and any descriptor wrapped in [`Fd`] are values: pass them as a task's or a
+//! process's arguments, or through a queue, and the other process gets the
+//! same object (its descriptors travel with the message). A process that
+//! dies holding a [`Lock`] does not deadlock the others: the next acquirer
+//! gets it and is told.
 //!
 //! # Large binary data
 //!
