@@ -114,17 +114,9 @@ impl<'de> SeqDecoder<'de> {
 
     /// Decodes the next value. After an error (or a panic) the position is
     /// unknown: the decoder must not be used again.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn next<T: de::Deserialize<'de>>(&mut self) -> Result<T, String> {
-        // Each value gets the element budget a lone `decode` of the rest
-        // would; the depth is back at 0 after every value.
-        self.state.elements_left.set(self.rest.len().saturating_add(MAX_EMPTY_ELEMENTS));
-        let mut inner = postcard::Deserializer::from_bytes(self.rest);
-        let value =
-            T::deserialize(Limited { inner: &mut inner, state: &self.state }).map_err(|e| *e.0)?;
-        // A slice deserializer's remainder is always there.
-        self.rest = inner.finalize().unwrap_or_default();
-        Ok(value)
+        T::deserialize(TopDe { rest: &mut self.rest, state: &self.state }).map_err(|e| *e.0)
     }
 }
 
@@ -142,7 +134,7 @@ impl Encoder {
     /// Appends the encoding of `value` to `out`. On an error `out` is as it
     /// was; on a panic in the value's `Serialize` it holds part of the value
     /// and the caller must truncate it.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn append<T: Serialize + ?Sized>(
         &self,
         value: &T,
@@ -150,7 +142,7 @@ impl Encoder {
     ) -> Result<(), String> {
         let start = out.len();
         let mut inner = postcard::Serializer { output: VecRef(&mut *out) };
-        match value.serialize(Checked { inner: &mut inner, state: &self.state }) {
+        match value.serialize(TopSer { inner: &mut inner, state: &self.state }) {
             Ok(()) => Ok(()),
             Err(e) => {
                 out.truncate(start);
@@ -797,6 +789,374 @@ compound!(SerializeMap { serialize_key(); serialize_value(); });
 compound!(SerializeStruct { serialize_field(key: &'static str); });
 compound!(SerializeStructVariant { serialize_field(key: &'static str); });
 
+// --- top-level leaves -----------------------------------------------------
+//
+// A chunk of `map` items is mostly top-level numbers. Through postcard and
+// the adapters above, one `u64` costs about 70 instructions to encode (a
+// varint into a stack buffer, then a copy into the output) and as many to
+// decode (a fresh deserializer, a pop per byte through a `Result`, the
+// visitor's wrapper). The top level gets its own serializer and
+// deserializer: numbers and booleans are written and read here, byte for
+// byte as postcard does (the tests hold both to postcard's bytes), and every
+// other method is the adapters' above, unchanged. A decode that meets
+// anything unusual (an overlong varint, a byte that is no bool, the end of
+// the input) leaves it to postcard, so its errors are postcard's own.
+
+type PostcardSer<'v> = postcard::Serializer<VecRef<'v>>;
+
+/// The serializer of a top-level value: leaves straight into the buffer.
+struct TopSer<'s, 'o, 'v> {
+    inner: &'o mut PostcardSer<'v>,
+    state: &'s State,
+}
+
+impl<'s, 'o, 'v> TopSer<'s, 'o, 'v> {
+    #[inline]
+    fn checked(self) -> Checked<'s, &'o mut PostcardSer<'v>> {
+        Checked { inner: self.inner, state: self.state }
+    }
+
+    #[inline(always)]
+    fn varint(self, v: u64) -> Result<(), Message> {
+        put_varint(self.inner.output.0, v);
+        Ok(())
+    }
+
+    #[inline]
+    fn raw(self, bytes: &[u8]) -> Result<(), Message> {
+        self.inner.output.0.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// Appends `v` as a LEB128 varint, as postcard writes every unsigned
+/// integer wider than a byte.
+#[inline(always)]
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    out.reserve(10);
+    let len = out.len();
+    let mut n = 0;
+    // SAFETY: `reserve(10)` left room for at least 10 bytes after `len`,
+    // and a u64's varint is at most 10 bytes (`n < 10` on every write: each
+    // turn of the loop drops 7 of the 64 bits); the bytes are written before
+    // the length covers them.
+    unsafe {
+        let at = out.as_mut_ptr().add(len);
+        while v >= 0x80 {
+            at.add(n).write(v as u8 | 0x80);
+            v >>= 7;
+            n += 1;
+        }
+        at.add(n).write(v as u8);
+        out.set_len(len + n + 1);
+    }
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+macro_rules! top_forward_ser {
+    ($($method:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {$(
+        #[inline]
+        fn $method(self $(, $arg: $ty)*) -> $ret {
+            self.checked().$method($($arg),*)
+        }
+    )*};
+}
+
+type TopChecked<'s, 'o, 'v> = Checked<'s, &'o mut PostcardSer<'v>>;
+
+impl<'s, 'o, 'v> Serializer for TopSer<'s, 'o, 'v> {
+    type Ok = ();
+    type Error = Message;
+    type SerializeSeq = <TopChecked<'s, 'o, 'v> as Serializer>::SerializeSeq;
+    type SerializeTuple = <TopChecked<'s, 'o, 'v> as Serializer>::SerializeTuple;
+    type SerializeTupleStruct = <TopChecked<'s, 'o, 'v> as Serializer>::SerializeTupleStruct;
+    type SerializeTupleVariant = <TopChecked<'s, 'o, 'v> as Serializer>::SerializeTupleVariant;
+    type SerializeMap = <TopChecked<'s, 'o, 'v> as Serializer>::SerializeMap;
+    type SerializeStruct = <TopChecked<'s, 'o, 'v> as Serializer>::SerializeStruct;
+    type SerializeStructVariant = <TopChecked<'s, 'o, 'v> as Serializer>::SerializeStructVariant;
+
+    #[inline]
+    fn serialize_bool(self, v: bool) -> Result<(), Message> {
+        self.raw(&[u8::from(v)])
+    }
+    #[inline]
+    fn serialize_u8(self, v: u8) -> Result<(), Message> {
+        self.raw(&[v])
+    }
+    #[inline]
+    fn serialize_i8(self, v: i8) -> Result<(), Message> {
+        self.raw(&v.to_le_bytes())
+    }
+    #[inline]
+    fn serialize_u16(self, v: u16) -> Result<(), Message> {
+        self.varint(u64::from(v))
+    }
+    #[inline]
+    fn serialize_u32(self, v: u32) -> Result<(), Message> {
+        self.varint(u64::from(v))
+    }
+    #[inline]
+    fn serialize_u64(self, v: u64) -> Result<(), Message> {
+        self.varint(v)
+    }
+    #[inline]
+    fn serialize_i16(self, v: i16) -> Result<(), Message> {
+        self.varint(zigzag(i64::from(v)))
+    }
+    #[inline]
+    fn serialize_i32(self, v: i32) -> Result<(), Message> {
+        self.varint(zigzag(i64::from(v)))
+    }
+    #[inline]
+    fn serialize_i64(self, v: i64) -> Result<(), Message> {
+        self.varint(zigzag(v))
+    }
+    #[inline]
+    fn serialize_f32(self, v: f32) -> Result<(), Message> {
+        self.raw(&v.to_le_bytes())
+    }
+    #[inline]
+    fn serialize_f64(self, v: f64) -> Result<(), Message> {
+        self.raw(&v.to_le_bytes())
+    }
+
+    top_forward_ser! {
+        serialize_i128(v: i128) -> Result<(), Message>;
+        serialize_u128(v: u128) -> Result<(), Message>;
+        serialize_char(v: char) -> Result<(), Message>;
+        serialize_str(v: &str) -> Result<(), Message>;
+        serialize_bytes(v: &[u8]) -> Result<(), Message>;
+        serialize_none() -> Result<(), Message>;
+        serialize_unit() -> Result<(), Message>;
+        serialize_unit_struct(name: &'static str) -> Result<(), Message>;
+        serialize_unit_variant(name: &'static str, index: u32, variant: &'static str)
+            -> Result<(), Message>;
+        serialize_seq(len: Option<usize>) -> Result<Self::SerializeSeq, Message>;
+        serialize_tuple(len: usize) -> Result<Self::SerializeTuple, Message>;
+        serialize_tuple_struct(name: &'static str, len: usize)
+            -> Result<Self::SerializeTupleStruct, Message>;
+        serialize_tuple_variant(name: &'static str, index: u32, variant: &'static str, len: usize)
+            -> Result<Self::SerializeTupleVariant, Message>;
+        serialize_map(len: Option<usize>) -> Result<Self::SerializeMap, Message>;
+        serialize_struct(name: &'static str, len: usize)
+            -> Result<Self::SerializeStruct, Message>;
+        serialize_struct_variant(
+            name: &'static str, index: u32, variant: &'static str, len: usize
+        ) -> Result<Self::SerializeStructVariant, Message>;
+    }
+
+    #[inline]
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Message> {
+        self.checked().serialize_some(value)
+    }
+
+    #[inline]
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        name: &'static str,
+        value: &T,
+    ) -> Result<(), Message> {
+        self.checked().serialize_newtype_struct(name, value)
+    }
+
+    #[inline]
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        name: &'static str,
+        index: u32,
+        variant: &'static str,
+        value: &T,
+    ) -> Result<(), Message> {
+        self.checked().serialize_newtype_variant(name, index, variant, value)
+    }
+
+    #[inline]
+    fn collect_str<T: Display + ?Sized>(self, value: &T) -> Result<(), Message> {
+        self.checked().collect_str(value)
+    }
+
+    #[inline]
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+}
+
+/// The deserializer of a top-level value: leaves read here, the rest by
+/// postcard through [`Limited`], from where the last value ended.
+struct TopDe<'s, 'r, 'de> {
+    rest: &'r mut &'de [u8],
+    state: &'s State,
+}
+
+/// Reads a varint of at most `max - 1` bytes (so it cannot overflow a type
+/// whose varint is at most `max` bytes); `None` for anything else (longer,
+/// cut short), which postcard then reads and judges.
+#[inline(always)]
+fn take_short_varint(bytes: &[u8], max: usize) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    let mut i = 0;
+    while i + 1 < max && i < bytes.len() {
+        let b = bytes[i];
+        v |= u64::from(b & 0x7f) << (7 * i);
+        i += 1;
+        if b & 0x80 == 0 {
+            return Some((v, i));
+        }
+    }
+    None
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+impl<'s, 'de> TopDe<'s, '_, 'de> {
+    /// Decodes by postcard through the adapters, from `rest`.
+    #[inline]
+    fn slow<T>(
+        self,
+        f: impl FnOnce(
+            Limited<'s, &mut postcard::Deserializer<'de, postcard::de_flavors::Slice<'de>>>,
+        ) -> Result<T, Message>,
+    ) -> Result<T, Message> {
+        // Each value gets the element budget a lone `decode` of the rest
+        // would; the depth is back at 0 after every value.
+        self.state.elements_left.set(self.rest.len().saturating_add(MAX_EMPTY_ELEMENTS));
+        let mut inner = postcard::Deserializer::from_bytes(self.rest);
+        let value = f(Limited { inner: &mut inner, state: self.state })?;
+        // A slice deserializer's remainder is always there.
+        *self.rest = inner.finalize().unwrap_or_default();
+        Ok(value)
+    }
+
+    /// A varint of a type whose varint is at most `max` bytes, if short.
+    #[inline(always)]
+    fn varint(&mut self, max: usize) -> Option<u64> {
+        let (v, used) = take_short_varint(self.rest, max)?;
+        *self.rest = &self.rest[used..];
+        Some(v)
+    }
+
+    #[inline]
+    fn fixed<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (bytes, rest) = self.rest.split_first_chunk::<N>()?;
+        *self.rest = rest;
+        Some(*bytes)
+    }
+}
+
+macro_rules! top_varint_de {
+    ($($method:ident, $visit:ident, $max:expr, |$v:ident| $convert:expr;)*) => {$(
+        #[inline]
+        fn $method<V: Visitor<'de>>(mut self, visitor: V) -> Result<V::Value, Message> {
+            match self.varint($max) {
+                Some($v) => visitor.$visit($convert),
+                None => self.slow(|d| d.$method(visitor)),
+            }
+        }
+    )*};
+}
+
+macro_rules! top_forward_de {
+    ($($method:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        #[inline]
+        fn $method<V: Visitor<'de>>(self $(, $arg: $ty)*, visitor: V)
+            -> Result<V::Value, Message>
+        {
+            self.slow(|d| d.$method($($arg,)* visitor))
+        }
+    )*};
+}
+
+impl<'de> Deserializer<'de> for TopDe<'_, '_, 'de> {
+    type Error = Message;
+
+    // The casts cannot truncate: a varint of fewer than `max` bytes holds
+    // at most 7 * (max - 1) bits (14 for u16, 28 for u32).
+    top_varint_de! {
+        deserialize_u16, visit_u16, 3, |v| v as u16;
+        deserialize_u32, visit_u32, 5, |v| v as u32;
+        deserialize_u64, visit_u64, 10, |v| v;
+        deserialize_i16, visit_i16, 3, |v| unzigzag(v) as i16;
+        deserialize_i32, visit_i32, 5, |v| unzigzag(v) as i32;
+        deserialize_i64, visit_i64, 10, |v| unzigzag(v);
+    }
+
+    #[inline]
+    fn deserialize_bool<V: Visitor<'de>>(mut self, visitor: V) -> Result<V::Value, Message> {
+        match self.rest.first() {
+            Some(&b @ (0 | 1)) => {
+                self.fixed::<1>();
+                visitor.visit_bool(b == 1)
+            }
+            _ => self.slow(|d| d.deserialize_bool(visitor)),
+        }
+    }
+
+    #[inline]
+    fn deserialize_u8<V: Visitor<'de>>(mut self, visitor: V) -> Result<V::Value, Message> {
+        match self.fixed::<1>() {
+            Some([b]) => visitor.visit_u8(b),
+            None => self.slow(|d| d.deserialize_u8(visitor)),
+        }
+    }
+
+    #[inline]
+    fn deserialize_i8<V: Visitor<'de>>(mut self, visitor: V) -> Result<V::Value, Message> {
+        match self.fixed::<1>() {
+            Some(b) => visitor.visit_i8(i8::from_le_bytes(b)),
+            None => self.slow(|d| d.deserialize_i8(visitor)),
+        }
+    }
+
+    #[inline]
+    fn deserialize_f32<V: Visitor<'de>>(mut self, visitor: V) -> Result<V::Value, Message> {
+        match self.fixed::<4>() {
+            Some(b) => visitor.visit_f32(f32::from_le_bytes(b)),
+            None => self.slow(|d| d.deserialize_f32(visitor)),
+        }
+    }
+
+    #[inline]
+    fn deserialize_f64<V: Visitor<'de>>(mut self, visitor: V) -> Result<V::Value, Message> {
+        match self.fixed::<8>() {
+            Some(b) => visitor.visit_f64(f64::from_le_bytes(b)),
+            None => self.slow(|d| d.deserialize_f64(visitor)),
+        }
+    }
+
+    top_forward_de! {
+        deserialize_i128();
+        deserialize_u128();
+        deserialize_char();
+        deserialize_str();
+        deserialize_string();
+        deserialize_bytes();
+        deserialize_byte_buf();
+        deserialize_unit();
+        deserialize_unit_struct(name: &'static str);
+        deserialize_any();
+        deserialize_option();
+        deserialize_newtype_struct(name: &'static str);
+        deserialize_seq();
+        deserialize_tuple(len: usize);
+        deserialize_tuple_struct(name: &'static str, len: usize);
+        deserialize_map();
+        deserialize_struct(name: &'static str, fields: &'static [&'static str]);
+        deserialize_enum(name: &'static str, variants: &'static [&'static str]);
+        deserialize_identifier();
+        deserialize_ignored_any();
+    }
+
+    #[inline]
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -906,5 +1266,92 @@ mod tests {
             Err(CodecError::Panic(f)) => assert_eq!(f.message, "boom in deserialize"),
             other => panic!("{:?}", other.map(|_| ())),
         }
+    }
+}
+
+#[cfg(test)]
+mod top_level_tests {
+    use super::*;
+
+    fn same_as_postcard<T>(values: &[T])
+    where
+        T: Serialize + de::DeserializeOwned + PartialEq + fmt::Debug,
+    {
+        for v in values {
+            let ours = encode(v).unwrap();
+            assert_eq!(ours, postcard::to_stdvec(v).unwrap(), "{v:?}");
+            assert_eq!(&decode::<T>(&ours).unwrap(), v);
+            // Followed by more bytes, as in a chunk: exactly its own are read.
+            let mut two = ours.clone();
+            two.extend_from_slice(&ours);
+            let mut seq = SeqDecoder::new(&two);
+            assert_eq!(&seq.next::<T>().unwrap(), v);
+            assert_eq!(&seq.next::<T>().unwrap(), v);
+            assert!(seq.rest.is_empty());
+        }
+    }
+
+    #[test]
+    fn top_level_leaves_are_postcards_bytes() {
+        let edges = |max: u64| {
+            let mut v = vec![0, 1, 0x7f, 0x80, 0x3fff, 0x4000, max - 1, max];
+            v.extend((0..64).map(|s| 1u64 << s).filter(|&x| x <= max));
+            v
+        };
+        same_as_postcard(&edges(u16::MAX.into()).iter().map(|&v| v as u16).collect::<Vec<_>>());
+        same_as_postcard(&edges(u32::MAX.into()).iter().map(|&v| v as u32).collect::<Vec<_>>());
+        same_as_postcard(&edges(u64::MAX));
+        same_as_postcard(&edges(u64::MAX).iter().map(|&v| v as usize).collect::<Vec<_>>());
+        let signed = |v: &[u64]| {
+            v.iter().flat_map(|&x| [x as i64, (x as i64).wrapping_neg()]).collect::<Vec<_>>()
+        };
+        let s = signed(&edges(u64::MAX));
+        same_as_postcard(&s);
+        same_as_postcard(&s.iter().map(|&v| v as i32).collect::<Vec<_>>());
+        same_as_postcard(&s.iter().map(|&v| v as i16).collect::<Vec<_>>());
+        same_as_postcard(&[i64::MIN, i64::MAX, i32::MIN as i64]);
+        same_as_postcard(&[0u8, 1, 0x80, 0xff]);
+        same_as_postcard(&[0i8, -1, i8::MIN, i8::MAX]);
+        same_as_postcard(&[true, false]);
+        same_as_postcard(&[0.0f64, -1.5, f64::MAX, f64::MIN_POSITIVE, f64::INFINITY]);
+        same_as_postcard(&[0.0f32, -1.5, f32::MAX]);
+        // Values that are not leaves go through postcard as before.
+        same_as_postcard(&[Some(3u64), None]);
+        same_as_postcard(&[(1u64, -2i32, "x".to_string())]);
+        same_as_postcard(&["", "text"].map(String::from));
+    }
+
+    #[test]
+    fn top_level_leaves_refuse_what_postcard_refuses() {
+        // Overlong varints, values too wide for the type, input cut short,
+        // a byte that is no bool: each fails, and none reads past the input.
+        let cases: [(&[u8], &str); 7] = [
+            (&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02], "u64"),
+            (&[0xff; 11], "u64"),
+            (&[0x80, 0x80, 0x80, 0x80, 0x10], "u32"),
+            (&[0x80, 0x80, 0x04], "u16"),
+            (&[0x80], "u64"),
+            (&[], "u8"),
+            (&[2], "bool"),
+        ];
+        for (bytes, ty) in cases {
+            let failed = match ty {
+                "u64" => decode::<u64>(bytes).is_err() && decode::<i64>(bytes).is_err(),
+                "u32" => decode::<u32>(bytes).is_err() && decode::<i32>(bytes).is_err(),
+                "u16" => decode::<u16>(bytes).is_err() && decode::<i16>(bytes).is_err(),
+                "u8" => decode::<u8>(bytes).is_err() && decode::<f64>(bytes).is_err(),
+                _ => decode::<bool>(bytes).is_err(),
+            };
+            assert!(failed, "{bytes:?} as {ty}");
+            if ty != "bool" && !bytes.is_empty() {
+                assert!(postcard::from_bytes::<u64>(bytes).is_err() || ty != "u64");
+            }
+        }
+        // The longest valid varints are postcard's to read, and still read.
+        let max = postcard::to_stdvec(&u64::MAX).unwrap();
+        assert_eq!(max.len(), 10);
+        assert_eq!(decode::<u64>(&max).unwrap(), u64::MAX);
+        let max = postcard::to_stdvec(&u32::MAX).unwrap();
+        assert_eq!(decode::<u32>(&max).unwrap(), u32::MAX);
     }
 }

@@ -23,7 +23,9 @@ use crate::error::{Error, ErrorKind};
 
 mod chunk;
 
-pub(crate) use chunk::{decode_outcomes, encode_chunk, encode_failures, ItemReader, Outcomes};
+pub(crate) use chunk::{
+    decode_one, decode_outcomes, encode_chunk, encode_failures, ItemReader, Outcomes,
+};
 
 /// A function that can be run as a task with arguments `Args`.
 ///

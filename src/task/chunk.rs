@@ -45,9 +45,8 @@ pub(crate) struct ChunkWriter<'a> {
     /// was a failure: to take it back when a panic after its encoding (in a
     /// `Drop`) fails it.
     last: (usize, usize, bool),
-    /// The length table; on the stack for small chunks (a one-item chunk
-    /// is the `apply` hot path: no allocation for it).
-    table: SmallVec<[u8; 32]>,
+    /// The length table.
+    table: Table,
     n: usize,
     failed: usize,
     encoder: Encoder,
@@ -64,17 +63,18 @@ impl<'a> ChunkWriter<'a> {
             start,
             committed,
             last: (committed, 0, false),
-            table: SmallVec::with_capacity(items),
+            table: Table::with_capacity(items),
             n: 0,
             failed: 0,
             encoder: Encoder::new(),
         }
     }
 
+    #[inline(always)]
     fn commit(&mut self, failed: bool) {
         let len = self.out.len() - self.committed;
         self.last = (self.committed, self.table.len(), failed);
-        push_varint(&mut self.table, (len as u64) << 1 | u64::from(failed));
+        self.table.push((len as u64) << 1 | u64::from(failed));
         self.committed = self.out.len();
         self.n += 1;
         self.failed += usize::from(failed);
@@ -83,7 +83,7 @@ impl<'a> ChunkWriter<'a> {
     /// Appends `value` as the next item. On an error nothing is appended; a
     /// panic in its `Serialize` leaves part of it, which [`fail_last`]
     /// (Self::fail_last) takes back.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), String> {
         self.encoder.append(value, self.out)?;
         self.commit(false);
@@ -126,17 +126,70 @@ impl<'a> ChunkWriter<'a> {
         header[..4].copy_from_slice(&n.to_le_bytes());
         header[4..8].copy_from_slice(&failed.to_le_bytes());
         header[8..].copy_from_slice(&payload_len.to_le_bytes());
-        self.out.extend_from_slice(&self.table);
+        self.out.extend_from_slice(self.table.bytes());
     }
 }
 
-#[inline]
-fn push_varint(out: &mut SmallVec<[u8; 32]>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
+/// A chunk's length table while it is built: on the stack for small chunks
+/// (a one-item chunk is the `apply` hot path: no allocation for it), else
+/// one vector reserved once. `SmallVec::push` asks on every byte where its
+/// data lives; for a chunk of a million small items that question was a
+/// third of the cost of writing the table, and a `Vec` never asks it.
+enum Table {
+    Small(SmallVec<[u8; SMALL_TABLE]>),
+    Big(Vec<u8>),
+}
+
+const SMALL_TABLE: usize = 32;
+
+impl Table {
+    fn with_capacity(items: usize) -> Table {
+        if items <= SMALL_TABLE {
+            Table::Small(SmallVec::new())
+        } else {
+            // One byte per item of fewer than 64 bytes; more grows.
+            Table::Big(Vec::with_capacity(items))
+        }
     }
-    out.push(v as u8);
+
+    /// Appends `v` as a LEB128 varint.
+    #[inline(always)]
+    fn push(&mut self, mut v: u64) {
+        match self {
+            Table::Big(t) => {
+                while v >= 0x80 {
+                    t.push(v as u8 | 0x80);
+                    v >>= 7;
+                }
+                t.push(v as u8);
+            }
+            Table::Small(t) => {
+                while v >= 0x80 {
+                    t.push(v as u8 | 0x80);
+                    v >>= 7;
+                }
+                t.push(v as u8);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    fn truncate(&mut self, len: usize) {
+        match self {
+            Table::Big(t) => t.truncate(len),
+            Table::Small(t) => t.truncate(len),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Table::Big(t) => t,
+            Table::Small(t) => t,
+        }
+    }
 }
 
 /// Reads one varint from the front of `bytes`; `None` when it is cut short
@@ -432,7 +485,29 @@ pub(crate) fn decode_outcomes<R: DeserializeOwned>(
     crate::fdpass::supply(fds, || decode_items(bytes, n, pid))
 }
 
-fn decode_items<R: DeserializeOwned>(bytes: &[u8], n: usize, pid: Option<u32>) -> Outcomes<R> {
+/// Decodes the outcome of a chunk of one item run by worker `pid`: as
+/// [`decode_outcomes`] with `n == 1`, without a vector for the one outcome
+/// (the `apply`/`apply_async` hot path).
+pub(crate) fn decode_one<R: DeserializeOwned>(
+    bytes: &[u8],
+    fds: Vec<std::os::fd::OwnedFd>,
+    pid: Option<u32>,
+) -> crate::Result<R> {
+    crate::fdpass::supply(fds, || {
+        let chunk = Chunk::parse(bytes).map_err(|failure| failure.into_error(pid))?;
+        let mut one = None;
+        walk::<R, _>(&chunk, 1, |_, item| one = Some(outcome(item, pid)));
+        one.unwrap_or_else(|| {
+            Err(Error::new(
+                ErrorKind::Protocol,
+                format!("a worker returned {} results for a chunk of 1 items", chunk.n),
+            ))
+        })
+    })
+}
+
+/// The outcome of one decoded result.
+fn outcome<R>(item: Item<R>, pid: Option<u32>) -> crate::Result<R> {
     let undecodable = |e: CodecError| {
         Error::new(
             ErrorKind::Deserialize,
@@ -442,6 +517,15 @@ fn decode_items<R: DeserializeOwned>(bytes: &[u8], n: usize, pid: Option<u32>) -
             ),
         )
     };
+    match item {
+        Item::Value(value) => Ok(value),
+        Item::Undecodable(e) => Err(undecodable(CodecError::Serde(e))),
+        Item::Panicked(failure) => Err(undecodable(CodecError::Panic(failure))),
+        Item::Failed(failure) => Err(failure.into_error(pid)),
+    }
+}
+
+fn decode_items<R: DeserializeOwned>(bytes: &[u8], n: usize, pid: Option<u32>) -> Outcomes<R> {
     let mut outcomes = Outcomes::with_capacity(n);
     // Only the `n` items the chunk had are decoded; a lying worker's extra
     // items are merely counted, for the error.
@@ -457,11 +541,7 @@ fn decode_items<R: DeserializeOwned>(bytes: &[u8], n: usize, pid: Option<u32>) -
             // too deep, fails only its own task.
             let given = walk::<R, _>(&chunk, n, |_, item| match item {
                 Item::Value(value) => outcomes.values.push(value),
-                Item::Undecodable(e) => outcomes.push(Err(undecodable(CodecError::Serde(e)))),
-                Item::Panicked(failure) => {
-                    outcomes.push(Err(undecodable(CodecError::Panic(failure))))
-                }
-                Item::Failed(failure) => outcomes.push(Err(failure.into_error(pid))),
+                other => outcomes.push(outcome(other, pid)),
             });
             if given < n.min(chunk.n) {
                 given
@@ -759,6 +839,48 @@ mod tests {
         let out: Vec<_> = decode_outcomes::<u64>(&lying, Vec::new(), 3, None).into_iter().collect();
         assert_eq!(out.len(), 3);
         assert!(out.iter().all(|o| o.is_err()), "{out:?}");
+    }
+
+    /// `decode_one` is `decode_outcomes` with `n == 1`, outcome for outcome.
+    fn one_agrees<R: DeserializeOwned + std::fmt::Debug>(bytes: &[u8]) {
+        let one = decode_one::<R>(bytes, Vec::new(), Some(7));
+        let mut all = decode_outcomes::<R>(bytes, Vec::new(), 1, Some(7));
+        assert_eq!(all.len(), 1);
+        match (one, all.pop().unwrap()) {
+            (Ok(a), Ok(b)) => assert_eq!(format!("{a:?}"), format!("{b:?}")),
+            (Err(a), Err(b)) => {
+                assert_eq!((a.kind(), a.message(), a.pid()), (b.kind(), b.message(), b.pid()))
+            }
+            (a, b) => panic!("decode_one gave {a:?}, decode_outcomes {b:?}"),
+        }
+    }
+
+    #[test]
+    fn one_outcome_decodes_as_a_chunk_of_one_does() {
+        for v in [0u64, 1, 300, u64::MAX] {
+            let (chunk, _) = encode_chunk(&[v]);
+            one_agrees::<u64>(&chunk);
+            for cut in 0..chunk.len() {
+                one_agrees::<u64>(&chunk[..cut]);
+            }
+        }
+        // No items, more items than asked for, a failed item.
+        one_agrees::<u64>(&encode_chunk::<u64>(&[]).0);
+        one_agrees::<u64>(&encode_chunk(&[5u64, 6]).0);
+        let mut failed = Vec::new();
+        encode_failures(&Failure::new(FailureKind::Panic, "boom".into()), 1, &mut failed);
+        one_agrees::<u64>(&failed);
+        assert!(decode_one::<u64>(&failed, Vec::new(), None).is_err());
+        // Results that refuse or panic in their `Deserialize`.
+        for v in [0u32, 3, 4, 10] {
+            let out = round_trip::<u32, u32>(offset_of(same), &[v]);
+            assert_eq!(out[0].as_ref().unwrap(), &v);
+            let (chunk, _) = encode_chunk(&[v]);
+            one_agrees::<Picky>(&chunk);
+        }
+        let (none, _) = encode_chunk::<u64>(&[]);
+        let err = decode_one::<u64>(&none, Vec::new(), None).unwrap_err();
+        assert!(err.message().contains("returned 0 results for a chunk of 1"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //! hotpath w2 N   # pool.map(inc, 0..N), default chunksize
 //! hotpath t1 N   # as w1, on a ThreadPool of 2
 //! hotpath t3 N   # as w3, on a ThreadPool of 2
+//! hotpath codec N # no pool: 0..N as varints into one buffer and back, the
+//!                 # least work any postcard wire does for W2's items: the
+//!                 # ceiling that encoding puts on W2 (`--time` prints ns/item)
 //! ```
 //!
 //! Every run does the same fixed warm-up first (both workers started and
@@ -18,7 +21,8 @@ use multiproc::{Pool, ThreadPool};
 
 const USAGE: &str = "usage: hotpath WORKLOAD N
   WORKLOAD  w1 (Pool.apply), w3 (Pool.apply_async, wait all), w2 (Pool.map,
-            default chunksize), t1 (ThreadPool.apply), t3 (ThreadPool.apply_async)
+            default chunksize), t1 (ThreadPool.apply), t3 (ThreadPool.apply_async),
+            codec (varint-encode 0..N and decode it, no pool; --time prints ns/item)
   N         tasks (items for w2), at most 100000000";
 
 /// Workers in every pool, as in the harness's W1, W2, W3, T1 and T3.
@@ -32,7 +36,11 @@ fn inc(x: u64) -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let parsed = match &args[..] {
+    let (args, timed) = match &args[..] {
+        [rest @ .., last] if last == "--time" => (rest, true),
+        _ => (&args[..], false),
+    };
+    let parsed = match args {
         [w, n] => n.parse::<u64>().ok().filter(|&n| n <= 100_000_000).map(|n| (w.as_str(), n)),
         _ => None,
     };
@@ -46,14 +54,20 @@ fn main() {
         "w3" => w3,
         "t1" => t1,
         "t3" => t3,
+        "codec" => codec,
         _ => {
             eprintln!("unknown workload {workload:?}\n{USAGE}");
             std::process::exit(2);
         }
     };
+    let start = std::time::Instant::now();
     if let Err(e) = run(n) {
         eprintln!("hotpath {workload} {n}: {e}");
         std::process::exit(1);
+    }
+    if timed {
+        let ns = start.elapsed().as_nanos() as f64 / n.max(1) as f64;
+        println!("{workload} {n}: {ns:.2} ns per unit, {:.1} M units/s", 1e3 / ns);
     }
 }
 
@@ -147,4 +161,46 @@ fn t3(n: u64) -> R {
     check("t3", sum, n)?;
     pool.close();
     pool.join().map_err(e)
+}
+
+/// The floor under W2's codec: each item of `0..n` as a LEB128 varint (what
+/// postcard writes for a `u64`) into one buffer, then read back and summed,
+/// then the same for the results, all on one core with no pool, no
+/// serde, no panic guards and no length table. A pool's `map` does this
+/// twice per item in the parent (its arguments out, its results in) and
+/// twice in a worker; this is the least that can cost.
+fn codec(n: u64) -> R {
+    fn put(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    fn take(bytes: &[u8], at: &mut usize) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *bytes.get(*at)?;
+            *at += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    // Arguments out (parent), results back (worker), results in (parent).
+    let mut args = Vec::with_capacity(n as usize * 3);
+    (0..n).for_each(|i| put(&mut args, i));
+    let mut results = Vec::with_capacity(n as usize * 3);
+    let mut at = 0;
+    for _ in 0..n {
+        let x = take(&args, &mut at).ok_or("codec: arguments cut short")?;
+        put(&mut results, std::hint::black_box(inc(x)));
+    }
+    let (mut sum, mut at) = (0, 0);
+    for _ in 0..n {
+        sum += take(&results, &mut at).ok_or("codec: results cut short")?;
+    }
+    check("codec", sum, n)
 }

@@ -129,6 +129,21 @@ impl<F, A, M> ProcRunner<F, A, M> {
     }
 }
 
+/// The job callback of a chunk of one item: decodes its outcome into
+/// `done`. One box per task, where a chunk's callback wrapped in
+/// [`complete_one`](crate::pool::map::complete_one) is two, and no vector
+/// for the one outcome.
+pub(crate) fn one_done<R: DeserializeOwned + Send + 'static>(
+    done: Arc<crate::pool::Completion<R>>,
+) -> JobDone {
+    Box::new(move |outcome, pid| {
+        done.complete(match outcome {
+            Ok((bytes, fds)) => task::decode_one(bytes, fds, pid),
+            Err(e) => Err(e),
+        })
+    })
+}
+
 /// The job callback that decodes a chunk of `n` outcomes for `done`.
 pub(crate) fn job_done<R: DeserializeOwned + Send + 'static>(
     n: usize,
@@ -160,14 +175,21 @@ where
         self.submit(items, done, true, Some(ticket))
     }
 
+    /// A chunk of one, encoded from the item itself (no vector for it) and
+    /// completed by one callback.
+    fn run_one(&self, item: A, done: Arc<crate::pool::Completion<R>>) {
+        let encoded = task::encode_chunk(std::slice::from_ref(&item));
+        drop(item);
+        self.engine.submit(self.offset, encoded, one_done(done), self.ticket.clone(), false);
+    }
+
     /// Runs the task on this thread when a worker is idle: no thread
     /// hand-off on either side of the round trip (see `lend`).
     fn apply(&self, args: A) -> Result<R> {
         let completion = crate::pool::Completion::new();
         let encoded = task::encode_chunk(std::slice::from_ref(&args));
         drop(args);
-        let done = crate::pool::map::complete_one(completion.clone());
-        self.engine.run_waited(self.offset, encoded, job_done(1, done));
+        self.engine.run_waited(self.offset, encoded, one_done(completion.clone()));
         crate::pool::AsyncResult::new(completion).get()
     }
 }
