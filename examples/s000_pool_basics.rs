@@ -19,7 +19,7 @@ use common::Context;
 use multiproc::{ErrorKind, Pool, Process};
 
 pub const SCENARIOS: &[common::Scenario] = &[
-    ("S000.1", "Pool(5).map over 1000 tasks sleeping 0.1 s, scaled to 100 tasks x 10 ms, with a progress hook; close() then join(), then the main process prints", s000_1),
+    ("S000.1", "Pool(5).map over 1000 tasks sleeping 0.1 s, scaled to 100 tasks x 10 ms, with a progress hook; close() then join(), stats(), then the main process prints", s000_1),
     ("S000.2", "1000 trivial tasks: Pool(5).map (creation and close/join included) against 1000 processes started one per task", s000_2),
     ("S000.3", "apply is synchronous: 20 tasks of 0.1 s (scaled to 10 ms) in Pool(5) run one after another", s000_3),
     ("S000.4", "apply_async of 1000 tasks returns at once; close() and join() wait for them all (workers print every 100th)", s000_4),
@@ -94,6 +94,15 @@ pub fn s000_1() -> Result<(), String> {
     pool.join().context("join")?;
     let took = started.elapsed();
     println!("------ main process ------ ({N} tasks in {took:.2?})");
+    // Not in the seed: what each worker did (mpire's worker insights).
+    let stats = pool.stats();
+    println!("{stats}");
+    let busy = stats.total().busy;
+    ensure!(
+        busy >= SLEEP * N * 9 / 10,
+        "the workers were busy {busy:?}, less than the {:?} they slept",
+        SLEEP * N
+    );
     ensure!(
         quarter.load(std::sync::atomic::Ordering::Relaxed) == 4,
         "the progress hook did not hear the last task"

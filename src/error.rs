@@ -57,6 +57,9 @@ pub enum ErrorKind {
     /// A receive buffer was too short for the next message, which was kept
     /// for the next receive.
     BufferTooShort,
+    /// A task's allocation failed under the pool's hard memory limit
+    /// (`memory_limit`); its worker was replaced. The message names the limit.
+    MemoryLimit,
 }
 
 #[derive(Debug)]

@@ -108,6 +108,7 @@ pub mod progress;
 mod queue;
 mod shm;
 mod spawn;
+pub mod stats;
 mod sync;
 mod sys;
 mod task;
@@ -133,6 +134,7 @@ pub use progress::Progress;
 pub use queue::{JoinableQueue, PutError, Queue, QueueIter};
 pub use shm::{Array, ArrayGuard, Plain, Value, ValueGuard};
 pub use spawn::ChildInfo;
+pub use stats::{PoolStats, RestartReason, Restarts, WorkerStats};
 pub use sync::{
     Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, Lock, LockGuard, RLock, Semaphore,
     SemaphoreGuard,

@@ -37,6 +37,8 @@ mod ipc_util;
 mod large_values;
 #[path = "it/manager.rs"]
 mod manager;
+#[path = "it/memory_cap.rs"]
+mod memory_cap;
 #[path = "it/no_pidfd.rs"]
 mod no_pidfd;
 #[path = "it/pool.rs"]
@@ -49,6 +51,8 @@ mod process;
 mod progress;
 #[path = "it/seccomp.rs"]
 mod seccomp;
+#[path = "it/stats.rs"]
+mod stats;
 #[path = "it/support.rs"]
 mod support;
 #[path = "it/thread_pool.rs"]

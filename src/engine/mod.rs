@@ -82,6 +82,80 @@ macro_rules! mpi_face {
     };
 }
 
+/// The memory-cap options of a process builder (`PoolBuilder`,
+/// `ProcessPoolExecutorBuilder`), written once for both: each holds its
+/// options in `self.options`, a `ProcOptions`.
+macro_rules! memory_cap_options {
+    () => {
+        /// Soft cap: after a task, a worker whose resident set (RSS) is above
+        /// `bytes` is replaced once it has finished the tasks it already
+        /// holds; the task's result is delivered as usual. Billiard's
+        /// `max_memory_per_child`. The replacement is counted in
+        /// [`stats`](crate::stats) as [`RestartReason::MemoryCap`](crate::RestartReason).
+        /// With this cap set, `apply` is run through the pool's thread rather
+        /// than by the caller itself, so the worker is measured after each task.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// fn grow(mb: usize) -> usize {
+        ///     let v = vec![1u8; mb << 20];
+        ///     std::mem::forget(v); // the worker keeps it
+        ///     mb
+        /// }
+        ///
+        /// let pool = multiproc::Pool::builder().processes(1).max_memory_per_child(200 << 20).build()?;
+        /// assert_eq!(pool.apply(grow, 300)?, 300); // delivered, then the worker is replaced
+        /// assert_eq!(pool.apply(grow, 1)?, 1);
+        /// assert_eq!(pool.stats().total().restarts.memory_cap, 1);
+        /// # Ok::<(), multiproc::Error>(())
+        /// ```
+        pub fn max_memory_per_child(mut self, bytes: u64) -> Self {
+            self.options.max_memory_per_child = Some(bytes);
+            self
+        }
+
+        /// Hard cap: each worker's address space is limited to `bytes`
+        /// (`RLIMIT_AS`, set in the worker), so a task that allocates past it
+        /// fails with [`ErrorKind::MemoryLimit`](crate::ErrorKind::MemoryLimit),
+        /// whose message names the cap; the worker is replaced and the pool
+        /// goes on. What is and is not caught is listed in the crate's source
+        /// (`engine/procs/memory.rs`): in short, allocations through Rust's
+        /// allocator are; a kill by the kernel's OOM killer, a stack overflow
+        /// or an abort of the task's own are reported as the crash they are.
+        /// The address space counts every mapping (each thread's stack and
+        /// allocator arena too): leave room above what a task keeps.
+        ///
+        /// # Errors
+        /// `build` fails with [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)
+        /// below 64 MiB or above this process's own hard limit.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// use multiproc::ErrorKind;
+        ///
+        /// fn hog(_: ()) -> usize {
+        ///     let mut kept = Vec::new();
+        ///     loop {
+        ///         kept.push(Vec::<u8>::with_capacity(64 << 20));
+        ///     }
+        /// }
+        /// fn small(x: u32) -> u32 { x + 1 }
+        ///
+        /// let pool = multiproc::Pool::builder().processes(1).memory_limit(512 << 20).build()?;
+        /// let err = pool.apply(hog, ()).unwrap_err();
+        /// assert_eq!(err.kind(), ErrorKind::MemoryLimit);
+        /// assert_eq!(pool.apply(small, 1)?, 2);
+        /// # Ok::<(), multiproc::Error>(())
+        /// ```
+        pub fn memory_limit(mut self, bytes: u64) -> Self {
+            self.options.memory_limit = Some(bytes);
+            self
+        }
+    };
+}
+
 /// Implements [`OneShot`](crate::pool::map::OneShot) for a runner (generic over `F, A, M`) whose one
 /// call is a chunk of one: [`ChunkRunner::run_one`] and
 /// [`ChunkRunner::apply`], which a backend may speed up.
@@ -141,6 +215,9 @@ pub(crate) trait Engine: Send + Sync + 'static {
 
     /// What dropping the face does.
     fn face_dropped(&self);
+
+    /// What each worker has done (see [`crate::stats`]).
+    fn stats(&self) -> crate::stats::PoolStats;
 
     // --- written once, for every backend ---------------------------------
 

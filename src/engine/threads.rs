@@ -114,6 +114,7 @@ pub(crate) struct ThreadEngine {
     /// thread back just before it delivers its result, so a caller who
     /// submits again at once reuses it.
     busy: AtomicUsize,
+    meters: crate::stats::Meters,
 }
 
 impl ThreadEngine {
@@ -137,6 +138,7 @@ impl ThreadEngine {
             lazy,
             name_prefix,
             busy: AtomicUsize::new(0),
+            meters: crate::stats::Meters::new(size),
         });
         if !lazy {
             for _ in 0..size {
@@ -156,12 +158,13 @@ impl ThreadEngine {
             return Ok(());
         }
         let engine = self.clone();
+        let index = threads.len();
         let h = std::thread::Builder::new()
             .name(match &self.name_prefix {
                 Some(prefix) => format!("{prefix}_{}", threads.len()),
                 None => format!("ThreadPoolWorker-{}", threads.len() + 1),
             })
-            .spawn(move || engine.worker())
+            .spawn(move || engine.worker(index))
             .map_err(|e| Error::io("could not start a pool thread", e))?;
         threads.push(h);
         self.started.store(threads.len(), Ordering::SeqCst);
@@ -232,7 +235,7 @@ impl ThreadEngine {
                 && self.queue.is_empty())
     }
 
-    fn worker(&self) {
+    fn worker(&self, index: usize) {
         if let Some(init) = &self.init {
             if let Err(f) = task::catch_panic(|| init()) {
                 let err = Error::new(
@@ -246,6 +249,10 @@ impl ThreadEngine {
                 return self.break_with(err);
             }
         }
+        self.meters.ready(index, None, std::time::Instant::now());
+        THREAD_SLOT.with(|s| s.set(index));
+        // Counted as gone however the thread leaves.
+        let _gone = Gone(&self.meters, index);
         loop {
             if self.lifecycle.is_stopped() {
                 return;
@@ -254,6 +261,7 @@ impl ThreadEngine {
                 if self.lazy {
                     self.busy.fetch_add(1, Ordering::SeqCst);
                 }
+                self.meters.started(index, std::time::Instant::now());
                 job(None);
                 continue;
             }
@@ -285,11 +293,29 @@ impl ThreadEngine {
         }
     }
 
-    /// Called by a job just before it delivers its result.
-    fn release(&self) {
+    /// Called by a job just before it delivers its result (`ran`: it ran,
+    /// rather than finding itself cancelled).
+    fn release(&self, ran: bool) {
+        if ran {
+            self.meters.finished_now(THREAD_SLOT.with(|s| s.get()));
+        }
         if self.lazy {
             self.busy.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+}
+
+thread_local! {
+    /// The index of the pool thread this is, for its stats.
+    static THREAD_SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// Marks a pool thread gone in the stats when it leaves.
+struct Gone<'a>(&'a crate::stats::Meters, usize);
+
+impl Drop for Gone<'_> {
+    fn drop(&mut self) {
+        self.0.ended(self.1, None);
     }
 }
 
@@ -337,6 +363,10 @@ impl Engine for ThreadEngine {
     /// Queued tasks fail now, unless the pool was closed (they then still
     /// run); a running task finishes on its own thread, and nothing waits
     /// for it.
+    fn stats(&self) -> crate::stats::PoolStats {
+        self.meters.snapshot()
+    }
+
     fn face_dropped(&self) {
         if self.lifecycle.state() != RunState::Closed {
             self.terminate();
@@ -372,7 +402,7 @@ impl<F, A, M> ThreadRunner<F, A, M> {
                     None => {
                         if ticket.as_ref().is_some_and(|t| !t.start()) {
                             // Cancelled while queued: `cancel` already completed it.
-                            return engine.release();
+                            return engine.release(false);
                         }
                         let outcomes = items
                             .into_iter()
@@ -380,7 +410,7 @@ impl<F, A, M> ThreadRunner<F, A, M> {
                                 task::catch_panic(|| f.call(a)).map_err(|fl| fl.into_error(None))
                             })
                             .collect();
-                        engine.release();
+                        engine.release(true);
                         outcomes
                     }
                 };
@@ -475,10 +505,10 @@ fn submit_one<R: Send + 'static>(
                 None => {
                     if ticket.as_ref().is_some_and(|t| !t.start()) {
                         // Cancelled while queued: `cancel` already completed it.
-                        return worker_engine.release();
+                        return worker_engine.release(false);
                     }
                     let outcome = task::catch_panic(call).map_err(|fl| fl.into_error(None));
-                    worker_engine.release();
+                    worker_engine.release(true);
                     outcome
                 }
             };

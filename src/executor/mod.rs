@@ -98,6 +98,13 @@ macro_rules! executor_methods {
                 self.inner.engine.workers()
             }
 
+            /// What each worker has done so far (see
+            /// [`PoolStats`](crate::PoolStats)): one entry per worker the
+            /// executor may start.
+            pub fn stats(&self) -> crate::PoolStats {
+                self.inner.engine.stats()
+            }
+
             /// Schedules `f(args)` and returns its future.
             ///
             /// # Errors
@@ -286,6 +293,8 @@ impl ProcessPoolExecutorBuilder {
         self.options.task_timeout = Some(timeout);
         self
     }
+
+    memory_cap_options!();
 
     /// Makes the executor (it starts no process until the first submit).
     ///

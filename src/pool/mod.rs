@@ -100,6 +100,8 @@ impl PoolBuilder {
         self
     }
 
+    memory_cap_options!();
+
     /// Makes the pool's workers see a parent of another build. For testing
     /// the build check only.
     #[doc(hidden)]
@@ -201,6 +203,14 @@ macro_rules! pool_methods {
             /// The number of workers.
             pub fn processes(&self) -> usize {
                 self.engine.workers()
+            }
+
+            /// What each worker has done so far: tasks run, time busy, idle
+            /// and decoding results, restarts and why, the age of the task
+            /// running now. Always kept; its `Display` is a table. See
+            /// [`PoolStats`](crate::PoolStats).
+            pub fn stats(&self) -> crate::PoolStats {
+                self.engine.stats()
             }
 
             /// Stops taking tasks; queued tasks still run. Then call

@@ -82,11 +82,14 @@ pub(crate) struct Call<C> {
 /// INIT, parent → worker, first frame: the parent's build fingerprint and
 /// the pool's initializer, if it has one.
 ///
-/// `fingerprint [16] · has initializer u8 (0 or 1) · entry i64 · chunk`;
-/// without an initializer the entry is 0 and the chunk empty.
+/// `fingerprint [16] · has initializer u8 (0 or 1) · entry i64 ·
+/// memory limit u64 (0: none) · chunk`; without an initializer the entry is
+/// 0 and the chunk empty.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Init<C> {
     pub(crate) fingerprint: [u8; 16],
+    /// The address space the worker caps itself at, in bytes (0: no cap).
+    pub(crate) memory_limit: u64,
     pub(crate) init: Option<Call<C>>,
 }
 
@@ -98,16 +101,20 @@ impl<C: Tail + Copy> Init<C> {
             Some(call) => {
                 out.buf().push(1);
                 out.buf().extend_from_slice(&call.entry.to_le_bytes());
+                out.buf().extend_from_slice(&self.memory_limit.to_le_bytes());
                 out.tail(call.chunk);
             }
-            None => out.buf().extend_from_slice(&[0; 9]),
+            None => {
+                out.buf().extend_from_slice(&[0; 9]);
+                out.buf().extend_from_slice(&self.memory_limit.to_le_bytes());
+            }
         }
         out.end_frame(start, fds)
     }
 }
 
 impl<'a> Init<&'a [u8]> {
-    pub(crate) const HEAD: usize = 25;
+    pub(crate) const HEAD: usize = 33;
 
     pub(crate) fn decode(body: &'a [u8]) -> Result<Self, Violation> {
         if body.len() < Self::HEAD {
@@ -115,6 +122,7 @@ impl<'a> Init<&'a [u8]> {
         }
         let fingerprint = fixed::<16>(body, 0);
         let (entry, chunk) = (i64_at(body, 17), &body[Self::HEAD..]);
+        let memory_limit = u64_at(body, 25);
         let init = match body[16] {
             1 => Some(Call { entry, chunk }),
             0 if entry == 0 && chunk.is_empty() => None,
@@ -129,7 +137,7 @@ impl<'a> Init<&'a [u8]> {
                 )))
             }
         };
-        Ok(Init { fingerprint, init })
+        Ok(Init { fingerprint, memory_limit, init })
     }
 }
 
@@ -431,11 +439,12 @@ mod tests {
 
     #[test]
     fn init_round_trips_with_and_without_an_initializer() {
-        let with = Init { fingerprint: FP, init: Some(Call { entry: -42, chunk: &b"args"[..] }) };
+        let call = Some(Call { entry: -42, chunk: &b"args"[..] });
+        let with = Init { fingerprint: FP, memory_limit: 1 << 30, init: call };
         let (kind, body, n) = through_socket(|o| with.encode(o, fds(2)).unwrap());
         assert_eq!((kind, n), (INIT, 2));
         assert_eq!(ToWorker::decode(kind, &body), Ok(ToWorker::Init(with)));
-        let without: Init<&[u8]> = Init { fingerprint: FP, init: None };
+        let without: Init<&[u8]> = Init { fingerprint: FP, memory_limit: 0, init: None };
         let (kind, body, _) = through_socket(|o| without.encode(o, Vec::new()).unwrap());
         assert_eq!(body.len(), Init::HEAD);
         assert_eq!(Init::decode(&body), Ok(without));
@@ -529,7 +538,7 @@ mod tests {
 
     #[test]
     fn truncated_bodies_are_violations_that_name_the_message() {
-        let full_init = [[7u8; 16].as_slice(), &[1], &[0; 8]].concat();
+        let full_init = [[7u8; 16].as_slice(), &[1], &[0; 16]].concat();
         for (kind, full, head) in [
             (INIT, full_init, Init::HEAD),
             (TASK, vec![0; Task::HEAD], Task::HEAD),
@@ -557,7 +566,7 @@ mod tests {
 
     #[test]
     fn malformed_init_heads_are_violations() {
-        let mut body = [[7u8; 16].as_slice(), &[2], &[0; 8]].concat();
+        let mut body = [[7u8; 16].as_slice(), &[2], &[0; 16]].concat();
         let v = Init::decode(&body).unwrap_err();
         assert!(v.0.contains("initializer flag is 2"), "{v}");
         body[16] = 0;

@@ -39,6 +39,11 @@ pub(crate) const EXIT_MISMATCH: i32 = 121;
 /// Exit code of a child whose channel broke before it got its work, or whose
 /// parent died before it started.
 pub(crate) const EXIT_NO_PARENT: i32 = 122;
+/// Exit code of a worker whose allocation failed under the pool's hard
+/// memory limit (see `engine::procs::memory`).
+pub(crate) const EXIT_MEMORY_LIMIT: i32 = 123;
+/// Exit code of a worker that could not set the pool's memory limit.
+pub(crate) const EXIT_NO_LIMIT: i32 = 124;
 
 /// Who this process is, when it was started by multiproc.
 pub(crate) struct Identity {
@@ -181,15 +186,29 @@ fn serve_pool(channel: OwnedFd) -> i32 {
     let Some((kind, body, fds)) = recv_frame(&mut conn) else {
         return EXIT_NO_PARENT;
     };
-    let Ok(ToWorker::Init(init)) = ToWorker::decode(kind, conn.body(body)) else {
-        return EXIT_NO_PARENT;
+    // The fingerprint comes first whatever the rest of the frame is: a
+    // parent of another build, whose INIT may be laid out otherwise, is told
+    // it is a mismatch rather than seeing this worker vanish.
+    let raw = conn.body(body);
+    let other_build =
+        kind == crate::wire::INIT && raw.get(..16).is_some_and(|fp| fp != task::fingerprint());
+    let decoded = ToWorker::decode(kind, raw);
+    let init = match decoded {
+        Ok(ToWorker::Init(init)) if !other_build => Some(init),
+        _ if other_build => None,
+        _ => return EXIT_NO_PARENT,
     };
-    if init.fingerprint != task::fingerprint() {
+    let Some(init) = init else {
         // The body stays empty: a peer that does not know the fingerprint
         // learns nothing from failing.
         let _ = Mismatch.encode(conn.output());
         let _ = conn.flush_blocking();
         return EXIT_MISMATCH;
+    };
+    if init.memory_limit != 0
+        && crate::engine::procs::memory::limit_self(init.memory_limit).is_err()
+    {
+        return EXIT_NO_LIMIT;
     }
     if let Some(call) = init.init {
         let mut out = Vec::new();

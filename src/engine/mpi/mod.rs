@@ -210,6 +210,10 @@ pub(crate) struct MpiEngine {
     ranks: usize,
     /// `TERMINATE` must still go to the ranks.
     terminate_pending: AtomicBool,
+    /// One per rank: a rank's busy time is the sum, over its jobs, of the
+    /// time from sending the job to its result (jobs a rank holds at once
+    /// overlap).
+    meters: crate::stats::Meters,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -404,6 +408,7 @@ impl MpiEngine {
                     _ => continue,
                 }
                 let sent = s.sent.remove(&id).expect("just found");
+                self.meters.finished(rank, now.saturating_duration_since(sent.at), None);
                 let load = &mut s.load[rank];
                 load.in_flight = load.in_flight.saturating_sub(1);
                 load.fast = now.duration_since(sent.at) < FAST;
@@ -413,10 +418,12 @@ impl MpiEngine {
                 sent
             };
             let pid = (pid != 0).then_some(pid);
+            let decoding = Instant::now();
             match how {
                 wire::DONE_OUTCOMES => (sent.job.done)(Ok((bytes, Vec::new())), pid),
                 _ => sent.job.fail(wire::decode_error(bytes, source)),
             }
+            self.meters.decoded(rank, decoding.elapsed());
         }
     }
 }
@@ -477,6 +484,11 @@ impl Engine for MpiEngine {
 
     fn face_dropped(&self) {
         self.terminate();
+    }
+
+    /// One entry per rank (each runs `local_workers` tasks at once).
+    fn stats(&self) -> crate::stats::PoolStats {
+        self.meters.snapshot()
     }
 }
 
@@ -605,6 +617,11 @@ pub(crate) fn new_engine(options: PoolOptions) -> Result<Arc<MpiEngine>> {
         options,
         ranks,
         terminate_pending: AtomicBool::new(false),
+        meters: {
+            let meters = crate::stats::Meters::new(ranks);
+            (0..ranks).for_each(|r| meters.ready(r, None, Instant::now()));
+            meters
+        },
     });
     {
         let mut c = comm::comm()?;

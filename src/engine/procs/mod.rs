@@ -6,6 +6,7 @@
 //! jobs.
 
 mod lend;
+pub(crate) mod memory;
 mod runner;
 mod slot;
 
@@ -18,7 +19,7 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{cancelled, Engine, Lifecycle, Ticket};
 use crate::error::{Error, Result};
@@ -70,6 +71,11 @@ pub(crate) struct Config {
     pub(crate) init: Option<Init>,
     pub(crate) max_tasks_per_child: Option<usize>,
     pub(crate) task_timeout: Option<Duration>,
+    /// Soft cap: a worker whose resident set exceeds this many bytes after
+    /// a task is replaced (its result is delivered).
+    pub(crate) max_memory_per_child: Option<u64>,
+    /// Hard cap: the address space a worker may have (`RLIMIT_AS`).
+    pub(crate) memory_limit: Option<u64>,
     pub(crate) fingerprint: [u8; 16],
     /// Start workers only as submissions need them (executors), rather than
     /// all at once (pools).
@@ -86,6 +92,7 @@ pub(crate) struct ProcEngine {
     threads: Mutex<Vec<JoinHandle<()>>>,
     started: AtomicUsize,
     next_id: AtomicU64,
+    pub(crate) meters: crate::stats::Meters,
 }
 
 impl ProcEngine {
@@ -103,6 +110,7 @@ impl ProcEngine {
             })
             .collect::<Result<Vec<_>>>()?;
         let lazy = config.lazy;
+        let meters = crate::stats::Meters::new(config.processes);
         let engine = Arc::new(ProcEngine {
             lifecycle: Lifecycle::new(),
             queue: Mutex::new(VecDeque::new()),
@@ -111,6 +119,7 @@ impl ProcEngine {
             threads: Mutex::new(Vec::new()),
             started: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
+            meters,
         });
         if !lazy {
             while engine.start_slot()? {}
@@ -188,18 +197,21 @@ impl ProcEngine {
         if let Some(err) = self.lifecycle.refusal(false) {
             return job.fail(err, None);
         }
-        for s in &self.slots {
+        for (index, s) in self.slots.iter().enumerate() {
             if !s.offer.take() {
                 continue;
             }
             s.vacant.store(false, Ordering::SeqCst);
             let unwinding = GiveBackOnUnwind(s);
+            let start = Instant::now();
+            self.meters.started(index, start);
             let ran = match s.offer.lock_lent().as_mut() {
                 Some(lent) => lend::run(lent, job, slot::write_task),
                 None => Err(lend::Returned { job, written: false, how: lend::How::Died }),
             };
             match ran {
                 Ok(()) => {
+                    self.meters.finished(index, start.elapsed(), None);
                     std::mem::forget(unwinding);
                     s.vacant.store(true, Ordering::SeqCst);
                     if s.offer.give_back() {
@@ -366,5 +378,9 @@ impl Engine for ProcEngine {
     fn face_dropped(&self) {
         self.terminate();
         self.join_workers();
+    }
+
+    fn stats(&self) -> crate::stats::PoolStats {
+        self.meters.snapshot()
     }
 }

@@ -42,6 +42,8 @@ pub(crate) struct ProcOptions {
     pub(crate) init: Option<Init>,
     pub(crate) max_tasks_per_child: Option<usize>,
     pub(crate) task_timeout: Option<Duration>,
+    pub(crate) max_memory_per_child: Option<u64>,
+    pub(crate) memory_limit: Option<u64>,
     pub(crate) simulate_mismatch: bool,
 }
 
@@ -61,6 +63,7 @@ impl ProcOptions {
         if self.task_timeout == Some(Duration::ZERO) {
             return Err(invalid("task_timeout must be longer than zero".into()));
         }
+        super::memory::check_caps(self.max_memory_per_child, self.memory_limit)?;
         let mut fingerprint = task::fingerprint();
         if self.simulate_mismatch {
             fingerprint[0] ^= 0xff;
@@ -70,6 +73,8 @@ impl ProcOptions {
             init: self.init,
             max_tasks_per_child: self.max_tasks_per_child,
             task_timeout: self.task_timeout,
+            max_memory_per_child: self.max_memory_per_child,
+            memory_limit: self.memory_limit,
             fingerprint,
             lazy,
         })

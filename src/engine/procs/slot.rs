@@ -19,13 +19,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::lend::{self, How, Lent};
-use super::{Job, ProcEngine as Core};
+use super::{memory, Job, ProcEngine as Core};
 use crate::engine::{cancelled, Engine, RunState};
 use crate::error::{Error, ErrorKind};
 use crate::spawn::{self, Child};
+use crate::stats::RestartReason;
 use crate::sys::{self, Interest};
 use crate::wire::{self, Accept, Call, Conn, Done, FromWorker, Init, Task};
-use crate::worker::{EXIT_MISMATCH, ROLE_POOL};
+use crate::worker::{EXIT_MEMORY_LIMIT, EXIT_MISMATCH, ROLE_POOL};
 
 /// How many workers in a row may fail to start by their own doing (an exit,
 /// a crash, a broken handshake) before the pool gives up on starting them.
@@ -122,11 +123,15 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
             exit: (None, None),
             unflushed_ends: VecDeque::new(),
             lend_failed: false,
+            why: None,
+            rss_checked: None,
         };
         // A worker that is starting will be free soon: busy slots leave
         // queued jobs for it rather than pipelining them.
         core.slots[index].vacant.store(true, Ordering::SeqCst);
         let end = worker.serve(&core);
+        let why = if matches!(end, End::Exit) { None } else { worker.why };
+        core.meters.ended(index, why);
         // A lent channel belongs to this worker only.
         *core.slots[index].offer.lock_lent() = None;
         core.slots[index].idle.store(false, Ordering::SeqCst);
@@ -211,6 +216,11 @@ struct Worker {
     /// Set when the worker's channel could not be duplicated for lending:
     /// it is then never offered (see `offer`).
     lend_failed: bool,
+    /// Why this worker is (to be) replaced; a soft memory cap sets it while
+    /// the worker still finishes what it holds.
+    why: Option<RestartReason>,
+    /// When the resident set was last compared with the soft cap.
+    rss_checked: Option<Instant>,
 }
 
 impl Worker {
@@ -225,7 +235,9 @@ impl Worker {
             }
         };
         let init = init.map(|i| Call { entry: i.offset, chunk: &i.chunk[..] });
-        let _ = Init { fingerprint: core.config.fingerprint, init }.encode(self.conn.output(), fds);
+        let memory_limit = core.config.memory_limit.unwrap_or(0);
+        let _ = Init { fingerprint: core.config.fingerprint, memory_limit, init }
+            .encode(self.conn.output(), fds);
         let quota = core.config.max_tasks_per_child;
         loop {
             if let Some(err) = core.lifecycle().broken() {
@@ -237,7 +249,7 @@ impl Worker {
             if self.head_kill_requested() {
                 return self.killed_on_request(core);
             }
-            let retiring = quota.is_some_and(|q| self.sent >= q);
+            let retiring = quota.is_some_and(|q| self.sent >= q) || self.why.is_some();
             let pace = self.pace();
             let busy = !self.inflight.is_empty();
             let room = if self.ready && !retiring && !(busy && core.other_vacant(self.index)) {
@@ -253,12 +265,15 @@ impl Worker {
                 for job in core.take(room) {
                     signal.idle.store(false, Ordering::SeqCst);
                     signal.vacant.store(false, Ordering::SeqCst);
-                    self.send(job);
+                    self.send(core, job);
                 }
             }
             if self.ready && self.inflight.is_empty() {
                 let idle_closed = core.finished();
                 if retiring || idle_closed {
+                    if retiring && self.why.is_none() {
+                        self.why = Some(RestartReason::MaxTasks);
+                    }
                     self.exit_gracefully();
                     return if retiring { End::Respawn } else { End::Exit };
                 }
@@ -285,6 +300,7 @@ impl Worker {
                 && !self.conn.has_output()
                 && !self.conn.has_more()
                 && quota.is_none()
+                && core.config.max_memory_per_child.is_none()
                 && self.pidfd.is_some()
                 && !self.lend_failed
                 && core.lifecycle().state() == RunState::Running;
@@ -350,7 +366,7 @@ impl Worker {
         }
     }
 
-    fn send(&mut self, job: Job) {
+    fn send(&mut self, core: &Core, job: Job) {
         if let Err(e) = write_task(&mut self.conn, &job) {
             return job.fail(e, None);
         }
@@ -360,6 +376,7 @@ impl Worker {
         self.unflushed_ends.push_back(self.conn.queued());
         if self.inflight.is_empty() {
             self.head_since = Instant::now();
+            core.meters.started(self.index, self.head_since);
         }
         self.inflight.push_back(job);
         self.sent += 1;
@@ -433,6 +450,7 @@ impl Worker {
         }
         if written {
             self.head_since = Instant::now();
+            core.meters.started(self.index, self.head_since);
             self.inflight.push_back(job);
         } else {
             core.requeue(std::iter::once(job));
@@ -462,6 +480,7 @@ impl Worker {
     }
 
     fn killed_on_request(&mut self, core: &Core) -> End {
+        self.why = Some(RestartReason::Killed);
         let _ = sys::kill(self.pid, sys::SIGKILL);
         self.reap(EXIT_GRACE);
         let id = self.inflight.front().map(|j| j.id).unwrap_or(0);
@@ -480,6 +499,7 @@ impl Worker {
     /// Handles every complete frame buffered; `Some` when the worker is done.
     fn handle_frames(&mut self, core: &Core) -> Option<End> {
         let signal = &core.slots[self.index];
+        let mut finished = false;
         loop {
             let (kind, body, fds) = match self.conn.try_next_frame() {
                 Ok(Some(frame)) => frame,
@@ -493,6 +513,7 @@ impl Worker {
             match msg {
                 FromWorker::Ready(_) => {
                     self.ready = true;
+                    core.meters.ready(self.index, Some(self.pid), Instant::now());
                     self.conn.set_accept(Accept::Only(wire::RUNNING));
                     signal.idle.store(self.inflight.is_empty(), Ordering::SeqCst);
                     signal.vacant.store(self.inflight.is_empty(), Ordering::SeqCst);
@@ -509,11 +530,15 @@ impl Worker {
                         Some(a) => (a * 3 + took) / 4,
                     });
                     self.head_since = now;
+                    let next = (!self.inflight.is_empty()).then_some(now);
+                    core.meters.finished(self.index, took, next);
                     if self.inflight.is_empty() {
                         signal.idle.store(true, Ordering::SeqCst);
                         signal.vacant.store(true, Ordering::SeqCst);
                     }
+                    finished = true;
                     (job.done)(Ok((done.outcomes, fds)), Some(self.pid));
+                    core.meters.decoded(self.index, now.elapsed());
                 }
                 FromWorker::Mismatch(_) => {
                     let err = Error::new(
@@ -553,7 +578,27 @@ impl Worker {
         }
         // Gives back the buffer of a large result once it is consumed.
         self.conn.compact();
+        if finished {
+            self.check_rss(core);
+        }
         None
+    }
+
+    /// After a task: marks the worker for replacement when its resident
+    /// set exceeds the soft cap (it finishes what it holds first). Looked at
+    /// when the worker runs dry, and at most every [`memory::RSS_EVERY`]
+    /// while it is kept busy.
+    fn check_rss(&mut self, core: &Core) {
+        let Some(cap) = core.config.max_memory_per_child else { return };
+        let now = Instant::now();
+        let due = self.rss_checked.is_none_or(|at| now - at >= memory::RSS_EVERY);
+        if self.why.is_some() || !(self.inflight.is_empty() || due) {
+            return;
+        }
+        self.rss_checked = Some(now);
+        if let Some(rss) = memory::rss(self.pid).filter(|&rss| rss > cap) {
+            self.why = Some(RestartReason::MemoryCap { rss, cap });
+        }
     }
 
     /// What is wrong with a result for task `id`, if anything: the worker
@@ -563,6 +608,7 @@ impl Worker {
     }
 
     fn protocol_error(&mut self, core: &Core, what: &str) -> End {
+        self.why = Some(RestartReason::Protocol);
         let _ = sys::kill(self.pid, sys::SIGKILL);
         let _ = self.reap(Duration::ZERO);
         if !self.ready {
@@ -636,6 +682,11 @@ impl Worker {
         let keep = self.inflight.len() - unread;
         core.requeue(self.inflight.split_off(keep).into_iter());
         let (signal, code) = self.reap(EXIT_GRACE);
+        let limit = core.config.memory_limit.filter(|_| code == Some(EXIT_MEMORY_LIMIT));
+        self.why = Some(match limit {
+            Some(limit) => RestartReason::MemoryLimit { limit },
+            None => RestartReason::Crashed { signal, exit_code: code },
+        });
         if !self.ready {
             if code == Some(EXIT_MISMATCH) {
                 let err = Error::new(
@@ -648,6 +699,10 @@ impl Worker {
             return match (signal, code) {
                 (Some(sig), _) if from_outside(sig) => End::StartKilled,
                 (Some(sig), _) => End::StartFailed(format!("died of {}", sys::signal_name(sig))),
+                _ if limit.is_some() => End::StartFailed(format!(
+                    "ran out of memory under the pool's memory_limit of {} bytes",
+                    limit.unwrap_or_default()
+                )),
                 (None, Some(code)) => End::StartFailed(format!("exited with code {code}")),
                 (None, None) => End::StartFailed("vanished".to_string()),
             };
@@ -657,12 +712,16 @@ impl Worker {
             _ if doing.is_empty() => "while idle".to_string(),
             _ => doing.to_string(),
         };
-        let err = Error::worker_died(self.pid, signal, code, &what);
+        let err = match (limit, self.inflight.front()) {
+            (Some(limit), Some(job)) => memory::limit_error(limit, self.pid, job.id),
+            _ => Error::worker_died(self.pid, signal, code, &what),
+        };
         self.fail_head_requeue_rest(core, err);
         End::Respawn
     }
 
     fn timed_out(&mut self, core: &Core) -> End {
+        self.why = Some(RestartReason::Timeout);
         let _ = sys::kill(self.pid, sys::SIGKILL);
         self.reap(EXIT_GRACE);
         let limit = core.config.task_timeout.unwrap_or_default();
