@@ -387,7 +387,6 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Limited<'_, D> {
         deserialize_any();
         deserialize_option();
         deserialize_newtype_struct(name: &'static str);
-        deserialize_seq();
         deserialize_tuple(len: usize);
         deserialize_tuple_struct(name: &'static str, len: usize);
         deserialize_map();
@@ -395,6 +394,17 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Limited<'_, D> {
         deserialize_enum(name: &'static str, variants: &'static [&'static str]);
         deserialize_identifier();
         deserialize_ignored_any();
+    }
+
+    #[inline]
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Message> {
+        let state = self.state;
+        let _depth = state.enter()?;
+        // A `Vec<u8>`: postcard wrote its bytes as a byte string would be.
+        if let Some(bytes) = crate::bytes::byte_vec_visitor::<V>() {
+            return self.inner.deserialize_byte_buf(bytes).map_err(|e| state.unpark(e));
+        }
+        self.inner.deserialize_seq(Wrap { inner: visitor, state }).map_err(|e| state.unpark(e))
     }
 
     #[inline]
@@ -740,6 +750,34 @@ impl<'s, S: Serializer> Serializer for Checked<'s, S> {
         self.inner
             .serialize_newtype_variant(name, index, variant, &Nested { inner: value, state })
             .map_err(|e| state.unpark(e))
+    }
+
+    /// Bytes (a `Vec<u8>`, a `&[u8]`...) go as one byte string: postcard
+    /// writes a sequence of `u8`s and a byte string alike.
+    #[inline]
+    fn collect_seq<I>(self, items: I) -> Result<S::Ok, Message>
+    where
+        I: IntoIterator,
+        I::Item: Serialize,
+    {
+        use ser::SerializeSeq;
+        let items = items.into_iter();
+        if let Some(bytes) = crate::bytes::byte_slice(&items) {
+            return self.serialize_bytes(bytes);
+        }
+        let items = match crate::bytes::collect_bytes(items) {
+            Ok(bytes) => return self.serialize_bytes(&bytes),
+            Err(items) => items,
+        };
+        let len = match items.size_hint() {
+            (lo, Some(hi)) if lo == hi => Some(lo),
+            _ => None,
+        };
+        let mut seq = self.serialize_seq(len)?;
+        for item in items {
+            seq.serialize_element(&item)?;
+        }
+        seq.end()
     }
 
     #[inline]

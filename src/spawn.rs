@@ -144,7 +144,7 @@ fn start(role: &'static str, name: &str, channel: Channel) -> std::io::Result<Sp
             let (a, b) = UnixStream::pair()?;
             (a.into(), b.into())
         }
-        Channel::Packets => sys::packet_pair()?,
+        Channel::Packets => sys::message_pair()?,
     };
     let mut cmd = Command::new(program());
     if let Some(arg0) = std::env::args_os().next() {

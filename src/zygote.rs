@@ -53,10 +53,9 @@
 //! it reads; the program believes a pid only when the kernel says it is an
 //! unreaped child of its own.
 
-use std::ffi::{CStr, OsString};
+use std::ffi::CStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -99,16 +98,24 @@ fn role_of(byte: u8) -> Option<&'static str> {
 // --- the program's side -------------------------------------------------------
 
 /// What a forked child inherits from the server rather than from the
-/// program at the time of the request.
-#[derive(PartialEq, Eq)]
-struct Surroundings {
-    dir: Option<PathBuf>,
-    env: Vec<(OsString, OsString)>,
-}
+/// program at the time of the request: the working directory and the
+/// environment, kept as a hash (keyed at random once per program, so no
+/// environment can be built to collide with another): a request compares
+/// eight bytes, not a copy of the whole environment.
+#[derive(PartialEq, Eq, Clone, Copy)]
+struct Surroundings(u64);
 
 impl Surroundings {
     fn now() -> Surroundings {
-        Surroundings { dir: std::env::current_dir().ok(), env: std::env::vars_os().collect() }
+        use std::hash::{BuildHasher, Hash, Hasher};
+        static KEYS: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+        let mut h = KEYS.get_or_init(Default::default).build_hasher();
+        std::env::current_dir().ok().hash(&mut h);
+        for (name, value) in std::env::vars_os() {
+            name.hash(&mut h);
+            value.hash(&mut h);
+        }
+        Surroundings(h.finish())
     }
 }
 
@@ -127,10 +134,19 @@ impl Server {
         Ok(Server { process: s.child, channel: s.channel, surroundings, served: false })
     }
 
-    /// Stops the server and reaps it (SIGKILL: it holds nothing).
+    /// Stops the server and reaps it (SIGKILL: it holds nothing). A child
+    /// it forked whose reply the program never read (the server stopped
+    /// answering after the fork, and the request timed out) is a child of
+    /// the program that no one would ever reap: its reply, if the server
+    /// sent it before it died, names it, and it is killed and reaped.
     fn stop(mut self) {
         let _ = sys::kill(self.process.id(), sys::SIGKILL);
         let _ = self.process.wait();
+        for pid in unread_replies(&self.channel) {
+            let mut child = Child::new(pid);
+            let _ = child.kill();
+            spawn::reap_in_background(child);
+        }
     }
 }
 
@@ -173,11 +189,9 @@ pub(crate) fn fork(role: &str, name: &str) -> Option<Spawned> {
             old.stop();
         }
     }
-    let mut here = Some(here);
     for _ in 0..2 {
         if state.server.is_none() {
-            let surroundings = here.take().unwrap_or_else(Surroundings::now);
-            match Server::start(surroundings) {
+            match Server::start(here) {
                 Ok(s) => state.server = Some(s),
                 Err(_) => {
                     state.off = true;
@@ -209,6 +223,40 @@ pub(crate) fn fork(role: &str, name: &str) -> Option<Spawned> {
     None
 }
 
+/// The pids in the replies still queued on a dead server's channel that
+/// name unreaped children of ours. Never blocks: a child the server forked
+/// a moment before it died may still hold the server's end open.
+fn unread_replies(channel: &OwnedFd) -> Vec<u32> {
+    let mut pids = Vec::new();
+    // A server sends one reply per request, and the program sends one
+    // request at a time: more than a few replies queued is not ours.
+    for _ in 0..4 {
+        let ready = Interest { fd: channel.as_fd(), read: true, write: false };
+        match sys::poll([ready], Some(Duration::ZERO)) {
+            Ok([r]) if r.read => {}
+            _ => break,
+        }
+        let mut reply = [0u8; 8];
+        let mut fds = Vec::new();
+        match sys::recv_packet(channel.as_fd(), &mut reply, &mut fds) {
+            Ok(Some(8)) if fds.is_empty() => {}
+            _ => break,
+        }
+        let (errno, pid) = parse_reply(reply);
+        if errno == 0 && sys::is_own_child(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A reply's errno and pid.
+fn parse_reply(reply: [u8; 8]) -> (i32, u32) {
+    let errno = i32::from_le_bytes([reply[0], reply[1], reply[2], reply[3]]);
+    let pid = u32::from_le_bytes([reply[4], reply[5], reply[6], reply[7]]);
+    (errno, pid)
+}
+
 /// One request and its reply.
 fn ask(server: &Server, role: u8, name: &str) -> Result<Spawned, Failure> {
     let (ours, theirs) = UnixStream::pair().map_err(|_| Failure::Refused)?;
@@ -234,8 +282,7 @@ fn ask(server: &Server, role: u8, name: &str) -> Result<Spawned, Failure> {
         Ok(Some(8)) if fds.is_empty() => {}
         _ => return Err(Failure::Broken),
     }
-    let errno = i32::from_le_bytes([reply[0], reply[1], reply[2], reply[3]]);
-    let pid = u32::from_le_bytes([reply[4], reply[5], reply[6], reply[7]]);
+    let (errno, pid) = parse_reply(reply);
     if errno != 0 {
         return Err(Failure::Refused);
     }
@@ -280,6 +327,10 @@ pub(crate) fn serve(channel: OwnedFd) -> i32 {
         return 0;
     }
     let Ok(state) = sys::fork_state() else { return 0 };
+    // Worked out once here rather than in every child (a stat of the
+    // executable and a hash): the children's pages stay fewer, and their
+    // start shorter. The server runs the same file as its children.
+    let _ = crate::task::fingerprint();
     // Named so that `ps` (and a test) tells the server from its children,
     // which take the program's name back.
     let name = rustix::thread::name().ok();
@@ -327,4 +378,46 @@ fn become_child(req: Request, server: OwnedFd, parent: u32, name: Option<&CStr>)
     }
     drop((out, err));
     worker::run_forked(req.role, req.name, parent, channel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn sleeper() -> u32 {
+        std::process::Command::new("sleep").arg("30").spawn().unwrap().id()
+    }
+
+    /// A server that forked a child and replied, but whose reply the program
+    /// stopped waiting for: stopping the server kills and reaps the child
+    /// the reply names, which would otherwise stay a zombie of the program.
+    #[test]
+    fn stopping_a_server_reaps_the_child_of_an_unread_reply() {
+        let (ours, theirs) = sys::message_pair().unwrap();
+        let server = Server {
+            process: Child::new(sleeper()),
+            channel: ours,
+            surroundings: Surroundings(0),
+            served: true,
+        };
+        let orphan = sleeper();
+        let mut reply = [0u8; 8];
+        reply[4..].copy_from_slice(&orphan.to_le_bytes());
+        sys::send_packet(theirs.as_fd(), &reply, &[]).unwrap();
+        // A reply naming a process that is not our child is ignored.
+        reply[4..].copy_from_slice(&1u32.to_le_bytes());
+        sys::send_packet(theirs.as_fd(), &reply, &[]).unwrap();
+        // `theirs` stays open, as a just-forked child's copy would: the
+        // drain must not wait for end of file.
+        let t = Instant::now();
+        server.stop();
+        assert!(t.elapsed() < Duration::from_secs(5), "stop took {:?}", t.elapsed());
+        let end = Instant::now() + Duration::from_secs(20);
+        while sys::is_own_child(orphan) {
+            assert!(Instant::now() < end, "child {orphan} was neither killed nor reaped");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(theirs);
+    }
 }

@@ -1,6 +1,6 @@
 //! The system calls of the fork server (`crate::zygote`): a fork whose child
 //! belongs to the server's parent, the C library's per-thread state that such
-//! a fork must carry over, and the server's message-per-request socket.
+//! a fork must carry over, and the messages on the server's socket.
 //!
 //! Why not `fork(2)`: the C library's fork makes the child a child of the
 //! caller, and only the caller can then reap it or learn its exit status. The
@@ -120,18 +120,6 @@ pub(crate) unsafe fn fork_sibling(state: &ForkState) -> io::Result<Option<u32>> 
     }
 }
 
-/// A pair of connected Unix sockets that keep message boundaries
-/// (`SOCK_SEQPACKET`), close-on-exec.
-pub(crate) fn packet_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    use rustix::net::{AddressFamily, SocketFlags, SocketType};
-    Ok(rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )?)
-}
-
 /// Sends one message with `fds` attached, without raising SIGPIPE; blocks.
 pub(crate) fn send_packet(
     fd: BorrowedFd<'_>,
@@ -188,8 +176,8 @@ pub(crate) fn recv_packet(
 
 /// True when `pid` is a child of this process that nobody has reaped.
 pub(crate) fn is_own_child(pid: u32) -> bool {
-    use rustix::process::{Pid, WaitId, WaitIdOptions};
-    let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else { return false };
+    use rustix::process::{WaitId, WaitIdOptions};
+    let Ok(pid) = super::pid_of(pid) else { return false };
     let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
     loop {
         match rustix::process::waitid(WaitId::Pid(pid), options) {
@@ -202,8 +190,8 @@ pub(crate) fn is_own_child(pid: u32) -> bool {
 /// Reaps child `pid`, waiting for it to exit unless `hang` is false (then
 /// `None` while it runs). The raw wait status, as `ExitStatus::from_raw` takes it.
 pub(crate) fn reap(pid: u32, hang: bool) -> io::Result<Option<i32>> {
-    use rustix::process::{Pid, WaitOptions};
-    let pid = i32::try_from(pid).ok().and_then(Pid::from_raw).ok_or(Errno::INVAL)?;
+    use rustix::process::WaitOptions;
+    let pid = super::pid_of(pid)?;
     let options = if hang { WaitOptions::empty() } else { WaitOptions::NOHANG };
     loop {
         match rustix::process::waitpid(Some(pid), options) {

@@ -45,7 +45,7 @@ fn retry<T>(mut call: impl FnMut() -> rustix::io::Result<T>) -> io::Result<T> {
 
 /// A process id as the kernel takes it; EINVAL for 0 or one beyond `pid_t`
 /// (which `kill` would otherwise read as a process group, or as all of them).
-fn pid_of(pid: u32) -> io::Result<Pid> {
+pub(crate) fn pid_of(pid: u32) -> io::Result<Pid> {
     i32::try_from(pid).ok().and_then(Pid::from_raw).ok_or_else(|| Errno::INVAL.into())
 }
 
