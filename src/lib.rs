@@ -60,6 +60,9 @@ mod wire;
 mod worker;
 mod zygote;
 
+/// The crate behind [`Plain`]: `#[derive(Pod, Zeroable)]` makes a struct a
+/// [`Value`] or [`Array`] element.
+pub use bytemuck;
 pub use bytes::Bytes;
 pub use error::{Error, ErrorKind, Result};
 pub use executor::{

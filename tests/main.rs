@@ -39,6 +39,8 @@ mod large_values;
 mod manager;
 #[path = "it/no_pidfd.rs"]
 mod no_pidfd;
+#[path = "it/pod.rs"]
+mod pod;
 #[path = "it/pool.rs"]
 mod pool;
 #[path = "it/pool_failures.rs"]
