@@ -51,6 +51,8 @@ mod process;
 mod progress;
 #[path = "it/seccomp.rs"]
 mod seccomp;
+#[path = "it/sentinel.rs"]
+mod sentinel;
 #[path = "it/support.rs"]
 mod support;
 #[path = "it/thread_pool.rs"]
