@@ -35,6 +35,7 @@
 #[doc(hidden)]
 #[path = "fuzz_api.rs"]
 pub mod __fuzz;
+mod aio;
 mod bytes;
 mod codec;
 pub mod connection;

@@ -5,6 +5,8 @@
 //! (`support::bounded`, `get_timeout`, `join_timeout`); the nextest profile's
 //! slow-timeout bounds everything else.
 
+#[path = "it/aio.rs"]
+mod aio;
 #[path = "it/apply_here.rs"]
 mod apply_here;
 #[path = "it/async_result.rs"]
