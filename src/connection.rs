@@ -730,6 +730,7 @@ mod sealed {
     pub trait Sealed {}
     impl<T> Sealed for crate::Connection<T> {}
     impl Sealed for super::Listener {}
+    impl Sealed for std::os::fd::BorrowedFd<'_> {}
 }
 
 impl<T> Waitable for Connection<T> {
@@ -741,6 +742,15 @@ impl<T> Waitable for Connection<T> {
             }
             None => false,
         }
+    }
+}
+
+/// Any descriptor, ready when it is readable or hangs up: a
+/// [`Process::sentinel`](crate::Process::sentinel), or a socket of your own.
+impl Waitable for BorrowedFd<'_> {
+    fn add_fds<'a>(&'a self, fds: &mut Vec<BorrowedFd<'a>>) -> bool {
+        fds.push(*self);
+        false
     }
 }
 

@@ -90,6 +90,7 @@
 #[doc(hidden)]
 #[path = "fuzz_api.rs"]
 pub mod __fuzz;
+mod aio;
 mod bytes;
 mod codec;
 pub mod connection;
@@ -116,6 +117,9 @@ mod wire;
 mod worker;
 mod zygote;
 
+/// The crate behind [`Plain`]: `#[derive(Pod, Zeroable)]` makes a struct a
+/// [`Value`] or [`Array`] element.
+pub use bytemuck;
 pub use bytes::Bytes;
 pub use error::{Error, ErrorKind, Result};
 pub use executor::{

@@ -307,23 +307,109 @@ impl<T> Connection<T> {
                     if let Some((kind, body, fds)) = next_frame(c)? {
                         return Ok(Next::Buffered(kind, body, fds));
                     }
-                    return Err(if c.input_idle() && !c.has_partial_input() {
-                        Error::new(
-                            ErrorKind::Closed,
-                            "end of file: every copy of the pipe's other end is closed",
-                        )
-                    } else {
-                        Error::new(
-                            ErrorKind::Protocol,
-                            "the pipe's writer closed (or died) in the middle of a message",
-                        )
-                    });
+                    return Err(end_of_file(c));
                 }
                 // Frames before the broken rule are still delivered.
                 Err(_) if c.violation().is_some() => {}
                 Err(e) => return Err(closed_or_io(e, "receive")),
             }
         }
+    }
+
+    /// The next message if one is whole now, reading what the socket has
+    /// without blocking: the receive step of `recv_async`.
+    pub(crate) fn try_recv_frame(&self) -> Result<TryRecv> {
+        self.check(false)?;
+        let Some(mut r) = self.reader.try_lock() else { return Ok(TryRecv::Busy) };
+        if let Some((bytes, fds)) = r.kept.take() {
+            return Ok(TryRecv::Frame(bytes, fds));
+        }
+        let c = &mut r.conn;
+        let mut dry = false;
+        loop {
+            if let Some((kind, body, fds)) = next_frame(c)? {
+                let bytes = PipeMessage::decode(kind, c.body(body)).bytes().to_vec();
+                c.compact();
+                return Ok(TryRecv::Frame(bytes, fds));
+            }
+            if dry {
+                return Ok(TryRecv::Empty);
+            }
+            match c.read_some() {
+                Ok(false) => dry = !c.has_more(),
+                Ok(true) => {
+                    if let Some((kind, body, fds)) = next_frame(c)? {
+                        let bytes = PipeMessage::decode(kind, c.body(body)).bytes().to_vec();
+                        c.compact();
+                        return Ok(TryRecv::Frame(bytes, fds));
+                    }
+                    return Err(end_of_file(c));
+                }
+                // Frames before the broken rule are still delivered.
+                Err(_) if c.violation().is_some() => {}
+                Err(e) => return Err(closed_or_io(e, "receive")),
+            }
+        }
+    }
+
+    /// The descriptor `recv_async` waits on; `None` for a sending-only end.
+    pub(crate) fn recv_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.wait_state().map(|(fd, _)| fd)
+    }
+
+    /// Queues a value's frame on this end and writes what the socket takes
+    /// now: the first step of `send_async`. `Ok(None)` when another thread
+    /// is sending (nothing was queued and `fds` are left as they were);
+    /// otherwise the stream position the message ends at, and how far it got.
+    pub(crate) fn try_start_send(
+        &self,
+        bytes: &Chunk,
+        fds: &mut Option<Vec<OwnedFd>>,
+    ) -> Result<Option<(u64, TrySend)>> {
+        self.check(true)?;
+        let Some(mut c) = self.writer.try_lock() else { return Ok(None) };
+        PipeMessage::Object(bytes).encode(c.output(), fds.take().unwrap_or_default())?;
+        let end = c.queued();
+        drop(c);
+        self.try_continue_send(end).map(|s| Some((end, s)))
+    }
+
+    /// Writes queued output the socket takes now, until the message ending
+    /// at `end` is out; reads what the peer sends meanwhile into the
+    /// receiving half, as a blocking send does, so that two ends sending
+    /// large messages to each other cannot both wait forever.
+    pub(crate) fn try_continue_send(&self, end: u64) -> Result<TrySend> {
+        let Some(mut c) = self.writer.try_lock() else { return Ok(TrySend::Busy) };
+        if let Err(e) = c.write_some() {
+            c.discard_output();
+            return Err(closed_or_io(e, "send"));
+        }
+        if c.written() >= end {
+            return Ok(TrySend::Done);
+        }
+        if self.readable {
+            if let Some(mut reader) = self.reader.try_lock() {
+                let was_idle = reader.conn.input_idle();
+                let _ = reader.conn.read_some();
+                if was_idle && !reader.conn.input_idle() {
+                    // A receive waiting for the socket would not see it now.
+                    drop(reader);
+                    // SAFETY: as in `wait_state`.
+                    crate::aio::wake_fd(unsafe { BorrowedFd::borrow_raw(self.read_fd) });
+                }
+            }
+        }
+        Ok(TrySend::Pending)
+    }
+
+    /// The descriptor `send_async` waits on, and whether to wait for input
+    /// too (see [`Connection::try_continue_send`]).
+    pub(crate) fn send_fd(&self) -> (BorrowedFd<'_>, bool) {
+        let read = self.readable && self.reader.try_lock().is_some_and(|r| !r.conn.has_more());
+        // SAFETY: as in `wait_state`: the descriptor belongs to `self`'s
+        // channel (the write end duplicates the same socket), lives as long
+        // as `self`, and the borrow is tied to `self`.
+        (unsafe { BorrowedFd::borrow_raw(self.read_fd) }, read)
     }
 
     /// True when a message (or end of file) is ready within `timeout`
@@ -344,6 +430,38 @@ impl<T> Connection<T> {
 
     /// Closes this end (dropping it does the same).
     pub fn close(self) {}
+}
+
+/// What a receive that met end of file with no whole message reports.
+fn end_of_file(c: &Conn) -> Error {
+    if c.input_idle() && !c.has_partial_input() {
+        Error::new(ErrorKind::Closed, "end of file: every copy of the pipe's other end is closed")
+    } else {
+        Error::new(
+            ErrorKind::Protocol,
+            "the pipe's writer closed (or died) in the middle of a message",
+        )
+    }
+}
+
+/// What one non-blocking receive step found (see `aio`).
+pub(crate) enum TryRecv {
+    /// The bytes of the next message and its handles.
+    Frame(Vec<u8>, Vec<OwnedFd>),
+    /// No whole message yet, and the socket has nothing more now.
+    Empty,
+    /// Another thread is receiving on this end.
+    Busy,
+}
+
+/// What one non-blocking send step did (see `aio`).
+pub(crate) enum TrySend {
+    /// Everything up to the message's end reached the kernel.
+    Done,
+    /// Part of it is queued on this end, to go out as the socket drains.
+    Pending,
+    /// Another thread is sending on this end.
+    Busy,
 }
 
 /// The next whole message, or a `Protocol` error once the other end broke
@@ -378,6 +496,13 @@ impl<T: Serialize> Connection<T> {
     /// [`ErrorKind::Serialize`] when the value cannot be encoded (nothing is
     /// sent); [`ErrorKind::Closed`] when the other end is gone.
     pub fn send(&self, value: &T) -> Result<()> {
+        let (bytes, fds) = self.encode_value(value)?;
+        // A large message is sent from where it was encoded, not copied.
+        self.send_frame(PipeMessage::Object(&bytes), fds)
+    }
+
+    /// A value's encoding and the handles it carries, checked for this end.
+    pub(crate) fn encode_value(&self, value: &T) -> Result<(Chunk, Vec<OwnedFd>)> {
         let (bytes, fds) = fdpass::collect(|| crate::codec::encode(value));
         let bytes = bytes.map_err(|e| {
             Error::new(
@@ -400,8 +525,7 @@ impl<T: Serialize> Connection<T> {
                 ),
             ));
         }
-        // A large message is sent from where it was encoded, not copied.
-        self.send_frame(PipeMessage::Object(&Chunk::from(bytes)), fds)
+        Ok((Chunk::from(bytes), fds))
     }
 }
 
@@ -426,7 +550,12 @@ impl<T: DeserializeOwned> Connection<T> {
 
     fn recv_within(&self, timeout: Option<Duration>) -> Result<T> {
         let (bytes, fds) = self.recv_frame(timeout)?;
-        fdpass::supply(fds, || crate::codec::decode(&bytes)).map_err(|e| {
+        Self::decode_value(&bytes, fds)
+    }
+
+    /// The value a message's bytes and handles encode.
+    pub(crate) fn decode_value(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T> {
+        fdpass::supply(fds, || crate::codec::decode(bytes)).map_err(|e| {
             Error::new(
                 ErrorKind::Deserialize,
                 format!("a message on a pipe is not a `{}`: {e}", std::any::type_name::<T>()),

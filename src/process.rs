@@ -2,6 +2,7 @@
 //! `multiprocessing.Process`; and `current_process`, `parent_process`,
 //! `active_children`, `cpu_count`.
 
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -76,6 +77,9 @@ pub struct Process {
     target: Option<Target>,
     child: Option<Child>,
     exitcode: Option<i32>,
+    /// Readable once the child has ended: its pidfd, opened at the first
+    /// [`Process::sentinel`].
+    sentinel: OnceLock<OwnedFd>,
 }
 
 impl Process {
@@ -104,6 +108,7 @@ impl Process {
             }),
             child: None,
             exitcode: None,
+            sentinel: OnceLock::new(),
         }
     }
 
@@ -148,6 +153,63 @@ impl Process {
     /// The child's pid once started.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// A descriptor that becomes readable when the process ends (Python's
+    /// `sentinel`), and stays readable: poll it with your own event loop,
+    /// or pass it to [`connection::wait`](crate::connection::wait) beside
+    /// connections. It is the child's pidfd, opened at the first call; it
+    /// does not reap the child ([`join`](Process::join) or
+    /// [`exitcode`](Process::exitcode) still tell how it ended) and lives as
+    /// long as this `Process`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidState`] before [`start`](Process::start);
+    /// [`ErrorKind::Io`] when the kernel has no pidfds (before Linux 5.3, or
+    /// under valgrind).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::{connection, pipe, Process};
+    ///
+    /// fn nap(ms: u64) { std::thread::sleep(Duration::from_millis(ms)) }
+    ///
+    /// let (rx, _tx) = pipe::<u32>(false)?;
+    /// let mut p = Process::new(nap, 50u64);
+    /// p.start()?;
+    /// let ended = p.sentinel()?;
+    /// // Whichever comes first: a message on `rx` (index 0) or the child's end (1).
+    /// assert_eq!(connection::wait(&[&rx, &ended], Some(Duration::from_secs(10)))?, vec![1]);
+    /// p.join()?;
+    /// assert_eq!(p.exitcode(), Some(0));
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn sentinel(&self) -> Result<BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        if let Some(fd) = self.sentinel.get() {
+            return Ok(fd.as_fd());
+        }
+        let Some(child) = self.child.as_ref() else {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                "a process has a sentinel only once it is started",
+            ));
+        };
+        let pid = child.id();
+        let fd = if self.exitcode.is_some() {
+            // Reaped already, so the pid may name another process now: the
+            // sentinel is a socket at end of file, readable for good.
+            let (end, _) = std::os::unix::net::UnixStream::pair()
+                .map_err(|e| Error::io("could not create a process sentinel", e))?;
+            OwnedFd::from(end)
+        } else {
+            // Not reaped (that takes `&mut self`), so the pid is still ours.
+            sys::pidfd_open(pid)
+                .map_err(|e| Error::io(format!("could not open a pidfd for process {pid}"), e))?
+        };
+        Ok(self.sentinel.get_or_init(|| fd).as_fd())
     }
 
     /// Starts the child and returns at once.

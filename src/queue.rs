@@ -188,6 +188,12 @@ impl<T> Queue<T> {
         self.shared.mem.get()
     }
 
+    /// The descriptor that is readable while an item may be waiting: what
+    /// an async get polls before it tries again (see `aio`).
+    pub(crate) fn ready_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.rx.as_fd()
+    }
+
     /// The number of items in the queue (approximate while others use it).
     pub fn qsize(&self) -> usize {
         self.mem().count.load(Ordering::SeqCst) as usize

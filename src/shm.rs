@@ -16,7 +16,7 @@
 //! every access is a copy made of relaxed atomic loads or stores of the
 //! element's natural width ([`load`], [`store`]): concurrent `get`s and
 //! `set`s from several threads are then not data races, and a torn element
-//! is still a valid value because every bit pattern of a [`Plain`] type is.
+//! is still a valid value because every bit pattern of a [`Plain`] (`Pod`) type is.
 //! No reference to the elements exists outside a guard. A guard
 //! ([`ArrayGuard`], [`ValueGuard`]) hands out `&mut` only while its thread
 //! holds the array's lock, and every other access to the same memory in this
@@ -194,23 +194,53 @@ impl<'de, T> Deserialize<'de> for Cell<T> {
     }
 }
 
-/// Plain data that may live in shared memory: `Copy`, no pointers, and valid
-/// for every bit pattern another process may write.
+/// Plain data that may live in shared memory: every
+/// [`bytemuck::Pod`] type that is `Send + Sync` — numbers, arrays of them,
+/// and your own `#[repr(C)]` structs with `#[derive(Pod, Zeroable)]`, whose
+/// derive checks at compile time that the struct has no padding, pointers
+/// or invalid bit patterns. Nothing to implement, no `unsafe`.
 ///
-/// # Safety
-/// Implement only for types with no padding-sensitive invariants, no
-/// references or pointers, and no invalid bit patterns.
-pub unsafe trait Plain: Copy + Send + Sync + 'static {}
+/// A hostile process sharing the memory can write any bytes there; a `Pod`
+/// type is valid for every bit pattern, so it can make the values wrong,
+/// never undefined.
+///
+/// # Examples
+///
+/// ```
+/// use bytemuck::{Pod, Zeroable};
+/// use multiproc::{Array, Process, Value};
+///
+/// #[repr(C)]
+/// #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+/// struct Point {
+///     x: f64,
+///     y: f64,
+///     id: u64,
+/// }
+///
+/// fn shift(v: Value<Point>) {
+///     let mut g = v.lock().unwrap();
+///     g.x += 1.0;
+///     g.id = 7;
+/// }
+///
+/// let v = Value::new(Point { x: 1.0, y: 2.0, id: 0 })?;
+/// let mut p = Process::new(shift, v.clone());
+/// p.start()?;
+/// p.join()?;
+/// assert_eq!(v.get(), Point { x: 2.0, y: 2.0, id: 7 });
+///
+/// let a = Array::from_slice(&[Point::zeroed(); 3])?;
+/// assert_eq!(a.get(2)?, Point::zeroed());
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+///
+/// Without a direct dependency on `bytemuck`, derive through the
+/// re-export: `#[derive(multiproc::bytemuck::Pod, multiproc::bytemuck::Zeroable)]`
+/// with `#[bytemuck(crate = "multiproc::bytemuck")]` on the struct.
+pub trait Plain: bytemuck::Pod + Send + Sync {}
 
-macro_rules! plain {
-    ($($t:ty),*) => { $(
-        // SAFETY: a primitive number: every bit pattern is a valid value.
-        unsafe impl Plain for $t {}
-    )* };
-}
-plain!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64);
-// SAFETY: an array of plain data is plain data.
-unsafe impl<T: Plain, const N: usize> Plain for [T; N] {}
+impl<T: bytemuck::Pod + Send + Sync> Plain for T {}
 
 /// The width of the atomic accesses that copy a `T`: the widest of 8, 4, 2
 /// and 1 bytes that divides its size and that its alignment allows. One

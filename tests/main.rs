@@ -5,6 +5,8 @@
 //! (`support::bounded`, `get_timeout`, `join_timeout`); the nextest profile's
 //! slow-timeout bounds everything else.
 
+#[path = "it/aio.rs"]
+mod aio;
 #[path = "it/apply_here.rs"]
 mod apply_here;
 #[path = "it/async_result.rs"]
@@ -41,6 +43,8 @@ mod manager;
 mod memory_cap;
 #[path = "it/no_pidfd.rs"]
 mod no_pidfd;
+#[path = "it/pod.rs"]
+mod pod;
 #[path = "it/pool.rs"]
 mod pool;
 #[path = "it/pool_failures.rs"]
@@ -51,6 +55,8 @@ mod process;
 mod progress;
 #[path = "it/seccomp.rs"]
 mod seccomp;
+#[path = "it/sentinel.rs"]
+mod sentinel;
 #[path = "it/stats.rs"]
 mod stats;
 #[path = "it/support.rs"]
