@@ -11,6 +11,8 @@ mod apply_here;
 mod async_result;
 #[path = "it/connection.rs"]
 mod connection;
+#[path = "it/events.rs"]
+mod events;
 #[path = "it/fork_server.rs"]
 mod fork_server;
 #[path = "it/futures.rs"]

@@ -123,10 +123,12 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
             unflushed_ends: VecDeque::new(),
             lend_failed: false,
         };
+        event!(DEBUG, pid = worker.pid, slot = index; "worker {} ({name}) started", worker.pid);
         // A worker that is starting will be free soon: busy slots leave
         // queued jobs for it rather than pipelining them.
         core.slots[index].vacant.store(true, Ordering::SeqCst);
         let end = worker.serve(&core);
+        event!(DEBUG, pid = worker.pid, slot = index, signal = worker.exit.0, exit_code = worker.exit.1, replaced = matches!(end, End::Respawn); "worker {} exited", worker.pid);
         // A lent channel belongs to this worker only.
         *core.slots[index].offer.lock_lent() = None;
         core.slots[index].idle.store(false, Ordering::SeqCst);
@@ -134,6 +136,7 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
         match end {
             End::Exit => return,
             End::Respawn => {
+                event!(INFO, pid = worker.pid, slot = index; "worker {} is replaced", worker.pid);
                 early_deaths = 0;
                 pause = RESTART_PAUSE.0;
             }
@@ -181,6 +184,7 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
                             ),
                         ),
                     };
+                    event!(ERROR, pid = worker.pid, error: display = err; "{err}");
                     return core.break_with(err.with_pid(worker.pid));
                 }
             }
@@ -465,6 +469,7 @@ impl Worker {
         let _ = sys::kill(self.pid, sys::SIGKILL);
         self.reap(EXIT_GRACE);
         let id = self.inflight.front().map(|j| j.id).unwrap_or(0);
+        event!(INFO, pid = self.pid, task = id, signal = sys::SIGKILL; "worker {} killed: its task {id} was cancelled while running", self.pid);
         let err = Error::new(
             ErrorKind::Cancelled,
             format!(
@@ -529,6 +534,7 @@ impl Worker {
                 }
                 FromWorker::InitFailed(failed) => {
                     let msg = failed.message;
+                    event!(ERROR, pid = self.pid, error: display = msg; "initializer failed in worker {}: {msg}", self.pid);
                     let err = Error::new(
                         ErrorKind::InitializerFailed,
                         format!(
@@ -658,6 +664,7 @@ impl Worker {
             _ => doing.to_string(),
         };
         let err = Error::worker_died(self.pid, signal, code, &what);
+        event!(WARN, pid = self.pid, signal = signal, exit_code = code; "{err}");
         self.fail_head_requeue_rest(core, err);
         End::Respawn
     }
@@ -667,6 +674,7 @@ impl Worker {
         self.reap(EXIT_GRACE);
         let limit = core.config.task_timeout.unwrap_or_default();
         let id = self.inflight.front().map(|j| j.id).unwrap_or(0);
+        event!(WARN, pid = self.pid, task = id, signal = sys::SIGKILL, timeout_ms = limit.as_millis() as u64; "task {id} timed out after {limit:?}: its worker {} was killed", self.pid);
         let err = Error::timeout(format!(
             "task {id} did not finish within {limit:?}; its worker {} was killed and replaced",
             self.pid
