@@ -55,5 +55,7 @@ mod seccomp;
 mod support;
 #[path = "it/thread_pool.rs"]
 mod thread_pool;
+#[path = "it/timeouts.rs"]
+mod timeouts;
 #[path = "it/worker_trust.rs"]
 mod worker_trust;
