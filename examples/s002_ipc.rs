@@ -24,7 +24,7 @@ use multiproc::{
 use serde::{Deserialize, Serialize};
 
 pub const SCENARIOS: &[common::Scenario] = &[
-    ("S002.5", "Queue(3): put, full, qsize, put_nowait's Full handing the value back, get_nowait's Empty, puts and gets that block (with timeouts of 50 ms), close", s002_5),
+    ("S002.5", "Queue(3): put, full, qsize, put_nowait's Full handing the value back, get_nowait's Empty, puts and gets that block (with timeouts of 50 ms, which report Timeout), close", s002_5),
     ("S002.6", "Producer/consumer: without a sentinel the consumer never ends; with None it does; JoinableQueue with task_done/join, daemon consumers, 3 consumers, the producer in a child", s002_6),
     ("S002.7", "Pipes: one-way producer/consumer ending at end-of-file once every writer is closed, poll, byte messages, a request/response adder over a duplex pipe", s002_7),
     ("S002.9", "Lock: 100 processes buy from a file used as a database holding 1 ticket (latency 1-3 s scaled to 20 ms); exactly one is sold", s002_9),
@@ -102,7 +102,7 @@ pub fn s002_5() -> Result<(), String> {
     let r = q.put_timeout(4, t);
     let waited = started.elapsed();
     println!("put_timeout(4, {t:?}): {r:?} after {waited:.2?}");
-    ensure!(matches!(r, Err(PutError::Full(4))), "put_timeout on a full queue gave {r:?}");
+    ensure!(matches!(r, Err(PutError::Timeout(4))), "put_timeout on a full queue gave {r:?}");
     ensure!(waited >= t, "put_timeout gave up after {waited:?}, before {t:?}");
 
     // A blocking put waits until a child takes an item.
@@ -128,7 +128,7 @@ pub fn s002_5() -> Result<(), String> {
     let r = q.get_timeout(t).map_err(|e| e.kind());
     let waited = started.elapsed();
     println!("get_timeout({t:?}): {r:?} after {waited:.2?}");
-    ensure!(r == Err(ErrorKind::Empty), "get_timeout on an empty queue gave {r:?}");
+    ensure!(r == Err(ErrorKind::Timeout), "get_timeout on an empty queue gave {r:?}");
     ensure!(waited >= t, "get_timeout gave up after {waited:?}, before {t:?}");
 
     // A blocking get waits until a child puts an item.

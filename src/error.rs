@@ -15,7 +15,14 @@ pub enum ErrorKind {
     TaskPanicked,
     /// The worker process running the task died (signal or exit code).
     WorkerDied,
-    /// A time bound passed: a `get` with a timeout, or the pool's per-task timeout.
+    /// A time bound passed. The one rule for every timeout in the crate:
+    /// any call given a time bound that passes reports `Timeout`, whatever
+    /// it waited for — a `get`/`put`/`recv`/`wait` with a timeout (queues,
+    /// pipes, futures, results, an `IMap::next_timeout`), the pool's
+    /// per-task timeout, a per-call timeout (`pool.timeout(d).apply(..)`).
+    /// Only the calls that do not wait at all (`get_nowait`, `put_nowait`)
+    /// say why they could not proceed: [`Empty`](ErrorKind::Empty) or
+    /// [`Full`](ErrorKind::Full).
     Timeout,
     /// The task was cancelled before it ran (the pool was terminated or dropped).
     Cancelled,
@@ -44,9 +51,12 @@ pub enum ErrorKind {
     /// The other end of a pipe is closed in every process, or the queue was
     /// closed.
     Closed,
-    /// A queue had no item in time.
+    /// A queue had no item, for a call that does not wait (`get_nowait`);
+    /// a wait with a timeout reports [`Timeout`](ErrorKind::Timeout).
     Empty,
-    /// A bounded queue had no free place in time.
+    /// A bounded queue had no free place, for a call that does not wait
+    /// (`put_nowait`); a wait with a timeout reports
+    /// [`Timeout`](ErrorKind::Timeout).
     Full,
     /// An operating-system call failed.
     Io,

@@ -85,6 +85,8 @@
 //! memory by themselves; [`Array`] shares pages without copying at all. See
 //! [`Bytes`] for the details.
 
+#[macro_use]
+mod events;
 /// Entry points for the fuzz targets in `fuzz/`; not an API.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -98,7 +98,8 @@ fn guarded(f: impl FnOnce()) -> bool {
     match crate::task::catch_panic(f) {
         Ok(()) => true,
         Err(failure) => {
-            eprintln!(
+            report!(
+                ERROR, panic = failure.message.as_str();
                 "multiproc: a progress hook panicked: {}; it is not called again for this map, \
                  which goes on",
                 failure.message

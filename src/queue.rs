@@ -59,8 +59,11 @@ struct QueueMem {
 /// Why a put did not happen; the value comes back.
 #[derive(Debug)]
 pub enum PutError<T> {
-    /// The bounded queue stayed full (non-blocking put, or the timeout passed).
+    /// The bounded queue was full ([`Queue::put_nowait`]).
     Full(T),
+    /// The bounded queue stayed full for the whole timeout
+    /// ([`Queue::put_timeout`]).
+    Timeout(T),
     /// This handle was closed.
     Closed(T),
     /// The value could not be encoded, or the queue could not be written.
@@ -71,7 +74,10 @@ impl<T> PutError<T> {
     /// The value that was not put.
     pub fn into_inner(self) -> T {
         match self {
-            PutError::Full(v) | PutError::Closed(v) | PutError::Failed(v, _) => v,
+            PutError::Full(v)
+            | PutError::Timeout(v)
+            | PutError::Closed(v)
+            | PutError::Failed(v, _) => v,
         }
     }
 
@@ -79,6 +85,9 @@ impl<T> PutError<T> {
     pub fn into_error(self) -> Error {
         match self {
             PutError::Full(_) => Error::new(ErrorKind::Full, "the queue is full"),
+            PutError::Timeout(_) => {
+                Error::timeout("the queue stayed full: no place freed up within the timeout")
+            }
             PutError::Closed(_) => closed(),
             PutError::Failed(_, e) => e,
         }
@@ -89,6 +98,9 @@ impl<T> std::fmt::Display for PutError<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PutError::Full(_) => f.write_str("the queue is full"),
+            PutError::Timeout(_) => {
+                f.write_str("the queue stayed full: no place freed up within the timeout")
+            }
             PutError::Closed(_) => f.write_str("the queue handle is closed"),
             PutError::Failed(_, e) => write!(f, "{e}"),
         }
@@ -304,7 +316,9 @@ impl<T> Queue<T> {
                 }
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(Error::new(ErrorKind::Empty, "the queue stayed empty"));
+                return Err(Error::timeout(
+                    "the queue stayed empty: no item came within the timeout",
+                ));
             }
         }
     }
@@ -348,7 +362,7 @@ fn feed(s: Arc<Shared>) {
                 }
                 sys::futex_wake(&m.unfinished, i32::MAX);
             }
-            eprintln!("multiproc: {dropped} queue item(s) could not be sent and were dropped: {e}");
+            report!(ERROR, dropped = dropped, error: display = e; "multiproc: {dropped} queue item(s) could not be sent and were dropped: {e}");
             if gone {
                 let mut items = s.outbox.items.lock();
                 items.1 = false;
@@ -376,7 +390,8 @@ fn outboxes() -> &'static Mutex<Vec<Weak<Outbox>>> {
                     if items.0.len() != left {
                         (left, since) = (items.0.len(), Instant::now());
                     } else if items.1 && since.elapsed() >= STALL {
-                        eprintln!(
+                        report!(
+                            ERROR, pid = std::process::id(), dropped = items.0.len() + 1;
                             "multiproc: process {} exits with {} queue item(s) no one took \
                              for {STALL:?}; they are dropped",
                             std::process::id(),
@@ -497,7 +512,7 @@ impl<T: Serialize> Queue<T> {
             Err(e) => return Err(PutError::Failed(value, e)),
         };
         if !self.take_place(timeout) {
-            return Err(PutError::Full(value));
+            return Err(PutError::Timeout(value));
         }
         let m = self.mem();
         m.unfinished.fetch_add(1, Ordering::SeqCst);
@@ -523,7 +538,9 @@ impl<T: Serialize> Queue<T> {
     /// Puts `value`, waiting at most `timeout` for a free place.
     ///
     /// # Errors
-    /// As [`put`](Queue::put), and [`PutError::Full`] when no place freed up.
+    /// As [`put`](Queue::put), and [`PutError::Timeout`] when no place freed
+    /// up in time (its error is [`ErrorKind::Timeout`], as for every timed
+    /// wait).
     pub fn put_timeout(&self, value: T, timeout: Duration) -> std::result::Result<(), PutError<T>> {
         self.put_within(value, Some(timeout))
     }
@@ -531,9 +548,12 @@ impl<T: Serialize> Queue<T> {
     /// Puts `value` only if there is a free place now (Python's `put_nowait`).
     ///
     /// # Errors
-    /// As [`put_timeout`](Queue::put_timeout).
+    /// As [`put`](Queue::put), and [`PutError::Full`] when the queue is full.
     pub fn put_nowait(&self, value: T) -> std::result::Result<(), PutError<T>> {
-        self.put_within(value, Some(Duration::ZERO))
+        match self.put_within(value, Some(Duration::ZERO)) {
+            Err(PutError::Timeout(v)) => Err(PutError::Full(v)),
+            put => put,
+        }
     }
 }
 
@@ -561,7 +581,8 @@ impl<T: DeserializeOwned> Queue<T> {
     /// Takes the next item, waiting at most `timeout`.
     ///
     /// # Errors
-    /// [`ErrorKind::Empty`] when none came in time; as [`get`](Queue::get).
+    /// [`ErrorKind::Timeout`] when none came in time (as every timed wait);
+    /// as [`get`](Queue::get).
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
         self.get_within(Some(timeout))
     }
@@ -571,7 +592,13 @@ impl<T: DeserializeOwned> Queue<T> {
     /// # Errors
     /// [`ErrorKind::Empty`]; as [`get`](Queue::get).
     pub fn get_nowait(&self) -> Result<T> {
-        self.get_within(Some(Duration::ZERO))
+        self.get_within(Some(Duration::ZERO)).map_err(|e| {
+            if e.is_timeout() {
+                Error::new(ErrorKind::Empty, "the queue is empty")
+            } else {
+                e
+            }
+        })
     }
 
     /// The items as they come, waiting for each: Python's
@@ -627,7 +654,7 @@ impl<T: DeserializeOwned> Iterator for QueueIter<'_, T> {
             return None;
         }
         match self.queue.get_within(self.wait) {
-            Err(e) if matches!(e.kind(), ErrorKind::Empty | ErrorKind::Closed) => None,
+            Err(e) if matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Closed) => None,
             item => Some(item),
         }
     }

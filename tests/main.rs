@@ -13,6 +13,8 @@ mod apply_here;
 mod async_result;
 #[path = "it/connection.rs"]
 mod connection;
+#[path = "it/events.rs"]
+mod events;
 #[path = "it/fork_server.rs"]
 mod fork_server;
 #[path = "it/futures.rs"]
@@ -63,5 +65,7 @@ mod stats;
 mod support;
 #[path = "it/thread_pool.rs"]
 mod thread_pool;
+#[path = "it/timeouts.rs"]
+mod timeouts;
 #[path = "it/worker_trust.rs"]
 mod worker_trust;

@@ -38,11 +38,13 @@ impl<E: Engine> Executor<E> {
     }
 
     /// Submits one call through `runner` (made with `ticket`) and returns its
-    /// future.
+    /// future; with `limit`, the future fails with `Timeout` once it passes
+    /// and the call is stopped (see `With::timeout`).
     fn submit<A, R: Send + 'static, C: OneShot<A, R>>(
         &self,
         runner: impl FnOnce(Arc<Ticket>) -> C,
         args: A,
+        limit: Option<Duration>,
     ) -> Result<Future<R>> {
         if self.engine.lifecycle().state() != RunState::Running {
             return Err(Error::new(
@@ -53,8 +55,11 @@ impl<E: Engine> Executor<E> {
         self.engine.check_running()?;
         let ticket = Ticket::new();
         let completion = Completion::new();
-        runner(ticket.clone()).run(args, completion.clone());
         let engine = Arc::downgrade(&self.engine) as Weak<dyn Engine>;
+        if let Some(limit) = limit {
+            crate::pool::deadline::arm_one(limit, &completion, &ticket, engine.clone())?;
+        }
+        runner(ticket.clone()).run(args, completion.clone());
         Ok(Future::new(completion, ticket, engine))
     }
 
@@ -113,7 +118,7 @@ macro_rules! executor_methods {
             where $($once_bounds)*
             {
                 let $oengine = &self.inner.engine;
-                self.inner.submit(|ticket| $make_once.with_ticket(ticket), args)
+                self.inner.submit(|ticket| $make_once.with_ticket(ticket), args, None)
             }
 
             /// `f` over `items`, results in input order. Lazy: input is read
@@ -141,6 +146,15 @@ macro_rules! executor_methods {
                 With::new(self).progress(hook)
             }
 
+            /// `submit` and `map` with a deadline of `timeout` for the
+            /// result, counted from the call: `ex.timeout(d).submit(f, x)`.
+            /// When it passes the future fails with [`ErrorKind::Timeout`]
+            /// and the task is stopped (cancelled if queued; in a process
+            /// pool, its worker killed and replaced). See [`With`].
+            pub fn timeout(&self, timeout: Duration) -> With<'_, Self> {
+                With::new(self).timeout(timeout)
+            }
+
             fn map_inner<F, A, M>(
                 &self,
                 $f: F,
@@ -150,12 +164,22 @@ macro_rules! executor_methods {
             where $($bounds)*
             {
                 let $engine = &self.inner.engine;
-                IMap::new($make, items, with.chunksize, true, with.progress.clone())
+                let Some(limit) = with.timeout else {
+                    return IMap::new($make, items, with.chunksize, true, with.progress.clone());
+                };
+                let late = crate::pool::deadline::Late::Drop;
+                match crate::pool::deadline::Timed::<_, F::Output>::new::<A>($make, limit, late) {
+                    Ok(runner) => IMap::new(runner, items, with.chunksize, true, with.progress.clone())
+                        .with_timeout(limit),
+                    Err(e) => IMap::failed(e),
+                }
             }
 
             /// [`map`](Self::map) with an overall `timeout`: results that
             /// arrive in time are yielded, then one timeout error, then the
-            /// iteration ends.
+            /// iteration ends; the tasks still queued are cancelled and
+            /// those running have their workers killed (the same as
+            /// `ex.timeout(timeout).map(f, items)`).
             pub fn map_timeout<F, A, M>(
                 &self,
                 f: F,
@@ -164,7 +188,7 @@ macro_rules! executor_methods {
             ) -> IMap<F::Output>
             where $($bounds)*
             {
-                self.map(f, items).with_timeout(timeout)
+                self.map_inner(f, items, &With::new(self).timeout(timeout))
             }
 
             /// Stops taking tasks. With `cancel_futures`, queued tasks are
@@ -179,6 +203,18 @@ macro_rules! executor_methods {
         }
 
         impl With<'_, $executor> {
+            /// [`submit`]($executor::submit) with these settings (a
+            /// [`timeout`](With::timeout); the map settings do nothing here).
+            ///
+            /// # Errors
+            /// As `submit`.
+            pub fn submit<F, A, M>(&self, $of: F, args: A) -> Result<Future<F::Output>>
+            where $($once_bounds)*
+            {
+                let $oengine = &self.face.inner.engine;
+                self.face.inner.submit(|ticket| $make_once.with_ticket(ticket), args, self.timeout)
+            }
+
             /// [`map`]($executor::map) with these settings.
             pub fn map<F, A, M>(
                 &self,
@@ -199,7 +235,13 @@ macro_rules! executor_methods {
             ) -> IMap<F::Output>
             where $($bounds)*
             {
-                self.map(f, items).with_timeout(timeout)
+                let with = With {
+                    face: self.face,
+                    chunksize: self.chunksize,
+                    progress: self.progress.clone(),
+                    timeout: Some(timeout),
+                };
+                self.face.map_inner(f, items, &with)
             }
         }
 

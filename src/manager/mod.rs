@@ -311,6 +311,7 @@ fn accept_loop(listener: Listener, server: Arc<server::Server>, stop: Arc<Atomic
         };
         if connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             connections.fetch_sub(1, Ordering::SeqCst);
+            event!(WARN, limit = MAX_CONNECTIONS; "manager: a client was refused: {MAX_CONNECTIONS} connections are open");
             continue; // dropped: refused
         }
         let id = NEXT.fetch_add(1, Ordering::Relaxed);

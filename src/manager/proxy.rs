@@ -294,6 +294,16 @@ pub struct QueueProxy<T> {
 }
 proxy_serde!(QueueProxy<T>);
 
+/// A timed wait's `Empty` or `Full` (the server's word for "not in time")
+/// as the crate's one [`ErrorKind::Timeout`].
+fn timed_out(e: Error, kind: ErrorKind) -> Error {
+    if e.kind() == kind {
+        Error::timeout(e.message().to_string())
+    } else {
+        e
+    }
+}
+
 impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     fn put_op(&self, item: &T, block: bool, wait: Option<Duration>) -> Result<()> {
         self.h.done(Op::Put { item: encode(item)?, wait: wait_of(wait), block })
@@ -305,9 +315,9 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     pub fn put(&self, item: T) -> Result<()> {
         self.put_op(&item, true, None)
     }
-    /// Puts `item`, waiting at most `timeout`; [`ErrorKind::Full`] after it.
+    /// Puts `item`, waiting at most `timeout`; [`ErrorKind::Timeout`] after it.
     pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<()> {
-        self.put_op(&item, true, Some(timeout))
+        self.put_op(&item, true, Some(timeout)).map_err(|e| timed_out(e, ErrorKind::Full))
     }
     /// Puts `item` or fails with [`ErrorKind::Full`] at once.
     pub fn put_nowait(&self, item: T) -> Result<()> {
@@ -317,9 +327,9 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     pub fn get(&self) -> Result<T> {
         self.get_op(true, None)
     }
-    /// Takes the oldest item, waiting at most `timeout`; [`ErrorKind::Empty`] after it.
+    /// Takes the oldest item, waiting at most `timeout`; [`ErrorKind::Timeout`] after it.
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
-        self.get_op(true, Some(timeout))
+        self.get_op(true, Some(timeout)).map_err(|e| timed_out(e, ErrorKind::Empty))
     }
     /// Takes the oldest item or fails with [`ErrorKind::Empty`] at once.
     pub fn get_nowait(&self) -> Result<T> {

@@ -35,9 +35,11 @@ impl Listener {
     pub(crate) fn accept(&self) -> Result<Option<Stream>> {
         match self.0.accept_timeout::<()>(STOP_CHECK) {
             Ok(c) => Ok(Some(c)),
-            Err(e) if matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Authentication) => {
+            Err(e) if e.kind() == ErrorKind::Authentication => {
+                event!(WARN, error: display = e; "manager: a client was refused: {e}");
                 Ok(None)
             }
+            Err(e) if e.kind() == ErrorKind::Timeout => Ok(None),
             Err(e) => Err(e),
         }
     }

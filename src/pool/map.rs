@@ -412,6 +412,54 @@ impl<R: Send + 'static> IMap<R> {
         imap
     }
 
+    /// An iterator that yields `err`, then ends (a call that could not start).
+    pub(crate) fn failed(err: Error) -> IMap<R> {
+        let shared = Arc::new(Shared {
+            arrived: Mutex::new(Arrived {
+                by_index: HashMap::new(),
+                in_order_of_arrival: VecDeque::new(),
+            }),
+            cond: Condvar::new(),
+        });
+        IMap {
+            shared,
+            feeder: None,
+            ordered: true,
+            window: 1,
+            submitted: 0,
+            consumed: 0,
+            current: VecDeque::new(),
+            pending_error: Some(err),
+            input_error: None,
+            hold: None,
+            tickets: VecDeque::new(),
+            deadline: None,
+            tracker: None,
+        }
+    }
+
+    /// The next result, waiting at most `timeout` for it (Python's
+    /// `IMapIterator.next(timeout)`): `Some(Err(e))` with
+    /// [`ErrorKind::Timeout`] when it is not ready in time, and the
+    /// iteration goes on (the result is yielded by a later call); `None`
+    /// at the end.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let pool = multiproc::ThreadPool::new(1)?;
+    /// let mut it = pool.imap(|ms: u64| { std::thread::sleep(Duration::from_millis(ms)); ms }, [300]);
+    /// assert!(it.next_timeout(Duration::from_millis(10)).unwrap().unwrap_err().is_timeout());
+    /// assert_eq!(it.next_timeout(Duration::from_secs(30)).unwrap()?, 300);
+    /// assert!(it.next_timeout(Duration::ZERO).is_none());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R>> {
+        self.next_within(crate::deadline_after(timeout).map(|d| (d, timeout)))
+    }
+
     /// Bounds the whole iteration by `timeout` from now: results that are
     /// late yield one timeout error, then the iteration ends.
     pub(crate) fn with_timeout(mut self, timeout: Duration) -> Self {
@@ -479,6 +527,14 @@ impl<R: Send + 'static> Iterator for IMap<R> {
     type Item = Result<R>;
 
     fn next(&mut self) -> Option<Result<R>> {
+        self.next_within(None)
+    }
+}
+
+impl<R: Send + 'static> IMap<R> {
+    /// The next result; `wait` bounds this one call (the iteration goes on
+    /// after it passes), as [`next_timeout`](IMap::next_timeout).
+    fn next_within(&mut self, wait: Option<(Instant, Duration)>) -> Option<Result<R>> {
         loop {
             if let Some(item) = self.current.pop_front() {
                 return Some(item);
@@ -500,6 +556,26 @@ impl<R: Send + 'static> Iterator for IMap<R> {
                 } else {
                     a.in_order_of_arrival.pop_front()
                 };
+                if got.is_none() {
+                    if let Some((until, limit)) = wait {
+                        let now = Instant::now();
+                        let whole = self.deadline.is_some_and(|(d, _)| d <= until);
+                        if now >= until && !whole {
+                            return Some(Err(Error::timeout(format!(
+                                "imap: the next result was not ready within {limit:?}"
+                            ))));
+                        }
+                        if !whole {
+                            a = self
+                                .shared
+                                .cond
+                                .wait_timeout(a, until - now)
+                                .unwrap_or_else(|e| e.into_inner())
+                                .0;
+                            continue;
+                        }
+                    }
+                }
                 match (got, self.deadline) {
                     (Some(c), _) => break c,
                     // Every submitted chunk is completed by its pool, even on

@@ -1,10 +1,11 @@
 //! `Pool` (worker processes) and `ThreadPool` (threads), with one API.
 
 pub(crate) mod callbacks;
+pub(crate) mod deadline;
 pub(crate) mod map;
 mod result;
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -13,7 +14,7 @@ use serde::Serialize;
 use self::map::{ChunkRunner, OneShot};
 use crate::engine::procs::{Init, ProcEngine, ProcOptions};
 use crate::engine::threads::{ThreadEngine, ThreadOptions};
-use crate::engine::Engine;
+use crate::engine::{Engine, Ticket};
 #[cfg(doc)]
 use crate::error::ErrorKind;
 use crate::error::Result;
@@ -138,6 +139,16 @@ pub(crate) fn apply_via<A, R: Send + 'static>(
 ///   every call fail with [`ErrorKind::InvalidArgument`].
 /// - [`progress`](With::progress): a [`Progress`] hook told how many items
 ///   have finished, from the pool's threads, as chunks complete.
+/// - [`timeout`](With::timeout): a deadline for the call's result, counted
+///   from the call, for one call (`apply`, `apply_async`, an executor's
+///   `submit`) and the map family alike. When it passes the result fails
+///   with [`ErrorKind::Timeout`] and the call's work stops: what is still
+///   queued never runs, and a task running in a worker process has its
+///   worker killed and replaced (as the pool's `task_timeout`, but for this
+///   call only, and counted from the call rather than from the task's
+///   start). A thread cannot be killed: its task runs on and its result is
+///   dropped. A map's timeout bounds the whole map; an `imap` yields the
+///   results that came in time, then one timeout error, then ends.
 ///
 /// # Examples
 ///
@@ -158,11 +169,35 @@ pub struct With<'a, P> {
     pub(crate) face: &'a P,
     pub(crate) chunksize: Option<usize>,
     pub(crate) progress: Option<Arc<dyn Progress>>,
+    pub(crate) timeout: Option<Duration>,
 }
 
 impl<'a, P> With<'a, P> {
     pub(crate) fn new(face: &'a P) -> Self {
-        With { face, chunksize: None, progress: None }
+        With { face, chunksize: None, progress: None, timeout: None }
+    }
+
+    /// A deadline of `timeout` from the call for the result of each call
+    /// made through this view; see [`With`] for what happens when it passes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::{ErrorKind, Pool};
+    ///
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    ///
+    /// let pool = Pool::new(1)?;
+    /// let err = pool.timeout(Duration::from_millis(100)).apply(nap, 60_000).unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::Timeout);
+    /// // The worker that ran it was killed and replaced: the pool goes on.
+    /// assert_eq!(pool.timeout(Duration::from_secs(30)).apply(nap, 1)?, 1);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
     }
 
     /// `chunksize` items per task (default: the face's own rule).
@@ -187,6 +222,7 @@ impl<P: std::fmt::Debug> std::fmt::Debug for With<'_, P> {
             .field("face", self.face)
             .field("chunksize", &self.chunksize)
             .field("progress", &self.progress.is_some())
+            .field("timeout", &self.timeout)
             .finish()
     }
 }
@@ -359,6 +395,13 @@ macro_rules! pool_methods {
                 With::new(self).progress(hook)
             }
 
+            /// Every call through the view with a deadline of `timeout`
+            /// for its result: `pool.timeout(d).apply(f, x)`,
+            /// `pool.timeout(d).map(f, items)`. See [`With`].
+            pub fn timeout(&self, timeout: Duration) -> With<'_, Self> {
+                With::new(self).timeout(timeout)
+            }
+
             fn map_inner<F, A, M>(
                 &self,
                 $f: F,
@@ -371,7 +414,13 @@ macro_rules! pool_methods {
                 if let Err(e) = $engine.check_running() {
                     return AsyncResult::failed(e);
                 }
-                map::map_async(&$make, items, with.chunksize, with.progress.clone())
+                let Some(limit) = with.timeout else {
+                    return map::map_async(&$make, items, with.chunksize, with.progress.clone());
+                };
+                match deadline::Timed::<_, F::Output>::new::<A>($make, limit, deadline::Late::Fail) {
+                    Ok(runner) => map::map_async(&runner, items, with.chunksize, with.progress.clone()),
+                    Err(e) => AsyncResult::failed(e),
+                }
             }
 
             fn imap_inner<F, A, M>(
@@ -384,11 +433,54 @@ macro_rules! pool_methods {
             where $($bounds)*
             {
                 let $engine = &self.engine;
-                IMap::new($make, items, with.chunksize, ordered, with.progress.clone())
+                let Some(limit) = with.timeout else {
+                    return IMap::new($make, items, with.chunksize, ordered, with.progress.clone());
+                };
+                match deadline::Timed::<_, F::Output>::new::<A>($make, limit, deadline::Late::Drop) {
+                    Ok(runner) => {
+                        IMap::new(runner, items, with.chunksize, ordered, with.progress.clone())
+                            .with_timeout(limit)
+                    }
+                    Err(e) => IMap::failed(e),
+                }
             }
         }
 
         impl With<'_, $pool> {
+            /// [`apply`]($pool::apply) with these settings (a
+            /// [`timeout`](With::timeout); the map settings do nothing here).
+            ///
+            /// # Errors
+            /// As `apply`, and [`ErrorKind::Timeout`] when the timeout passed.
+            pub fn apply<F, A, M>(&self, f: F, args: A) -> Result<F::Output>
+            where $($once_bounds)*
+            {
+                if self.timeout.is_none() {
+                    return self.face.apply(f, args);
+                }
+                self.apply_async(f, args).get()
+            }
+
+            /// [`apply_async`]($pool::apply_async) with these settings.
+            pub fn apply_async<F, A, M>(&self, $of: F, args: A) -> AsyncResult<F::Output>
+            where $($once_bounds)*
+            {
+                let Some(limit) = self.timeout else {
+                    return self.face.apply_async($of, args);
+                };
+                let $oengine = &self.face.engine;
+                if let Err(e) = $oengine.check_running() {
+                    return AsyncResult::failed(e);
+                }
+                let (ticket, completion) = (Ticket::new(), Completion::new());
+                let engine = Arc::downgrade($oengine) as Weak<dyn Engine>;
+                if let Err(e) = deadline::arm_one(limit, &completion, &ticket, engine) {
+                    return AsyncResult::failed(e);
+                }
+                OneShot::run($make_once.with_ticket(ticket), args, completion.clone());
+                AsyncResult::new(completion)
+            }
+
             /// [`map`]($pool::map) with these settings.
             ///
             /// # Errors

@@ -94,7 +94,7 @@ fn report_callback_panic(payload: Box<dyn std::any::Any + Send>) {
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(non-string payload)".into());
-    eprintln!("multiproc: a result callback panicked: {msg}; the task's result is unaffected");
+    report!(ERROR, panic = msg.as_str(); "multiproc: a result callback panicked: {msg}; the task's result is unaffected");
 }
 
 fn run_guarded(f: impl FnOnce()) {

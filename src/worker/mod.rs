@@ -103,7 +103,8 @@ pub(crate) fn divert_if_worker() {
     std::env::remove_var(ENV_ROLE);
     std::env::remove_var(ENV_NAME);
     let ignore = |why: &str| {
-        eprintln!(
+        report!(
+            WARN, reason = why;
             "multiproc: ignoring {ENV_ROLE}={} in the environment ({why}); running the program \
              normally. Unset {ENV_ROLE} to silence this warning.",
             role.to_string_lossy()
@@ -274,7 +275,8 @@ fn run_process(channel: OwnedFd) -> i32 {
         return EXIT_NO_PARENT;
     };
     if run.fingerprint != task::fingerprint() {
-        eprintln!(
+        report!(
+            ERROR, pid = std::process::id();
             "multiproc: process {} is not the same build as its parent; it refuses to run",
             std::process::id()
         );
@@ -285,6 +287,7 @@ fn run_process(channel: OwnedFd) -> i32 {
     match task::ItemReader::new(&out).next() {
         Some(Err(failure)) => {
             let name = identity().map(|i| i.name.as_str()).unwrap_or("?");
+            // The process's own output, as Python prints it: no event.
             eprintln!("Process {name} (pid {}): {}", std::process::id(), describe(&failure));
             1
         }

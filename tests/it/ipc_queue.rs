@@ -139,11 +139,13 @@ fn bounded_queue_put_is_full_within_its_timeout() {
     assert!(matches!(r, Err(PutError::Full(7))), "{r:?}");
     assert_prompt(took, "put_nowait on a full queue");
     let (r, took) = timed(|| q.put_timeout(7, Duration::ZERO));
-    assert!(matches!(r, Err(PutError::Full(7))), "{r:?}");
+    assert!(matches!(r, Err(PutError::Timeout(7))), "{r:?}");
     assert_prompt(took, "put with a zero timeout on a full queue");
     for t in [Duration::from_millis(100), SHORT] {
         let (r, took) = timed(|| q.put_timeout(7, t));
-        assert_eq!(r.unwrap_err().into_inner(), 7, "the value comes back");
+        let err = r.unwrap_err();
+        assert!(matches!(err, PutError::Timeout(7)), "{err:?}");
+        assert_eq!(err.into_error().kind(), ErrorKind::Timeout);
         assert_waited(took, t, "put_timeout on a full queue");
     }
     let err = q.put_nowait(8).unwrap_err();
@@ -214,11 +216,11 @@ fn get_takes_a_childs_items_and_is_empty_within_its_timeout() {
     assert_eq!(r.unwrap_err().kind(), ErrorKind::Empty);
     assert_prompt(took, "get_nowait on an empty queue");
     let (r, took) = timed(|| q.get_timeout(Duration::ZERO));
-    assert_eq!(r.unwrap_err().kind(), ErrorKind::Empty);
+    assert_eq!(r.unwrap_err().kind(), ErrorKind::Timeout);
     assert_prompt(took, "get with a zero timeout on an empty queue");
     for t in [Duration::from_millis(100), SHORT] {
         let (r, took) = timed(|| q.get_timeout(t));
-        assert_eq!(r.unwrap_err().kind(), ErrorKind::Empty);
+        assert_eq!(r.unwrap_err().kind(), ErrorKind::Timeout);
         assert_waited(took, t, "get_timeout on an empty queue");
     }
     join_ok(&mut p);
@@ -263,7 +265,7 @@ fn a_child_uses_a_queue_whose_parent_has_a_feeder_running() {
         }
     }
     assert_eq!((next_parent, next_child), (N, 2 * N));
-    assert_eq!(q.get_timeout(Duration::ZERO).unwrap_err().kind(), ErrorKind::Empty);
+    assert_eq!(q.get_timeout(Duration::ZERO).unwrap_err().kind(), ErrorKind::Timeout);
     join_ok(&mut p);
 }
 
@@ -275,7 +277,7 @@ fn get_timeout_waits_at_least_its_timeout() {
     }
     let q = Queue::<u8>::new().unwrap();
     let (r, took) = timed(|| q.get_timeout(SHORT));
-    assert_eq!(r.unwrap_err().kind(), ErrorKind::Empty);
+    assert_eq!(r.unwrap_err().kind(), ErrorKind::Timeout);
     assert!(took >= Duration::from_millis(195), "returned after {took:?}");
 }
 
@@ -680,7 +682,7 @@ fn eight_producers_times_100k_items_arrive_exactly_once_in_order() {
                 mine.len() % 4096 == 0
             }
             Err(e) => {
-                assert_eq!(e.kind(), ErrorKind::Empty, "{e}");
+                assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
                 true
             }
         };
@@ -704,7 +706,7 @@ fn eight_producers_times_100k_items_arrive_exactly_once_in_order() {
     let missing = seen.iter().filter(|s| !**s).count();
     assert_eq!(missing, 0, "{missing} items never arrived");
     assert_eq!(mine.len() + theirs.len(), (PRODUCERS * PER_PRODUCER) as usize);
-    assert_eq!(q.get_timeout(Duration::ZERO).unwrap_err().kind(), ErrorKind::Empty);
+    assert_eq!(q.get_timeout(Duration::ZERO).unwrap_err().kind(), ErrorKind::Timeout);
     let total = PRODUCERS * PER_PRODUCER;
     eprintln!(
         "{total} items in {elapsed:?}: {:.0} items/s (parent took {}, child {})",

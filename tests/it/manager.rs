@@ -102,14 +102,17 @@ fn queue_put_get_timeouts_and_wakeups() {
         let t = Instant::now();
         assert_eq!(
             q.put_timeout("c".into(), Duration::from_millis(100)).unwrap_err().kind(),
-            ErrorKind::Full
+            ErrorKind::Timeout
         );
         assert!(t.elapsed() >= Duration::from_millis(100));
         assert_eq!(q.qsize().unwrap(), 2);
         assert_eq!(q.get().unwrap(), "a");
         assert_eq!(q.get().unwrap(), "b");
         let t = Instant::now();
-        assert_eq!(q.get_timeout(Duration::from_millis(100)).unwrap_err().kind(), ErrorKind::Empty);
+        assert_eq!(
+            q.get_timeout(Duration::from_millis(100)).unwrap_err().kind(),
+            ErrorKind::Timeout
+        );
         assert!(t.elapsed() >= Duration::from_millis(100));
         // A blocked get does not hold up the server: another thread's put
         // reaches it and wakes it.

@@ -77,7 +77,7 @@ pub(crate) fn divert_if_rank() {
     let world = match comm::comm() {
         Ok(c) => c.world(),
         Err(e) => {
-            eprintln!("multiproc: rank {hint} could not initialise MPI ({e}); running main");
+            report!(WARN, rank = hint, error: display = e; "multiproc: rank {hint} could not initialise MPI ({e}); running main");
             return;
         }
     };
@@ -748,7 +748,7 @@ extern "C" fn at_exit() {
     EXITING.store(true, Ordering::SeqCst);
     std::thread::spawn(|| {
         std::thread::sleep(Duration::from_secs(20));
-        eprintln!("multiproc: MPI_Finalize did not return within 20 s; exiting");
+        report!(ERROR, ; "multiproc: MPI_Finalize did not return within 20 s; exiting");
         // SAFETY: ends the process at once, as intended.
         unsafe { libc::_exit(1) };
     });

@@ -99,7 +99,7 @@ pub(super) fn serve(me: World) -> i32 {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    eprintln!("multiproc: MPI rank {}: {e}", rank.me.rank);
+                    report!(ERROR, rank = rank.me.rank, error: display = e; "multiproc: MPI rank {}: {e}", rank.me.rank);
                     break;
                 }
             }
@@ -107,7 +107,7 @@ pub(super) fn serve(me: World) -> i32 {
         if let Some(body) = rank.outbox.take() {
             active = true;
             if let Err(e) = c.send(0, wire::DONE, body) {
-                eprintln!("multiproc: MPI rank {} could not send results: {e}", rank.me.rank);
+                report!(ERROR, rank = rank.me.rank, error: display = e; "multiproc: MPI rank {} could not send results: {e}", rank.me.rank);
             }
         }
         c.progress();
@@ -152,7 +152,7 @@ impl Rank {
             }
             wire::TASKS => {
                 if let Err(e) = self.run_tasks(body) {
-                    eprintln!("multiproc: MPI rank {}: {e}", self.me.rank);
+                    report!(ERROR, rank = self.me.rank, error: display = e; "multiproc: MPI rank {}: {e}", self.me.rank);
                 }
             }
             _ => {}

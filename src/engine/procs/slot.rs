@@ -126,10 +126,12 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
             why: None,
             rss_checked: None,
         };
+        event!(DEBUG, pid = worker.pid, slot = index; "worker {} ({name}) started", worker.pid);
         // A worker that is starting will be free soon: busy slots leave
         // queued jobs for it rather than pipelining them.
         core.slots[index].vacant.store(true, Ordering::SeqCst);
         let end = worker.serve(&core);
+        event!(DEBUG, pid = worker.pid, slot = index, signal = worker.exit.0, exit_code = worker.exit.1, replaced = matches!(end, End::Respawn); "worker {} exited", worker.pid);
         let why = if matches!(end, End::Exit) { None } else { worker.why };
         core.meters.ended(index, why);
         // A lent channel belongs to this worker only.
@@ -139,6 +141,7 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
         match end {
             End::Exit => return,
             End::Respawn => {
+                event!(INFO, pid = worker.pid, slot = index; "worker {} is replaced", worker.pid);
                 early_deaths = 0;
                 pause = RESTART_PAUSE.0;
             }
@@ -186,6 +189,7 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
                             ),
                         ),
                     };
+                    event!(ERROR, pid = worker.pid, error: display = err; "{err}");
                     return core.break_with(err.with_pid(worker.pid));
                 }
             }
@@ -484,6 +488,7 @@ impl Worker {
         let _ = sys::kill(self.pid, sys::SIGKILL);
         self.reap(EXIT_GRACE);
         let id = self.inflight.front().map(|j| j.id).unwrap_or(0);
+        event!(INFO, pid = self.pid, task = id, signal = sys::SIGKILL; "worker {} killed: its task {id} was cancelled while running", self.pid);
         let err = Error::new(
             ErrorKind::Cancelled,
             format!(
@@ -554,6 +559,7 @@ impl Worker {
                 }
                 FromWorker::InitFailed(failed) => {
                     let msg = failed.message;
+                    event!(ERROR, pid = self.pid, error: display = msg; "initializer failed in worker {}: {msg}", self.pid);
                     let err = Error::new(
                         ErrorKind::InitializerFailed,
                         format!(
@@ -716,6 +722,7 @@ impl Worker {
             (Some(limit), Some(job)) => memory::limit_error(limit, self.pid, job.id),
             _ => Error::worker_died(self.pid, signal, code, &what),
         };
+        event!(WARN, pid = self.pid, signal = signal, exit_code = code; "{err}");
         self.fail_head_requeue_rest(core, err);
         End::Respawn
     }
@@ -726,6 +733,7 @@ impl Worker {
         self.reap(EXIT_GRACE);
         let limit = core.config.task_timeout.unwrap_or_default();
         let id = self.inflight.front().map(|j| j.id).unwrap_or(0);
+        event!(WARN, pid = self.pid, task = id, signal = sys::SIGKILL, timeout_ms = limit.as_millis() as u64; "task {id} timed out after {limit:?}: its worker {} was killed", self.pid);
         let err = Error::timeout(format!(
             "task {id} did not finish within {limit:?}; its worker {} was killed and replaced",
             self.pid
