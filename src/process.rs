@@ -372,9 +372,7 @@ extern "C" fn at_exit() {
 fn ensure_exit_hook() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
-        // SAFETY: `at_exit` is an `extern "C" fn()` that lives for the whole
-        // program, as atexit requires.
-        unsafe { libc::atexit(at_exit) };
+        crate::sys::at_exit(at_exit);
     });
 }
 

@@ -402,9 +402,7 @@ fn outboxes() -> &'static Mutex<Vec<Weak<Outbox>>> {
                 }
             }
         }
-        // SAFETY: `flush_at_exit` is an `extern "C" fn()` living for the whole
-        // program, as atexit requires.
-        unsafe { libc::atexit(flush_at_exit) };
+        crate::sys::at_exit(flush_at_exit);
         Mutex::new(Vec::new())
     })
 }

@@ -121,7 +121,7 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Request>> {
 fn program() -> &'static Path {
     static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
     PROGRAM.get_or_init(|| {
-        let own = PathBuf::from("/proc/self/exe");
+        let own = PathBuf::from(sys::OWN_EXECUTABLE);
         let Ok(path) = std::env::current_exe() else {
             return own;
         };
@@ -135,7 +135,7 @@ fn program() -> &'static Path {
 /// True when this program runs inside an emulator (see [`program`]), which
 /// need not follow a fork server's unusual forks.
 pub(crate) fn emulated() -> bool {
-    program() != Path::new("/proc/self/exe")
+    program() != Path::new(sys::OWN_EXECUTABLE)
 }
 
 fn start(role: &'static str, name: &str, channel: Channel) -> std::io::Result<Spawned> {

@@ -415,7 +415,7 @@ pub(crate) fn fingerprint() -> [u8; 16] {
     *PRINT.get_or_init(|| {
         use std::hash::{Hash, Hasher};
         use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata("/proc/self/exe").ok();
+        let meta = std::fs::metadata(crate::sys::OWN_EXECUTABLE).ok();
         let ident = meta.map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()));
         let layout = {
             let a: Trampoline = anchor;

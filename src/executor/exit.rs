@@ -40,9 +40,7 @@ static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
 /// The registry, made (and the hook registered) by the first executor.
 fn registry() -> &'static Mutex<Registry> {
     REGISTRY.get_or_init(|| {
-        // SAFETY: `at_exit` is an `extern "C" fn()` that lives for the whole
-        // program, as atexit requires; it is registered once, here.
-        unsafe { libc::atexit(at_exit) };
+        crate::sys::at_exit(at_exit);
         Mutex::new(Registry { pid: std::process::id(), entries: Vec::new() })
     })
 }

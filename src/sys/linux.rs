@@ -810,6 +810,61 @@ pub(crate) fn file_len_and_id(fd: BorrowedFd<'_>) -> io::Result<(usize, (u64, u6
     Ok((len, (st.st_dev, st.st_ino)))
 }
 
+/// The file this process runs, as the kernel knows it: valid even when the
+/// program's path has since been replaced or removed.
+pub(crate) const OWN_EXECUTABLE: &str = "/proc/self/exe";
+
+/// Runs `hook` when the program exits normally (after `main` returns or at
+/// `std::process::exit`), in reverse order of registration, as C's `atexit`.
+pub(crate) fn at_exit(hook: extern "C" fn()) {
+    // SAFETY: `hook` is a plain `extern "C" fn()`, which lives for the whole
+    // program as atexit requires; registering reads nothing else.
+    unsafe { libc::atexit(hook) };
+}
+
+/// Caps this process's address space at `limit` bytes (`RLIMIT_AS`),
+/// keeping the hard limit as it is.
+pub(crate) fn cap_address_space(limit: u64) -> io::Result<()> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let old = getrlimit(Resource::As);
+    setrlimit(Resource::As, Rlimit { current: Some(limit), maximum: old.maximum })?;
+    Ok(())
+}
+
+/// The exit code of an abort that follows a failed allocation (see
+/// [`exit_when_abort_follows_enomem`]).
+static ENOMEM_ABORT_EXIT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Makes an abort raised while `errno` is `ENOMEM` (Rust's reaction to a
+/// failed allocation) exit with `code` instead, so the parent can tell a
+/// task that ran out of memory from any other abort.
+pub(crate) fn exit_when_abort_follows_enomem(code: i32) -> io::Result<()> {
+    ENOMEM_ABORT_EXIT.store(code, std::sync::atomic::Ordering::SeqCst);
+    // SAFETY: an all-zero `sigaction` is a valid value (no flags, empty mask)
+    // that is then filled in; the handler only reads errno and an atomic and
+    // calls `_exit`, all async-signal-safe, and returns otherwise, after
+    // which `abort()` restores the default action and raises the signal again.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = on_abort as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::sigemptyset(&mut act.sa_mask);
+        if libc::sigaction(libc::SIGABRT, &act, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+extern "C" fn on_abort(_: libc::c_int) {
+    // SAFETY: errno is this thread's, readable at any time.
+    let errno = unsafe { *libc::__errno_location() };
+    if errno == libc::ENOMEM {
+        let code = ENOMEM_ABORT_EXIT.load(std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: `_exit` is async-signal-safe and ends the process at once.
+        unsafe { libc::_exit(code) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

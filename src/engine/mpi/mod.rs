@@ -725,9 +725,7 @@ static HOOK: OnceLock<u32> = OnceLock::new();
 
 fn arm_exit_hook() {
     HOOK.get_or_init(|| {
-        // SAFETY: `at_exit` is an `extern "C" fn()` that lives for the whole
-        // program, as atexit requires; it is registered once, here.
-        unsafe { libc::atexit(at_exit) };
+        crate::sys::at_exit(at_exit);
         std::process::id()
     });
 }

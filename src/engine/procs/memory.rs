@@ -85,31 +85,8 @@ pub(crate) fn limit_error(limit: u64, pid: u32, id: u64) -> Error {
 /// In a worker: caps its own address space at `limit` bytes and makes an
 /// allocation failure exit with [`EXIT_MEMORY_LIMIT`].
 pub(crate) fn limit_self(limit: u64) -> std::io::Result<()> {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let old = getrlimit(Resource::As);
-    setrlimit(Resource::As, Rlimit { current: Some(limit), maximum: old.maximum })?;
-    // SAFETY: an all-zero `sigaction` is a valid value (no flags, empty mask)
-    // that is then filled in; the handler only reads errno and calls
-    // `_exit`, both async-signal-safe, and returns otherwise, after which
-    // `abort()` restores the default action and raises the signal again.
-    unsafe {
-        let mut act: libc::sigaction = std::mem::zeroed();
-        act.sa_sigaction = on_abort as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        libc::sigemptyset(&mut act.sa_mask);
-        if libc::sigaction(libc::SIGABRT, &act, std::ptr::null_mut()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-extern "C" fn on_abort(_: libc::c_int) {
-    // SAFETY: errno is this thread's, readable at any time.
-    let errno = unsafe { *libc::__errno_location() };
-    if errno == libc::ENOMEM {
-        // SAFETY: `_exit` is async-signal-safe and ends the process at once.
-        unsafe { libc::_exit(EXIT_MEMORY_LIMIT) }
-    }
+    crate::sys::cap_address_space(limit)?;
+    crate::sys::exit_when_abort_follows_enomem(EXIT_MEMORY_LIMIT)
 }
 
 /// How long after a task the soft cap is looked at again at most, for a
