@@ -828,6 +828,19 @@ impl<T> JoinableQueue<T> {
     ///
     /// # Errors
     /// [`ErrorKind::InvalidState`] when called more times than items were put.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let q = multiproc::JoinableQueue::<u32>::new()?;
+    /// q.put(1).unwrap();
+    /// assert_eq!(q.get()?, 1);
+    /// q.task_done()?; // every item put is now done
+    /// assert!(q.join_timeout(Duration::from_secs(1)));
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn task_done(&self) -> Result<()> {
         let u = &self.0.mem().unfinished;
         match u.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1)) {

@@ -310,6 +310,18 @@ pub use ReturnWhen::{
 };
 
 /// What [`wait`] returns: the futures that are done and those that are not.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{wait, ThreadPoolExecutor, FIRST_COMPLETED};
+///
+/// let ex = ThreadPoolExecutor::new(1)?;
+/// let fut = ex.submit(|x: u32| x, 1)?;
+/// let r = wait(vec![fut], None, FIRST_COMPLETED);
+/// assert_eq!((r.done.len(), r.not_done.len()), (1, 0));
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct DoneAndNotDone<R: Send + 'static> {
     /// Done, failed or cancelled.
@@ -423,6 +435,21 @@ pub fn as_completed<R: Send + 'static>(
 }
 
 /// The iterator returned by [`as_completed`].
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{as_completed, ThreadPoolExecutor};
+///
+/// let ex = ThreadPoolExecutor::new(2)?;
+/// let futs = vec![ex.submit(|x: u32| x, 1)?, ex.submit(|x: u32| x, 2)?];
+/// let mut sum = 0;
+/// for fut in as_completed(futs, None) {
+///     sum += fut?.result()?;
+/// }
+/// assert_eq!(sum, 3);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct AsCompleted<R: Send + 'static> {
     futures: Vec<Option<Future<R>>>,

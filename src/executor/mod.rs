@@ -391,6 +391,14 @@ impl ProcessPoolExecutor {
     ///
     /// # Errors
     /// [`ErrorKind::InvalidArgument`] for 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ex = multiproc::ProcessPoolExecutor::new(2)?;
+    /// assert_eq!(ex.submit(|x: u64| x + 1, 1)?.result()?, 2);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn new(max_workers: usize) -> Result<Self> {
         Self::builder().max_workers(max_workers).build()
     }
@@ -515,6 +523,14 @@ impl ThreadPoolExecutor {
     ///
     /// # Errors
     /// [`ErrorKind::InvalidArgument`] for 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ex = multiproc::ThreadPoolExecutor::new(2)?;
+    /// assert_eq!(ex.submit(|x: u64| x + 1, 1)?.result()?, 2);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn new(max_workers: usize) -> Result<Self> {
         Self::builder().max_workers(max_workers).build()
     }
