@@ -5,9 +5,34 @@ use std::fmt;
 use std::sync::Arc;
 
 /// `Result<T, multiproc::Error>`.
+///
+/// # Examples
+///
+/// ```
+/// fn first(q: &multiproc::Queue<u32>) -> multiproc::Result<u32> {
+///     q.get_timeout(std::time::Duration::from_secs(1))
+/// }
+/// let q = multiproc::Queue::new()?;
+/// q.put(3).unwrap();
+/// assert_eq!(first(&q)?, 3);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What went wrong, for matching. New kinds may be added.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{ErrorKind, Pool};
+///
+/// fn boom(_: ()) { panic!("boom") }
+///
+/// let pool = Pool::new(1)?;
+/// let err = pool.apply(boom, ()).unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::TaskPanicked);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {

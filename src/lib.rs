@@ -85,6 +85,13 @@
 //! memory by themselves; [`Array`] shares pages without copying at all. See
 //! [`Bytes`] for the details.
 
+#![deny(missing_docs)]
+
+/// The README's Rust examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 #[macro_use]
 mod events;
 /// Entry points for the fuzz targets in `fuzz/`; not an API.

@@ -495,6 +495,15 @@ impl<T: Serialize> Connection<T> {
     /// # Errors
     /// [`ErrorKind::Serialize`] when the value cannot be encoded (nothing is
     /// sent); [`ErrorKind::Closed`] when the other end is gone.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (a, b) = multiproc::pipe::<String>(true)?;
+    /// a.send(&"ping".to_string())?;
+    /// assert_eq!(b.recv()?, "ping");
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn send(&self, value: &T) -> Result<()> {
         let (bytes, fds) = self.encode_value(value)?;
         // A large message is sent from where it was encoded, not copied.
@@ -544,6 +553,16 @@ impl<T: DeserializeOwned> Connection<T> {
     ///
     /// # Errors
     /// As [`recv`](Connection::recv), and [`ErrorKind::Timeout`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let (_a, b) = multiproc::pipe::<u32>(true)?;
+    /// assert!(b.recv_timeout(Duration::from_millis(10)).unwrap_err().is_timeout());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T> {
         self.recv_within(Some(timeout))
     }

@@ -22,6 +22,26 @@ static PROCESS_NUMBER: AtomicUsize = AtomicUsize::new(1);
 /// A type whose value can be the body of a [`Process`]: Python's subclass of
 /// `Process` with a `run` method. The value is sent to the child, which calls
 /// `run` on it.
+///
+/// # Examples
+///
+/// ```
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Greeter {
+///     name: String,
+/// }
+///
+/// impl multiproc::Run for Greeter {
+///     fn run(self) {
+///         println!("hello, {}", self.name);
+///     }
+/// }
+///
+/// let mut p = multiproc::Process::from_run(Greeter { name: "world".into() });
+/// p.start()?;
+/// p.join()?;
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 pub trait Run: Serialize + DeserializeOwned + 'static {
     /// The child's work.
     fn run(self);
@@ -85,6 +105,20 @@ pub struct Process {
 impl Process {
     /// A process that will run `f(args)`. Several arguments go in a tuple.
     /// Arguments that fail to serialize make [`start`](Process::start) fail.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// fn greet(name: String) {
+    ///     println!("hello, {name}");
+    /// }
+    ///
+    /// let mut p = multiproc::Process::new(greet, "world".to_string());
+    /// p.start()?;
+    /// p.join()?;
+    /// assert_eq!(p.exitcode(), Some(0));
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn new<F, A, M>(f: F, args: A) -> Process
     where
         F: TaskFn<A, M> + Copy,
@@ -217,6 +251,16 @@ impl Process {
     /// # Errors
     /// [`ErrorKind::InvalidState`] when called twice; [`ErrorKind::Io`] when
     /// the child cannot be started.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut p = multiproc::Process::new(|()| {}, ());
+    /// p.start()?;
+    /// assert!(p.pid().is_some());
+    /// p.join()?;
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn start(&mut self) -> Result<()> {
         let Some(target) = self.target.take() else {
             return Err(Error::new(ErrorKind::InvalidState, "a process can be started only once"));
@@ -278,6 +322,19 @@ impl Process {
     ///
     /// # Errors
     /// [`ErrorKind::InvalidState`] before [`start`](Self::start).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let mut p = multiproc::Process::new(|()| std::thread::sleep(Duration::from_secs(30)), ());
+    /// p.start()?;
+    /// assert!(!p.join_timeout(Duration::from_millis(10))?); // still running
+    /// p.kill()?;
+    /// assert!(p.join_timeout(Duration::from_secs(10))?);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<bool> {
         self.require_started()?;
         self.poll_exit(Some(timeout))
@@ -377,6 +434,14 @@ fn ensure_exit_hook() {
 }
 
 /// Who a process is: its name and pid.
+///
+/// # Examples
+///
+/// ```
+/// let me = multiproc::current_process();
+/// assert_eq!(me.pid, std::process::id());
+/// assert!(multiproc::parent_process().is_none()); // not started by multiproc
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessInfo {
     /// `MainProcess` for the program, else the name it was started with.
@@ -407,11 +472,28 @@ pub fn parent_process() -> Option<ProcessInfo> {
 
 /// The children started by this process (processes and pool workers) that
 /// are still running.
+///
+/// # Examples
+///
+/// ```
+/// let mut p = multiproc::Process::new(|()| std::thread::sleep(std::time::Duration::from_secs(30)), ());
+/// p.start()?;
+/// assert!(multiproc::active_children().iter().any(|c| Some(c.pid) == p.pid()));
+/// p.kill()?;
+/// p.join()?;
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 pub fn active_children() -> Vec<ChildInfo> {
     spawn::live_children()
 }
 
 /// The number of CPUs this process may run on.
+///
+/// # Examples
+///
+/// ```
+/// assert!(multiproc::cpu_count() >= 1);
+/// ```
 pub fn cpu_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }

@@ -4,7 +4,7 @@
 //! [`Progress`] hook: once at the start (0 done), once per finished chunk,
 //! and once at the end ([`Progress::finish`]). The hook may be a closure
 //! `Fn(done, total)` driving the user's own UI or, with the `progress`
-//! feature, an [`indicatif::ProgressBar`] (see [`bar`]).
+//! feature, an `indicatif::ProgressBar` (see `bar`, behind that feature).
 //!
 //! [`progress`]: crate::Pool::progress
 

@@ -57,6 +57,18 @@ struct QueueMem {
 }
 
 /// Why a put did not happen; the value comes back.
+///
+/// # Examples
+///
+/// ```
+/// let q = multiproc::Queue::<u32>::bounded(1)?;
+/// q.put(1).unwrap();
+/// match q.put_nowait(2) {
+///     Err(multiproc::PutError::Full(v)) => assert_eq!(v, 2), // the value comes back
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[derive(Debug)]
 pub enum PutError<T> {
     /// The bounded queue was full ([`Queue::put_nowait`]).
@@ -180,6 +192,15 @@ impl<T> Queue<T> {
     ///
     /// # Errors
     /// When the socket pair or shared memory cannot be created.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<String>::new()?;
+    /// q.put("hello".to_string()).unwrap();
+    /// assert_eq!(q.get()?, "hello");
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn new() -> Result<Queue<T>> {
         Self::bounded(0)
     }
@@ -188,6 +209,16 @@ impl<T> Queue<T> {
     ///
     /// # Errors
     /// As [`new`](Queue::new).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<u32>::bounded(1)?;
+    /// q.put(1).unwrap();
+    /// assert!(q.put_nowait(2).is_err()); // full
+    /// assert_eq!(q.get()?, 1);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn bounded(maxsize: u32) -> Result<Queue<T>> {
         let (tx, rx) = sys::message_pair().map_err(|e| Error::io("could not create a queue", e))?;
         let mem = Cell::<QueueMem>::zeroed()?;
@@ -529,6 +560,15 @@ impl<T: Serialize> Queue<T> {
     /// # Errors
     /// [`PutError::Closed`] after [`close`](Queue::close);
     /// [`PutError::Failed`] when the value cannot be encoded. The value comes back.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<u32>::new()?;
+    /// q.put(7).map_err(|e| e.into_error())?;
+    /// assert_eq!(q.get()?, 7);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn put(&self, value: T) -> std::result::Result<(), PutError<T>> {
         self.put_within(value, None)
     }
@@ -572,6 +612,17 @@ impl<T: DeserializeOwned> Queue<T> {
     /// # Errors
     /// [`ErrorKind::Closed`] after [`close`](Queue::close);
     /// [`ErrorKind::Deserialize`] for an item that is not a `T` (it is consumed).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<u32>::new()?;
+    /// let mut p = multiproc::Process::new(|q: multiproc::Queue<u32>| q.put(42).unwrap(), q.clone());
+    /// p.start()?;
+    /// assert_eq!(q.get()?, 42); // put by the child process
+    /// p.join()?;
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn get(&self) -> Result<T> {
         self.get_within(None)
     }
@@ -581,6 +632,16 @@ impl<T: DeserializeOwned> Queue<T> {
     /// # Errors
     /// [`ErrorKind::Timeout`] when none came in time (as every timed wait);
     /// as [`get`](Queue::get).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let q = multiproc::Queue::<u32>::new()?;
+    /// assert!(q.get_timeout(Duration::from_millis(10)).unwrap_err().is_timeout());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
         self.get_within(Some(timeout))
     }
@@ -637,6 +698,18 @@ impl<T: DeserializeOwned> Queue<T> {
 /// The items of a [`Queue`], each a `Result` (an item that is not a `T` is
 /// its error): see [`Queue::iter`], [`Queue::iter_timeout`]
 /// and [`Queue::try_iter`].
+///
+/// # Examples
+///
+/// ```
+/// let q = multiproc::Queue::<u32>::new()?;
+/// for i in 0..3 {
+///     q.put(i).unwrap();
+/// }
+/// let got: Vec<u32> = q.try_iter().collect::<Result<_, _>>()?;
+/// assert_eq!(got, vec![0, 1, 2]);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[must_use = "iterators are lazy and do nothing unless consumed"]
 pub struct QueueIter<'a, T> {
     queue: &'a Queue<T>,
@@ -753,6 +826,19 @@ impl<T> JoinableQueue<T> {
     ///
     /// # Errors
     /// [`ErrorKind::InvalidState`] when called more times than items were put.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let q = multiproc::JoinableQueue::<u32>::new()?;
+    /// q.put(1).unwrap();
+    /// assert_eq!(q.get()?, 1);
+    /// q.task_done()?; // every item put is now done
+    /// assert!(q.join_timeout(Duration::from_secs(1)));
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn task_done(&self) -> Result<()> {
         let u = &self.0.mem().unfinished;
         match u.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1)) {

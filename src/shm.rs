@@ -436,6 +436,18 @@ impl<T: Plain> Value<T> {
 }
 
 /// Exclusive access to a [`Value`] while its lock is held.
+///
+/// # Examples
+///
+/// ```
+/// let v = multiproc::Value::new(0u64)?;
+/// {
+///     let mut n = v.lock()?; // held across the read and the write
+///     *n += 1;
+/// }
+/// assert_eq!(v.get(), 1);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 pub struct ValueGuard<'a, T: Plain> {
     guard: ArrayGuard<'a, T>,
 }
@@ -675,6 +687,18 @@ impl<T: Plain> Array<T> {
 }
 
 /// Exclusive access to an [`Array`]'s elements while its lock is held.
+///
+/// # Examples
+///
+/// ```
+/// let a = multiproc::Array::from_slice(&[1u32, 2, 3])?;
+/// {
+///     let mut xs = a.lock()?;
+///     xs[0] = 10;
+/// }
+/// assert_eq!(a.to_vec(), vec![10, 2, 3]);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 pub struct ArrayGuard<'a, T: Plain> {
     array: &'a Array<T>,
     guard: LockGuard<'a>,

@@ -16,6 +16,19 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Why a worker process was replaced.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// fn nap(ms: u64) { std::thread::sleep(Duration::from_millis(ms)) }
+///
+/// let pool = multiproc::Pool::builder().processes(1).task_timeout(Duration::from_millis(50)).build()?;
+/// assert!(pool.apply(nap, 5_000).unwrap_err().is_timeout());
+/// assert_eq!(pool.stats().total().restarts.timeout, 1);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RestartReason {
@@ -71,6 +84,16 @@ impl fmt::Display for RestartReason {
 }
 
 /// How often, and why, one worker (or all of them) was replaced.
+///
+/// # Examples
+///
+/// ```
+/// let pool = multiproc::Pool::builder().processes(1).max_tasks_per_child(1).build()?;
+/// pool.apply(|x: u32| x, 1)?;
+/// pool.apply(|x: u32| x, 2)?;
+/// assert!(pool.stats().total().restarts.max_tasks >= 1);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Restarts {
@@ -143,6 +166,17 @@ impl Restarts {
 /// What one worker (a process slot, a thread, a rank) has done since the
 /// pool started; a slot's numbers run on across the processes that replace
 /// one another in it.
+///
+/// # Examples
+///
+/// ```
+/// let pool = multiproc::ThreadPool::new(1)?;
+/// pool.apply(|x: u32| x, 1)?;
+/// let w = &pool.stats().workers[0];
+/// assert_eq!(w.tasks, 1);
+/// assert_eq!(w.pid, None); // a thread
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WorkerStats {

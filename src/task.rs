@@ -44,6 +44,17 @@ pub(crate) use chunk::{
 /// // error: a task sent to a process must not capture anything
 /// let _ = pool.apply(move |x: u64| x + offset, 1);
 /// ```
+///
+/// # Examples
+///
+/// ```
+/// fn add(a: u64, b: u64) -> u64 { a + b }
+///
+/// let pool = multiproc::Pool::new(1)?;
+/// assert_eq!(pool.apply(add, (1, 2))?, 3); // a plain fn
+/// assert_eq!(pool.apply(|x: u64| x + 1, 1)?, 2); // a closure that captures nothing
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 pub trait TaskFn<Args, Marker>: Send + Sync + 'static {
     /// What the function returns.
     type Output;

@@ -142,6 +142,17 @@ impl<R: Send + 'static> Future<R> {
     /// worker. [`cancel`](Future::cancel) runs the callbacks on the
     /// cancelling thread before it returns. A callback that panics is
     /// reported on stderr and the other callbacks still run.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ex = multiproc::ThreadPoolExecutor::new(1)?;
+    /// let fut = ex.submit(|x: u32| x * 2, 21)?;
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// fut.add_done_callback(move |f| { let _ = tx.send(f.done()); });
+    /// assert!(rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn add_done_callback(&self, f: impl FnOnce(&Future<R>) + Send + 'static) {
         let me = self.clone();
         self.inner.completion.on_done(move || f(&me));
@@ -205,6 +216,16 @@ impl<R: Clone + Send + 'static> Future<R> {
     ///
     /// # Errors
     /// The task's error: panicked, worker died, cancelled, (de)serialisation.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ex = multiproc::ThreadPoolExecutor::new(1)?;
+    /// let fut = ex.submit(|x: u32| x * 2, 21)?;
+    /// assert_eq!(fut.result()?, 42);
+    /// assert!(fut.done());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn result(&self) -> Result<R> {
         self.inner.completion.peek(None).expect("an unbounded wait ends with an outcome")
     }
@@ -261,6 +282,18 @@ fn cancelled_by_user() -> Error {
 }
 
 /// When [`wait`] returns.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{wait, ThreadPoolExecutor, ALL_COMPLETED};
+///
+/// let ex = ThreadPoolExecutor::new(2)?;
+/// let futs = vec![ex.submit(|x: u32| x, 1)?, ex.submit(|x: u32| x, 2)?];
+/// let done = wait(futs, None, ALL_COMPLETED);
+/// assert_eq!(done.done.len(), 2);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReturnWhen {
     /// As soon as any future is done or cancelled.
@@ -277,6 +310,18 @@ pub use ReturnWhen::{
 };
 
 /// What [`wait`] returns: the futures that are done and those that are not.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{wait, ThreadPoolExecutor, FIRST_COMPLETED};
+///
+/// let ex = ThreadPoolExecutor::new(1)?;
+/// let fut = ex.submit(|x: u32| x, 1)?;
+/// let r = wait(vec![fut], None, FIRST_COMPLETED);
+/// assert_eq!((r.done.len(), r.not_done.len()), (1, 0));
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct DoneAndNotDone<R: Send + 'static> {
     /// Done, failed or cancelled.
@@ -390,6 +435,21 @@ pub fn as_completed<R: Send + 'static>(
 }
 
 /// The iterator returned by [`as_completed`].
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{as_completed, ThreadPoolExecutor};
+///
+/// let ex = ThreadPoolExecutor::new(2)?;
+/// let futs = vec![ex.submit(|x: u32| x, 1)?, ex.submit(|x: u32| x, 2)?];
+/// let mut sum = 0;
+/// for fut in as_completed(futs, None) {
+///     sum += fut?.result()?;
+/// }
+/// assert_eq!(sum, 3);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct AsCompleted<R: Send + 'static> {
     futures: Vec<Option<Future<R>>>,

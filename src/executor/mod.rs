@@ -114,6 +114,15 @@ macro_rules! executor_methods {
             ///
             /// # Errors
             /// [`ErrorKind::PoolNotRunning`] after [`shutdown`](Self::shutdown).
+            ///
+            /// # Examples
+            ///
+            /// ```
+            /// let ex = multiproc::ProcessPoolExecutor::new(1)?;
+            /// let fut = ex.submit(|x: u64| x * x, 7)?;
+            /// assert_eq!(fut.result()?, 49);
+            /// # Ok::<(), multiproc::Error>(())
+            /// ```
             pub fn submit<F, A, M>(&self, $of: F, args: A) -> Result<Future<F::Output>>
             where $($once_bounds)*
             {
@@ -124,6 +133,15 @@ macro_rules! executor_methods {
             /// `f` over `items`, results in input order. Lazy: input is read
             /// with a bounded read-ahead. One item per task; see
             /// [`chunksize`](Self::chunksize) for more.
+            ///
+            /// # Examples
+            ///
+            /// ```
+            /// let ex = multiproc::ProcessPoolExecutor::new(2)?;
+            /// let squares: Vec<u64> = ex.map(|x: u64| x * x, 0..4).collect::<Result<_, _>>()?;
+            /// assert_eq!(squares, vec![0, 1, 4, 9]);
+            /// # Ok::<(), multiproc::Error>(())
+            /// ```
             pub fn map<F, A, M>(
                 &self,
                 f: F,
@@ -151,6 +169,17 @@ macro_rules! executor_methods {
             /// When it passes the future fails with [`ErrorKind::Timeout`]
             /// and the task is stopped (cancelled if queued; in a process
             /// pool, its worker killed and replaced). See [`With`].
+            ///
+            /// # Examples
+            ///
+            /// ```
+            /// use std::time::Duration;
+            ///
+            /// let ex = multiproc::ProcessPoolExecutor::new(1)?;
+            /// let fut = ex.timeout(Duration::from_secs(10)).submit(|x: u64| x + 1, 1)?;
+            /// assert_eq!(fut.result()?, 2);
+            /// # Ok::<(), multiproc::Error>(())
+            /// ```
             pub fn timeout(&self, timeout: Duration) -> With<'_, Self> {
                 With::new(self).timeout(timeout)
             }
@@ -297,6 +326,14 @@ pub struct ProcessPoolExecutor {
 }
 
 /// Options for a [`ProcessPoolExecutor`].
+///
+/// # Examples
+///
+/// ```
+/// let ex = multiproc::ProcessPoolExecutor::builder().max_workers(2).build()?;
+/// assert_eq!(ex.max_workers(), 2);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[derive(Default)]
 #[must_use = "a builder does nothing until .build() is called"]
 pub struct ProcessPoolExecutorBuilder {
@@ -354,6 +391,14 @@ impl ProcessPoolExecutor {
     ///
     /// # Errors
     /// [`ErrorKind::InvalidArgument`] for 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ex = multiproc::ProcessPoolExecutor::new(2)?;
+    /// assert_eq!(ex.submit(|x: u64| x + 1, 1)?.result()?, 2);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn new(max_workers: usize) -> Result<Self> {
         Self::builder().max_workers(max_workers).build()
     }
@@ -419,6 +464,14 @@ pub struct ThreadPoolExecutor {
 }
 
 /// Options for a [`ThreadPoolExecutor`].
+///
+/// # Examples
+///
+/// ```
+/// let ex = multiproc::ThreadPoolExecutor::builder().max_workers(2).build()?;
+/// assert_eq!(ex.submit(|x: u32| x + 1, 1)?.result()?, 2);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[derive(Default)]
 #[must_use = "a builder does nothing until .build() is called"]
 pub struct ThreadPoolExecutorBuilder {
@@ -470,6 +523,14 @@ impl ThreadPoolExecutor {
     ///
     /// # Errors
     /// [`ErrorKind::InvalidArgument`] for 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ex = multiproc::ThreadPoolExecutor::new(2)?;
+    /// assert_eq!(ex.submit(|x: u64| x + 1, 1)?.result()?, 2);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn new(max_workers: usize) -> Result<Self> {
         Self::builder().max_workers(max_workers).build()
     }

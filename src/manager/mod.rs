@@ -91,6 +91,17 @@ const EXIT_GRACE: Duration = Duration::from_millis(500);
 ///
 /// Dropping it (or [`shutdown`](Manager::shutdown)) stops a server it
 /// started; proxies then fail with [`ErrorKind::Closed`]. It never hangs.
+///
+/// # Examples
+///
+/// ```
+/// let mut m = multiproc::Manager::start()?;
+/// let d = m.dict::<String, u32>()?;
+/// d.insert("a".into(), 1)?;
+/// assert_eq!(d.get(&"a".to_string())?, Some(1));
+/// m.shutdown();
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 pub struct Manager {
     remote: Remote,
     local: Option<Local>,

@@ -330,6 +330,16 @@ type Feeder<R> = Box<dyn FnMut(ChunkDone<R>, Arc<Ticket>) -> Fed>;
 /// item read before the panic are yielded first, then one
 /// [`ErrorKind::TaskPanicked`] error that names the input iterator and
 /// carries its panic message and location; the pool goes on.
+///
+/// # Examples
+///
+/// ```
+/// let pool = multiproc::ThreadPool::new(2)?;
+/// let mut it = pool.imap(|x: u32| x * 10, 0..3);
+/// assert_eq!(it.next().transpose()?, Some(0));
+/// assert_eq!(it.collect::<Result<Vec<_>, _>>()?, vec![10, 20]);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[must_use = "iterators are lazy and do nothing unless consumed"]
 pub struct IMap<R> {
     shared: Arc<Shared<R>>,

@@ -60,6 +60,20 @@ pub struct Pool {
 }
 
 /// Options for a [`Pool`]: `Pool::builder().processes(4).build()`.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let pool = multiproc::Pool::builder()
+///     .processes(2)
+///     .max_tasks_per_child(100)
+///     .task_timeout(Duration::from_secs(30))
+///     .build()?;
+/// assert_eq!(pool.processes(), 2);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[derive(Default)]
 #[must_use = "a builder does nothing until .build() is called"]
 pub struct PoolBuilder {
@@ -245,6 +259,15 @@ macro_rules! pool_methods {
             /// and decoding results, restarts and why, the age of the task
             /// running now. Always kept; its `Display` is a table. See
             /// [`PoolStats`](crate::PoolStats).
+            ///
+            /// # Examples
+            ///
+            /// ```
+            /// let pool = multiproc::Pool::new(1)?;
+            /// pool.apply(|x: u32| x + 1, 1)?;
+            /// println!("{}", pool.stats()); // a table, one row per worker
+            /// # Ok::<(), multiproc::Error>(())
+            /// ```
             pub fn stats(&self) -> crate::PoolStats {
                 self.engine.stats()
             }
@@ -282,6 +305,16 @@ macro_rules! pool_methods {
             /// # Errors
             /// The task's error (see [`AsyncResult::get`]) or
             /// [`ErrorKind::PoolNotRunning`].
+            ///
+            /// # Examples
+            ///
+            /// ```
+            /// fn add(a: u64, b: u64) -> u64 { a + b }
+            ///
+            /// let pool = multiproc::Pool::new(1)?;
+            /// assert_eq!(pool.apply(add, (2, 3))?, 5); // several arguments: a tuple
+            /// # Ok::<(), multiproc::Error>(())
+            /// ```
             pub fn apply<F, A, M>(&self, $of: F, args: A) -> Result<F::Output>
             where $($once_bounds)*
             {
@@ -290,6 +323,15 @@ macro_rules! pool_methods {
             }
 
             /// Submits `f(args)` and returns at once.
+            ///
+            /// # Examples
+            ///
+            /// ```
+            /// let pool = multiproc::Pool::new(1)?;
+            /// let r = pool.apply_async(|x: u64| x * x, 7);
+            /// assert_eq!(r.get()?, 49);
+            /// # Ok::<(), multiproc::Error>(())
+            /// ```
             pub fn apply_async<F, A, M>(&self, $of: F, args: A) -> AsyncResult<F::Output>
             where $($once_bounds)*
             {
@@ -361,6 +403,15 @@ macro_rules! pool_methods {
 
             /// Results in input order as they become available. Reads `items`
             /// lazily, keeping a bounded number of tasks in flight.
+            ///
+            /// # Examples
+            ///
+            /// ```
+            /// let pool = multiproc::Pool::new(2)?;
+            /// let squares: Vec<u64> = pool.imap(|x: u64| x * x, 0..5).collect::<Result<_, _>>()?;
+            /// assert_eq!(squares, vec![0, 1, 4, 9, 16]);
+            /// # Ok::<(), multiproc::Error>(())
+            /// ```
             pub fn imap<F, A, M>(
                 &self,
                 f: F,
@@ -373,6 +424,15 @@ macro_rules! pool_methods {
 
             /// Results in the order tasks finish. Reads `items` lazily, keeping
             /// a bounded number of tasks in flight.
+            ///
+            /// # Examples
+            ///
+            /// ```
+            /// let pool = multiproc::Pool::new(2)?;
+            /// let sum: u64 = pool.imap_unordered(|x: u64| x + 1, 0..100).map(|r| r.unwrap()).sum();
+            /// assert_eq!(sum, 5050);
+            /// # Ok::<(), multiproc::Error>(())
+            /// ```
             pub fn imap_unordered<F, A, M>(
                 &self,
                 f: F,
@@ -398,6 +458,20 @@ macro_rules! pool_methods {
             /// Every call through the view with a deadline of `timeout`
             /// for its result: `pool.timeout(d).apply(f, x)`,
             /// `pool.timeout(d).map(f, items)`. See [`With`].
+            ///
+            /// # Examples
+            ///
+            /// ```
+            /// use std::time::Duration;
+            ///
+            /// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+            ///
+            /// let pool = multiproc::Pool::new(1)?;
+            /// assert_eq!(pool.timeout(Duration::from_secs(10)).apply(nap, 1)?, 1);
+            /// let late = pool.timeout(Duration::from_millis(50)).apply(nap, 5_000);
+            /// assert!(late.unwrap_err().is_timeout()); // the worker was killed and replaced
+            /// # Ok::<(), multiproc::Error>(())
+            /// ```
             pub fn timeout(&self, timeout: Duration) -> With<'_, Self> {
                 With::new(self).timeout(timeout)
             }
@@ -568,6 +642,16 @@ impl Pool {
     ///
     /// # Errors
     /// [`ErrorKind::InvalidArgument`] for 0 processes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = multiproc::Pool::new(2)?;
+    /// assert_eq!(pool.map(|x: u64| x * 2, 0..3)?, vec![0, 2, 4]);
+    /// pool.close();
+    /// pool.join()?;
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn new(processes: usize) -> Result<Pool> {
         Pool::builder().processes(processes).build()
     }
@@ -620,6 +704,14 @@ pub struct ThreadPool {
 }
 
 /// Options for a [`ThreadPool`].
+///
+/// # Examples
+///
+/// ```
+/// let pool = multiproc::ThreadPool::builder().threads(2).build()?;
+/// assert_eq!(pool.apply(|x: u32| x + 1, 1)?, 2);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[derive(Default)]
 #[must_use = "a builder does nothing until .build() is called"]
 pub struct ThreadPoolBuilder {

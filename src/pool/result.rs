@@ -510,6 +510,15 @@ impl<T> AsyncResult<T> {
     /// # Errors
     /// The task's own error: it panicked, its worker died, it timed out, it
     /// was cancelled, or a value failed to (de)serialize.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = multiproc::ThreadPool::new(1)?;
+    /// let r = pool.apply_async(|x: u32| x + 1, 41);
+    /// assert_eq!(r.get()?, 42);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn get(self) -> Result<T> {
         self.inner.wait_take(None).expect("an unbounded wait ends with the result settled")
     }
@@ -523,6 +532,17 @@ impl<T> AsyncResult<T> {
     /// # Errors
     /// [`ErrorKind::Timeout`] when the task is not done in time, or the task's
     /// own error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let pool = multiproc::ThreadPool::new(1)?;
+    /// let r = pool.apply_async(|x: u32| x + 1, 41);
+    /// assert_eq!(r.get_timeout(Duration::from_secs(10))?, 42);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
         let mut st = self.inner.wait_until(crate::deadline_after(timeout));
         Completion::take(&mut st).unwrap_or_else(|| {

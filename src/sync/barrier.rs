@@ -142,6 +142,17 @@ impl Barrier {
     ///
     /// # Errors
     /// [`ErrorKind::BrokenBarrier`] when the barrier is or becomes broken.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let b = multiproc::Barrier::new(2)?;
+    /// let other = b.clone();
+    /// let t = std::thread::spawn(move || other.wait(None));
+    /// b.wait(None)?;
+    /// t.join().unwrap()?;
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn wait(&self, timeout: Option<Duration>) -> Result<u32> {
         let deadline = timeout.and_then(crate::deadline_after);
         let m = self.mem();

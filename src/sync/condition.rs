@@ -46,6 +46,18 @@ pub struct Condition {
 }
 
 /// The held lock of a [`Condition`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let cond = multiproc::Condition::new()?;
+/// let guard = cond.acquire()?;
+/// let (_guard, notified) = guard.wait(Some(Duration::from_millis(10)))?;
+/// assert!(!notified); // nobody called notify
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[must_use = "the condition's lock is released as soon as the guard is dropped"]
 #[derive(Debug)]
 pub struct ConditionGuard<'a> {

@@ -61,6 +61,18 @@ impl Event {
     }
 
     /// Blocks until the flag is set or `timeout` passes; returns the flag.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let ev = multiproc::Event::new()?;
+    /// assert!(!ev.wait_timeout(Duration::from_millis(10)));
+    /// ev.set();
+    /// assert!(ev.wait_timeout(Duration::from_millis(10)));
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         let deadline = crate::deadline_after(timeout);
         loop {

@@ -162,6 +162,19 @@ fn held() -> &'static parking_lot::Mutex<Vec<Mutex>> {
 }
 
 /// Proof that a [`Lock`] or [`RLock`] is held; releases it when dropped.
+///
+/// # Examples
+///
+/// ```
+/// let lock = multiproc::Lock::new()?;
+/// {
+///     let guard = lock.acquire()?;
+///     assert!(!guard.previous_owner_died());
+///     assert!(lock.try_acquire()?.is_none()); // held
+/// } // released here
+/// assert!(lock.try_acquire()?.is_some());
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard<'a> {
     raw: *mut RawMutex,

@@ -44,6 +44,17 @@ pub struct Semaphore {
 }
 
 /// Gives its unit back to the [`Semaphore`] when dropped.
+///
+/// # Examples
+///
+/// ```
+/// let sem = multiproc::Semaphore::new(1)?;
+/// let unit = sem.acquire();
+/// assert!(sem.try_acquire().is_none());
+/// drop(unit); // given back
+/// assert_eq!(sem.get_value(), 1);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[must_use = "the unit is given back as soon as the guard is dropped"]
 #[derive(Debug)]
 pub struct SemaphoreGuard<'a> {
@@ -155,6 +166,15 @@ impl std::fmt::Debug for Semaphore {
 
 /// A [`Semaphore`] that refuses to be released above its starting value:
 /// Python's `multiprocessing.BoundedSemaphore`.
+///
+/// # Examples
+///
+/// ```
+/// let sem = multiproc::BoundedSemaphore::new(1)?;
+/// assert!(sem.release().is_err()); // above its initial value
+/// drop(sem.acquire());
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[derive(Clone, Serialize, Deserialize, Debug)]
 pub struct BoundedSemaphore(Semaphore);
 
