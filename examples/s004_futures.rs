@@ -46,7 +46,7 @@ pub fn s004_1() -> Result<(), String> {
         .map(|i| pool.submit(walk, (format!("egon{i}"), i)))
         .collect::<Result<Vec<_>, _>>()
         .context("submit")?;
-    pool.shutdown(true, false); // waits for every task, like the seed's shutdown()
+    pool.shutdown(); // waits for every task, like the seed's shutdown()
     println!("main");
     let mut pids = BTreeSet::new();
     for f in &futures {
@@ -76,7 +76,7 @@ pub fn s004_2() -> Result<(), String> {
         })
         .collect::<Result<Vec<_>, _>>()
         .context("submit")?;
-    pool.shutdown(true, false);
+    pool.shutdown();
     println!("main");
     let pids: BTreeSet<u32> = futures.iter().map(|f| f.result().unwrap()).collect();
     let threads = threads.lock().unwrap().len();

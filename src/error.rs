@@ -202,10 +202,37 @@ impl Error {
         Self::new(ErrorKind::Timeout, message)
     }
 
-    pub(crate) fn not_running() -> Error {
+    /// The one "not running" error: `what` names the refusing face ("pool",
+    /// "executor", "MPI rank") and `why` says how it stopped.
+    pub(crate) fn not_running_because(what: &str, why: &str) -> Error {
         Self::new(
             ErrorKind::PoolNotRunning,
-            "the pool is not running: it was closed or terminated, so it takes no new tasks",
+            format!("the {what} is not running: {why}, so it takes no new tasks; create a new one"),
+        )
+    }
+
+    pub(crate) fn not_running() -> Error {
+        Self::not_running_because("pool", "it was closed or terminated")
+    }
+
+    /// The one "cancelled" error: `task` names the task, `how` says what
+    /// cancelled it and what became of it.
+    pub(crate) fn cancelled(task: &str, how: &str) -> Error {
+        Self::new(
+            ErrorKind::Cancelled,
+            format!("{task} was cancelled: {how}; resubmit it if its result is still needed"),
+        )
+    }
+
+    /// The one build-mismatch error: `who` names the process that runs
+    /// another build of the program than this one.
+    pub(crate) fn build_mismatch(who: &str) -> Error {
+        Self::new(
+            ErrorKind::BuildMismatch,
+            format!(
+                "{who} runs another build of the program than this process, so it cannot run \
+                 its tasks; rebuild once and run that one executable everywhere"
+            ),
         )
     }
 

@@ -133,9 +133,19 @@ pub use bytes::Bytes;
 pub use error::{Error, ErrorKind, Result};
 pub use executor::{
     as_completed, wait, AsCompleted, DoneAndNotDone, Future, ProcessPoolExecutor,
-    ProcessPoolExecutorBuilder, ReturnWhen, ThreadPoolExecutor, ThreadPoolExecutorBuilder,
-    ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION,
+    ProcessPoolExecutorBuilder, ReturnWhen, Shutdown, ThreadPoolExecutor,
+    ThreadPoolExecutorBuilder, ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION,
 };
+
+/// Python's `concurrent.futures` vocabulary in one place, so this crate's
+/// [`Future`](futures::Future) is not mistaken for `std::future::Future`:
+/// `use multiproc::futures::{wait, as_completed, Future, FIRST_COMPLETED};`.
+pub mod futures {
+    pub use crate::executor::{
+        as_completed, wait, AsCompleted, DoneAndNotDone, Future, ReturnWhen, Shutdown,
+        ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION,
+    };
+}
 pub use fdpass::Fd;
 pub use manager::Manager;
 pub use pipe::{pipe, Connection};

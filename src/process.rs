@@ -4,7 +4,7 @@
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -95,14 +95,25 @@ pub struct Process {
     name: String,
     daemon: bool,
     target: Option<Target>,
-    child: Option<Child>,
-    exitcode: Option<i32>,
+    /// The child once started, behind a lock so `is_alive`/`exitcode` can
+    /// reap it from `&self`.
+    child: Option<Mutex<Started>>,
     /// Readable once the child has ended: its pidfd, opened at the first
     /// [`Process::sentinel`].
     sentinel: OnceLock<OwnedFd>,
 }
 
+/// A started child and, once it is reaped, its exit code.
+struct Started {
+    child: Child,
+    exitcode: Option<i32>,
+}
+
 impl Process {
+    fn started(&self) -> Option<std::sync::MutexGuard<'_, Started>> {
+        self.child.as_ref().map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// A process that will run `f(args)`. Several arguments go in a tuple.
     /// Arguments that fail to serialize make [`start`](Process::start) fail.
     ///
@@ -141,7 +152,6 @@ impl Process {
                 error,
             }),
             child: None,
-            exitcode: None,
             sentinel: OnceLock::new(),
         }
     }
@@ -186,7 +196,7 @@ impl Process {
 
     /// The child's pid once started.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.started().map(|s| s.child.id())
     }
 
     /// A descriptor that becomes readable when the process ends (Python's
@@ -225,24 +235,25 @@ impl Process {
         if let Some(fd) = self.sentinel.get() {
             return Ok(fd.as_fd());
         }
-        let Some(child) = self.child.as_ref() else {
+        let Some(started) = self.started() else {
             return Err(Error::new(
                 ErrorKind::InvalidState,
                 "a process has a sentinel only once it is started",
             ));
         };
-        let pid = child.id();
-        let fd = if self.exitcode.is_some() {
+        let pid = started.child.id();
+        let fd = if started.exitcode.is_some() {
             // Reaped already, so the pid may name another process now: the
             // sentinel is a socket at end of file, readable for good.
             let (end, _) = std::os::unix::net::UnixStream::pair()
                 .map_err(|e| Error::io("could not create a process sentinel", e))?;
             OwnedFd::from(end)
         } else {
-            // Not reaped (that takes `&mut self`), so the pid is still ours.
+            // Not reaped (that takes the lock held here), so the pid is still ours.
             sys::pidfd_open(pid)
                 .map_err(|e| Error::io(format!("could not open a pidfd for process {pid}"), e))?
         };
+        drop(started);
         Ok(self.sentinel.get_or_init(|| fd).as_fd())
     }
 
@@ -270,7 +281,7 @@ impl Process {
         }
         ensure_exit_hook();
         let spawned = spawn::spawn(ROLE_PROCESS, &self.name, self.daemon)?;
-        self.child = Some(spawned.child);
+        self.child = Some(Mutex::new(Started { child: spawned.child, exitcode: None }));
         let mut conn = Conn::new(spawned.channel);
         let call = Call { entry: target.offset, chunk: &target.chunk[..] };
         let run = wire::Run { fingerprint: task::fingerprint(), call };
@@ -281,15 +292,15 @@ impl Process {
         Ok(())
     }
 
-    fn poll_exit(&mut self, timeout: Option<Duration>) -> Result<bool> {
+    fn poll_exit(&self, timeout: Option<Duration>) -> Result<bool> {
         use std::os::unix::process::ExitStatusExt;
-        if self.exitcode.is_some() {
-            return Ok(true);
-        }
-        let Some(child) = self.child.as_mut() else {
-            return Ok(false);
+        let pid = match self.started() {
+            None => return Ok(false),
+            Some(s) if s.exitcode.is_some() => return Ok(true),
+            Some(s) => s.child.id(),
         };
-        let pid = child.id();
+        // Waits without the lock (so `&self` callers are not blocked); the
+        // child is not reaped before `try_wait` below, so `pid` is still ours.
         if timeout != Some(Duration::ZERO) {
             let exited = sys::wait_exit(pid, timeout)
                 .map_err(|e| Error::io(format!("could not wait for process {pid}"), e))?;
@@ -297,9 +308,13 @@ impl Process {
                 return Ok(false);
             }
         }
-        match child.try_wait() {
+        let Some(mut started) = self.started() else { return Ok(false) };
+        if started.exitcode.is_some() {
+            return Ok(true);
+        }
+        match started.child.try_wait() {
             Ok(Some(status)) => {
-                self.exitcode = status.code().or_else(|| status.signal().map(|s| -s));
+                started.exitcode = status.code().or_else(|| status.signal().map(|s| -s));
                 spawn::unregister(pid);
                 Ok(true)
             }
@@ -351,14 +366,14 @@ impl Process {
     }
 
     /// True from [`start`](Self::start) until the child exits.
-    pub fn is_alive(&mut self) -> bool {
+    pub fn is_alive(&self) -> bool {
         self.child.is_some() && !self.poll_exit(Some(Duration::ZERO)).unwrap_or(true)
     }
 
     /// Python's exit code: `None` before start and while running.
-    pub fn exitcode(&mut self) -> Option<i32> {
+    pub fn exitcode(&self) -> Option<i32> {
         let _ = self.poll_exit(Some(Duration::ZERO));
-        self.exitcode
+        self.started().and_then(|s| s.exitcode)
     }
 
     fn signal(&mut self, sig: i32) -> Result<()> {
@@ -394,8 +409,11 @@ impl Drop for Process {
     /// Dropping the handle does not stop the child; it is reaped in the
     /// background so it never lingers as a zombie.
     fn drop(&mut self) {
-        if let (Some(child), None) = (self.child.take(), self.exitcode) {
-            spawn::reap_in_background(child);
+        if let Some(started) = self.child.take() {
+            let started = started.into_inner().unwrap_or_else(|p| p.into_inner());
+            if started.exitcode.is_none() {
+                spawn::reap_in_background(started.child);
+            }
         }
     }
 }
@@ -406,7 +424,7 @@ impl std::fmt::Debug for Process {
             .field("name", &self.name)
             .field("pid", &self.pid())
             .field("daemon", &self.daemon)
-            .field("exitcode", &self.exitcode)
+            .field("exitcode", &self.started().and_then(|s| s.exitcode))
             .finish()
     }
 }

@@ -247,6 +247,16 @@ impl<T> Queue<T> {
         self.qsize() == 0
     }
 
+    /// The number of items in the queue: [`qsize`](Self::qsize) by its Rust name.
+    pub fn len(&self) -> usize {
+        self.qsize()
+    }
+
+    /// True when the queue holds no item: [`empty`](Self::empty) by its Rust name.
+    pub fn is_empty(&self) -> bool {
+        self.empty()
+    }
+
     /// True when a bounded queue is at its bound (approximate).
     pub fn full(&self) -> bool {
         let max = self.mem().maxsize.load(Ordering::SeqCst);

@@ -167,10 +167,7 @@ impl Lifecycle {
 
 /// The error of a task that a terminated pool will not run.
 pub(crate) fn cancelled() -> Error {
-    Error::new(
-        ErrorKind::Cancelled,
-        "the pool was terminated before this task finished; resubmit it to a running pool",
-    )
+    Error::cancelled("this task", "its pool was terminated before the task finished")
 }
 
 #[cfg(test)]

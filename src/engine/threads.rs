@@ -241,8 +241,8 @@ impl ThreadEngine {
                 let err = Error::new(
                     ErrorKind::InitializerFailed,
                     format!(
-                        "initializer failed in thread {:?}: {}",
-                        std::thread::current().name(),
+                        "initializer failed in thread {}: {}; fix the initializer",
+                        std::thread::current().name().unwrap_or("(unnamed)"),
                         f.message
                     ),
                 );

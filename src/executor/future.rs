@@ -7,7 +7,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::engine::{Engine, Ticket};
-use crate::error::{Error, ErrorKind, Result};
+#[cfg(any(doc, test))]
+use crate::error::ErrorKind;
+use crate::error::{Error, Result};
 use crate::pool::Completion;
 
 struct Inner<R> {
@@ -278,7 +280,7 @@ impl<R: Send + 'static> std::fmt::Debug for Future<R> {
 }
 
 fn cancelled_by_user() -> Error {
-    Error::new(ErrorKind::Cancelled, "the future was cancelled before it ran")
+    Error::cancelled("this future's call", "Future::cancel was called before it ran")
 }
 
 /// When [`wait`] returns.
@@ -503,7 +505,7 @@ mod tests {
         assert_eq!(f.into_result().unwrap(), Token(7));
         let again = other.into_result_timeout(Duration::from_secs(10)).unwrap_err();
         assert_eq!(again.kind(), ErrorKind::ResultTaken);
-        ex.shutdown(true, false);
+        ex.shutdown();
     }
 
     #[test]
@@ -513,7 +515,7 @@ mod tests {
         let other = f.clone();
         assert_eq!(f.into_result().unwrap_err().kind(), ErrorKind::TaskPanicked);
         assert_eq!(other.into_result().unwrap_err().kind(), ErrorKind::TaskPanicked);
-        ex.shutdown(true, false);
+        ex.shutdown();
     }
 
     #[test]
@@ -534,7 +536,7 @@ mod tests {
         assert!(err.is_timeout());
         tx.send(()).unwrap();
         assert_eq!(f.into_result_timeout(Duration::from_secs(10)).unwrap(), Token(3));
-        ex.shutdown(true, false);
+        ex.shutdown();
     }
 
     #[test]
@@ -548,6 +550,6 @@ mod tests {
                 .expect("in time")
         });
         assert_eq!(got.unwrap(), Token(2));
-        ex.shutdown(true, false);
+        ex.shutdown();
     }
 }

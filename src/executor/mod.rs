@@ -14,7 +14,9 @@ use serde::Serialize;
 use crate::engine::procs::{Init, ProcEngine, ProcOptions};
 use crate::engine::threads::{ThreadEngine, ThreadOptions};
 use crate::engine::{Engine, RunState, Ticket};
-use crate::error::{Error, ErrorKind, Result};
+#[cfg(doc)]
+use crate::error::ErrorKind;
+use crate::error::{Error, Result};
 use crate::pool::map::OneShot;
 use crate::pool::{Completion, IMap, With};
 use crate::progress::Progress;
@@ -47,10 +49,7 @@ impl<E: Engine> Executor<E> {
         limit: Option<Duration>,
     ) -> Result<Future<R>> {
         if self.engine.lifecycle().state() != RunState::Running {
-            return Err(Error::new(
-                ErrorKind::PoolNotRunning,
-                "cannot submit: the executor was shut down; create a new one",
-            ));
+            return Err(Error::not_running_because("executor", "it was shut down"));
         }
         self.engine.check_running()?;
         let ticket = Ticket::new();
@@ -63,7 +62,7 @@ impl<E: Engine> Executor<E> {
         Ok(Future::new(completion, ticket, engine))
     }
 
-    fn shutdown(&self, wait: bool, cancel_futures: bool) {
+    fn shutdown(&self, Shutdown { wait, cancel_futures }: Shutdown) {
         if cancel_futures {
             self.engine.cancel_queued();
         }
@@ -78,6 +77,27 @@ impl<E: Engine> Executor<E> {
         }
         // Waited or told not to wait: the exit hook leaves this executor be.
         self.exit.release();
+    }
+}
+
+/// How an executor shuts down: the options of
+/// [`ProcessPoolExecutor::shutdown_with`] and
+/// [`ThreadPoolExecutor::shutdown_with`]. The default (wait, run what is
+/// queued) is what [`shutdown`](ProcessPoolExecutor::shutdown) does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shutdown {
+    /// Return once every worker has exited (after running what it was
+    /// given) and the done-callbacks of that work have run. Without it, the
+    /// end of the program no longer waits for this executor's work either:
+    /// work still pending when the program exits is lost.
+    pub wait: bool,
+    /// Cancel the queued tasks instead of running them.
+    pub cancel_futures: bool,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown { wait: true, cancel_futures: false }
     }
 }
 
@@ -220,14 +240,20 @@ macro_rules! executor_methods {
                 self.map_inner(f, items, &With::new(self).timeout(timeout))
             }
 
-            /// Stops taking tasks. With `cancel_futures`, queued tasks are
-            /// cancelled; otherwise they still run. With `wait`, returns once
-            /// every worker has exited (after running what it was given) and
-            /// the done-callbacks of that work have run. Without `wait`, the
-            /// end of the program no longer waits for this executor's work
-            /// either: work still pending when the program exits is lost.
-            pub fn shutdown(&self, wait: bool, cancel_futures: bool) {
-                self.inner.shutdown(wait, cancel_futures)
+            /// Stops taking tasks and returns once every worker has exited
+            /// after running what it was given, and the done-callbacks of
+            /// that work have run (Python's `shutdown()`). For the other
+            /// ways, see [`shutdown_with`](Self::shutdown_with).
+            pub fn shutdown(&self) {
+                self.inner.shutdown(Shutdown::default())
+            }
+
+            /// Stops taking tasks as `how` says: without
+            /// [`wait`](Shutdown::wait) it returns at once, with
+            /// [`cancel_futures`](Shutdown::cancel_futures) queued tasks are
+            /// cancelled rather than run.
+            pub fn shutdown_with(&self, how: Shutdown) {
+                self.inner.shutdown(how)
             }
         }
 
@@ -318,7 +344,7 @@ mpi_face!(executor_methods, crate::mpi::ProcessPoolExecutor);
 /// assert_eq!(cubes, vec![1, 8, 27]);
 /// let squares: Vec<i64> = ex.map(|x: i64| x * x, 1..=3).map(Result::unwrap).collect();
 /// assert_eq!(squares, vec![1, 4, 9]);
-/// ex.shutdown(true, false);
+/// ex.shutdown();
 /// # Ok::<(), multiproc::Error>(())
 /// ```
 pub struct ProcessPoolExecutor {

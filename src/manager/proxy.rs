@@ -343,6 +343,14 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     pub fn empty(&self) -> Result<bool> {
         Ok(self.qsize()? == 0)
     }
+    /// How many items it holds: [`qsize`](Self::qsize) by its Rust name.
+    pub fn len(&self) -> Result<usize> {
+        self.qsize()
+    }
+    /// Whether it holds none: [`empty`](Self::empty) by its Rust name.
+    pub fn is_empty(&self) -> Result<bool> {
+        self.empty()
+    }
 }
 
 /// A connection kept by a lock proxy while it holds the lock: the server

@@ -400,7 +400,7 @@ fn map_timeout_cancels_the_calls_that_had_not_started() {
     gate.open();
     first.result_timeout(PROMPT).unwrap();
     let ex = bounded(PROMPT, "shutdown(wait=true)", move || {
-        ex.shutdown(true, false);
+        ex.shutdown();
         ex
     });
     drop(ex);
@@ -436,7 +436,7 @@ fn dropping_a_map_iterator_cancels_the_calls_that_had_not_started() {
     gate.open();
     first_gate.open();
     first.result_timeout(PROMPT).unwrap();
-    bounded(PROMPT, "shutdown(wait=true)", move || ex.shutdown(true, false));
+    bounded(PROMPT, "shutdown(wait=true)", move || ex.shutdown());
     let ran = log.lock().unwrap().clone();
     assert!(!ran.contains(&"c") && !ran.contains(&"d"), "queued calls ran after the drop: {ran:?}");
 }
@@ -1052,23 +1052,23 @@ fn submit_and_map_after_shutdown_are_refused() {
     let p = ProcessPoolExecutor::new(1).unwrap();
     assert_eq!(p.submit(sqr, 2).unwrap().result_timeout(STARTUP).unwrap(), 4);
     let p = bounded(STARTUP, "shutdown(wait=true)", move || {
-        p.shutdown(true, false);
+        p.shutdown();
         p
     });
     assert_eq!(p.submit(sqr, 2).unwrap_err().kind(), ErrorKind::PoolNotRunning);
     let got: Vec<_> = p.map(sqr, 0..3).collect();
     assert_eq!(got.len(), 1, "one error, then the end: {got:?}");
     assert_eq!(got[0].as_ref().unwrap_err().kind(), ErrorKind::PoolNotRunning);
-    p.shutdown(true, false); // again: nothing to do
+    p.shutdown(); // again: nothing to do
 
     let t = ThreadPoolExecutor::new(1).unwrap();
     assert_eq!(t.submit(|()| 1, ()).unwrap().result_timeout(PROMPT).unwrap(), 1);
-    t.shutdown(true, false);
+    t.shutdown();
     assert_eq!(t.submit(|()| 1, ()).unwrap_err().kind(), ErrorKind::PoolNotRunning);
     let got: Vec<_> = t.map(|x: u64| x, 0..3).collect();
     assert_eq!(got.len(), 1, "one error, then the end: {got:?}");
     assert_eq!(got[0].as_ref().unwrap_err().kind(), ErrorKind::PoolNotRunning);
-    t.shutdown(true, false);
+    t.shutdown();
 }
 
 #[test]
@@ -1085,7 +1085,7 @@ fn shutdown_wait_returns_once_queued_work_ran_and_the_workers_exited() {
     assert_eq!(pids.len(), 2, "both workers run a held task");
     let queued: Vec<_> = (0..20).map(|i| ex.submit(sqr, i).unwrap()).collect();
     let shutting = thread::spawn(move || {
-        ex.shutdown(true, false);
+        ex.shutdown();
         Instant::now()
     });
     let opened = Instant::now();
@@ -1116,7 +1116,7 @@ fn shutdown_without_wait_returns_at_once_and_queued_work_still_runs() {
     let pid = beacon.recv_pid(STARTUP, "the task's start");
     let queued: Vec<_> = (0..5).map(|i| ex.submit(logged, (i, log.clone())).unwrap()).collect();
     let t = Instant::now();
-    ex.shutdown(false, false);
+    ex.shutdown_with(multiproc::Shutdown { wait: false, cancel_futures: false });
     assert_faster(t.elapsed(), PROMPT, "shutdown(wait=false)");
     assert!(!head.done());
     gate.open();
@@ -1137,7 +1137,7 @@ fn a_map_started_before_shutdown_without_wait_still_yields_every_result() {
     let got = bounded(STARTUP, "a map after shutdown(wait=false)", || {
         let ex = ProcessPoolExecutor::new(2).unwrap();
         let it = ex.map(|x: i64| x.abs(), -5..5);
-        ex.shutdown(false, false);
+        ex.shutdown_with(multiproc::Shutdown { wait: false, cancel_futures: false });
         it.collect::<Vec<_>>()
     });
     let got: Vec<i64> = got.into_iter().map(|r| r.unwrap()).collect();
@@ -1167,9 +1167,7 @@ fn shutdown_wait_is_not_held_by_a_map_iterator_still_being_read() {
         (ex, first)
     });
     assert_eq!(first, 0);
-    bounded(PROMPT, "shutdown(wait=true) after an unfinished map", move || {
-        ex.shutdown(true, false)
-    });
+    bounded(PROMPT, "shutdown(wait=true) after an unfinished map", move || ex.shutdown());
 }
 
 #[test]
@@ -1194,7 +1192,7 @@ fn shutdown_cancel_futures_cancels_queued_calls_only_thread() {
         })
         .collect();
     let t = Instant::now();
-    ex.shutdown(false, true);
+    ex.shutdown_with(multiproc::Shutdown { wait: false, cancel_futures: true });
     assert_faster(t.elapsed(), PROMPT, "shutdown(wait=false, cancel_futures=true)");
     for f in &queued {
         assert!(f.cancelled() && f.done() && !f.running());
@@ -1206,7 +1204,7 @@ fn shutdown_cancel_futures_cancels_queued_calls_only_thread() {
     gate.open();
     assert_eq!(head.result_timeout(PROMPT).unwrap(), 0);
     let ex = bounded(PROMPT, "shutdown(wait=true)", move || {
-        ex.shutdown(true, false);
+        ex.shutdown();
         ex
     });
     drop(ex);
@@ -1227,7 +1225,7 @@ fn shutdown_cancel_futures_cancels_queued_calls_only_process() {
     let pid = beacon.recv_pid(STARTUP, "the task's start");
     let queued: Vec<_> = (0..200).map(|i| ex.submit(logged, (i, log.clone())).unwrap()).collect();
     let t = Instant::now();
-    ex.shutdown(false, true);
+    ex.shutdown_with(multiproc::Shutdown { wait: false, cancel_futures: true });
     assert_faster(t.elapsed(), PROMPT, "shutdown(wait=false, cancel_futures=true)");
     let cancelled: HashSet<u32> = (0..200).filter(|&i| queued[i as usize].cancelled()).collect();
     assert!(cancelled.len() >= 100, "only {} of 200 queued calls were cancelled", cancelled.len());
@@ -1259,12 +1257,12 @@ fn shutdown_wait_after_cancelling_a_just_submitted_call_does_not_hang() {
     let p = ProcessPoolExecutor::new(1).unwrap();
     assert_eq!(p.submit(sqr, 1).unwrap().result_timeout(STARTUP).unwrap(), 1);
     p.submit(sqr, 2).unwrap().cancel();
-    bounded(PROMPT, "a process shutdown(wait=true)", move || p.shutdown(true, false));
+    bounded(PROMPT, "a process shutdown(wait=true)", move || p.shutdown());
 
     let t = ThreadPoolExecutor::new(1).unwrap();
     assert_eq!(t.submit(|()| 1, ()).unwrap().result_timeout(PROMPT).unwrap(), 1);
     t.submit(|()| 2, ()).unwrap().cancel();
-    bounded(PROMPT, "a thread shutdown(wait=true)", move || t.shutdown(true, false));
+    bounded(PROMPT, "a thread shutdown(wait=true)", move || t.shutdown());
 }
 
 #[test]
@@ -1327,7 +1325,7 @@ fn workers_start_lazily_and_sequential_calls_reuse_one_idle_worker() {
     let pids: Vec<u32> =
         (0..3).map(|_| ex.submit(getpid, ()).unwrap().result_timeout(STARTUP).unwrap()).collect();
     assert!(pids.iter().all(|&p| p == pids[0]), "three sequential calls used {pids:?}");
-    bounded(STARTUP, "shutdown(wait=true)", move || ex.shutdown(true, false));
+    bounded(STARTUP, "shutdown(wait=true)", move || ex.shutdown());
     assert_eq!(read_lines(&log), [pids[0].to_string()], "workers started");
 }
 
@@ -1348,7 +1346,7 @@ fn sequential_calls_reuse_one_idle_thread() {
         })
         .collect();
     assert!(ids.iter().all(|&t| t == ids[0]), "three sequential calls used {ids:?}");
-    bounded(PROMPT, "shutdown(wait=true)", move || ex.shutdown(true, false));
+    bounded(PROMPT, "shutdown(wait=true)", move || ex.shutdown());
     assert_eq!(starts.load(Ordering::SeqCst), 1, "threads started");
 }
 
@@ -1410,7 +1408,7 @@ fn a_saturated_executor_runs_exactly_max_workers_workers() {
         let pid = f.result_timeout(STARTUP).unwrap();
         assert!(pids.contains(&pid), "a call ran on a fourth worker, {pid}");
     }
-    bounded(STARTUP, "shutdown(wait=true)", move || ex.shutdown(true, false));
+    bounded(STARTUP, "shutdown(wait=true)", move || ex.shutdown());
     assert_eq!(read_lines(&log).len(), 3, "workers started: {:?}", read_lines(&log));
 }
 
@@ -1450,7 +1448,7 @@ fn a_saturated_thread_executor_runs_exactly_max_workers_threads() {
     for f in held.iter().chain(&more) {
         assert!(ids.contains(&f.result_timeout(PROMPT).unwrap()), "a call ran on a fifth thread");
     }
-    bounded(PROMPT, "shutdown(wait=true)", move || ex.shutdown(true, false));
+    bounded(PROMPT, "shutdown(wait=true)", move || ex.shutdown());
     assert_eq!(starts.load(Ordering::SeqCst), 4, "threads started");
 }
 
@@ -1483,7 +1481,7 @@ fn submits_from_many_threads_share_max_workers_workers() {
     }
     assert!(pids.len() <= 2, "calls ran on {pids:?}");
     let ex = Arc::into_inner(ex).expect("the submitters are gone");
-    bounded(STARTUP, "shutdown(wait=true)", move || ex.shutdown(true, false));
+    bounded(STARTUP, "shutdown(wait=true)", move || ex.shutdown());
     assert!(read_lines(&log).len() <= 2, "workers started: {:?}", read_lines(&log));
 }
 
@@ -1507,7 +1505,7 @@ fn initializer_runs_in_each_worker_before_its_calls() {
         pids.insert(pid.to_string());
     }
     assert!(INIT_STATUS.get().is_none(), "the initializer ran in the test process");
-    bounded(STARTUP, "shutdown(wait=true)", move || ex.shutdown(true, false));
+    bounded(STARTUP, "shutdown(wait=true)", move || ex.shutdown());
     let initialized: HashSet<String> = read_lines(&log).into_iter().collect();
     assert!(pids.is_subset(&initialized), "calls ran on {pids:?}, initialized {initialized:?}");
 }
@@ -1549,7 +1547,7 @@ fn a_failing_initializer_breaks_the_executor_without_respawning_forever() {
     assert_eq!(got.len(), 1, "one error, then the end: {got:?}");
     assert_eq!(got[0].as_ref().unwrap_err().kind(), ErrorKind::InitializerFailed);
     // The workers are not started again and again: shutdown finds them gone.
-    bounded(PROMPT, "shutdown(wait=true) of a broken executor", move || ex.shutdown(true, false));
+    bounded(PROMPT, "shutdown(wait=true) of a broken executor", move || ex.shutdown());
     let started = read_lines(&log).len();
     assert!((1..=2).contains(&started), "{started} workers ran the failing initializer");
 }
@@ -1569,7 +1567,7 @@ fn an_initializer_that_kills_its_worker_is_not_retried_forever() {
         assert!(err.message().contains("exited with code 3"), "{err}");
     }
     assert_eq!(ex.submit(sqr, 2).map(|_| ()).unwrap_err().kind(), ErrorKind::InitializerFailed);
-    bounded(PROMPT, "shutdown(wait=true) of a broken executor", move || ex.shutdown(true, false));
+    bounded(PROMPT, "shutdown(wait=true) of a broken executor", move || ex.shutdown());
     let started = read_lines(&log).len();
     assert!((1..=3).contains(&started), "{started} workers ran the initializer");
 }
@@ -1589,7 +1587,7 @@ fn thread_initializer_runs_once_per_thread_and_its_failure_fails_the_calls() {
     for (i, f) in fs.iter().enumerate() {
         assert_eq!(f.result_timeout(PROMPT).unwrap(), i as u64);
     }
-    bounded(PROMPT, "shutdown(wait=true)", move || ex.shutdown(true, false));
+    bounded(PROMPT, "shutdown(wait=true)", move || ex.shutdown());
     let n = starts.load(Ordering::SeqCst);
     assert!((1..=2).contains(&n), "the initializer ran {n} times");
 
@@ -1613,7 +1611,7 @@ fn thread_initializer_runs_once_per_thread_and_its_failure_fails_the_calls() {
             Err(err) => assert_eq!(err.kind(), ErrorKind::InitializerFailed, "{err:?}"),
         }
     }
-    bounded(PROMPT, "shutdown(wait=true) of a broken executor", move || ex.shutdown(true, false));
+    bounded(PROMPT, "shutdown(wait=true) of a broken executor", move || ex.shutdown());
     let n = calls.load(Ordering::SeqCst);
     assert!((1..=2).contains(&n), "the failing initializer ran {n} times");
 }
@@ -1637,7 +1635,7 @@ fn max_tasks_per_child_replaces_a_worker_after_its_quota() {
     assert_eq!(pids[2], pids[0]);
     assert_ne!(pids[3], pids[0], "the fourth call ran on the retired worker");
     assert!(wait_pid_gone(pids[0], PROMPT), "the retired worker exited");
-    bounded(STARTUP, "shutdown(wait=true)", move || ex.shutdown(true, false));
+    bounded(STARTUP, "shutdown(wait=true)", move || ex.shutdown());
     assert_eq!(read_lines(&log), [pids[0].to_string(), pids[3].to_string()]);
 }
 
@@ -1646,7 +1644,7 @@ fn max_tasks_per_child_of_one_with_an_early_shutdown_runs_every_call() {
     // CPython's test_max_tasks_early_shutdown.
     let ex = ProcessPoolExecutor::builder().max_workers(3).max_tasks_per_child(1).build().unwrap();
     let fs: Vec<_> = (0..6u64).map(|i| ex.submit(mul_with_pid, (i, i)).unwrap()).collect();
-    bounded(STARTUP, "shutdown(wait=true)", move || ex.shutdown(true, false));
+    bounded(STARTUP, "shutdown(wait=true)", move || ex.shutdown());
     let mut pids = HashSet::new();
     for (i, f) in fs.iter().enumerate() {
         assert!(f.done(), "shutdown(wait=true) returned before call {i} was done");
@@ -1830,7 +1828,7 @@ fn kill_on_a_queued_call_cancels_it_and_a_thread_call_cannot_be_killed() {
     for f in &queued[..99] {
         f.result_timeout(STARTUP).unwrap();
     }
-    bounded(STARTUP, "shutdown(wait=true)", move || ex.shutdown(true, false));
+    bounded(STARTUP, "shutdown(wait=true)", move || ex.shutdown());
     assert!(!read_lines(&log).contains(&"99".to_string()), "the killed queued call ran");
 
     let ex = ThreadPoolExecutor::new(1).unwrap();

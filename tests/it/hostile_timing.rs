@@ -377,12 +377,12 @@ fn submit_and_end(path: String, how: String) {
         "process: shutdown without wait" => {
             let ex = ProcessPoolExecutor::new(1).unwrap();
             drop(ex.submit(write_after, (path, 30_000)).unwrap());
-            ex.shutdown(false, false);
+            ex.shutdown_with(multiproc::Shutdown { wait: false, cancel_futures: false });
         }
         "thread: shutdown without wait" => {
             let ex = ThreadPoolExecutor::new(1).unwrap();
             drop(ex.submit(write_after, (path, 30_000)).unwrap());
-            ex.shutdown(false, false);
+            ex.shutdown_with(multiproc::Shutdown { wait: false, cancel_futures: false });
         }
         other => panic!("unknown ending {other:?}"),
     }
@@ -519,6 +519,6 @@ fn shutdown_with_wait_returns_after_the_done_callbacks() {
             *seen.lock().unwrap() += 1;
         });
     }
-    ex.shutdown(true, false);
+    ex.shutdown();
     assert_eq!(*seen.lock().unwrap(), 4, "shutdown(wait) returned before the done-callbacks");
 }

@@ -203,7 +203,7 @@ fn executor_futures() -> Result<(), String> {
     ensure(v == 42, || ".await".into())?;
     let mapped: Vec<u64> = ex.map(square, 0..100u64).map(Result::unwrap).collect();
     ensure(mapped.len() == 100, || "executor map".into())?;
-    ex.shutdown(true, false);
+    ex.shutdown();
     Ok(())
 }
 

@@ -580,16 +580,11 @@ fn handshake(c: &mut comm::Comm) -> Result<()> {
     }
     other.sort_unstable();
     let names: Vec<String> = other.iter().map(|r| r.to_string()).collect();
-    Err(Error::new(
-        ErrorKind::BuildMismatch,
-        format!(
-            "MPI rank{} {} run{} another build of the program than rank 0; every rank must run \
-             the same executable (build it once and launch that one file on every node)",
-            if other.len() > 1 { "s" } else { "" },
-            names.join(", "),
-            if other.len() > 1 { "" } else { "s" },
-        ),
-    ))
+    let who = match names.as_slice() {
+        [one] => format!("MPI rank {one}"),
+        _ => format!("each of MPI ranks {}", names.join(", ")),
+    };
+    Err(Error::build_mismatch(&who))
 }
 
 /// Makes the engine of a new pool with `options`; one MPI pool at a time.

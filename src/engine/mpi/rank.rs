@@ -181,14 +181,18 @@ impl Rank {
             let offset = r.u64()? as i64;
             let chunk = r.blob()?;
             if self.other_build {
-                let e = Error::new(ErrorKind::BuildMismatch, "this rank runs another build");
+                let e = Error::build_mismatch("this MPI rank");
                 self.outbox.put(|out| wire::put_error(out, id, pid, &e));
                 continue;
             }
             match &self.runs {
-                Runs::Local(engine) => {
-                    engine.submit(offset, (chunk.to_vec(), Vec::new()), self.done(id), None, false)
-                }
+                Runs::Local(engine) => engine.submit(
+                    (offset, "sent by MPI rank 0"),
+                    (chunk.to_vec(), Vec::new()),
+                    self.done(id),
+                    None,
+                    false,
+                ),
                 Runs::OnThisThread => {
                     let mut out = Vec::new();
                     let fds = crate::task::run_chunk_at(offset, chunk, Vec::new(), &mut out);
@@ -199,7 +203,7 @@ impl Rank {
                     self.outbox.put(|out| wire::put_error(out, id, pid, &e));
                 }
                 Runs::Nothing => {
-                    let e = Error::new(ErrorKind::PoolNotRunning, "the rank has no pool");
+                    let e = Error::not_running_because("MPI rank", "it has no pool");
                     self.outbox.put(|out| wire::put_error(out, id, pid, &e));
                 }
             }

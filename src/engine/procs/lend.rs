@@ -143,6 +143,9 @@ impl Offer {
 /// task frame in the output (or fails, leaving none). `Ok(())` when the job
 /// is complete (its `done` has run); otherwise what went wrong, with the
 /// job, for the slot.
+// The error hands the job itself back (moved, not copied on the hot path):
+// boxing it would cost an allocation per lent call.
+#[allow(clippy::result_large_err)]
 pub(super) fn run(
     lent: &mut Lent,
     job: Job,

@@ -70,12 +70,13 @@ pub(crate) fn rss(pid: u32) -> Option<u64> {
 }
 
 /// The error of a task whose worker ran out of memory under `limit`.
-pub(crate) fn limit_error(limit: u64, pid: u32, id: u64) -> Error {
+pub(crate) fn limit_error(limit: u64, pid: u32, task: &str) -> Error {
     Error::new(
         ErrorKind::MemoryLimit,
         format!(
-            "task {id} failed to allocate memory under the pool's memory_limit of {limit} bytes \
-             ({} MiB); its worker {pid} was replaced",
+            "task {task} failed to allocate memory under the pool's memory_limit of {limit} bytes \
+             ({} MiB); its worker {pid} was replaced (raise memory_limit or use less memory \
+             per task)",
             limit >> 20
         ),
     )

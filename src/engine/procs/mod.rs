@@ -35,6 +35,8 @@ pub(crate) type JobDone = Box<dyn for<'a> FnOnce(Result<Outcomes<'a>>, Option<u3
 /// One chunk of work for a worker.
 pub(crate) struct Job {
     pub(crate) id: u64,
+    /// The task function's type name, for messages that name the task.
+    pub(crate) name: &'static str,
     pub(crate) offset: i64,
     pub(crate) chunk: crate::wire::Chunk,
     /// Handles inside the arguments; duplicates are sent, so the job can be
@@ -165,35 +167,35 @@ impl ProcEngine {
     /// Queues a job, or fails it at once if the pool takes no tasks.
     pub(crate) fn submit(
         self: &Arc<Self>,
-        offset: i64,
+        (offset, name): (i64, &'static str),
         chunk: (Vec<u8>, Vec<OwnedFd>),
         done: JobDone,
         ticket: Option<Arc<Ticket>>,
         held: bool,
     ) {
-        self.submit_job(self.job(offset, chunk, done, ticket), held)
+        self.submit_job(self.job((offset, name), chunk, done, ticket), held)
     }
 
     fn job(
         &self,
-        offset: i64,
+        (offset, name): (i64, &'static str),
         (chunk, fds): (Vec<u8>, Vec<OwnedFd>),
         done: JobDone,
         ticket: Option<Arc<Ticket>>,
     ) -> Job {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        Job { id, offset, chunk: chunk.into(), fds, done, ticket }
+        Job { id, name, offset, chunk: chunk.into(), fds, done, ticket }
     }
 
     /// Runs a job for a caller who will wait for it: on this thread, on an
     /// idle worker if one is offered (see `lend`), else queued as usual.
     pub(crate) fn run_waited(
         self: &Arc<Self>,
-        offset: i64,
+        entry: (i64, &'static str),
         chunk: (Vec<u8>, Vec<OwnedFd>),
         done: JobDone,
     ) {
-        let job = self.job(offset, chunk, done, None);
+        let job = self.job(entry, chunk, done, None);
         if let Some(err) = self.lifecycle.refusal(false) {
             return job.fail(err, None);
         }

@@ -84,7 +84,8 @@ impl ProcOptions {
 /// Runs chunks of one function on a process pool.
 pub(crate) struct ProcRunner<F, A, M> {
     engine: Arc<ProcEngine>,
-    offset: i64,
+    /// The task's trampoline offset and its function's name.
+    entry: (i64, &'static str),
     ticket: Option<Arc<Ticket>>,
     _f: PhantomData<fn(F, A, M)>,
 }
@@ -98,7 +99,7 @@ where
     pub(crate) fn new(engine: &Arc<ProcEngine>, _f: F) -> Self {
         ProcRunner {
             engine: engine.clone(),
-            offset: task::trampoline_offset::<F, A, M>(),
+            entry: (task::trampoline_offset::<F, A, M>(), std::any::type_name::<F>()),
             ticket: None,
             _f: PhantomData,
         }
@@ -125,7 +126,7 @@ impl<F, A, M> ProcRunner<F, A, M> {
         let encoded = task::encode_chunk(&items);
         drop(items);
         self.engine.submit(
-            self.offset,
+            self.entry,
             encoded,
             job_done(n, done),
             ticket.or_else(|| self.ticket.clone()),
@@ -185,7 +186,7 @@ where
     fn run_one(&self, item: A, done: Arc<crate::pool::Completion<R>>) {
         let encoded = task::encode_chunk(std::slice::from_ref(&item));
         drop(item);
-        self.engine.submit(self.offset, encoded, one_done(done), self.ticket.clone(), false);
+        self.engine.submit(self.entry, encoded, one_done(done), self.ticket.clone(), false);
     }
 
     /// Runs the task on this thread when a worker is idle: no thread
@@ -194,7 +195,7 @@ where
         let completion = crate::pool::Completion::new();
         let encoded = task::encode_chunk(std::slice::from_ref(&args));
         drop(args);
-        self.engine.run_waited(self.offset, encoded, one_done(completion.clone()));
+        self.engine.run_waited(self.entry, encoded, one_done(completion.clone()));
         crate::pool::AsyncResult::new(completion).get()
     }
 }

@@ -487,14 +487,11 @@ impl Worker {
         self.why = Some(RestartReason::Killed);
         let _ = sys::kill(self.pid, sys::SIGKILL);
         self.reap(EXIT_GRACE);
-        let id = self.inflight.front().map(|j| j.id).unwrap_or(0);
-        event!(INFO, pid = self.pid, task = id, signal = sys::SIGKILL; "worker {} killed: its task {id} was cancelled while running", self.pid);
-        let err = Error::new(
-            ErrorKind::Cancelled,
-            format!(
-                "task {id} was cancelled while running: its worker {} was killed and replaced",
-                self.pid
-            ),
+        let (id, name) = self.inflight.front().map(|j| (j.id, j.name)).unwrap_or((0, "?"));
+        event!(INFO, pid = self.pid, task = id, signal = sys::SIGKILL; "worker {} killed: its task {name} was cancelled while running", self.pid);
+        let err = Error::cancelled(
+            &format!("task {name}"),
+            &format!("it was running, so its worker {} was killed and replaced", self.pid),
         )
         .with_pid(self.pid);
         self.fail_head_requeue_rest(core, err);
@@ -546,14 +543,7 @@ impl Worker {
                     core.meters.decoded(self.index, now.elapsed());
                 }
                 FromWorker::Mismatch(_) => {
-                    let err = Error::new(
-                        ErrorKind::BuildMismatch,
-                        format!(
-                            "worker {} is not the same build as this process, so it cannot \
-                             run its tasks; rebuild and restart the program",
-                            self.pid
-                        ),
-                    );
+                    let err = Error::build_mismatch(&format!("worker {}", self.pid));
                     core.break_with(err.clone());
                     return Some(self.shut_down(Some(err)));
                 }
@@ -695,10 +685,7 @@ impl Worker {
         });
         if !self.ready {
             if code == Some(EXIT_MISMATCH) {
-                let err = Error::new(
-                    ErrorKind::BuildMismatch,
-                    format!("worker {} is not the same build as this process", self.pid),
-                );
+                let err = Error::build_mismatch(&format!("worker {}", self.pid));
                 core.break_with(err.clone());
                 return self.shut_down(Some(err));
             }
@@ -714,12 +701,12 @@ impl Worker {
             };
         }
         let what = match self.inflight.front() {
-            Some(job) if doing.is_empty() => format!("while running task {}", job.id),
+            Some(job) if doing.is_empty() => format!("while running task {}", job.name),
             _ if doing.is_empty() => "while idle".to_string(),
             _ => doing.to_string(),
         };
         let err = match (limit, self.inflight.front()) {
-            (Some(limit), Some(job)) => memory::limit_error(limit, self.pid, job.id),
+            (Some(limit), Some(job)) => memory::limit_error(limit, self.pid, job.name),
             _ => Error::worker_died(self.pid, signal, code, &what),
         };
         event!(WARN, pid = self.pid, signal = signal, exit_code = code; "{err}");
@@ -732,10 +719,11 @@ impl Worker {
         let _ = sys::kill(self.pid, sys::SIGKILL);
         self.reap(EXIT_GRACE);
         let limit = core.config.task_timeout.unwrap_or_default();
-        let id = self.inflight.front().map(|j| j.id).unwrap_or(0);
-        event!(WARN, pid = self.pid, task = id, signal = sys::SIGKILL, timeout_ms = limit.as_millis() as u64; "task {id} timed out after {limit:?}: its worker {} was killed", self.pid);
+        let (id, name) = self.inflight.front().map(|j| (j.id, j.name)).unwrap_or((0, "?"));
+        event!(WARN, pid = self.pid, task = id, signal = sys::SIGKILL, timeout_ms = limit.as_millis() as u64; "task {name} timed out after {limit:?}: its worker {} was killed", self.pid);
         let err = Error::timeout(format!(
-            "task {id} did not finish within {limit:?}; its worker {} was killed and replaced",
+            "task {name} did not finish within the pool's task_timeout of {limit:?}; its worker \
+             {} was killed and replaced (raise task_timeout or split the task)",
             self.pid
         ))
         .with_pid(self.pid);
