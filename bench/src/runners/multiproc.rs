@@ -250,7 +250,7 @@ fn w7(p: &Params) -> R<Vec<Sample>> {
         proc.join().map_err(e)?;
     }
     let t_procs = secs(t);
-    let bad = procs.iter_mut().map(Process::exitcode).filter(|&c| c != Some(0)).count();
+    let bad = procs.iter().map(Process::exitcode).filter(|&c| c != Some(0)).count();
     if bad > 0 {
         return Err(format!("{bad} processes did not exit with 0"));
     }
