@@ -37,13 +37,11 @@ pub fn q1(p: &Params) -> R<Vec<Sample>> {
     child.start().map_err(e)?;
     let first = q.get().map_err(e)?;
     let t = Instant::now();
-    let mut expect = first + 1;
-    for _ in 1..n {
+    for expect in (first + 1..).take(n.saturating_sub(1) as usize) {
         let v = q.get().map_err(e)?;
         if v != expect {
             return Err(format!("item {v} came where {expect} was due"));
         }
-        expect += 1;
     }
     let secs = t.elapsed().as_secs_f64();
     child.join().map_err(e)?;
