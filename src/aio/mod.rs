@@ -51,8 +51,8 @@ struct Entry {
 }
 
 enum What {
-    /// A descriptor and the `poll` events wanted.
-    Fd(RawFd, libc::c_short),
+    /// A descriptor and what is wanted of it.
+    Fd(RawFd, Ready),
     /// A moment.
     At(Instant),
 }
@@ -102,56 +102,45 @@ impl Reactor {
     /// The reactor thread: waits for any registered descriptor or moment
     /// and wakes whose wait is over.
     fn run(&self) {
-        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let mut fds: Vec<sys::PollNumber> = Vec::new();
         let mut ids: Vec<u64> = Vec::new();
         let mut woken: Vec<Waker> = Vec::new();
         loop {
             fds.clear();
             ids.clear();
-            fds.push(libc::pollfd {
-                fd: self.notify.fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
+            let notify = self.notify.fd().as_raw_fd();
+            fds.push(sys::PollNumber { fd: notify, read: true, write: false, ready: false });
             let mut next: Option<Instant> = None;
             for e in self.entries.lock().1.iter() {
                 match e.what {
-                    What::Fd(fd, events) => {
-                        fds.push(libc::pollfd { fd, events, revents: 0 });
+                    What::Fd(fd, ready) => {
+                        let (read, write) = match ready {
+                            Ready::Read => (true, false),
+                            Ready::Write => (false, true),
+                            Ready::ReadWrite => (true, true),
+                        };
+                        fds.push(sys::PollNumber { fd, read, write, ready: false });
                         ids.push(e.id);
                     }
                     What::At(t) => next = Some(next.map_or(t, |n| n.min(t))),
                 }
             }
-            let ts = next.map(|t| {
-                let left = t.saturating_duration_since(Instant::now());
-                libc::timespec {
-                    tv_sec: left.as_secs().min(i32::MAX as u64) as libc::time_t,
-                    tv_nsec: left.subsec_nanos() as libc::c_long,
+            let timeout = next.map(|t| t.saturating_duration_since(Instant::now()));
+            // A registered descriptor closed meanwhile comes back ready
+            // (invalid, or reused): that only wakes a future, which then
+            // tries its operation again.
+            if sys::poll_numbers(&mut fds, timeout).is_err() {
+                // Nothing to wait on is broken for good: wake everyone,
+                // whose retries then meet the error themselves, and nap
+                // rather than spin.
+                for e in self.entries.lock().1.drain(..) {
+                    woken.push(e.waker);
                 }
-            });
-            let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
-            // SAFETY: `fds` is a live array of `fds.len()` pollfd structs and
-            // `tsp` is null or points at `ts`, live for the call. A
-            // registered descriptor closed meanwhile is reported as POLLNVAL
-            // (or, reused, as a spurious readiness): both only wake a future,
-            // which then tries its operation again.
-            let n = unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as _, tsp, std::ptr::null()) };
-            if n < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.raw_os_error() != Some(libc::EINTR) {
-                    // Nothing to wait on is broken for good: wake everyone,
-                    // whose retries then meet the error themselves, and nap
-                    // rather than spin.
-                    for e in self.entries.lock().1.drain(..) {
-                        woken.push(e.waker);
-                    }
-                    woken.drain(..).for_each(Waker::wake);
-                    std::thread::sleep(NAP_MAX);
-                }
+                woken.drain(..).for_each(Waker::wake);
+                std::thread::sleep(NAP_MAX);
                 continue;
             }
-            if fds[0].revents != 0 {
+            if fds[0].ready {
                 self.notify.drain();
             }
             let now = Instant::now();
@@ -159,10 +148,9 @@ impl Reactor {
             e.1.retain_mut(|entry| {
                 let done = match entry.what {
                     What::At(t) => t <= now,
-                    What::Fd(..) => ids
-                        .iter()
-                        .position(|&id| id == entry.id)
-                        .is_some_and(|k| fds[k + 1].revents != 0),
+                    What::Fd(..) => {
+                        ids.iter().position(|&id| id == entry.id).is_some_and(|k| fds[k + 1].ready)
+                    }
                 };
                 if done {
                     woken.push(entry.waker.clone());
@@ -231,7 +219,7 @@ pub(crate) struct Wait {
 }
 
 /// What to wait for on a descriptor.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ready {
     Read,
     Write,
@@ -247,13 +235,8 @@ impl Wait {
     /// The descriptor must stay open while this registration lasts: the
     /// caller keeps what owns it borrowed for as long as it holds `self`.
     pub(crate) fn fd(&mut self, cx: &Context<'_>, fd: BorrowedFd<'_>, ready: Ready) -> Result<()> {
-        let events = match ready {
-            Ready::Read => libc::POLLIN,
-            Ready::Write => libc::POLLOUT,
-            Ready::ReadWrite => libc::POLLIN | libc::POLLOUT,
-        };
         self.nap = NAP_FIRST;
-        self.arm(cx, What::Fd(fd.as_fd().as_raw_fd(), events))
+        self.arm(cx, What::Fd(fd.as_fd().as_raw_fd(), ready))
     }
 
     /// Wakes `cx`'s task after the next nap of a retrying wait (see the

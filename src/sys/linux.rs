@@ -290,6 +290,42 @@ pub(crate) fn poll<const N: usize>(
     }))
 }
 
+/// One descriptor of a poll loop that keeps descriptors by number (the
+/// async reactor): `ready` is set when it is ready as asked, hangs up or
+/// errs.
+pub(crate) struct PollNumber {
+    pub(crate) fd: RawFd,
+    pub(crate) read: bool,
+    pub(crate) write: bool,
+    pub(crate) ready: bool,
+}
+
+/// [`poll`] over descriptors known by number, any count of them. A
+/// descriptor its owner closed meanwhile is reported ready (invalid or,
+/// reused, spuriously ready): a poll loop built on this must treat
+/// readiness as a hint to try again, never as a promise.
+pub(crate) fn poll_numbers(fds: &mut [PollNumber], timeout: Option<Duration>) -> io::Result<()> {
+    use rustix::event::{PollFd, PollFlags};
+    let mut raw: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|f| {
+            let mut events = PollFlags::empty();
+            events.set(PollFlags::IN, f.read);
+            events.set(PollFlags::OUT, f.write);
+            // SAFETY: `poll` only passes the number to the kernel, which
+            // answers POLLNVAL for a closed one; nothing is read or closed
+            // through this borrow, which ends with the call.
+            PollFd::from_borrowed_fd(unsafe { BorrowedFd::borrow_raw(f.fd) }, events)
+        })
+        .collect();
+    let ts = timeout.map(timespec);
+    retry(|| rustix::event::poll(&mut raw, ts.as_ref()))?;
+    for (f, r) in fds.iter_mut().zip(&raw) {
+        f.ready = !r.revents().is_empty();
+    }
+    Ok(())
+}
+
 /// A counter the kernel can wait on: the way other threads wake a poll loop.
 pub(crate) struct EventFd(OwnedFd);
 
