@@ -10,9 +10,11 @@
 //! result is dropped. A map's timeout bounds the whole map.
 //!
 //! The deadlines of every call live in one heap, served by one thread of
-//! this process started at the first timed call; a timer holds only weak
-//! references, so a call that finished in time costs a heap entry until its
-//! deadline and nothing else.
+//! this process started at the first timed call. A timer holds only weak
+//! references, and timers whose call is over are swept out whenever the
+//! count has doubled since the last sweep: a loop of calls that finish in
+//! time under a long timeout holds at most about twice the timers of the
+//! calls still pending, not one per call until its deadline.
 //!
 //! [`ErrorKind::Timeout`]: crate::ErrorKind::Timeout
 
@@ -29,21 +31,46 @@ use crate::engine::{Engine, Release, Ticket};
 use crate::error::{Error, Result};
 use crate::task::Outcomes;
 
-type Expire = Box<dyn FnOnce() + Send>;
+/// What happens at a deadline, and whether it still matters.
+trait Expiry: Send {
+    /// False once the call is over (done in time, or dropped): the timer
+    /// may then be swept out unrun.
+    fn pending(&self) -> bool;
+    fn expire(self: Box<Self>);
+}
 
 struct Timers {
     /// The process the timer thread runs in (a forked child has none).
     pid: u32,
     heap: BinaryHeap<Reverse<(Instant, u64)>>,
-    actions: HashMap<u64, Expire>,
+    actions: HashMap<u64, Box<dyn Expiry>>,
     next: u64,
+    /// How many timers were left by the last sweep.
+    swept_to: usize,
+}
+
+/// Fewer timers than this are never swept.
+const SWEEP_FROM: usize = 64;
+
+impl Timers {
+    /// Drops the timers whose call is over, once their count has doubled
+    /// since the last sweep (amortised: each timer is looked at O(1) times).
+    fn sweep_if_grown(&mut self) {
+        if self.actions.len() < SWEEP_FROM.max(self.swept_to * 2) {
+            return;
+        }
+        self.actions.retain(|_, a| a.pending());
+        let actions = &self.actions;
+        self.heap.retain(|Reverse((_, id))| actions.contains_key(id));
+        self.swept_to = self.actions.len();
+    }
 }
 
 static TIMERS: Mutex<Option<Timers>> = Mutex::new(None);
 static WAKE: Condvar = Condvar::new();
 
 /// Runs `f` on the timer thread once `deadline` has passed.
-fn at(deadline: Instant, f: impl FnOnce() + Send + 'static) -> Result<()> {
+fn at(deadline: Instant, f: impl Expiry + 'static) -> Result<()> {
     let mut timers = TIMERS.lock();
     let pid = std::process::id();
     if timers.as_ref().is_none_or(|t| t.pid != pid) {
@@ -51,9 +78,16 @@ fn at(deadline: Instant, f: impl FnOnce() + Send + 'static) -> Result<()> {
             .name("multiproc-timeouts".into())
             .spawn(serve)
             .map_err(|e| Error::io("could not start the timeout thread", e))?;
-        *timers = Some(Timers { pid, heap: BinaryHeap::new(), actions: HashMap::new(), next: 0 });
+        *timers = Some(Timers {
+            pid,
+            heap: BinaryHeap::new(),
+            actions: HashMap::new(),
+            next: 0,
+            swept_to: 0,
+        });
     }
     let t = timers.as_mut().expect("just set");
+    t.sweep_if_grown();
     let id = t.next;
     t.next += 1;
     let earliest = t.heap.peek().is_none_or(|Reverse((d, _))| deadline < *d);
@@ -90,7 +124,7 @@ fn serve() {
                 // An action only completes results and kills workers; a
                 // panic there (a callback's allocation failing) must not
                 // stop the other timeouts.
-                let _ = crate::task::catch_panic(f);
+                let _ = crate::task::catch_panic(|| f.expire());
             }
             timers = TIMERS.lock();
             continue;
@@ -133,16 +167,32 @@ pub(crate) fn arm_one<R: Send + 'static>(
         return Ok(()); // never
     };
     let (completion, ticket) = (Arc::downgrade(completion), Arc::downgrade(ticket));
-    at(deadline, move || {
-        let Some(completion) = completion.upgrade() else { return };
+    at(deadline, OneCall { completion, ticket, engine, limit })
+}
+
+/// The deadline of one call.
+struct OneCall<R> {
+    completion: Weak<Completion<R>>,
+    ticket: Weak<Ticket>,
+    engine: Weak<dyn Engine>,
+    limit: Duration,
+}
+
+impl<R: Send + 'static> Expiry for OneCall<R> {
+    fn pending(&self) -> bool {
+        self.completion.upgrade().is_some_and(|c| !c.is_done())
+    }
+
+    fn expire(self: Box<Self>) {
+        let Some(completion) = self.completion.upgrade() else { return };
         if completion.is_done() {
             return;
         }
-        completion.complete(Err(timed_out(limit)));
-        if let Some(ticket) = ticket.upgrade() {
-            stop(&ticket, &engine);
+        completion.complete(Err(timed_out(self.limit)));
+        if let Some(ticket) = self.ticket.upgrade() {
+            stop(&ticket, &self.engine);
         }
-    })
+    }
 }
 
 /// What a [`Timed`] runner does with a chunk's callback once the deadline
@@ -192,24 +242,40 @@ impl<Rn, R: Send + 'static> Timed<Rn, R> {
     {
         let calls = Arc::new(Mutex::new(Calls { expired: false, live: HashMap::new(), next: 0 }));
         if let Some(deadline) = crate::deadline_after(limit) {
-            let weak = Arc::downgrade(&calls);
+            let calls = Arc::downgrade(&calls);
             let engine = Arc::downgrade(inner.engine()) as Weak<dyn Engine>;
-            at(deadline, move || {
-                let Some(calls) = weak.upgrade() else { return };
-                let live = {
-                    let mut c = calls.lock();
-                    c.expired = true;
-                    std::mem::take(&mut c.live)
-                };
-                for chunk in live.into_values() {
-                    stop(&chunk.ticket, &engine);
-                    if late == Late::Fail {
-                        (chunk.done)(timeouts(chunk.len, limit));
-                    }
-                }
-            })?;
+            at(deadline, MapCall { calls, engine, late, limit })?;
         }
         Ok(Timed { inner, calls, late, limit })
+    }
+}
+
+/// The deadline of a map's chunks.
+struct MapCall<R> {
+    calls: Weak<Mutex<Calls<R>>>,
+    engine: Weak<dyn Engine>,
+    late: Late,
+    limit: Duration,
+}
+
+impl<R: Send + 'static> Expiry for MapCall<R> {
+    fn pending(&self) -> bool {
+        self.calls.strong_count() > 0
+    }
+
+    fn expire(self: Box<Self>) {
+        let Some(calls) = self.calls.upgrade() else { return };
+        let live = {
+            let mut c = calls.lock();
+            c.expired = true;
+            std::mem::take(&mut c.live)
+        };
+        for chunk in live.into_values() {
+            stop(&chunk.ticket, &self.engine);
+            if self.late == Late::Fail {
+                (chunk.done)(timeouts(chunk.len, self.limit));
+            }
+        }
     }
 }
 
@@ -258,5 +324,46 @@ where
 
     fn hold_open(&self) -> Option<Release> {
         self.inner.hold_open()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A timer whose call is over as soon as the test says so.
+    struct Probe(Arc<AtomicBool>);
+
+    impl Expiry for Probe {
+        fn pending(&self) -> bool {
+            !self.0.load(Ordering::SeqCst)
+        }
+        fn expire(self: Box<Self>) {}
+    }
+
+    fn timers_held() -> usize {
+        TIMERS.lock().as_ref().map_or(0, |t| t.actions.len() + t.heap.len())
+    }
+
+    #[test]
+    fn timers_of_calls_over_in_time_do_not_pile_up_until_their_deadline() {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let before = timers_held();
+        for _ in 0..10_000 {
+            at(far, Probe(Arc::new(AtomicBool::new(true)))).unwrap();
+        }
+        // Swept whenever the count doubles: at most about twice the
+        // (zero) pending timers, plus the sweep's floor, per map and heap.
+        let held = timers_held().saturating_sub(before);
+        assert!(held <= 4 * SWEEP_FROM, "{held} timers held for 10,000 finished calls");
+        // A pending one is kept through every sweep.
+        let live = Arc::new(AtomicBool::new(false));
+        at(far, Probe(live.clone())).unwrap();
+        for _ in 0..1_000 {
+            at(far, Probe(Arc::new(AtomicBool::new(true)))).unwrap();
+        }
+        let t = TIMERS.lock();
+        assert!(t.as_ref().unwrap().actions.values().any(|a| a.pending()));
     }
 }
