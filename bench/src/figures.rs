@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-/// A workload of PERFORMANCE.md.
+/// A workload of `docs/benchmarks.md`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Workload {
     W1,

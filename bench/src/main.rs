@@ -1,4 +1,4 @@
-//! multiproc's benchmark harness: every workload of PERFORMANCE.md, side by
+//! multiproc's benchmark harness: every workload of `docs/benchmarks.md`, side by
 //! side with Python's `multiprocessing.Pool` and `ProcessPoolExecutor`,
 //! procspawn and rayon, in one run, repetitions interleaved across contenders.
 //!
@@ -8,13 +8,16 @@
 //! cargo run --release -p multiproc-bench -- W1 W3     # a subset
 //! ```
 //!
-//! Writes the table to stdout, `target/bench/results.json` and
-//! `target/bench/ratios.svg`. Only a full run (every workload, full counts, at
-//! least 5 repetitions) also copies the chart to `docs/bench/ratios.svg`; a
-//! `--quick` or subset run never replaces the committed chart.
+//! Writes the table to stdout, `target/bench/results.json`,
+//! `target/bench/results.md` (a summary, the table and the machine's floors
+//! measured before and after) and `target/bench/ratios.svg`. Only a full run
+//! (every workload, full counts, at least 5 repetitions) also copies the page
+//! and the chart to `docs/bench/`; a `--quick` or subset run never replaces
+//! the committed ones.
 
 mod channels;
 mod figures;
+mod floor;
 mod params;
 mod peak;
 mod procfs;
@@ -40,9 +43,9 @@ const USAGE: &str = "usage: multiproc-bench [--quick] [--reps N] [WORKLOAD ...]
   --reps N   repetitions of every workload (default: 5 full, 2 quick)
   WORKLOAD   W1 W2 W3 W4 W5 W6 W7 W8 W9 W10 T1 T3 Q1 P1 (default: all)
   PYTHON=... the interpreter for the Python contenders (default: python3)
-Writes target/bench/results.json and target/bench/ratios.svg. Only a full run
+Writes target/bench/results.json, results.md and ratios.svg. Only a full run
 (every workload, no --quick, at least 5 repetitions) also replaces the
-committed chart docs/bench/ratios.svg.";
+committed docs/bench/results.md and docs/bench/ratios.svg.";
 
 fn main() {
     // procspawn's workers re-enter main and are diverted here; multiproc's
@@ -112,7 +115,9 @@ fn run(args: &[String]) -> Result<(), String> {
     let load: Vec<&str> = load.split_whitespace().take(3).collect();
     println!("multiproc-bench, {mode} run: {}", p.describe());
     if opts.quick {
-        println!("(quick: fewer repetitions and smaller counts than PERFORMANCE.md's workloads)");
+        println!(
+            "(quick: fewer repetitions and smaller counts than docs/benchmarks.md's workloads)"
+        );
     }
     println!(
         "{} CPUs; load average {}; open-files limit {nofile}; {python} (fork start method)",
@@ -124,12 +129,17 @@ fn run(args: &[String]) -> Result<(), String> {
         opts.workloads.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(" ")
     );
 
+    let floor_before = floor();
+    println!("floor before: {}\n", floor_before.trim().replace('\n', "; "));
     let start = Instant::now();
     let results = measure(&opts.workloads, &p);
+    let floor_after = floor();
     let _ = std::fs::remove_dir_all(&tmp);
     let figures = results.figures();
 
-    println!("{}", report::table(&figures));
+    let table = report::table(&figures);
+    println!("{table}");
+    println!("floor after: {}\n", floor_after.trim().replace('\n', "; "));
     if opts.quick {
         println!("(quick run: smaller counts; the targets are stated for the full counts)\n");
     }
@@ -152,16 +162,46 @@ fn run(args: &[String]) -> Result<(), String> {
     report::write(&out.join("ratios.svg"), &chart)?;
     println!("wrote {}", out.join("results.json").display());
     println!("wrote {}", out.join("ratios.svg").display());
+    let when = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let page = format!(
+        "# Benchmark results\n\nWritten by `multiproc-bench` ({mode} run, {when}, {} \
+         s). How each workload is measured: [`docs/benchmarks.md`](../benchmarks.md).\n\n\
+         Machine: {} CPUs, {python}, load average {} at the start.\n\n\
+         ## Summary\n\n{}\n\
+         ## Every figure\n\n```text\n{table}```\n\n\
+         ## The machine's floor, the same minutes\n\n\
+         Before the run:\n\n```text\n{}\n```\n\nAfter the run:\n\n```text\n{}\n```\n",
+        start.elapsed().as_secs_f64().round(),
+        multiproc::cpu_count(),
+        load.join(" "),
+        report::summary(&figures),
+        floor_before.trim(),
+        floor_after.trim(),
+    );
+    report::write(&out.join("results.md"), &page)?;
+    println!("wrote {}", out.join("results.md").display());
     match may_publish(opts.quick, p.reps, &opts.workloads) {
         Ok(()) => {
-            let docs = root.join("docs/bench/ratios.svg");
-            report::write(&docs, &chart)?;
-            println!("wrote {}", docs.display());
+            for (name, text) in [("ratios.svg", &chart), ("results.md", &page)] {
+                let docs = root.join("docs/bench").join(name);
+                report::write(&docs, text)?;
+                println!("wrote {}", docs.display());
+            }
         }
-        Err(why) => println!("(docs/bench/ratios.svg left as it is: {why})"),
+        Err(why) => println!("(docs/bench/ left as it is: {why})"),
     }
     println!("{mode} run took {:.0} s", start.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The machine's floors, measured now (a socket round trip, pipelined
+/// messages, a thread hand-off), or why they could not be.
+fn floor() -> String {
+    floor::measure().unwrap_or_else(|e| format!("floor not measured: {e}\n"))
 }
 
 /// Whether a run's chart may replace the committed `docs/bench/ratios.svg`:

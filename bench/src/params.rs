@@ -1,4 +1,4 @@
-//! The counts of one run: the full run follows PERFORMANCE.md; `--quick`
+//! The counts of one run: the full run follows docs/benchmarks.md; `--quick`
 //! uses fewer repetitions and smaller counts. The same values go to the Python
 //! scripts as JSON, so every contender does the same work.
 

@@ -197,3 +197,92 @@ pub fn write(path: &Path, text: &str) -> Result<(), String> {
     }
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
+
+/// The figures a reader meets first, each said in words: what was done, and
+/// the figure's unit as a reader would write it.
+const HEADLINES: &[(&str, &str)] = &[
+    ("W1", "`apply`, one task waited at a time (per call)"),
+    ("W2.default", "`map(x+1)` over 1M integers, default chunksize"),
+    ("W3", "100k `apply_async`, then wait for all"),
+    ("W4", "start a pool of 4 and get one result"),
+    ("W5.rss", "memory of one idle worker (RSS)"),
+    ("W6", "CPU-bound tasks: speed-up of 2 workers over 1"),
+    ("W7.procs", "1000 processes started, one per task"),
+    ("W8", "16 × 8 MiB `Vec<u8>` through `map`"),
+    ("W8.bytebuf", "the same as `Bytes`"),
+    ("W9", "a task that panics (the worker survives)"),
+    ("W10", "a worker SIGKILLed: until its result fails and a replacement ran"),
+    ("T1", "`ThreadPool::apply`, one task at a time"),
+    ("T3", "`ThreadPool`: 100k `apply_async`"),
+    ("Q1", "`Queue`: small items, one process to another"),
+    ("P1", "`pipe`: 1 MiB messages, one process to another"),
+];
+
+/// A value with its unit, for a reader: `38.8 µs`, `52.2 M/s`, `1.20 GB/s`.
+pub fn with_unit(v: f64, unit: &str) -> String {
+    let unit = match unit {
+        "us" => " µs",
+        "items/s" | "tasks/s" => "/s",
+        "x" => "×",
+        "MiB" => " MiB",
+        "ms" => " ms",
+        "s" => " s",
+        "GB/s" => " GB/s",
+        other => return format!("{} {other}", fmt_value(v, other)),
+    };
+    let n = fmt_value(v, if unit == "/s" { "items/s" } else { "" });
+    format!("{n}{unit}")
+}
+
+/// The short results table (Markdown): one row per headline figure, our
+/// figure, the best other contender's, one ratio, and whether the target is
+/// met. For the README, read in seconds; the full table is beside it.
+pub fn summary(figures: &[Figure]) -> String {
+    let tab = Table::new(figures);
+    let mut out = String::from(
+        "| what | multiproc | best alternative | multiproc is | target met |\n|---|---|---|---|---|\n",
+    );
+    for &(id, what) in HEADLINES {
+        let Some(def) = crate::figures::figure(id) else { continue };
+        let Some(ours) = tab.get(id, Contender::Multiproc) else { continue };
+        let mine = match ours.value {
+            Some(v) => with_unit(v, def.unit),
+            None => ours.status.as_str().to_string(),
+        };
+        let (best, ratio) = match tab.ratio(id) {
+            Some((c, v, r)) => {
+                let how = if r >= 1.0 {
+                    format!("**{}** better", fmt_ratio(r).replace('x', "×"))
+                } else {
+                    format!("{} (worse)", fmt_ratio(r).replace('x', "×"))
+                };
+                (format!("{} {}", c.column(), with_unit(v, def.unit)), how)
+            }
+            None => ("—".to_string(), "—".to_string()),
+        };
+        // Contenders that hang or break where we have a figure say more than a ratio.
+        let stuck: Vec<String> = Contender::ALL
+            .iter()
+            .filter(|c| c.is_anchor(def.workload))
+            .filter_map(|&c| {
+                let f = tab.get(id, c)?;
+                matches!(f.status, Status::Hangs | Status::Broken)
+                    .then(|| format!("{} {}", c.column(), f.status.as_str()))
+            })
+            .collect();
+        let best = if stuck.is_empty() { best } else { format!("{best}; {}", stuck.join(", ")) };
+        let met = match targets::target(id) {
+            Some(t) => {
+                let met = match check(t, &tab) {
+                    targets::Met::Yes => "yes",
+                    targets::Met::No => "no",
+                    targets::Met::Unknown => "?",
+                };
+                format!("{met} ({})", t.text)
+            }
+            None => String::new(),
+        };
+        let _ = writeln!(out, "| {what} | {mine} | {best} | {ratio} | {met} |");
+    }
+    out
+}

@@ -3,15 +3,15 @@
 
 use std::fmt::Write as _;
 
-use crate::figures::{Contender, Status, FIGURES};
-use crate::report::fmt_ratio;
+use crate::figures::{figure, Contender, Status, FIGURES};
+use crate::report::{fmt_ratio, with_unit};
 use crate::results::{Figure, Table};
 use crate::targets;
 
-const WIDTH: f64 = 960.0;
+const WIDTH: f64 = 1100.0;
 const LABEL_W: f64 = 300.0;
 const PLOT_X0: f64 = LABEL_W + 10.0;
-const PLOT_X1: f64 = WIDTH - 150.0;
+const PLOT_X1: f64 = WIDTH - 290.0;
 const ROW_H: f64 = 26.0;
 const TOP: f64 = 70.0;
 /// The scale: 10^MIN_DEC .. 10^MAX_DEC.
@@ -112,16 +112,24 @@ pub fn chart(figures: &[Figure], subtitle: &str) -> String {
                 fmt_ratio(factor)
             );
         }
+        let unit = figure(id).map_or("", |d| d.unit);
+        let absolute = match (tab.value(id, Contender::Multiproc), tab.ratio(id)) {
+            (Some(ours), Some((_, theirs, _))) => {
+                format!(" ({} vs {})", with_unit(ours, unit), with_unit(theirs, unit))
+            }
+            _ => String::new(),
+        };
         let _ = writeln!(
             s,
-            r##"<text x="{text_x:.1}" y="{text_y:.1}" fill="#222">{} vs {}</text>"##,
+            r##"<text x="{text_x:.1}" y="{text_y:.1}" fill="#222">{} vs {}{}</text>"##,
             fmt_ratio(r),
-            esc(anchor)
+            esc(anchor),
+            esc(&absolute)
         );
     }
     let _ = writeln!(
         s,
-        r##"<text x="12" y="{:.1}" fill="#555">Green: multiproc better, red: worse. Blue dashes: the ratio PERFORMANCE.md asks for against that anchor. Data: target/bench/results.json</text>
+        r##"<text x="12" y="{:.1}" fill="#555">Green: multiproc better, red: worse. Blue dashes: the ratio the target asks for against that anchor. Data: target/bench/results.json</text>
 </svg>"##,
         height - 14.0
     );
