@@ -331,6 +331,10 @@ pub(crate) struct Meter {
     alive_ns: AtomicU64,
     /// When the current worker became ready (as `running_since`).
     alive_since: AtomicU64,
+    /// When this slot's last task ended (as `running_since`), kept by a pool
+    /// thread for the start of its next task when it finds one at once: one
+    /// clock read per task instead of two. 0 when there is none to reuse.
+    last_end: AtomicU64,
     pid: AtomicU32,
     restarts: Mutex<Restarts>,
 }
@@ -381,9 +385,33 @@ impl Meters {
     pub(crate) fn finished_now(&self, slot: usize) {
         if let Some(m) = self.meter(slot) {
             let since = m.running_since.swap(0, Ordering::Relaxed);
-            let busy = self.stamp(Instant::now()).saturating_sub(since);
+            let now = self.stamp(Instant::now());
+            m.last_end.store(now, Ordering::Relaxed);
             m.tasks.fetch_add(1, Ordering::Relaxed);
-            m.busy_ns.fetch_add(if since == 0 { 0 } else { busy }, Ordering::Relaxed);
+            m.busy_ns
+                .fetch_add(if since == 0 { 0 } else { now - since.min(now) }, Ordering::Relaxed);
+        }
+    }
+
+    /// A pool thread starts its next task straight after the last one
+    /// ended: the task starts when that one ended (the moment in between,
+    /// taking the task off the queue, counts as busy). Without such an end
+    /// to reuse (the first task, or after [`Meters::paused`]), it starts now.
+    pub(crate) fn started_next(&self, slot: usize) {
+        if let Some(m) = self.meter(slot) {
+            let at = match m.last_end.swap(0, Ordering::Relaxed) {
+                0 => self.stamp(Instant::now()),
+                end => end,
+            };
+            m.running_since.store(at, Ordering::Relaxed);
+        }
+    }
+
+    /// A pool thread goes to sleep: its next task does not follow the last
+    /// one at once.
+    pub(crate) fn paused(&self, slot: usize) {
+        if let Some(m) = self.meter(slot) {
+            m.last_end.store(0, Ordering::Relaxed);
         }
     }
 
@@ -478,6 +506,30 @@ mod tests {
         // Out-of-range slots are ignored, never indexed.
         m.finished(7, Duration::MAX, None);
         assert_eq!(m.snapshot().total().tasks, 1);
+    }
+
+    #[test]
+    fn a_task_started_straight_after_another_starts_when_it_ended() {
+        let m = Meters::new(1);
+        m.ready(0, None, Instant::now());
+        m.started_next(0);
+        std::thread::sleep(Duration::from_millis(5));
+        m.finished_now(0);
+        let end = m.slots[0].last_end.load(Ordering::Relaxed);
+        assert_ne!(end, 0);
+        // At once: the next task's start is the last one's end, not a new clock read.
+        m.started_next(0);
+        assert_eq!(m.slots[0].running_since.load(Ordering::Relaxed), end);
+        m.finished_now(0);
+        // After a pause, the start is read from the clock again.
+        m.paused(0);
+        std::thread::sleep(Duration::from_millis(5));
+        m.started_next(0);
+        let start = m.slots[0].running_since.load(Ordering::Relaxed);
+        assert!(start >= end + 5_000_000, "{start} vs {end}");
+        let s = m.snapshot();
+        assert_eq!(s.workers[0].tasks, 2);
+        assert!(s.workers[0].busy >= Duration::from_millis(5), "{:?}", s.workers[0].busy);
     }
 
     #[test]

@@ -261,13 +261,14 @@ impl ThreadEngine {
                 if self.lazy {
                     self.busy.fetch_add(1, Ordering::SeqCst);
                 }
-                self.meters.started(index, std::time::Instant::now());
+                self.meters.started_next(index);
                 job(None);
                 continue;
             }
             if self.may_leave() {
                 return;
             }
+            self.meters.paused(index);
             self.sleep_until_woken();
         }
     }
