@@ -366,7 +366,7 @@ impl Listener {
                 (OwnedFd::from(s), false, peer)
             }),
             Socket::Tcp(l) => l.accept().map(|(s, a)| {
-                let _ = s.set_nodelay(true);
+                tune_tcp(&s);
                 (OwnedFd::from(s), true, a.to_string())
             }),
         };
@@ -417,6 +417,22 @@ struct Pending {
     deadline: Option<Instant>,
 }
 
+/// How long a TCP connection may be silent before the kernel probes its
+/// peer, how often it then probes, and how many unanswered probes fail it:
+/// a peer whose machine vanished fails a blocked call after about 35 s
+/// instead of never (nothing would ever close such a connection).
+const TCP_KEEPALIVE: (Duration, Duration, u32) =
+    (Duration::from_secs(15), Duration::from_secs(5), 4);
+
+/// Sets a TCP connection up as every connection of ours is: no delay for
+/// small messages, and keep-alive probes ([`TCP_KEEPALIVE`]). Both are
+/// best-effort: a connection without them still works.
+fn tune_tcp(s: &TcpStream) {
+    let _ = s.set_nodelay(true);
+    let (idle, interval, count) = TCP_KEEPALIVE;
+    let _ = crate::sys::keep_alive(s.as_fd(), idle, interval, count);
+}
+
 /// Connects to [`Listener`]s (Python's `multiprocessing.connection.Client`).
 #[derive(Debug)]
 pub struct Client(());
@@ -455,7 +471,7 @@ impl Client {
             Address::Unix(p) => (UnixStream::connect(p).map_err(failed)?.into(), false),
             Address::Tcp(a) => {
                 let s = TcpStream::connect_timeout(a, timeout).map_err(failed)?;
-                let _ = s.set_nodelay(true);
+                tune_tcp(&s);
                 (s.into(), true)
             }
         };
@@ -846,5 +862,30 @@ fn poll_many(
             Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer whose machine vanishes never closes its TCP connection: only
+    /// keep-alive probes turn a call blocked on it into an error. Both ends
+    /// of every TCP connection have them.
+    #[test]
+    fn both_ends_of_a_tcp_connection_probe_a_silent_peer() {
+        let l = Listener::bind("127.0.0.1:0", b"key").unwrap();
+        let addr = l.address().clone();
+        let client = std::thread::spawn(move || Client::connect::<u8>(addr, b"key").unwrap());
+        let server = l.accept::<u8>().unwrap();
+        let client = client.join().unwrap();
+        let (idle, interval, count) = TCP_KEEPALIVE;
+        for (end, c) in [("accepted", &server), ("connected", &client)] {
+            let fd = c.recv_fd().expect("a readable end");
+            let got = crate::sys::keep_alive_of(fd).unwrap();
+            assert_eq!(got, (true, idle, interval, count), "the {end} end");
+        }
+        // Within a minute, as the constant's documentation promises.
+        assert!(idle + interval * count <= Duration::from_secs(60));
     }
 }

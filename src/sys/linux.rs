@@ -108,6 +108,37 @@ pub(crate) fn socket_peer(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
     Ok((cred.pid as u32, cred.uid))
 }
 
+/// Turns on TCP keep-alive probes on `fd`: after `idle` without traffic, a
+/// probe every `interval`; after `count` unanswered probes the kernel fails
+/// the socket (`ETIMEDOUT`), so a read blocked on a peer whose machine
+/// vanished (powered off, cable cut: nothing ever closes the connection)
+/// returns an error instead of waiting forever.
+pub(crate) fn keep_alive(
+    fd: BorrowedFd<'_>,
+    idle: Duration,
+    interval: Duration,
+    count: u32,
+) -> io::Result<()> {
+    use rustix::net::sockopt;
+    sockopt::set_socket_keepalive(fd, true)?;
+    sockopt::set_tcp_keepidle(fd, idle)?;
+    sockopt::set_tcp_keepintvl(fd, interval)?;
+    sockopt::set_tcp_keepcnt(fd, count)?;
+    Ok(())
+}
+
+/// The keep-alive settings of `fd`: `(on, idle, interval, count)`.
+#[cfg(test)]
+pub(crate) fn keep_alive_of(fd: BorrowedFd<'_>) -> io::Result<(bool, Duration, Duration, u32)> {
+    use rustix::net::sockopt;
+    Ok((
+        sockopt::socket_keepalive(fd)?,
+        sockopt::tcp_keepidle(fd)?,
+        sockopt::tcp_keepintvl(fd)?,
+        sockopt::tcp_keepcnt(fd)?,
+    ))
+}
+
 /// True while a process with id `pid` exists.
 pub(crate) fn process_exists(pid: u32) -> bool {
     match pid_of(pid) {
