@@ -25,7 +25,7 @@
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -468,7 +468,19 @@ impl Client {
         let deadline = crate::deadline_after(timeout);
         let failed = |e| Error::io(format!("could not connect to {address}"), e);
         let (fd, remote): (OwnedFd, bool) = match &address {
-            Address::Unix(p) => (UnixStream::connect(p).map_err(failed)?.into(), false),
+            Address::Unix(p) => (
+                crate::sys::connect_unix(p, deadline).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::TimedOut {
+                        Error::timeout(format!(
+                            "could not connect to {address} within {timeout:?}: its backlog of \
+                             connections not yet accepted stayed full (is it accepting?)"
+                        ))
+                    } else {
+                        failed(e)
+                    }
+                })?,
+                false,
+            ),
             Address::Tcp(a) => {
                 let s = TcpStream::connect_timeout(a, timeout).map_err(failed)?;
                 tune_tcp(&s);
@@ -887,5 +899,40 @@ mod tests {
         }
         // Within a minute, as the constant's documentation promises.
         assert!(idle + interval * count <= Duration::from_secs(60));
+    }
+
+    /// A blocking connect waits for as long as a Unix listener's backlog is
+    /// full; `connect_timeout` must give up at its bound all the same.
+    #[test]
+    fn a_unix_connect_gives_up_at_its_timeout_while_the_backlog_stays_full() {
+        use rustix::net::{self, AddressFamily, SocketAddrUnix, SocketType};
+        let dir = std::env::temp_dir().join(format!("mp-backlog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sock");
+        let _ = std::fs::remove_file(&path);
+        // A listener that never accepts, with room for one waiting connection.
+        let l = net::socket(AddressFamily::UNIX, SocketType::STREAM, None).unwrap();
+        net::bind(&l, &SocketAddrUnix::new(&path).unwrap()).unwrap();
+        net::listen(&l, 0).unwrap();
+        let addr = Address::Unix(path.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for _ in 0..2 {
+                let t = Instant::now();
+                let r =
+                    Client::connect_timeout::<u8>(addr.clone(), b"key", Duration::from_millis(300));
+                let _ = tx.send((r.map(|_| ()), t.elapsed()));
+            }
+        });
+        for attempt in 0..2 {
+            let (r, took) = rx
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("attempt {attempt} still blocked after 10 s"));
+            let e = r.expect_err("nothing accepts");
+            assert!(e.is_timeout(), "attempt {attempt}: {e}");
+            assert!(took < Duration::from_secs(5), "attempt {attempt} took {took:?}");
+        }
+        drop(l);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

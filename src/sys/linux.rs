@@ -139,6 +139,48 @@ pub(crate) fn keep_alive_of(fd: BorrowedFd<'_>) -> io::Result<(bool, Duration, D
     ))
 }
 
+/// Connects a Unix stream socket to `path`, giving up at `deadline` (none:
+/// no bound). A blocking `connect` waits for as long as the listener's
+/// backlog is full, whatever bound the caller has; here the socket connects
+/// without blocking, and a full backlog (`EAGAIN`) is retried with short
+/// naps until the deadline, which fails with `TimedOut`. The socket
+/// returned blocks, as `UnixStream::connect`'s does.
+pub(crate) fn connect_unix(
+    path: &std::path::Path,
+    deadline: Option<std::time::Instant>,
+) -> io::Result<OwnedFd> {
+    use rustix::net::{self, AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let fd = net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    let addr = SocketAddrUnix::new(path)?;
+    let mut nap = Duration::from_micros(100);
+    loop {
+        match net::connect(&fd, &addr) {
+            Ok(()) => break,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => {
+                let now = std::time::Instant::now();
+                let left = deadline.map(|d| d.saturating_duration_since(now));
+                if left == Some(Duration::ZERO) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the listener's backlog stayed full",
+                    ));
+                }
+                std::thread::sleep(left.map_or(nap, |l| l.min(nap)));
+                nap = (nap * 2).min(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    rustix::io::ioctl_fionbio(&fd, false)?;
+    Ok(fd)
+}
+
 /// True while a process with id `pid` exists.
 pub(crate) fn process_exists(pid: u32) -> bool {
     match pid_of(pid) {
