@@ -60,6 +60,15 @@ enum Next {
     Kept(Vec<u8>, Vec<OwnedFd>),
 }
 
+/// The send buffer a pipe's sockets ask for (the kernel doubles it, and
+/// caps it at `net.core.wmem_max`): a 1 MiB message goes out in one or two
+/// writes instead of five or six, each a wake-up of both sides. Measured with
+/// 1 MiB messages between two processes: 2.3 k context switches per 2048
+/// messages instead of 20 k, CPU per byte the same or 5–20% lower; with
+/// 4 MiB, fewer still but more CPU (more bytes in flight than the caches
+/// hold). It bounds what a pipe holds in the kernel, not what it allocates.
+const SEND_BUFFER: usize = 1 << 20;
+
 /// A connected pair: with `duplex` each end sends and receives; otherwise the
 /// first end only receives and the second only sends (Python's
 /// `Pipe(duplex=False)` order).
@@ -85,6 +94,10 @@ enum Next {
 /// ```
 pub fn pipe<T>(duplex: bool) -> Result<(Connection<T>, Connection<T>)> {
     let (a, b) = UnixStream::pair().map_err(|e| Error::io("could not create a pipe", e))?;
+    for end in [&a, &b] {
+        // Best effort: the default holds what it holds.
+        let _ = sys::set_send_buffer(end.as_fd(), SEND_BUFFER);
+    }
     Ok((Connection::new(a.into(), true, duplex)?, Connection::new(b.into(), duplex, true)?))
 }
 
@@ -111,7 +124,9 @@ impl<T> Connection<T> {
             fd.try_clone().map_err(|e| Error::io("could not duplicate a pipe end", e))?;
         Ok(Connection {
             read_fd: fd.as_raw_fd(),
-            reader: Mutex::new(Reader { conn: Conn::new(fd), kept: None }),
+            // Every message is given away whole, so a large one is read
+            // straight into a buffer of its own.
+            reader: Mutex::new(Reader { conn: Conn::new(fd).own_large_bodies(), kept: None }),
             writer: Mutex::new(if remote {
                 Conn::new(write_fd).stream_only()
             } else {
@@ -161,17 +176,38 @@ impl<T> Connection<T> {
         self.check(true)?;
         let mut c = self.lock_writer();
         msg.encode(c.output(), fds)?;
+        self.write_out(&mut c, |c| c.write_some().map(|()| !c.has_output()))
+    }
+
+    /// Sends a large message of raw bytes from where the caller keeps it,
+    /// not copied into the output queue first: one copy (the kernel's) on
+    /// this side.
+    fn send_borrowed(&self, bytes: &[u8]) -> Result<()> {
+        self.check(true)?;
+        let mut c = self.lock_writer();
+        let mut frame = c.borrowed_frame(crate::wire::PIPE_BYTES, bytes.len())?;
+        self.write_out(&mut c, |c| c.write_borrowed(&mut frame, bytes))
+    }
+
+    /// Runs `step` (which writes what the socket takes now and says whether
+    /// all is out) until all is out, waiting for the socket between steps.
+    fn write_out(
+        &self,
+        c: &mut Conn,
+        mut step: impl FnMut(&mut Conn) -> std::io::Result<bool>,
+    ) -> Result<()> {
         // While the peer does not read, read what it sends into the receive
         // half (unless a receiver is busy with it), so that two ends sending
         // large messages to each other at once cannot both block forever.
         loop {
-            if let Err(e) = c.write_some() {
-                // Nothing more goes out on this end: let go of what waits.
-                c.discard_output();
-                return Err(closed_or_io(e, "send"));
-            }
-            if !c.has_output() {
-                return Ok(());
+            match step(c) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => {
+                    // Nothing more goes out on this end: let go of what waits.
+                    c.discard_output();
+                    return Err(closed_or_io(e, "send"));
+                }
             }
             let [r] =
                 sys::poll([sys::Interest { fd: c.fd(), read: self.readable, write: true }], None)
@@ -193,6 +229,9 @@ impl<T> Connection<T> {
     /// # Errors
     /// [`ErrorKind::Closed`] when the other end is gone; misuse of a one-way end.
     pub fn send_bytes(&self, bytes: &[u8]) -> Result<()> {
+        if self.lock_writer().lends_well(bytes.len()) {
+            return self.send_borrowed(bytes);
+        }
         self.send_frame(PipeMessage::Bytes(bytes), Vec::new())
     }
 
@@ -270,8 +309,9 @@ impl<T> Connection<T> {
         let mut r = self.lock();
         match Self::next_locked(&mut r, timeout)? {
             Next::Kept(bytes, fds) => Ok((bytes, fds)),
-            Next::Buffered(kind, body, fds) => {
-                let bytes = PipeMessage::decode(kind, r.conn.body(body)).bytes().to_vec();
+            Next::Buffered(_, body, fds) => {
+                // A message's bytes are its body, whatever its kind.
+                let bytes = r.conn.take_body(body);
                 // Gives back the buffer of a large message now, not at the
                 // next receive.
                 r.conn.compact();
@@ -327,8 +367,8 @@ impl<T> Connection<T> {
         let c = &mut r.conn;
         let mut dry = false;
         loop {
-            if let Some((kind, body, fds)) = next_frame(c)? {
-                let bytes = PipeMessage::decode(kind, c.body(body)).bytes().to_vec();
+            if let Some((_, body, fds)) = next_frame(c)? {
+                let bytes = c.take_body(body);
                 c.compact();
                 return Ok(TryRecv::Frame(bytes, fds));
             }
@@ -338,8 +378,8 @@ impl<T> Connection<T> {
             match c.read_some() {
                 Ok(false) => dry = !c.has_more(),
                 Ok(true) => {
-                    if let Some((kind, body, fds)) = next_frame(c)? {
-                        let bytes = PipeMessage::decode(kind, c.body(body)).bytes().to_vec();
+                    if let Some((_, body, fds)) = next_frame(c)? {
+                        let bytes = c.take_body(body);
                         c.compact();
                         return Ok(TryRecv::Frame(bytes, fds));
                     }

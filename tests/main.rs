@@ -45,6 +45,8 @@ mod manager;
 mod memory_cap;
 #[path = "it/no_pidfd.rs"]
 mod no_pidfd;
+#[path = "it/pipe_large.rs"]
+mod pipe_large;
 #[path = "it/pod.rs"]
 mod pod;
 #[path = "it/pool.rs"]

@@ -799,6 +799,12 @@ pub(crate) unsafe fn mutex_unlock(m: *mut RawMutex) -> io::Result<bool> {
     }
 }
 
+/// Asks for a send buffer of `bytes` on socket `fd` (`SO_SNDBUF`; the kernel
+/// doubles the value and caps it at `net.core.wmem_max`).
+pub(crate) fn set_send_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    Ok(rustix::net::sockopt::set_socket_send_buffer_size(fd, bytes)?)
+}
+
 /// A connected pair of message sockets: every send is one message, received
 /// whole by exactly one reader, whichever process it is in.
 pub(crate) fn message_pair() -> io::Result<(OwnedFd, OwnedFd)> {

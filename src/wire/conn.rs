@@ -54,6 +54,14 @@ const READ_BUDGET: usize = 4 << 20;
 /// Buffers that grew past this for a large frame are shrunk once empty, so
 /// one large message does not pin its memory for the life of the channel.
 const SHRINK_ABOVE: usize = 4 << 20;
+/// A channel that owns its large bodies (see [`Conn::own_large_bodies`])
+/// reads a body at least this long into a buffer of its own. Below it the
+/// copy out of the read buffer costs less than an allocation of its own.
+pub(crate) const OWN_ABOVE: usize = 64 * 1024;
+/// The most an owned body reserves at once ahead of its bytes (virtual
+/// space: pages are touched only as bytes arrive); a larger one grows as it
+/// comes.
+const OWN_RESERVE: usize = 4 << 20;
 /// Received descriptors waiting for their frame to reach the head of the
 /// buffer. Beyond this the reader stops reading until frames are consumed,
 /// so a peer cannot fill this process's descriptor table.
@@ -172,6 +180,8 @@ pub(crate) enum Body {
     Buf(Range<usize>),
     /// The frame's file, mapped (the number of the frame that brought it).
     Mapped(u64),
+    /// A buffer of its own (the number of the frame that brought it).
+    Owned(u64),
 }
 
 /// One end of a framed, buffered channel over a Unix stream socket.
@@ -200,6 +210,14 @@ pub(crate) struct Conn {
     /// The body file of the last frame taken, mapped, with that frame's
     /// number; unmapped at the next frame or read.
     mapped: Option<(u64, Mapped)>,
+    /// Large bodies are read into buffers of their own (see
+    /// [`Conn::own_large_bodies`]).
+    own_bodies: bool,
+    /// The body of the head frame so far, while it is read into a buffer of
+    /// its own; the read buffer then ends with the frame's header.
+    owning: Option<Vec<u8>>,
+    /// The owned body of the last frame taken, with that frame's number.
+    owned: Option<(u64, Vec<u8>)>,
     /// Frames taken so far.
     taken: u64,
 }
@@ -238,8 +256,21 @@ impl Conn {
             violation: None,
             more: false,
             mapped: None,
+            own_bodies: false,
+            owning: None,
+            owned: None,
             taken: 0,
         }
+    }
+
+    /// Reads every body of [`OWN_ABOVE`] bytes or more that is not whole
+    /// yet straight into a buffer of its own, which [`Conn::take_body`]
+    /// hands over without a copy: for a reader that gives each message away
+    /// (a pipe's `recv_bytes`), where a body in the shared read buffer
+    /// would be copied out once more.
+    pub(crate) fn own_large_bodies(mut self) -> Conn {
+        self.own_bodies = true;
+        self
     }
 
     /// Changes which frames are accepted from the next frame on (one not yet
@@ -292,6 +323,54 @@ impl Conn {
         self.out.write_some(self.fd.as_fd())
     }
 
+    /// True when a body of `len` bytes is worth sending borrowed (see
+    /// [`Conn::borrowed_frame`]): large, and going in the stream, not in a
+    /// file of its own.
+    pub(crate) fn lends_well(&self, len: usize) -> bool {
+        len >= OWN_ABOVE && (self.out.stream_only || len <= memfd::MEMFD_ABOVE)
+    }
+
+    /// Starts a frame of `kind` whose body of `len` bytes its caller keeps
+    /// and passes to every [`Conn::write_borrowed`] until it is out: sent
+    /// straight from where it is, with no copy into the output queue (a
+    /// pipe's `send_bytes`). Nothing else may be queued until it is out.
+    pub(crate) fn borrowed_frame(&mut self, kind: u8, len: usize) -> crate::Result<Borrowed> {
+        let len32 = u32::try_from(len).map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!("a message of {len} bytes is too large: a frame holds at most 4 GiB"),
+            )
+        })?;
+        let mut header = [0u8; HEADER];
+        header[..4].copy_from_slice(&len32.to_le_bytes());
+        header[4] = kind;
+        self.out.queued += (HEADER + len) as u64;
+        Ok(Borrowed { header, sent: 0, len })
+    }
+
+    /// Writes queued output, then as much of `frame` (begun with
+    /// [`Conn::borrowed_frame`], whose body is `body`) as the socket takes
+    /// without blocking; true once all of it is out.
+    pub(crate) fn write_borrowed(&mut self, frame: &mut Borrowed, body: &[u8]) -> io::Result<bool> {
+        debug_assert_eq!(body.len(), frame.len, "the body a borrowed frame was begun with");
+        self.write_some()?;
+        while !self.has_output() && frame.sent < HEADER + body.len() {
+            let header = &frame.header[frame.sent.min(HEADER)..];
+            let body = &body[frame.sent.saturating_sub(HEADER)..];
+            let parts = [IoSlice::new(header), IoSlice::new(body)];
+            match sys::send_parts_with_fds(self.fd.as_fd(), &parts, &[], false) {
+                Ok(0) => break,
+                Ok(n) => {
+                    frame.sent += n;
+                    self.out.written += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(frame.sent == HEADER + body.len())
+    }
+
     /// Writes all pending output, blocking; reads incoming data meanwhile so a
     /// peer that is blocked writing to us cannot deadlock us.
     pub(crate) fn flush_blocking(&mut self) -> io::Result<()> {
@@ -319,6 +398,7 @@ impl Conn {
     pub(crate) fn compact(&mut self) {
         // The file of a large body is given back as soon as it is done with.
         self.mapped = None;
+        self.owned = None;
         if self.rpos > 0 && (self.rpos == self.rbuf.len() || self.rpos > self.rbuf.len() / 2) {
             self.rbuf.drain(..self.rpos);
             self.rbase += self.rpos as u64;
@@ -337,6 +417,7 @@ impl Conn {
         self.batches.clear();
         self.held = 0;
         self.head = None;
+        self.owning = None;
     }
 
     /// Checks the header at the head of the buffer once it is all there,
@@ -382,6 +463,17 @@ impl Conn {
                 fds = b.fds;
             }
             self.head = Some(Head { kind, len, fds, in_file });
+            let body_at = self.rpos + HEADER;
+            if self.own_bodies && !in_file && len >= OWN_ABOVE && self.rbuf.len() < body_at + len {
+                // The read buffer ends inside this body: what follows of
+                // it goes to a buffer of its own.
+                let mut own = Vec::new();
+                if own.try_reserve_exact(len.min(OWN_RESERVE)).is_ok() {
+                    own.extend_from_slice(&self.rbuf[body_at..]);
+                    self.rbuf.truncate(body_at);
+                    self.owning = Some(own);
+                }
+            }
         }
         // The next frame starts at `end`: a batch that ends at or before it
         // holds no frame's first byte but this one's, which is settled.
@@ -396,7 +488,7 @@ impl Conn {
     /// Bytes the head frame still needs (0 while its header is incomplete),
     /// and the bytes of it already buffered.
     fn head_progress(&self) -> (usize, usize) {
-        let avail = self.rbuf.len() - self.rpos;
+        let avail = self.rbuf.len() - self.rpos + self.owning.as_ref().map_or(0, Vec::len);
         match &self.head {
             Some(h) => ((HEADER + h.stream_len()).saturating_sub(avail), avail),
             None => (0, avail),
@@ -410,8 +502,16 @@ impl Conn {
         let (wanted, have) = self.head_progress();
         let chunk = wanted.min(have).max(READ_CHUNK);
         let mut fds = VecDeque::new();
-        let at = self.rbase + self.rbuf.len() as u64;
-        match sys::recv_append_with_fds(self.fd.as_fd(), &mut self.rbuf, chunk, wait, &mut fds) {
+        let owning = self.owning.as_ref().map_or(0, Vec::len);
+        let at = self.rbase + (self.rbuf.len() + owning) as u64;
+        // An owned body is read up to its end and no further.
+        let (buf, chunk) = match &mut self.owning {
+            // Whole: nothing to read until it is taken.
+            Some(_) if wanted == 0 => return Ok(None),
+            Some(own) => (own, wanted),
+            None => (&mut self.rbuf, chunk),
+        };
+        match sys::recv_append_with_fds(self.fd.as_fd(), buf, chunk, wait, &mut fds) {
             Ok(n) => {
                 if !fds.is_empty() {
                     self.held += fds.len();
@@ -448,7 +548,9 @@ impl Conn {
             }
             let (wanted, _) = self.head_progress();
             let head_whole = self.head.is_some() && wanted == 0;
-            if head_whole && (read >= READ_BUDGET || self.held >= MAX_HELD_FDS) {
+            // A whole owned body is taken before anything more is read.
+            let owned_whole = head_whole && self.owning.is_some();
+            if head_whole && (read >= READ_BUDGET || self.held >= MAX_HELD_FDS || owned_whole) {
                 self.more = true;
                 return Ok(false);
             }
@@ -502,7 +604,14 @@ impl Conn {
         }
         let head = self.head.take().expect("checked above");
         self.mapped = None;
+        self.owned = None;
         self.taken += 1;
+        if let Some(own) = self.owning.take() {
+            // Only the header is in the read buffer.
+            self.rpos += HEADER;
+            self.owned = Some((self.taken, own));
+            return Ok(Some((head.kind, Body::Owned(self.taken), head.fds)));
+        }
         let body = self.rpos + HEADER..self.rpos + HEADER + head.stream_len();
         self.rpos += HEADER + head.stream_len();
         if !head.in_file {
@@ -529,6 +638,9 @@ impl Conn {
     pub(crate) fn partial_head(&mut self) -> Option<(u8, &[u8])> {
         self.check_head();
         let h = self.head.as_ref()?;
+        if let Some(own) = &self.owning {
+            return Some((h.kind, own));
+        }
         let from = (self.rpos + HEADER).min(self.rbuf.len());
         let to = (self.rpos + HEADER + h.stream_len()).min(self.rbuf.len());
         Some((h.kind, &self.rbuf[from..to]))
@@ -541,6 +653,9 @@ impl Conn {
 
     /// True when buffered input holds no complete frame.
     pub(crate) fn input_idle(&self) -> bool {
+        if let (Some(own), Some(h)) = (&self.owning, &self.head) {
+            return own.len() < h.len;
+        }
         match le::<HEADER>(&self.rbuf, self.rpos) {
             Some(h) => {
                 let len = u32::from_le_bytes(h[..4].try_into().expect("4 bytes")) as usize;
@@ -556,6 +671,7 @@ impl Conn {
         let bytes = match body {
             Body::Buf(r) => &self.rbuf[r],
             Body::Mapped(n) => Conn::mapped_bytes(&self.mapped, n),
+            Body::Owned(n) => Conn::owned_bytes(&self.owned, n),
         };
         (bytes, &mut self.out)
     }
@@ -564,6 +680,26 @@ impl Conn {
         match body {
             Body::Buf(r) => &self.rbuf[r],
             Body::Mapped(n) => Conn::mapped_bytes(&self.mapped, n),
+            Body::Owned(n) => Conn::owned_bytes(&self.owned, n),
+        }
+    }
+
+    /// The bytes of a frame's body, as [`Conn::body`] reads them, given
+    /// away: an owned body without a copy, any other copied out.
+    pub(crate) fn take_body(&mut self, body: Body) -> Vec<u8> {
+        match (body, self.owned.take()) {
+            (Body::Owned(n), Some((m, own))) if n == m => own,
+            (body, owned) => {
+                self.owned = owned;
+                self.body(body).to_vec()
+            }
+        }
+    }
+
+    fn owned_bytes(owned: &Option<(u64, Vec<u8>)>, frame: u64) -> &[u8] {
+        match owned {
+            Some((n, own)) if *n == frame => own,
+            _ => panic!("the body of frame {frame} was read after the next read or frame"),
         }
     }
 
@@ -640,6 +776,14 @@ impl Tail for &Chunk {
             Chunk::Large(b) => out.shared = Some(b.clone()),
         }
     }
+}
+
+/// A frame whose body its sender keeps (see [`Conn::borrowed_frame`]): its
+/// header, and how much of header and body has gone out.
+pub(crate) struct Borrowed {
+    header: [u8; HEADER],
+    sent: usize,
+    len: usize,
 }
 
 /// Bytes a piece of output holds.
@@ -1239,5 +1383,74 @@ mod tests {
         let (a, mut b) = pair();
         drop(a);
         assert!(b.read_blocking().unwrap());
+    }
+
+    /// A reader that owns its large bodies: a body of at least
+    /// [`OWN_ABOVE`] bytes that arrives in parts is read into a buffer of
+    /// its own, up to its end and no further, and handed over whole; small
+    /// frames around it come out of the read buffer as before, and one sent
+    /// borrowed arrives like any other.
+    #[test]
+    fn large_bodies_are_owned_and_frames_around_them_unchanged() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (mut w, mut r) = (Conn::new(a.into()), Conn::new(b.into()).own_large_bodies());
+        let big: Vec<u8> = (0..3 * OWN_ABOVE + 5).map(|i| (i * 7) as u8).collect();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut owned = 0;
+            while got.len() < 4 {
+                while let Some((kind, body, _)) = r.try_next_frame().unwrap() {
+                    owned += usize::from(matches!(body, Body::Owned(_)));
+                    got.push((kind, r.take_body(body)));
+                }
+                if got.len() < 4 {
+                    assert!(!r.read_blocking().unwrap(), "end of file before every frame");
+                }
+            }
+            (got, owned)
+        });
+        w.output().push_frame(DONE, &big[..], Vec::new()).unwrap();
+        w.output().push_frame(TASK, &b"small"[..], Vec::new()).unwrap();
+        w.flush_blocking().unwrap();
+        assert!(w.lends_well(big.len()) && !w.lends_well(OWN_ABOVE - 1));
+        let mut frame = w.borrowed_frame(READY, big.len()).unwrap();
+        while !w.write_borrowed(&mut frame, &big).unwrap() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        w.output().push_frame(TASK, &b"after"[..], Vec::new()).unwrap();
+        w.flush_blocking().unwrap();
+        assert_eq!(w.written(), w.queued());
+        let (got, owned) = reader.join().unwrap();
+        assert!(got[0] == (DONE, big.clone()), "the large body arrived changed");
+        assert_eq!(got[1], (TASK, b"small".to_vec()));
+        assert!(got[2] == (READY, big), "the borrowed body arrived changed");
+        assert_eq!(got[3], (TASK, b"after".to_vec()));
+        // The first frame's header came with the first read, which reads no
+        // more than READ_CHUNK: its body was read into a buffer of its own.
+        assert!(owned >= 1, "no body was owned");
+    }
+
+    /// A writer that stops inside an owned body: the reader sees a partial
+    /// frame, not a whole one, and end of file after it.
+    #[test]
+    fn a_body_cut_short_is_partial_input() {
+        let (w, mut r) = raw_pair(Accept::Any { max_len: u32::MAX });
+        let mut r = {
+            r.own_bodies = true;
+            r
+        };
+        let mut bytes = header((2 * OWN_ABOVE) as u32, 7, 0);
+        bytes.extend_from_slice(&vec![1; OWN_ABOVE + 10]);
+        sys::send(w.as_fd(), &bytes, true).unwrap();
+        drop(w);
+        let mut eof = false;
+        while !eof {
+            assert!(r.try_next_frame().unwrap().is_none());
+            eof = r.read_blocking().unwrap();
+        }
+        assert!(r.try_next_frame().unwrap().is_none());
+        assert!(r.input_idle() && r.has_partial_input());
+        let (kind, part) = r.partial_head().unwrap();
+        assert_eq!((kind, part.len()), (7, OWN_ABOVE + 10));
     }
 }
