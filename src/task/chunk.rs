@@ -603,6 +603,35 @@ where
         None => ChunkWriter::new(out, chunk.n),
     };
     let plain = plain.as_ref();
+    if let (Some(pr), Some((pa, payload))) = (plain, chunk.plain_items::<A>()) {
+        // Numbers to numbers (`map(inc, 0..n)`): one loop, no item enum,
+        // no callback; a panic fails its item and the loop goes on.
+        let mut items = payload.chunks_exact(pa.size());
+        let mut next = 0;
+        while next < chunk.n {
+            let run = catch_panic(|| {
+                for item in items.by_ref() {
+                    let result = call(pa.read(item));
+                    if w.plain {
+                        w.raw(pr.bytes_of(std::slice::from_ref(&result)));
+                    } else {
+                        // A primitive number: its encoding cannot fail.
+                        let _ = w.value(&result);
+                    }
+                    next += 1;
+                }
+            });
+            match run {
+                Ok(()) => break,
+                Err(failure) => {
+                    w.unplain(plain);
+                    w.fail_last(next, &failure);
+                    next += 1;
+                }
+            }
+        }
+        return w.finish();
+    }
     walk::<A, _>(&chunk, chunk.n, |index, item| match item {
         Item::Value(args) => {
             // The result is dropped inside the guard too: a panic in its
@@ -653,6 +682,10 @@ pub(crate) fn decode_outcomes<R: DeserializeOwned>(
     n: usize,
     pid: Option<u32>,
 ) -> Outcomes<R> {
+    if fds.is_empty() && Plain::<R>::of().is_some() {
+        // Numbers hold no handles: no descriptor list to install.
+        return decode_items(bytes, n, pid);
+    }
     crate::fdpass::supply(fds, || decode_items(bytes, n, pid))
 }
 
@@ -664,8 +697,12 @@ pub(crate) fn decode_one<R: DeserializeOwned>(
     fds: Vec<std::os::fd::OwnedFd>,
     pid: Option<u32>,
 ) -> crate::Result<R> {
-    crate::fdpass::supply(fds, || {
+    let decode = || {
         let chunk = Chunk::parse(bytes).map_err(|failure| failure.into_error(pid))?;
+        if let Some((p, payload)) = chunk.plain_items::<R>().filter(|_| chunk.n == 1) {
+            // One number: nothing in reading it can fail or panic.
+            return Ok(p.read(payload));
+        }
         let mut one = None;
         walk::<R, _>(&chunk, 1, |_, item| one = Some(outcome(item, pid)));
         one.unwrap_or_else(|| {
@@ -674,7 +711,12 @@ pub(crate) fn decode_one<R: DeserializeOwned>(
                 format!("a worker returned {} results for a chunk of 1 items", chunk.n),
             ))
         })
-    })
+    };
+    if fds.is_empty() && Plain::<R>::of().is_some() {
+        // Numbers hold no handles: no descriptor list to install.
+        return decode();
+    }
+    crate::fdpass::supply(fds, decode)
 }
 
 /// The outcome of one decoded result.
