@@ -301,6 +301,93 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for ByteVec<V> {
     }
 }
 
+// --- plain numbers, moved as their bytes ----------------------------------
+//
+// A chunk of a million `u64`s encoded item by item costs a serializer call
+// and a varint each way per item; the same chunk as its memory is one copy.
+// `Plain` tells the chunk code (`task::chunk`) that an item type is a
+// primitive number, whose in-memory bytes on a little-endian machine are
+// exactly its little-endian encoding, with no padding and no invalid bit
+// pattern: such a chunk travels as a length and the raw bytes.
+
+/// Made only by [`Plain::of`]: `T` is one of the primitive integer or float
+/// types (`u8`..`u128`, `i8`..`i128`, `usize`, `isize`, `f32`, `f64`) and
+/// the machine is little-endian. Its methods move `T`s to and from bytes.
+pub(crate) struct Plain<T>(PhantomData<fn() -> T>);
+
+impl<T> Plain<T> {
+    /// `Some` when `T` is a primitive number (and the machine little-endian:
+    /// elsewhere nothing is plain, and every chunk takes the general path).
+    #[inline]
+    pub(crate) fn of() -> Option<Plain<T>> {
+        if !cfg!(target_endian = "little") {
+            return None;
+        }
+        let id = type_id_erased::<T>();
+        let is = |ids: &[TypeId]| ids.contains(&id);
+        // The size is known at compile time: only its row is compared.
+        let plain = match std::mem::size_of::<T>() {
+            1 => is(&[TypeId::of::<u8>(), TypeId::of::<i8>()]),
+            2 => is(&[TypeId::of::<u16>(), TypeId::of::<i16>()]),
+            4 => is(&[TypeId::of::<u32>(), TypeId::of::<i32>(), TypeId::of::<f32>()]),
+            8 => is(&[
+                TypeId::of::<u64>(),
+                TypeId::of::<i64>(),
+                TypeId::of::<f64>(),
+                TypeId::of::<usize>(),
+                TypeId::of::<isize>(),
+            ]),
+            16 => is(&[TypeId::of::<u128>(), TypeId::of::<i128>()]),
+            _ => false,
+        };
+        plain.then_some(Plain(PhantomData))
+    }
+
+    /// The bytes of one item.
+    #[inline(always)]
+    pub(crate) fn size(&self) -> usize {
+        std::mem::size_of::<T>()
+    }
+
+    /// The little-endian bytes of `items`, borrowed.
+    #[inline(always)]
+    pub(crate) fn bytes_of<'a>(&self, items: &'a [T]) -> &'a [u8] {
+        // SAFETY: `T` is a primitive number (this token exists): no padding,
+        // so every byte of the slice is initialised; u8 has no alignment.
+        unsafe { std::slice::from_raw_parts(items.as_ptr().cast::<u8>(), size_of_val(items)) }
+    }
+
+    /// The item whose bytes are `bytes`, which must be exactly one item's.
+    #[inline(always)]
+    pub(crate) fn read(&self, bytes: &[u8]) -> T {
+        assert_eq!(bytes.len(), self.size(), "one plain item's bytes");
+        // SAFETY: `bytes` holds `size_of::<T>()` bytes (asserted); every bit
+        // pattern is a valid primitive number; `read_unaligned` copies, so
+        // the bytes need no alignment.
+        unsafe { bytes.as_ptr().cast::<T>().read_unaligned() }
+    }
+
+    /// The items whose bytes are `bytes`, copied into a vector (aligned for
+    /// `T`, whatever the alignment of `bytes`); `None` when `bytes` is not a
+    /// whole number of items.
+    pub(crate) fn to_vec(&self, bytes: &[u8]) -> Option<Vec<T>> {
+        if bytes.len() % self.size() != 0 {
+            return None;
+        }
+        let n = bytes.len() / self.size();
+        let mut v = Vec::<T>::with_capacity(n);
+        // SAFETY: the vector has room for `n` items, `n * size_of::<T>()`
+        // bytes, exactly `bytes.len()`; the regions are distinct
+        // allocations; after the copy its first `n` items are initialised,
+        // and any bit pattern is a valid primitive number.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr().cast::<u8>(), bytes.len());
+            v.set_len(n);
+        }
+        Some(v)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,5 +485,31 @@ mod tests {
     fn debug_shows_a_prefix() {
         let s = format!("{:?}", Bytes::from(vec![7u8; 1000]));
         assert!(s.starts_with("Bytes(1000 bytes: [07, 07") && s.ends_with("…)"), "{s}");
+    }
+
+    #[test]
+    fn plain_numbers_are_recognised_and_move_as_their_bytes() {
+        assert!(Plain::<u64>::of().is_some() && Plain::<f32>::of().is_some());
+        assert!(Plain::<i128>::of().is_some() && Plain::<u8>::of().is_some());
+        assert!(Plain::<usize>::of().is_some());
+        // Not numbers, or not every bit pattern valid, or padded.
+        assert!(Plain::<bool>::of().is_none() && Plain::<char>::of().is_none());
+        assert!(Plain::<[u8; 8]>::of().is_none() && Plain::<(u32, u32)>::of().is_none());
+        assert!(Plain::<&'static u64>::of().is_none() && Plain::<Bytes>::of().is_none());
+        let p = Plain::<i32>::of().unwrap();
+        let items = [-1i32, 7, i32::MIN];
+        let bytes = p.bytes_of(&items);
+        assert_eq!(
+            bytes,
+            [(-1i32).to_le_bytes(), 7i32.to_le_bytes(), i32::MIN.to_le_bytes()].concat()
+        );
+        // From a misaligned place in a buffer, into an aligned vector.
+        let shifted = [&[0u8][..], bytes].concat();
+        assert_eq!(p.to_vec(&shifted[1..]).unwrap(), items);
+        assert_eq!(p.read(&shifted[5..9]), 7);
+        assert!(p.to_vec(&shifted[..6]).is_none());
+        assert_eq!(p.to_vec(&[]).unwrap(), Vec::<i32>::new());
+        let f = Plain::<f64>::of().unwrap();
+        assert_eq!(f.to_vec(&1.5f64.to_le_bytes()).unwrap(), [1.5]);
     }
 }

@@ -166,8 +166,11 @@ impl_task_once!(A a, B b, C c, D d, E e);
 impl_task_once!(A a, B b, C c, D d, E e, G g);
 
 /// Runs one chunk of items in the worker: `input` is a chunk as made by
-/// [`encode_chunk`], `out` receives the chunk of their outcomes.
-pub(crate) type Trampoline = fn(input: &[u8], out: &mut Vec<u8>);
+/// [`encode_chunk`], `fds` the descriptors that came with it, `out`
+/// receives the chunk of their outcomes; returns the outcomes' descriptors.
+pub(crate) type Trampoline = fn(input: &[u8], fds: Fds, out: &mut Vec<u8>) -> Fds;
+
+type Fds = Vec<std::os::fd::OwnedFd>;
 
 // --- task entries -----------------------------------------------------------
 //
@@ -217,7 +220,9 @@ where
 /// A trampoline that does nothing; also fixes the code layout measured by
 /// [`fingerprint`].
 #[inline(never)]
-fn anchor(_input: &[u8], _out: &mut Vec<u8>) {}
+fn anchor(_input: &[u8], _fds: Fds, _out: &mut Vec<u8>) -> Fds {
+    Vec::new()
+}
 
 /// The offset of the entry for `F`'s trampoline from [`ANCHOR`].
 ///
@@ -283,7 +288,7 @@ pub(crate) fn trampoline_at(offset: i64) -> Result<Trampoline, Failure> {
     Ok(unsafe { std::mem::transmute::<usize, Trampoline>(run) })
 }
 
-fn run_chunk<F, A, M>(input: &[u8], out: &mut Vec<u8>)
+fn run_chunk<F, A, M>(input: &[u8], fds: Fds, out: &mut Vec<u8>) -> Fds
 where
     F: TaskFn<A, M> + Copy,
     A: DeserializeOwned,
@@ -293,7 +298,18 @@ where
     // zero-sized and it is `Copy`, so it holds no state and no invariant a
     // conjured value could break: this is a copy of the sender's `F`.
     let f: F = unsafe { std::mem::zeroed() };
-    chunk::run(input, out, |args| f.call(args));
+    let numbers = crate::bytes::Plain::<A>::of().is_some()
+        && crate::bytes::Plain::<F::Output>::of().is_some();
+    if numbers && fds.is_empty() {
+        // Numbers in, numbers out: no handle to take or to attach, so no
+        // descriptor lists (the `apply_async(inc, x)` hot path).
+        chunk::run(input, out, |args| f.call(args));
+        return Vec::new();
+    }
+    let ((), out_fds) = crate::fdpass::collect(|| {
+        crate::fdpass::supply(fds, || chunk::run(input, out, |args| f.call(args)))
+    });
+    out_fds
 }
 
 /// Runs the trampoline whose entry is at `offset` over `chunk`, with `fds`
@@ -312,9 +328,7 @@ pub(crate) fn run_chunk_at(
             return Vec::new();
         }
     };
-    let ((), out_fds) =
-        crate::fdpass::collect(|| crate::fdpass::supply(fds, || trampoline(chunk, out)));
-    out_fds
+    trampoline(chunk, fds, out)
 }
 
 // --- failures that travel back from a worker ------------------------------

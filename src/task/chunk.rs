@@ -10,6 +10,15 @@
 //! lengths      n LEB128 varints, item i's `payload bytes << 1 | failed`
 //! ```
 //!
+//! A chunk of primitive numbers (`u64`, `i32`, `f64`, …: see
+//! [`Plain`]) whose items all succeeded is *plain*: `failed` is
+//! [`PLAIN`], the payload is the items' little-endian bytes back to back and
+//! there is no length table. Encoding it is one copy, and so is decoding it
+//! in the parent. The reader checks that the payload is a whole number of
+//! items of the type it expects, exactly `n` of them; a worker whose
+//! results stop being plain (an item panicked) rewrites what it wrote so far
+//! in the general form, which can say which items failed.
+//!
 //! The fast path reads a chunk as one value: when no item failed, the
 //! payload is decoded from front to back by one decoder under one panic
 //! guard, and the length table is not read at all. The table exists for the
@@ -28,10 +37,15 @@ use serde::Serialize;
 use smallvec::SmallVec;
 
 use super::{catch_panic, Failure, FailureKind};
+use crate::bytes::Plain;
 use crate::codec::{self, CodecError, Encoder, SeqDecoder};
 use crate::error::{Error, ErrorKind};
 
 const HEADER: usize = 16;
+
+/// The `failed` word of a plain chunk (a count of failures can never reach
+/// it: a chunk has fewer than `u32::MAX` items).
+const PLAIN: u32 = u32::MAX;
 
 /// Builds a chunk at the end of a buffer.
 pub(crate) struct ChunkWriter<'a> {
@@ -50,6 +64,9 @@ pub(crate) struct ChunkWriter<'a> {
     n: usize,
     failed: usize,
     encoder: Encoder,
+    /// The items so far are plain values written by [`raw`](Self::raw),
+    /// with no table entries.
+    plain: bool,
 }
 
 impl<'a> ChunkWriter<'a> {
@@ -67,6 +84,45 @@ impl<'a> ChunkWriter<'a> {
             n: 0,
             failed: 0,
             encoder: Encoder::new(),
+            plain: false,
+        }
+    }
+
+    /// Starts a plain chunk of `items` items of `size` bytes at the end of
+    /// `out`: [`raw`](Self::raw) appends them, until the first failure
+    /// makes it general ([`unplain`](Self::unplain)).
+    fn new_plain(out: &'a mut Vec<u8>, items: usize, size: usize) -> ChunkWriter<'a> {
+        out.reserve(HEADER + items.saturating_mul(size));
+        let mut w = ChunkWriter::new(out, 0);
+        w.plain = true;
+        w
+    }
+
+    /// Appends one plain item's bytes.
+    #[inline(always)]
+    fn raw(&mut self, bytes: &[u8]) {
+        debug_assert!(self.plain);
+        self.out.extend_from_slice(bytes);
+        self.committed = self.out.len();
+        self.n += 1;
+    }
+
+    /// Makes a plain chunk general: its items so far are rewritten as
+    /// postcard values with table entries, so that failures can follow.
+    /// Nothing to do for a general chunk.
+    fn unplain<T: Serialize>(&mut self, plain: Option<&Plain<T>>) {
+        let Some(p) = plain.filter(|_| self.plain) else { return };
+        self.plain = false;
+        let body = self.start + HEADER;
+        self.out.truncate(self.committed);
+        let raw = self.out.split_off(body);
+        self.committed = body;
+        self.last = (body, 0, false);
+        self.n = 0;
+        self.table = Table::with_capacity(raw.len() / p.size());
+        for item in raw.chunks_exact(p.size()) {
+            // A primitive number: its encoding cannot fail.
+            let _ = self.value(&p.read(item));
         }
     }
 
@@ -121,7 +177,10 @@ impl<'a> ChunkWriter<'a> {
         // A chunk's items are bounded by its bytes, which no frame lets
         // exceed u32::MAX; saturate rather than wrap if one ever did.
         let n = u32::try_from(self.n).unwrap_or(u32::MAX);
-        let failed = u32::try_from(self.failed).unwrap_or(u32::MAX);
+        let failed = match self.plain {
+            true => PLAIN,
+            false => u32::try_from(self.failed).unwrap_or(u32::MAX - 1),
+        };
         let header = &mut self.out[self.start..self.start + HEADER];
         header[..4].copy_from_slice(&n.to_le_bytes());
         header[4..8].copy_from_slice(&failed.to_le_bytes());
@@ -217,6 +276,8 @@ struct Chunk<'a> {
     failed: usize,
     payload: &'a [u8],
     table: &'a [u8],
+    /// Items of one plain type, back to back, no table (`failed` is 0).
+    plain: bool,
 }
 
 impl<'a> Chunk<'a> {
@@ -232,12 +293,28 @@ impl<'a> Chunk<'a> {
             return Err(malformed());
         }
         let (payload, table) = rest.split_at(payload_len);
+        if failed == PLAIN as usize {
+            // No table; every plain item has at least one byte, which bounds
+            // the items a peer can claim by what it sent (the reader checks
+            // the exact size for its type).
+            if !table.is_empty() || n > payload.len() {
+                return Err(malformed());
+            }
+            return Ok(Chunk { n, failed: 0, payload, table, plain: true });
+        }
         // Every item has a table entry of at least one byte: this bounds the
         // items a peer can claim, even zero-sized ones, by what it sent.
         if table.len() < n {
             return Err(malformed());
         }
-        Ok(Chunk { n, failed, payload, table })
+        Ok(Chunk { n, failed, payload, table, plain: false })
+    }
+
+    /// The payload of a plain chunk as `T`s, when it holds exactly `n` of
+    /// them.
+    fn plain_items<T>(&self) -> Option<(Plain<T>, &'a [u8])> {
+        let p = Plain::<T>::of().filter(|_| self.plain)?;
+        (self.n.checked_mul(p.size()) == Some(self.payload.len())).then_some((p, self.payload))
     }
 }
 
@@ -247,23 +324,40 @@ pub(crate) struct ItemReader<'a> {
     left: usize,
     payload: &'a [u8],
     table: &'a [u8],
+    /// A plain chunk's item size: items are cut from the payload, not by
+    /// the table.
+    plain: Option<usize>,
 }
 
 impl<'a> ItemReader<'a> {
     pub(crate) fn new(bytes: &'a [u8]) -> ItemReader<'a> {
         match Chunk::parse(bytes) {
-            Ok(c) => ItemReader { left: c.n, payload: c.payload, table: c.table },
+            Ok(c) => ItemReader::from(&c, 0),
             // One item, which `next` finds malformed.
-            Err(_) => ItemReader { left: 1, payload: &[], table: &[] },
+            Err(_) => ItemReader::broken(),
         }
+    }
+
+    /// One item, which `entry` finds malformed.
+    fn broken() -> ItemReader<'a> {
+        ItemReader { left: 1, payload: &[], table: &[], plain: None }
     }
 
     /// The items of `chunk` from item `skip` on.
     fn from(chunk: &Chunk<'a>, skip: usize) -> ItemReader<'a> {
-        let mut reader = ItemReader { left: chunk.n, payload: chunk.payload, table: chunk.table };
+        let plain = match chunk.plain {
+            // Items of one size, which must divide the payload.
+            true if chunk.n > 0 && chunk.payload.len() % chunk.n == 0 => {
+                Some(chunk.payload.len() / chunk.n)
+            }
+            true => return ItemReader::broken(),
+            false => None,
+        };
+        let mut reader =
+            ItemReader { left: chunk.n, payload: chunk.payload, table: chunk.table, plain };
         for _ in 0..skip {
             if reader.entry().is_none() {
-                return ItemReader { left: 1, payload: &[], table: &[] };
+                return ItemReader::broken();
             }
         }
         reader
@@ -272,6 +366,11 @@ impl<'a> ItemReader<'a> {
     /// The next item's bytes and whether it is a failure.
     fn entry(&mut self) -> Option<(&'a [u8], bool)> {
         self.left = self.left.checked_sub(1)?;
+        if let Some(size) = self.plain {
+            let (body, rest) = self.payload.split_at_checked(size)?;
+            self.payload = rest;
+            return Some((body, false));
+        }
         let v = take_varint(&mut self.table)?;
         let len = usize::try_from(v >> 1).ok().filter(|&len| len <= self.payload.len())?;
         let (body, rest) = self.payload.split_at(len);
@@ -322,6 +421,9 @@ where
     E: FnMut(usize, Item<T>),
 {
     let n = limit.min(chunk.n);
+    if chunk.plain {
+        return walk_plain(chunk, n, each);
+    }
     let mut next = 0;
     // Items back to back: the fast path, while it knows where item `next`
     // starts (and only when no item failed).
@@ -388,10 +490,57 @@ where
     next
 }
 
+/// [`walk`] over a plain chunk: its items cannot fail to decode, so only a
+/// panic in `each` leaves the run of items, and the walk goes on after the
+/// item it happened in. A chunk that is not `n` items of `T` is malformed:
+/// one failure, and the walk stops.
+fn walk_plain<'de, T, E>(chunk: &Chunk<'de>, n: usize, mut each: E) -> usize
+where
+    E: FnMut(usize, Item<T>),
+{
+    let Some((p, payload)) = chunk.plain_items::<T>() else {
+        if n > 0 {
+            each(0, Item::Failed(malformed()));
+        }
+        return n.min(1);
+    };
+    let mut items = payload.chunks_exact(p.size()).take(n);
+    let mut next = 0;
+    while next < n {
+        let run = catch_panic(|| {
+            for item in items.by_ref() {
+                each(next, Item::Value(p.read(item)));
+                next += 1;
+            }
+        });
+        match run {
+            Ok(()) => break,
+            Err(failure) => {
+                each(next, Item::Panicked(failure));
+                next += 1;
+            }
+        }
+    }
+    next
+}
+
 /// Encodes `items` as one chunk, with the descriptors of any handles in them.
 /// An item that cannot be serialized becomes a failed item, so it fails its
 /// own task only; one whose `Serialize` panics fails it as a panic.
 pub(crate) fn encode_chunk<T: Serialize>(items: &[T]) -> (Vec<u8>, Vec<std::os::fd::OwnedFd>) {
+    // Primitive numbers: the header and one copy; no descriptors in them.
+    if let Some(p) = Plain::<T>::of().filter(|_| !items.is_empty() && items.len() < PLAIN as usize)
+    {
+        let bytes = p.bytes_of(items);
+        let mut chunk = Vec::with_capacity(HEADER + bytes.len());
+        let mut w = ChunkWriter::new(&mut chunk, 0);
+        w.plain = true;
+        w.out.extend_from_slice(bytes);
+        w.committed = w.out.len();
+        w.n = items.len();
+        w.finish();
+        return (chunk, Vec::new());
+    }
     // Room for the header, small items and their table entries: no
     // reallocation for a chunk of small values.
     let item = std::mem::size_of::<T>().min(64) + 2;
@@ -446,12 +595,54 @@ where
         Ok(chunk) => chunk,
         Err(failure) => return encode_failures(&failure, 1, out),
     };
-    let mut w = ChunkWriter::new(out, chunk.n);
+    // Primitive results are written as a plain chunk while every item
+    // succeeds (a chunk of one too: its header is all the table it needs).
+    let plain = Plain::<R>::of().filter(|_| chunk.n > 0 && chunk.n < PLAIN as usize);
+    let mut w = match &plain {
+        Some(p) => ChunkWriter::new_plain(out, chunk.n, p.size()),
+        None => ChunkWriter::new(out, chunk.n),
+    };
+    let plain = plain.as_ref();
+    if let (Some(pr), Some((pa, payload))) = (plain, chunk.plain_items::<A>()) {
+        // Numbers to numbers (`map(inc, 0..n)`): one loop, no item enum,
+        // no callback; a panic fails its item and the loop goes on.
+        let mut items = payload.chunks_exact(pa.size());
+        let mut next = 0;
+        while next < chunk.n {
+            let run = catch_panic(|| {
+                for item in items.by_ref() {
+                    let result = call(pa.read(item));
+                    if w.plain {
+                        w.raw(pr.bytes_of(std::slice::from_ref(&result)));
+                    } else {
+                        // A primitive number: its encoding cannot fail.
+                        let _ = w.value(&result);
+                    }
+                    next += 1;
+                }
+            });
+            match run {
+                Ok(()) => break,
+                Err(failure) => {
+                    w.unplain(plain);
+                    w.fail_last(next, &failure);
+                    next += 1;
+                }
+            }
+        }
+        return w.finish();
+    }
     walk::<A, _>(&chunk, chunk.n, |index, item| match item {
         Item::Value(args) => {
             // The result is dropped inside the guard too: a panic in its
             // `Drop` fails this item (`fail_last` replaces its outcome).
             let result = call(args);
+            if let Some(p) = plain.filter(|_| w.plain) {
+                // A primitive number: nothing can fail, nothing to drop.
+                w.raw(p.bytes_of(std::slice::from_ref(&result)));
+                return;
+            }
+            w.unplain(plain);
             if let Err(e) = w.value(&result) {
                 w.failure(&Failure::new(
                     FailureKind::Serialize,
@@ -462,15 +653,24 @@ where
                 ));
             }
         }
-        Item::Undecodable(e) => w.failure(&Failure::new(
-            FailureKind::Deserialize,
-            format!(
-                "the worker could not deserialize the task's argument (type `{}`): {e}",
-                type_name::<A>()
-            ),
-        )),
-        Item::Failed(failure) => w.failure(&failure),
-        Item::Panicked(failure) => w.fail_last(index, &failure),
+        Item::Undecodable(e) => {
+            w.unplain(plain);
+            w.failure(&Failure::new(
+                FailureKind::Deserialize,
+                format!(
+                    "the worker could not deserialize the task's argument (type `{}`): {e}",
+                    type_name::<A>()
+                ),
+            ))
+        }
+        Item::Failed(failure) => {
+            w.unplain(plain);
+            w.failure(&failure)
+        }
+        Item::Panicked(failure) => {
+            w.unplain(plain);
+            w.fail_last(index, &failure)
+        }
     });
     w.finish();
 }
@@ -482,6 +682,10 @@ pub(crate) fn decode_outcomes<R: DeserializeOwned>(
     n: usize,
     pid: Option<u32>,
 ) -> Outcomes<R> {
+    if fds.is_empty() && Plain::<R>::of().is_some() {
+        // Numbers hold no handles: no descriptor list to install.
+        return decode_items(bytes, n, pid);
+    }
     crate::fdpass::supply(fds, || decode_items(bytes, n, pid))
 }
 
@@ -493,8 +697,12 @@ pub(crate) fn decode_one<R: DeserializeOwned>(
     fds: Vec<std::os::fd::OwnedFd>,
     pid: Option<u32>,
 ) -> crate::Result<R> {
-    crate::fdpass::supply(fds, || {
+    let decode = || {
         let chunk = Chunk::parse(bytes).map_err(|failure| failure.into_error(pid))?;
+        if let Some((p, payload)) = chunk.plain_items::<R>().filter(|_| chunk.n == 1) {
+            // One number: nothing in reading it can fail or panic.
+            return Ok(p.read(payload));
+        }
         let mut one = None;
         walk::<R, _>(&chunk, 1, |_, item| one = Some(outcome(item, pid)));
         one.unwrap_or_else(|| {
@@ -503,7 +711,12 @@ pub(crate) fn decode_one<R: DeserializeOwned>(
                 format!("a worker returned {} results for a chunk of 1 items", chunk.n),
             ))
         })
-    })
+    };
+    if fds.is_empty() && Plain::<R>::of().is_some() {
+        // Numbers hold no handles: no descriptor list to install.
+        return decode();
+    }
+    crate::fdpass::supply(fds, decode)
 }
 
 /// The outcome of one decoded result.
@@ -535,6 +748,13 @@ fn decode_items<R: DeserializeOwned>(bytes: &[u8], n: usize, pid: Option<u32>) -
                 outcomes.push(Err(failure.into_error(pid)));
             }
             1
+        }
+        Ok(chunk) if chunk.n == n && chunk.plain_items::<R>().is_some() => {
+            // Primitive results, all succeeded: one copy.
+            if let Some((p, payload)) = chunk.plain_items::<R>() {
+                outcomes.values = p.to_vec(payload).unwrap_or_default();
+            }
+            n
         }
         Ok(chunk) => {
             // A result whose `Deserialize` fails or panics, or that nests
@@ -733,11 +953,17 @@ mod tests {
         x
     }
 
+    /// Results that the parent decodes as `Picky` (the worker writes them
+    /// as the `u32` inside: the same bytes, in the general form).
+    fn picky(x: u32) -> Picky {
+        Picky(x)
+    }
+
     #[test]
     fn a_result_that_fails_or_panics_in_deserialize_fails_only_its_item() {
         // Results decoded as `Picky` in the parent.
         let items: Vec<u32> = vec![0, 2, 3, 4, 10, 12, 14, 15, 16];
-        let out = round_trip::<u32, Picky>(offset_of(same), &items);
+        let out = round_trip::<u32, Picky>(offset_of(picky), &items);
         assert_eq!(out.len(), items.len());
         for (o, &v) in out.iter().zip(&items) {
             match o {
@@ -841,6 +1067,102 @@ mod tests {
         assert!(out.iter().all(|o| o.is_err()), "{out:?}");
     }
 
+    fn double(x: i64) -> i64 {
+        x.wrapping_mul(2)
+    }
+
+    fn halve(x: u32) -> f64 {
+        f64::from(x) / 2.0
+    }
+
+    #[test]
+    fn chunks_of_numbers_travel_as_their_bytes_both_ways() {
+        let items: Vec<i64> = (-500..500).map(|i| i * 1_000_003).collect();
+        let (input, fds) = encode_chunk(&items);
+        assert!(fds.is_empty());
+        // The header, then the items' memory: no table, no varints.
+        assert_eq!(input.len(), HEADER + 8 * items.len());
+        assert_eq!(&input[4..8], &PLAIN.to_le_bytes());
+        assert_eq!(&input[HEADER..HEADER + 8], &items[0].to_le_bytes());
+        let mut out = Vec::new();
+        run_chunk_at(offset_of(double), &input, fds, &mut out);
+        assert_eq!(out.len(), HEADER + 8 * items.len(), "the results are plain too");
+        let back = decode_outcomes::<i64>(&out, Vec::new(), items.len(), None);
+        assert_eq!(back.into_values().unwrap(), items.iter().map(|&x| x * 2).collect::<Vec<_>>());
+        // Of another width and kind, and a chunk of one.
+        let out = round_trip::<u32, f64>(offset_of(halve), &[0, 3, u32::MAX]);
+        let out: Vec<f64> = out.into_iter().map(|o| o.unwrap()).collect();
+        assert_eq!(out, [0.0, 1.5, f64::from(u32::MAX) / 2.0]);
+        let (one, _) = encode_chunk(&[7i64]);
+        assert_eq!(one.len(), HEADER + 8);
+        let mut out = Vec::new();
+        run_chunk_at(offset_of(double), &one, Vec::new(), &mut out);
+        assert_eq!(decode_one::<i64>(&out, Vec::new(), None).unwrap(), 14);
+        // A process's arguments are read item by item the same way.
+        assert!(ItemReader::new(&input).all(|i| i.is_ok_and(|b| b.len() == 8)));
+        assert_eq!(ItemReader::new(&input).count(), items.len());
+    }
+
+    #[test]
+    fn a_panic_in_a_plain_chunk_rewrites_it_and_fails_only_its_item() {
+        // `usize` items and results: plain until item 3 panics.
+        let items: Vec<usize> = (0..10).collect();
+        let (input, _) = encode_chunk(&items);
+        let mut out = Vec::new();
+        run_chunk_at(offset_of(panics_at_3), &input, Vec::new(), &mut out);
+        assert_ne!(&out[4..8], &PLAIN.to_le_bytes(), "two items failed: not plain");
+        let out: Vec<_> =
+            decode_outcomes::<usize>(&out, Vec::new(), 10, None).into_iter().collect();
+        for (i, o) in out.iter().enumerate() {
+            match i {
+                3 | 7 => assert!(o.as_ref().unwrap_err().panic_message().is_some()),
+                _ => assert_eq!(*o.as_ref().unwrap(), i * 10),
+            }
+        }
+    }
+
+    #[test]
+    fn plain_chunks_that_lie_fail_their_items_without_reading_past_the_bytes() {
+        let (chunk, _) = encode_chunk(&[1u64, 2, 3]);
+        // Cut anywhere: every item still gets an outcome, none is read past.
+        for cut in 0..chunk.len() {
+            let out: Vec<_> =
+                decode_outcomes::<u64>(&chunk[..cut], Vec::new(), 3, None).into_iter().collect();
+            assert_eq!(out.len(), 3, "cut at {cut}");
+            assert!(out.iter().all(|o| o.is_err()), "cut at {cut}: {out:?}");
+            let _ = ItemReader::new(&chunk[..cut]).count();
+        }
+        let outcomes = |bytes: &[u8], n| -> Vec<crate::Result<u64>> {
+            decode_outcomes::<u64>(bytes, Vec::new(), n, None).into_iter().collect()
+        };
+        // A count that does not match the bytes, either way.
+        for claimed in [2u32, 4, 24, u32::MAX - 1] {
+            let mut forged = chunk.clone();
+            forged[..4].copy_from_slice(&claimed.to_le_bytes());
+            let out = outcomes(&forged, 3);
+            assert!(out.iter().all(|o| o.is_err()), "{claimed}: {out:?}");
+            // Without the type the reader only cuts the bytes evenly.
+            assert!(ItemReader::new(&forged).count() <= claimed as usize);
+        }
+        // Bytes after a plain payload (no table belongs there).
+        let trailing = [&chunk[..], &[0]].concat();
+        assert!(outcomes(&trailing, 3).iter().all(|o| o.is_err()));
+        // The same bytes read as another type: a width that does not divide
+        // them, or a type that is not plain.
+        let as_u16: Vec<_> =
+            decode_outcomes::<u16>(&chunk, Vec::new(), 3, None).into_iter().collect();
+        assert!(as_u16.iter().all(|o| o.is_err()));
+        let as_string: Vec<_> =
+            decode_outcomes::<String>(&chunk, Vec::new(), 3, None).into_iter().collect();
+        assert!(as_string.iter().all(|o| o.is_err()));
+        assert!(decode_one::<String>(&chunk, Vec::new(), None).is_err());
+        // A worker given a plain chunk its function cannot read fails it.
+        let mut out = Vec::new();
+        run_chunk_at(offset_of(echo), &chunk, Vec::new(), &mut out);
+        let out: Vec<_> = decode_outcomes::<u32>(&out, Vec::new(), 3, None).into_iter().collect();
+        assert!(out.iter().all(|o| o.is_err()), "{out:?}");
+    }
+
     /// `decode_one` is `decode_outcomes` with `n == 1`, outcome for outcome.
     fn one_agrees<R: DeserializeOwned + std::fmt::Debug>(bytes: &[u8]) {
         let one = decode_one::<R>(bytes, Vec::new(), Some(7));
@@ -875,8 +1197,10 @@ mod tests {
         for v in [0u32, 3, 4, 10] {
             let out = round_trip::<u32, u32>(offset_of(same), &[v]);
             assert_eq!(out[0].as_ref().unwrap(), &v);
-            let (chunk, _) = encode_chunk(&[v]);
+            let (chunk, _) = encode_chunk(&[Picky(v)]);
             one_agrees::<Picky>(&chunk);
+            let (plain, _) = encode_chunk(&[v]);
+            one_agrees::<Picky>(&plain);
         }
         let (none, _) = encode_chunk::<u64>(&[]);
         let err = decode_one::<u64>(&none, Vec::new(), None).unwrap_err();
