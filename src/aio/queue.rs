@@ -7,7 +7,7 @@ use std::task::Poll;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{Ready, Wait};
+use super::Wait;
 use crate::error::{ErrorKind, Result};
 use crate::queue::{PutError, Queue};
 
@@ -49,9 +49,10 @@ impl<T: DeserializeOwned> Queue<T> {
                 Err(e) if matches!(e.kind(), ErrorKind::Empty | ErrorKind::Timeout) => {}
                 done => return Poll::Ready(done),
             }
-            // Readiness is level-triggered: an item that came after the try
-            // above makes the reactor wake us at once.
-            match wait.fd(cx, self.ready_fd(), Ready::Read) {
+            // Small items travel in shared memory, which no descriptor
+            // reports: the ring is looked at again after each nap (see the
+            // `aio` module).
+            match wait.retry(cx) {
                 Ok(()) => Poll::Pending,
                 Err(e) => Poll::Ready(Err(e)),
             }

@@ -556,6 +556,25 @@ pub(crate) fn recv_append_with_fds(
     Ok(n)
 }
 
+/// Reads the start of the next message on `fd` into `buf` without taking it
+/// off the socket and without receiving its descriptors (they stay with the
+/// message), and returns the message's whole length. Never blocks.
+pub(crate) fn peek_message(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_TRUNC;
+    loop {
+        // SAFETY: `buf` is live and writable for the length given; with no
+        // control buffer no descriptor is installed.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
 // --- shared memory ------------------------------------------------------------
 
 /// The size of the file behind `fd`.
