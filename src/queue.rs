@@ -159,15 +159,26 @@ struct Shared {
     tx: OwnedFd,
     mem: Cell<QueueMem>,
     ring: Ring,
+    /// Written after a put while async getters wait (see `aio`): no
+    /// descriptor reports the ring itself.
+    wake: Arc<sys::EventFd>,
     outbox: Arc<Outbox>,
     closed: AtomicBool,
 }
 
 impl Shared {
-    fn new(tx: OwnedFd, mem: Cell<QueueMem>, ring: Ring) -> Arc<Shared> {
+    fn new(tx: OwnedFd, mem: Cell<QueueMem>, ring: Ring, wake: sys::EventFd) -> Arc<Shared> {
         let outbox = Arc::new(Outbox::default());
         register_outbox(&outbox);
-        Arc::new(Shared { tx, mem, ring, outbox, closed: AtomicBool::new(false) })
+        let wake = Arc::new(wake);
+        Arc::new(Shared { tx, mem, ring, wake, outbox, closed: AtomicBool::new(false) })
+    }
+
+    /// After a commit: wakes the async getters, if any waits.
+    fn committed(&self) {
+        if self.ring.async_waiters().load(Ordering::SeqCst) != 0 {
+            self.wake.notify();
+        }
     }
 }
 
@@ -242,7 +253,9 @@ impl<T> Queue<T> {
         mem.get().maxsize.store(maxsize, Ordering::SeqCst);
         mem.get().free.store(maxsize, Ordering::SeqCst);
         let ring = Ring::new()?;
-        Ok(Queue { shared: Shared::new(tx, mem, ring), rx: Arc::new(rx), _t: PhantomData })
+        let wake = sys::EventFd::new()
+            .map_err(|e| Error::io("could not create a queue's wake-up descriptor", e))?;
+        Ok(Queue { shared: Shared::new(tx, mem, ring, wake), rx: Arc::new(rx), _t: PhantomData })
     }
 
     fn mem(&self) -> &QueueMem {
@@ -331,6 +344,7 @@ impl<T> Queue<T> {
             && !items.1
             && self.shared.ring.try_push(&msg.bytes, &msg.fds, self.shared.tx.as_fd())?
         {
+            self.shared.committed();
             return Ok(());
         }
         items.0.push_back(msg);
@@ -346,6 +360,32 @@ impl<T> Queue<T> {
                 .map_err(|e| Error::io("could not start a queue feeder thread", e))?;
         }
         Ok(())
+    }
+
+    /// The descriptor readable after a put while async getters wait.
+    pub(crate) fn wake_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.shared.wake.fd()
+    }
+
+    /// Clears the wake-up descriptor before a look at the ring.
+    pub(crate) fn drain_wake(&self) {
+        self.shared.wake.drain();
+    }
+
+    /// Counts an async getter as waiting until the guard drops.
+    pub(crate) fn async_waiting(&self) -> AsyncWaiting<'_> {
+        self.shared.ring.async_waiters().fetch_add(1, Ordering::SeqCst);
+        AsyncWaiting { queue: self.shared.as_ref() }
+    }
+
+    /// After an async get took an item: items left and other async
+    /// getters waiting, one of which may have missed the wake-up this one
+    /// cleared: wake them again.
+    pub(crate) fn pass_wake_on(&self) {
+        let r = &self.shared.ring;
+        if r.async_waiters().load(Ordering::SeqCst) > 1 && !r.looks_empty() {
+            self.shared.wake.notify();
+        }
     }
 
     /// Takes one message off the ring, or none (`Ok(None)`) when there is
@@ -405,6 +445,21 @@ impl<T> Queue<T> {
     }
 }
 
+/// An async getter counted as waiting (see [`Queue::async_waiting`]).
+pub(crate) struct AsyncWaiting<'a> {
+    queue: &'a Shared,
+}
+
+impl Drop for AsyncWaiting<'_> {
+    fn drop(&mut self) {
+        let _ =
+            self.queue
+                .ring
+                .async_waiters()
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
+    }
+}
+
 /// Puts a process's outbox in the ring in order, waiting for room as the
 /// consumers make it.
 fn feed(s: Arc<Shared>) {
@@ -421,7 +476,10 @@ fn feed(s: Arc<Shared>) {
         drop(items);
         let sent = loop {
             match s.ring.push_or_wait(&msg.bytes, &msg.fds, s.tx.as_fd(), NAP) {
-                Ok(true) => break Ok(()),
+                Ok(true) => {
+                    s.committed();
+                    break Ok(());
+                }
                 Ok(false) => {}
                 Err(e) => break Err((e, false)),
             }
@@ -814,6 +872,7 @@ struct Wire {
     rx: crate::Fd<OwnedFd>,
     mem: Cell<QueueMem>,
     ring: Ring,
+    wake: crate::Fd<OwnedFd>,
 }
 
 impl<T> Serialize for Queue<T> {
@@ -825,6 +884,9 @@ impl<T> Serialize for Queue<T> {
             rx: dup(&self.rx)?,
             mem: self.shared.mem.clone(),
             ring: self.shared.ring.clone(),
+            wake: crate::Fd::new(
+                self.shared.wake.fd().try_clone_to_owned().map_err(S::Error::custom)?,
+            ),
         }
         .serialize(s)
     }
@@ -832,9 +894,11 @@ impl<T> Serialize for Queue<T> {
 
 impl<'de, T> Deserialize<'de> for Queue<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
         let w = Wire::deserialize(d)?;
+        let wake = sys::EventFd::adopt(w.wake.into_inner()).map_err(D::Error::custom)?;
         Ok(Queue {
-            shared: Shared::new(w.tx.into_inner(), w.mem, w.ring),
+            shared: Shared::new(w.tx.into_inner(), w.mem, w.ring, wake),
             rx: Arc::new(w.rx.into_inner()),
             _t: PhantomData,
         })

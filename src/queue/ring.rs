@@ -62,6 +62,8 @@ struct Header {
     take_seq: AtomicU32,
     /// Feeders asleep on `take_seq`.
     space_waiters: AtomicU32,
+    /// Async getters waiting on the queue's wake-up descriptor.
+    async_waiters: AtomicU32,
 }
 
 const _: () = assert!(size_of::<Header>() <= DATA);
@@ -206,6 +208,11 @@ impl Ring {
                 dst.len() - first,
             );
         }
+    }
+
+    /// The count of async getters waiting for the wake-up descriptor.
+    pub(super) fn async_waiters(&self) -> &AtomicU32 {
+        &self.header().async_waiters
     }
 
     /// True when no record is there (a glance, without the mutex).

@@ -350,6 +350,15 @@ impl EventFd {
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.0.as_fd()
     }
+
+    /// One that arrived from another process: refused unless it is
+    /// non-blocking, so that `notify` can never block on what a peer sent.
+    pub(crate) fn adopt(fd: OwnedFd) -> io::Result<EventFd> {
+        if !rustix::fs::fcntl_getfl(&fd)?.contains(rustix::fs::OFlags::NONBLOCK) {
+            return Err(io::Error::other("a wake-up descriptor that may block was refused"));
+        }
+        Ok(EventFd(fd))
+    }
 }
 
 /// Takes the channel a parent handed over as standard input, and puts
