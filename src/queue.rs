@@ -1,20 +1,31 @@
 //! `Queue` and `JoinableQueue`: many producers and consumers in any processes.
 //!
-//! Items travel as messages on a socket pair of kind SOCK_SEQPACKET: each put
-//! is one message that exactly one getter receives whole, so a consumer killed
-//! while blocked in `get` takes nothing with it, and each producer's items
-//! arrive in the order it put them. Items too large for one message travel in
-//! an anonymous shared-memory file whose descriptor is the message. Counters
-//! (`qsize`, free places of a bounded queue, unfinished tasks) live in shared
-//! memory and are waited on with futexes.
+//! Items travel in a ring of records in shared memory (see `ring`), guarded
+//! by a robust process-shared mutex: a put copies the item's bytes in and
+//! then commits them, a get copies them out and then takes them, so a
+//! producer or consumer killed at any point loses at most its own in-flight
+//! item, no item arrives twice, and each producer's items arrive in the
+//! order it put them. A put or get that finds the mutex free and nobody
+//! asleep makes no system call. Getters that find the ring empty look again
+//! for a few microseconds, then sleep on a futex that a put wakes only when
+//! the header says someone sleeps.
 //!
-//! A put never waits for a consumer on an unbounded queue: when the socket's
-//! buffer is full, items wait in this process's outbox and a feeder thread
-//! sends them on, in order; a process flushes its outboxes when it exits.
+//! What cannot live in shared memory, an item's descriptors (handles inside
+//! it, or the anonymous shared-memory file an item too large for a record
+//! travels in), goes as a message on a socket pair of kind SOCK_SEQPACKET,
+//! sent under the ring's mutex and named by the item's record. Counters
+//! (`qsize`, free places of a bounded queue, unfinished tasks) live in
+//! shared memory and are waited on with futexes.
 //!
-//! The feeder holds only the sending end: the receiving end lives in the
-//! handles. Once every handle in every process is gone, no one can ever take
-//! the items, the kernel fails the feeder's send (EPIPE) and it drops the
+//! A put never waits for a consumer on an unbounded queue: when the ring is
+//! full, items wait in this process's outbox and a feeder thread moves them
+//! into the ring, in order, as room frees up; while the outbox holds items,
+//! every later put of this process goes behind them. A process flushes its
+//! outboxes when it exits.
+//!
+//! The feeder holds only the sending end of the socket: the receiving end
+//! lives in the handles. Once every handle in every process is gone, no one
+//! can ever take the items: the feeder sees the socket hang up, drops the
 //! rest and ends, so a dropped queue costs no thread, no descriptor and no
 //! wait at exit. While some process still holds a handle, the items wait for
 //! it (at exit, as long as it keeps taking them).
@@ -35,12 +46,17 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::shm::Cell;
 use crate::{fdpass, sys};
 
+mod ring;
+use ring::Ring;
+
 /// Items larger than this travel in a shared-memory file.
 const INLINE_MAX: usize = 32 * 1024;
 /// The largest item a queue carries. A receiver copies an item's file
 /// whole, so without a bound a peer could hand it a huge sparse file and make
 /// it allocate without limit; the same bound as a pool result.
 const ITEM_MAX: usize = 2 << 30;
+// An inline item fits one ring record.
+const _: () = assert!(INLINE_MAX <= ring::RECORD_MAX);
 const TAG_INLINE: u8 = 0;
 const TAG_FILE: u8 = 1;
 
@@ -142,15 +158,27 @@ struct Outbox {
 struct Shared {
     tx: OwnedFd,
     mem: Cell<QueueMem>,
+    ring: Ring,
+    /// Written after a put while async getters wait (see `aio`): no
+    /// descriptor reports the ring itself.
+    wake: Arc<sys::EventFd>,
     outbox: Arc<Outbox>,
     closed: AtomicBool,
 }
 
 impl Shared {
-    fn new(tx: OwnedFd, mem: Cell<QueueMem>) -> Arc<Shared> {
+    fn new(tx: OwnedFd, mem: Cell<QueueMem>, ring: Ring, wake: sys::EventFd) -> Arc<Shared> {
         let outbox = Arc::new(Outbox::default());
         register_outbox(&outbox);
-        Arc::new(Shared { tx, mem, outbox, closed: AtomicBool::new(false) })
+        let wake = Arc::new(wake);
+        Arc::new(Shared { tx, mem, ring, wake, outbox, closed: AtomicBool::new(false) })
+    }
+
+    /// After a commit: wakes the async getters, if any waits.
+    fn committed(&self) {
+        if self.ring.async_waiters().load(Ordering::SeqCst) != 0 {
+            self.wake.notify();
+        }
     }
 }
 
@@ -224,17 +252,14 @@ impl<T> Queue<T> {
         let mem = Cell::<QueueMem>::zeroed()?;
         mem.get().maxsize.store(maxsize, Ordering::SeqCst);
         mem.get().free.store(maxsize, Ordering::SeqCst);
-        Ok(Queue { shared: Shared::new(tx, mem), rx: Arc::new(rx), _t: PhantomData })
+        let ring = Ring::new()?;
+        let wake = sys::EventFd::new()
+            .map_err(|e| Error::io("could not create a queue's wake-up descriptor", e))?;
+        Ok(Queue { shared: Shared::new(tx, mem, ring, wake), rx: Arc::new(rx), _t: PhantomData })
     }
 
     fn mem(&self) -> &QueueMem {
         self.shared.mem.get()
-    }
-
-    /// The descriptor that is readable while an item may be waiting: what
-    /// an async get polls before it tries again (see `aio`).
-    pub(crate) fn ready_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.rx.as_fd()
     }
 
     /// The number of items in the queue (approximate while others use it).
@@ -309,25 +334,25 @@ impl<T> Queue<T> {
         }
     }
 
-    /// Sends one message now, or leaves it to the feeder thread.
+    /// Puts one message in the ring now, or leaves it to the feeder thread.
     fn send(&self, msg: Message) -> Result<()> {
         let outbox = &self.shared.outbox;
         let mut items = outbox.items.lock();
-        // Only when no feeder is at work: it may be blocked sending an item
-        // it already took off the outbox, which must not be overtaken.
-        if items.0.is_empty() && !items.1 {
-            match sys::send_with_fds(self.shared.tx.as_fd(), &msg.bytes, &msg.fds, false) {
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(Error::io("could not put on the queue", e)),
-            }
+        // Only when no feeder is at work: it may be waiting for room for an
+        // item it already took off the outbox, which must not be overtaken.
+        if items.0.is_empty()
+            && !items.1
+            && self.shared.ring.try_push(&msg.bytes, &msg.fds, self.shared.tx.as_fd())?
+        {
+            self.shared.committed();
+            return Ok(());
         }
         items.0.push_back(msg);
         if !items.1 {
             items.1 = true;
             // The feeder keeps the sending end alive until the outbox is sent,
             // even if every handle in this process is dropped meanwhile; once
-            // no process holds the receiving end, its send fails and it ends.
+            // no process holds the receiving end, it drops the rest and ends.
             let shared = self.shared.clone();
             std::thread::Builder::new()
                 .name("multiproc-queue-feeder".into())
@@ -337,36 +362,110 @@ impl<T> Queue<T> {
         Ok(())
     }
 
+    /// The descriptor readable after a put while async getters wait.
+    pub(crate) fn wake_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.shared.wake.fd()
+    }
+
+    /// Clears the wake-up descriptor before a look at the ring.
+    pub(crate) fn drain_wake(&self) {
+        self.shared.wake.drain();
+    }
+
+    /// Counts an async getter as waiting until the guard drops.
+    pub(crate) fn async_waiting(&self) -> AsyncWaiting<'_> {
+        self.shared.ring.async_waiters().fetch_add(1, Ordering::SeqCst);
+        AsyncWaiting { queue: self.shared.as_ref() }
+    }
+
+    /// After an async get took an item: items left and other async
+    /// getters waiting, one of which may have missed the wake-up this one
+    /// cleared: wake them again.
+    pub(crate) fn pass_wake_on(&self) {
+        let r = &self.shared.ring;
+        if r.async_waiters().load(Ordering::SeqCst) > 1 && !r.looks_empty() {
+            self.shared.wake.notify();
+        }
+    }
+
+    /// Takes one message off the ring, or none (`Ok(None)`) when there is
+    /// none now; `lock` bounds the wait for the ring's mutex.
+    fn try_receive(&self, lock: Option<Duration>) -> Result<Option<Message>> {
+        let Some(t) = self.shared.ring.try_pop(self.rx.as_fd(), lock)? else { return Ok(None) };
+        for _ in 0..t.dropped {
+            // A consumer that died had taken these: they left the queue.
+            let m = self.mem();
+            let _ = m.count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
+            self.give_place();
+        }
+        Ok(Some(Message { bytes: t.bytes, fds: t.fds }))
+    }
+
     fn receive(&self, timeout: Option<Duration>) -> Result<Message> {
+        /// Glances at an empty ring before sleeping: a producer in another
+        /// process often commits within microseconds, and a futex sleep and
+        /// wake-up cost more than that on both sides.
+        const SPINS: u32 = 200;
+        const YIELDS: u32 = 20;
+        /// A sleeping getter looks again at least this often: a wake-up
+        /// taken by a getter that was then killed is not waited for forever.
+        const SLEEP_MAX: Duration = Duration::from_millis(100);
+        const LOCK_WAIT_MIN: Duration = Duration::from_millis(10);
         let deadline = timeout.and_then(crate::deadline_after);
-        let fd = self.rx.as_fd();
-        let mut buf = Vec::new();
+        let ring = &self.shared.ring;
+        let mut idle = 0u32;
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let [r] = sys::poll([sys::Interest { fd, read: true, write: false }], left)
-                .map_err(|e| Error::io("could not wait on the queue", e))?;
-            if r.read {
-                let mut fds = VecDeque::new();
-                buf.clear();
-                match sys::recv_append_with_fds(fd, &mut buf, INLINE_MAX + 64, false, &mut fds) {
-                    Ok(n) if n > 0 => return Ok(Message { bytes: buf, fds: fds.into() }),
-                    // Another consumer took it first.
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Ok(_) => {}
-                    Err(e) => return Err(Error::io("could not get from the queue", e)),
-                }
+            // The mutex is held for microseconds at most by a live holder
+            // (and a dead one's is handed over at once): even a get that
+            // may not wait waits that long for it, so a busy mutex is not
+            // taken for an empty queue.
+            let lock = left.unwrap_or(SLEEP_MAX).max(LOCK_WAIT_MIN);
+            if let Some(msg) = self.try_receive(Some(lock))? {
+                return Ok(msg);
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if left == Some(Duration::ZERO) {
                 return Err(Error::timeout(
                     "the queue stayed empty: no item came within the timeout",
                 ));
+            }
+            if !ring.looks_empty() {
+                // The mutex was busy: try again.
+                continue;
+            }
+            idle += 1;
+            if idle <= SPINS {
+                std::hint::spin_loop();
+            } else if idle <= SPINS + YIELDS {
+                std::thread::yield_now();
+            } else {
+                ring.wait_put(left.map_or(SLEEP_MAX, |l| l.min(SLEEP_MAX)));
             }
         }
     }
 }
 
-/// Sends a process's outbox in order, blocking as the consumers allow.
+/// An async getter counted as waiting (see [`Queue::async_waiting`]).
+pub(crate) struct AsyncWaiting<'a> {
+    queue: &'a Shared,
+}
+
+impl Drop for AsyncWaiting<'_> {
+    fn drop(&mut self) {
+        let _ =
+            self.queue
+                .ring
+                .async_waiters()
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
+    }
+}
+
+/// Puts a process's outbox in the ring in order, waiting for room as the
+/// consumers make it.
 fn feed(s: Arc<Shared>) {
+    /// The longest wait for room before the feeder looks whether any
+    /// process still holds the receiving end.
+    const NAP: Duration = Duration::from_millis(5);
     loop {
         let mut items = s.outbox.items.lock();
         let Some(msg) = items.0.pop_front() else {
@@ -375,11 +474,31 @@ fn feed(s: Arc<Shared>) {
             return;
         };
         drop(items);
-        if let Err(e) = sys::send_with_fds(s.tx.as_fd(), &msg.bytes, &msg.fds, true) {
-            let gone = matches!(
-                e.kind(),
-                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-            );
+        let sent = loop {
+            match s.ring.push_or_wait(&msg.bytes, &msg.fds, s.tx.as_fd(), NAP) {
+                Ok(true) => {
+                    s.committed();
+                    break Ok(());
+                }
+                Ok(false) => {}
+                Err(e) => break Err((e, false)),
+            }
+            let gone = sys::poll(
+                [sys::Interest { fd: s.tx.as_fd(), read: false, write: false }],
+                Some(Duration::ZERO),
+            )
+            .is_ok_and(|[r]| r.hangup);
+            if gone {
+                break Err((
+                    Error::new(
+                        ErrorKind::Closed,
+                        "no process holds the queue's receiving end any more",
+                    ),
+                    true,
+                ));
+            }
+        };
+        if let Err((e, gone)) = sent {
             // This item cannot be delivered: take back what its put counted.
             let dropped = if gone {
                 let mut items = s.outbox.items.lock();
@@ -752,22 +871,34 @@ struct Wire {
     tx: crate::Fd<OwnedFd>,
     rx: crate::Fd<OwnedFd>,
     mem: Cell<QueueMem>,
+    ring: Ring,
+    wake: crate::Fd<OwnedFd>,
 }
 
 impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::Error as _;
         let dup = |fd: &OwnedFd| fd.try_clone().map(crate::Fd::new).map_err(S::Error::custom);
-        Wire { tx: dup(&self.shared.tx)?, rx: dup(&self.rx)?, mem: self.shared.mem.clone() }
-            .serialize(s)
+        Wire {
+            tx: dup(&self.shared.tx)?,
+            rx: dup(&self.rx)?,
+            mem: self.shared.mem.clone(),
+            ring: self.shared.ring.clone(),
+            wake: crate::Fd::new(
+                self.shared.wake.fd().try_clone_to_owned().map_err(S::Error::custom)?,
+            ),
+        }
+        .serialize(s)
     }
 }
 
 impl<'de, T> Deserialize<'de> for Queue<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
         let w = Wire::deserialize(d)?;
+        let wake = sys::EventFd::adopt(w.wake.into_inner()).map_err(D::Error::custom)?;
         Ok(Queue {
-            shared: Shared::new(w.tx.into_inner(), w.mem),
+            shared: Shared::new(w.tx.into_inner(), w.mem, w.ring, wake),
             rx: Arc::new(w.rx.into_inner()),
             _t: PhantomData,
         })

@@ -57,6 +57,8 @@ mod pool_failures;
 mod process;
 #[path = "it/progress.rs"]
 mod progress;
+#[path = "it/queue_ring.rs"]
+mod queue_ring;
 #[path = "it/seccomp.rs"]
 mod seccomp;
 #[path = "it/sentinel.rs"]

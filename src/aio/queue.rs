@@ -44,17 +44,31 @@ impl<T: DeserializeOwned> Queue<T> {
     /// ```
     pub async fn get_async(&self) -> Result<T> {
         let mut wait = Wait::new();
-        poll_fn(|cx| {
+        let mut waiting = None;
+        poll_fn(|cx| loop {
+            if waiting.is_some() {
+                self.drain_wake();
+            }
             match self.get_nowait() {
                 Err(e) if matches!(e.kind(), ErrorKind::Empty | ErrorKind::Timeout) => {}
-                done => return Poll::Ready(done),
+                done => {
+                    if done.is_ok() {
+                        self.pass_wake_on();
+                    }
+                    return Poll::Ready(done);
+                }
             }
-            // Readiness is level-triggered: an item that came after the try
-            // above makes the reactor wake us at once.
-            match wait.fd(cx, self.ready_fd(), Ready::Read) {
+            // Counted as waiting first, then one more look: a put that
+            // committed before it counted us is seen by that look, one
+            // after it writes the wake-up descriptor.
+            if waiting.is_none() {
+                waiting = Some(self.async_waiting());
+                continue;
+            }
+            return match wait.fd(cx, self.wake_fd(), Ready::Read) {
                 Ok(()) => Poll::Pending,
                 Err(e) => Poll::Ready(Err(e)),
-            }
+            };
         })
         .await
     }

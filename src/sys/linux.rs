@@ -423,6 +423,15 @@ impl EventFd {
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.0.as_fd()
     }
+
+    /// One that arrived from another process: refused unless it is
+    /// non-blocking, so that `notify` can never block on what a peer sent.
+    pub(crate) fn adopt(fd: OwnedFd) -> io::Result<EventFd> {
+        if !rustix::fs::fcntl_getfl(&fd)?.contains(rustix::fs::OFlags::NONBLOCK) {
+            return Err(io::Error::other("a wake-up descriptor that may block was refused"));
+        }
+        Ok(EventFd(fd))
+    }
 }
 
 /// Takes the channel a parent handed over as standard input, and puts
@@ -627,6 +636,25 @@ pub(crate) fn recv_append_with_fds(
         return Err(io::Error::other("descriptors attached to a message were lost (too many)"));
     }
     Ok(n)
+}
+
+/// Reads the start of the next message on `fd` into `buf` without taking it
+/// off the socket and without receiving its descriptors (they stay with the
+/// message), and returns the message's whole length. Never blocks.
+pub(crate) fn peek_message(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_TRUNC;
+    loop {
+        // SAFETY: `buf` is live and writable for the length given; with no
+        // control buffer no descriptor is installed.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
 }
 
 // --- shared memory ------------------------------------------------------------

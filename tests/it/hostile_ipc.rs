@@ -252,6 +252,7 @@ fn a_large_queue_item_in_an_unsealed_file_is_refused() {
         tx: Fd<OwnedFd>,
         _rx: Fd<OwnedFd>,
         _mem: Fd<OwnedFd>,
+        ring: Fd<OwnedFd>,
     }
     let q = Queue::<Vec<u8>>::new().unwrap();
     // The queue's own socket: whatever is written to it, its getters decode.
@@ -274,7 +275,10 @@ fn a_large_queue_item_in_an_unsealed_file_is_refused() {
             let w = unsafe { libc::pwrite(file.as_raw_fd(), body.as_ptr().cast(), body.len(), 0) };
             assert_eq!(w, body.len() as isize);
         }
-        send_with_fd(ends.tx.as_raw_fd(), &[1], file.as_raw_fd());
+        // A large item: a record of one tag byte in the queue's ring, its
+        // file a socket message the record names by id.
+        let id = commit_record(&ends.ring, &[1]);
+        send_with_fd(ends.tx.as_raw_fd(), &id.to_le_bytes(), file.as_raw_fd());
         let got = q.get_timeout(PROMPT);
         if frozen {
             assert_eq!(got.unwrap(), big, "a well-formed large item");
@@ -282,6 +286,35 @@ fn a_large_queue_item_in_an_unsealed_file_is_refused() {
             assert_refused(got, "a large item in a file that is not frozen");
         }
     }
+}
+
+/// Writes a record of `bytes` whose descriptors are a socket message into a
+/// queue's ring (its memfd), as a put does, and returns the message's id.
+/// Nothing else uses the queue meanwhile, so its mutex is not taken.
+fn commit_record(ring: &Fd<OwnedFd>, bytes: &[u8]) -> u64 {
+    use std::os::unix::fs::FileExt;
+    const DATA: u64 = 256;
+    const CAP: u64 = 256 * 1024;
+    // The header: the mutex, then head, tail and the next message id.
+    let at = std::mem::size_of::<libc::pthread_mutex_t>() as u64;
+    let file = std::fs::File::from(ring.try_clone().unwrap());
+    let word = |off: u64| {
+        let mut b = [0u8; 8];
+        file.read_exact_at(&mut b, off).unwrap();
+        u64::from_le_bytes(b)
+    };
+    let (tail, id) = (word(at + 8), word(at + 16));
+    file.write_all_at(&(id + 1).to_le_bytes(), at + 16).unwrap();
+    let mut rec = Vec::new();
+    rec.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    rec.extend_from_slice(&1u32.to_le_bytes());
+    rec.extend_from_slice(&id.to_le_bytes());
+    rec.extend_from_slice(bytes);
+    rec.resize(16 + bytes.len().div_ceil(8) * 8, 0);
+    assert!(tail % CAP + rec.len() as u64 <= CAP, "the test writes no record that wraps");
+    file.write_all_at(&rec, DATA + tail % CAP).unwrap();
+    file.write_all_at(&(tail + rec.len() as u64).to_le_bytes(), at + 8).unwrap();
+    id
 }
 
 /// Writes one message carrying one descriptor on a queue's socket (the

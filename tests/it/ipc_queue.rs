@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::ipc_util::{
     assert_prompt, assert_waited, bounded, join_ok, memfd_count, send_beacon, start_daemon,
-    thread_ids, timed, wait_child_blocked_in, wait_thread_blocked_in, Beacon, FUTEX, POLL, PROMPT,
+    thread_ids, timed, wait_child_blocked_in, wait_thread_blocked_in, Beacon, FUTEX, PROMPT,
     STARTUP,
 };
 
@@ -556,7 +556,7 @@ fn a_consumer_killed_while_blocked_in_get_loses_no_item() {
     let mut doomed = start_daemon(Process::new(get_one_and_report, (q.clone(), beacon.path())));
     let mut survivor = start_daemon(Process::new(get_all_and_report, (q.clone(), beacon.path())));
     for p in [&doomed, &survivor] {
-        assert!(wait_child_blocked_in(p.pid().unwrap(), POLL), "{p:?} never blocked in get");
+        assert!(wait_child_blocked_in(p.pid().unwrap(), FUTEX), "{p:?} never blocked in get");
     }
     doomed.kill().unwrap();
     assert!(doomed.join_timeout(PROMPT).unwrap());
@@ -596,7 +596,7 @@ fn killing_every_consumer_child_leaves_a_bounded_queue_whole() {
         .map(|_| start_daemon(Process::new(get_one_and_report, (q.clone(), beacon.path()))))
         .collect();
     for p in &consumers {
-        assert!(wait_child_blocked_in(p.pid().unwrap(), POLL), "{p:?} never blocked in get");
+        assert!(wait_child_blocked_in(p.pid().unwrap(), FUTEX), "{p:?} never blocked in get");
     }
     for p in &mut consumers {
         p.kill().unwrap();
@@ -763,8 +763,8 @@ fn an_item_put_while_the_feeder_is_blocked_does_not_overtake_its_item() {
         }
     };
     assert!(
-        wait_thread_blocked_in(feeder, &[libc::SYS_sendmsg]),
-        "the feeder never blocked sending item {}",
+        wait_thread_blocked_in(feeder, FUTEX),
+        "the feeder never waited for room for item {}",
         next - 1
     );
     for i in 0..10 {
@@ -909,7 +909,7 @@ fn a_blocked_get_in_a_child_wakes_on_put() {
     let q = Queue::<u64>::new().unwrap();
     let beacon = Beacon::new();
     let mut p = start_daemon(Process::new(get_one_and_report, (q.clone(), beacon.path())));
-    assert!(wait_child_blocked_in(p.pid().unwrap(), POLL), "the child never blocked in get");
+    assert!(wait_child_blocked_in(p.pid().unwrap(), FUTEX), "the child never blocked in get");
     let put_at = Instant::now();
     q.put(99).unwrap();
     let msg = beacon.recv(PROMPT, "the item");

@@ -1,0 +1,390 @@
+//! The shared-memory ring a queue's items travel in.
+//!
+//! One sealed memfd holds a header and `CAP` bytes of records. The header's
+//! `head` and `tail` are byte positions that only grow; the records between
+//! them are the items put and not yet taken. Every change happens under the
+//! header's robust, process-shared mutex, and in an order that makes a death
+//! at any point harmless:
+//!
+//! - a put writes its record past `tail`, THEN moves `tail` over it: a
+//!   producer killed mid-copy committed nothing;
+//! - a get copies the record at `head` out, THEN moves `head` past it: a
+//!   consumer killed mid-copy leaves the item for the next one.
+//!
+//! An item's descriptors (a large item's memfd, handles inside it) cannot
+//! live in shared memory: they travel as a message on the queue's socket,
+//! sent while holding the mutex, and the record names that message by an id
+//! that grows by one per message (the id is the message's bytes too). The
+//! getter, holding the mutex, peeks at the socket's next message: an id below
+//! the record's is an orphan of a producer killed between its send and its
+//! commit (dropped); an id above it, or no message, means a consumer killed
+//! between taking the message and moving `head` had it: that record was the
+//! dead consumer's in-flight item and is dropped. No item is delivered twice
+//! and none is stranded.
+//!
+//! Every header word can be written by any process holding the queue, so
+//! every position and length read from it is checked before use: a corrupt
+//! ring is an error naming what is wrong, never a read outside the ring.
+
+use std::cell::UnsafeCell;
+use std::collections::VecDeque;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::shm::Region;
+use crate::sys::{self, Locked, RawMutex};
+
+/// Bytes of records in a ring (a power of two).
+pub(super) const CAP: usize = 256 * 1024;
+/// Where the records start in the region (after the header).
+const DATA: usize = 256;
+/// A record's header: length, kind, socket message id.
+const RECORD_HEAD: usize = 16;
+/// The largest item bytes a record may hold.
+pub(super) const RECORD_MAX: usize = 32 * 1024 + 64;
+const KIND_BYTES: u32 = 0;
+const KIND_WITH_MESSAGE: u32 = 1;
+
+#[repr(C)]
+struct Header {
+    mutex: UnsafeCell<RawMutex>,
+    head: AtomicU64,
+    tail: AtomicU64,
+    /// The id the next socket message gets.
+    next_id: AtomicU64,
+    /// Grows at every commit: the futex word sleeping getters wait on.
+    put_seq: AtomicU32,
+    /// Getters asleep on `put_seq` (a put wakes one only if this is nonzero).
+    get_waiters: AtomicU32,
+    /// Grows at every take: the futex word a feeder waits on for room.
+    take_seq: AtomicU32,
+    /// Feeders asleep on `take_seq`.
+    space_waiters: AtomicU32,
+    /// Async getters waiting on the queue's wake-up descriptor.
+    async_waiters: AtomicU32,
+}
+
+const _: () = assert!(size_of::<Header>() <= DATA);
+const _: () = assert!(CAP.is_power_of_two() && RECORD_HEAD + RECORD_MAX <= CAP / 4);
+
+/// What a get took off the ring.
+pub(super) struct Taken {
+    pub(super) bytes: Vec<u8>,
+    pub(super) fds: Vec<OwnedFd>,
+    /// Records dropped before it: in-flight items of consumers that died.
+    pub(super) dropped: u32,
+}
+
+/// A queue's ring. Clones share it.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "Region", into = "Region")]
+pub(super) struct Ring {
+    region: Region,
+}
+
+impl TryFrom<Region> for Ring {
+    type Error = String;
+    fn try_from(region: Region) -> std::result::Result<Ring, String> {
+        if region.len() != DATA + CAP {
+            return Err(format!(
+                "a queue's ring arrived in a region of {} bytes; a ring is {} bytes",
+                region.len(),
+                DATA + CAP
+            ));
+        }
+        Ok(Ring { region })
+    }
+}
+
+impl From<Ring> for Region {
+    fn from(r: Ring) -> Region {
+        r.region
+    }
+}
+
+/// Holds a ring's mutex; releases it when dropped.
+struct Held<'a> {
+    ring: &'a Ring,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the mutex was initialised by `Ring::new` and this guard
+        // exists only while this thread holds it.
+        let _ = unsafe { sys::mutex_unlock(self.ring.header().mutex.get()) };
+    }
+}
+
+fn corrupt(what: String) -> Error {
+    Error::new(
+        ErrorKind::Protocol,
+        format!("the queue's shared ring is corrupt ({what}); a process wrote over its memory"),
+    )
+}
+
+/// A record's size in the ring: its header and its bytes rounded up to 8.
+fn record_len(len: usize) -> u64 {
+    (RECORD_HEAD + len.div_ceil(8) * 8) as u64
+}
+
+impl Ring {
+    pub(super) fn new() -> Result<Ring> {
+        let region = Region::new(DATA + CAP)?;
+        // SAFETY: the region is fresh, private to this process until shared,
+        // page-aligned and large enough for the header.
+        unsafe { sys::mutex_init(region.ptr().cast::<Header>().cast(), false) }
+            .map_err(|e| Error::io("could not initialise a queue's shared mutex", e))?;
+        Ok(Ring { region })
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the region is DATA + CAP bytes (checked when made or
+        // decoded), page-aligned and zero-initialised, valid for a Header
+        // (atomics and a pthread mutex initialised by its creator).
+        unsafe { &*self.region.ptr().cast::<Header>() }
+    }
+
+    fn lock(&self, timeout: Option<Duration>) -> Result<Option<Held<'_>>> {
+        // SAFETY: the mutex was initialised by `Ring::new` in the creator.
+        match unsafe { sys::mutex_lock(self.header().mutex.get(), timeout) } {
+            // A dead owner left nothing half-done: every change is
+            // committed by one store, after the copy it publishes.
+            Ok(Locked::Acquired | Locked::OwnerDied) => Ok(Some(Held { ring: self })),
+            Ok(Locked::NotFree) if timeout.is_some() => Ok(None),
+            Ok(_) => Err(Error::new(
+                ErrorKind::InvalidState,
+                "the queue's shared mutex could not be taken (held by this thread already)",
+            )),
+            Err(e) => Err(Error::io("could not take a queue's shared mutex", e)),
+        }
+    }
+
+    /// Head and tail, checked: `head <= tail <= head + CAP`.
+    fn bounds(&self) -> Result<(u64, u64)> {
+        let h = self.header();
+        let head = h.head.load(Ordering::Acquire);
+        let tail = h.tail.load(Ordering::Acquire);
+        let used = tail.wrapping_sub(head);
+        if used > CAP as u64 {
+            return Err(corrupt(format!(
+                "head {head} and tail {tail} are not 0 to {CAP} bytes apart"
+            )));
+        }
+        Ok((head, tail))
+    }
+
+    fn data(&self) -> *mut u8 {
+        // SAFETY: DATA is within the region (its length is DATA + CAP).
+        unsafe { self.region.ptr().add(DATA) }
+    }
+
+    /// Copies `src` (at most CAP bytes) into the ring at `pos`, wrapping.
+    fn write_at(&self, pos: u64, src: &[u8]) {
+        debug_assert!(src.len() <= CAP);
+        let off = (pos as usize) & (CAP - 1);
+        let first = src.len().min(CAP - off);
+        // SAFETY: `off + first <= CAP` and `src.len() - first <= CAP`: both
+        // copies stay inside the ring's CAP bytes, which `src` (private
+        // memory) does not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.data().add(off), first);
+            std::ptr::copy_nonoverlapping(src.as_ptr().add(first), self.data(), src.len() - first);
+        }
+    }
+
+    /// Copies `dst.len()` (at most CAP) bytes out of the ring at `pos`, wrapping.
+    fn read_at(&self, pos: u64, dst: &mut [u8]) {
+        debug_assert!(dst.len() <= CAP);
+        let off = (pos as usize) & (CAP - 1);
+        let first = dst.len().min(CAP - off);
+        // SAFETY: as in `write_at`, both copies stay inside the ring.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.data().add(off), dst.as_mut_ptr(), first);
+            std::ptr::copy_nonoverlapping(
+                self.data(),
+                dst.as_mut_ptr().add(first),
+                dst.len() - first,
+            );
+        }
+    }
+
+    /// The count of async getters waiting for the wake-up descriptor.
+    pub(super) fn async_waiters(&self) -> &AtomicU32 {
+        &self.header().async_waiters
+    }
+
+    /// True when no record is there (a glance, without the mutex).
+    pub(super) fn looks_empty(&self) -> bool {
+        let h = self.header();
+        h.head.load(Ordering::SeqCst) == h.tail.load(Ordering::SeqCst)
+    }
+
+    /// Puts one record of `bytes` (at most [`RECORD_MAX`]), its `fds` sent
+    /// on `tx` as the record's message. False when there is no room now (in
+    /// the ring, or for the message in the socket).
+    pub(super) fn try_push(
+        &self,
+        bytes: &[u8],
+        fds: &[OwnedFd],
+        tx: BorrowedFd<'_>,
+    ) -> Result<bool> {
+        debug_assert!(bytes.len() <= RECORD_MAX);
+        let h = self.header();
+        let need = record_len(bytes.len());
+        {
+            let _held = self.lock(None)?;
+            let (head, tail) = self.bounds()?;
+            if CAP as u64 - (tail - head) < need {
+                return Ok(false);
+            }
+            let (kind, id) = if fds.is_empty() {
+                (KIND_BYTES, 0)
+            } else {
+                // The id is spent before the send: a producer killed after
+                // the send leaves an orphan no later message shares an id with.
+                let id = h.next_id.load(Ordering::Relaxed);
+                h.next_id.store(id.wrapping_add(1), Ordering::Relaxed);
+                match sys::send_with_fds(tx, &id.to_le_bytes(), fds, false) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) => return Err(Error::io("could not put on the queue", e)),
+                }
+                (KIND_WITH_MESSAGE, id)
+            };
+            let mut rec = [0u8; RECORD_HEAD];
+            rec[0..4].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+            rec[4..8].copy_from_slice(&kind.to_le_bytes());
+            rec[8..16].copy_from_slice(&id.to_le_bytes());
+            self.write_at(tail, &rec);
+            self.write_at(tail + RECORD_HEAD as u64, bytes);
+            // The commit: only now is the record there.
+            h.tail.store(tail + need, Ordering::Release);
+            h.put_seq.fetch_add(1, Ordering::SeqCst);
+        }
+        if h.get_waiters.load(Ordering::SeqCst) != 0 {
+            sys::futex_wake(&h.put_seq, 1);
+        }
+        Ok(true)
+    }
+
+    /// Takes the record at the head, if any; waits for the mutex at most
+    /// `timeout` (`None` when it was not free in time).
+    pub(super) fn try_pop(
+        &self,
+        rx: BorrowedFd<'_>,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Taken>> {
+        if self.looks_empty() {
+            return Ok(None);
+        }
+        let h = self.header();
+        // Mostly free: a try first spares the timed lock its clock reading.
+        let held = match self.lock(Some(Duration::ZERO))? {
+            Some(held) => Some(held),
+            None => self.lock(timeout)?,
+        };
+        let Some(_held) = held else { return Ok(None) };
+        let mut dropped = 0;
+        loop {
+            let (head, tail) = self.bounds()?;
+            if head == tail {
+                return Ok(None);
+            }
+            let mut rec = [0u8; RECORD_HEAD];
+            if tail - head < RECORD_HEAD as u64 {
+                return Err(corrupt(format!("a record of {} bytes at {head}", tail - head)));
+            }
+            self.read_at(head, &mut rec);
+            let len = u32::from_le_bytes(rec[0..4].try_into().expect("4 bytes")) as usize;
+            let kind = u32::from_le_bytes(rec[4..8].try_into().expect("4 bytes"));
+            let id = u64::from_le_bytes(rec[8..16].try_into().expect("8 bytes"));
+            if len > RECORD_MAX || record_len(len) > tail - head || kind > KIND_WITH_MESSAGE {
+                return Err(corrupt(format!(
+                    "the record at {head} says {len} bytes of kind {kind}, with {} bytes committed",
+                    tail - head
+                )));
+            }
+            let mut bytes = vec![0u8; len];
+            self.read_at(head + RECORD_HEAD as u64, &mut bytes);
+            let fds = if kind == KIND_WITH_MESSAGE {
+                self.take_message(rx, id)?
+            } else {
+                Some(Vec::new())
+            };
+            // The take: only now is the record gone.
+            h.head.store(head + record_len(len), Ordering::Release);
+            h.take_seq.fetch_add(1, Ordering::SeqCst);
+            if h.space_waiters.load(Ordering::SeqCst) != 0 {
+                sys::futex_wake(&h.take_seq, i32::MAX);
+            }
+            match fds {
+                Some(fds) => return Ok(Some(Taken { bytes, fds, dropped })),
+                // A dead consumer's in-flight item: gone with it.
+                None => dropped += 1,
+            }
+        }
+    }
+
+    /// Receives the socket message `id` and its descriptors; `None` when a
+    /// consumer that died had taken it.
+    fn take_message(&self, rx: BorrowedFd<'_>, id: u64) -> Result<Option<Vec<OwnedFd>>> {
+        loop {
+            let mut word = [0u8; 8];
+            let n = match sys::peek_message(rx, &mut word) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(Error::io("could not get from the queue", e)),
+            };
+            let got = u64::from_le_bytes(word);
+            if n == 8 && got > id {
+                return Ok(None);
+            }
+            // Ours, an orphan (a producer died before its commit), or not
+            // one of ours at all: take it off; only ours is kept.
+            let mut buf = Vec::new();
+            let mut fds = VecDeque::new();
+            match sys::recv_append_with_fds(rx, &mut buf, 8, false, &mut fds) {
+                Ok(_) if n == 8 && buf == word && got == id => return Ok(Some(fds.into())),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+                // Too many descriptors: that message is dropped, not ours.
+                Err(e) if e.kind() == std::io::ErrorKind::Other => {}
+                Err(e) => return Err(Error::io("could not get from the queue", e)),
+            }
+        }
+    }
+
+    /// Sleeps until a put may have come, at most `timeout`; wakes early if
+    /// the ring is not empty any more.
+    pub(super) fn wait_put(&self, timeout: Duration) {
+        let h = self.header();
+        h.get_waiters.fetch_add(1, Ordering::SeqCst);
+        let seq = h.put_seq.load(Ordering::SeqCst);
+        if self.looks_empty() {
+            sys::futex_wait(&h.put_seq, seq, Some(timeout));
+        }
+        h.get_waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Pushes as [`try_push`](Self::try_push), sleeping at most `nap` for
+    /// room when there is none; false when there still is none.
+    pub(super) fn push_or_wait(
+        &self,
+        bytes: &[u8],
+        fds: &[OwnedFd],
+        tx: BorrowedFd<'_>,
+        nap: Duration,
+    ) -> Result<bool> {
+        let h = self.header();
+        h.space_waiters.fetch_add(1, Ordering::SeqCst);
+        let seq = h.take_seq.load(Ordering::SeqCst);
+        let r = self.try_push(bytes, fds, tx);
+        if matches!(r, Ok(false)) {
+            sys::futex_wait(&h.take_seq, seq, Some(nap));
+        }
+        h.space_waiters.fetch_sub(1, Ordering::SeqCst);
+        r
+    }
+}

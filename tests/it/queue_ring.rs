@@ -1,0 +1,325 @@
+//! The queue's shared-memory ring under real processes: producers and
+//! consumers SIGKILLed mid-stream lose only their own in-flight item, each
+//! producer's order holds across ring-full spills and large items, items with
+//! handles interleave with small ones, a corrupted ring is an error (not a
+//! hang), and nothing is left behind in descriptors or /dev/shm.
+
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use multiproc::{Array, Bytes, ErrorKind, Lock, Process, Queue};
+
+use crate::ipc_util::{fd_count, join_ok, memfd_count, start_daemon, PROMPT, STARTUP};
+
+/// An item that is either small or carries a large payload (a shared-memory
+/// file on the socket beside the ring).
+type Item = (u64, Option<Bytes>);
+
+fn large(i: u64) -> Option<Bytes> {
+    (i % 10 == 3).then(|| Bytes::from(vec![(i % 251) as u8; 40 * 1024]))
+}
+
+fn check_payload(i: u64, payload: &Option<Bytes>) {
+    match (large(i), payload) {
+        (None, None) => {}
+        (Some(want), Some(got)) => assert!(*want == **got, "item {i}'s payload is wrong"),
+        (want, got) => {
+            panic!("item {i}: payload {:?} where {:?} was due", got.is_some(), want.is_some())
+        }
+    }
+}
+
+fn nothing(_: ()) {}
+
+/// Descriptor, memfd and /dev/shm counts once a first child has run (which
+/// may leave lasting machinery open, a fork server's socket).
+fn baseline() -> (usize, usize, usize) {
+    let mut p = start_daemon(Process::new(nothing, ()));
+    join_ok(&mut p);
+    (fd_count(), memfd_count(), dev_shm_entries())
+}
+
+fn dev_shm_entries() -> usize {
+    std::fs::read_dir("/dev/shm").map_or(0, |d| d.count())
+}
+
+/// Waits (bounded) until `f` holds.
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < STARTUP, "{what} never happened");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// --- killed producers ------------------------------------------------------------
+
+fn produce_forever((q, round): (Queue<(u64, Item)>, u64)) {
+    for i in 0.. {
+        q.put((round, (i, large(i)))).unwrap();
+    }
+}
+
+/// Producers SIGKILLed in the middle of a stream of puts (small items and
+/// large ones, ring full or not): what arrives from each is exactly its items
+/// 0..k for some k, in order, none twice, none missing before the last.
+#[test]
+fn a_producer_killed_mid_put_loses_only_what_it_had_not_committed() {
+    if !crate::support::alone() {
+        return;
+    }
+    let (fds, memfds, shm) = baseline();
+    {
+        let q = Queue::<(u64, Item)>::new().unwrap();
+        let mut next = [0u64; 4];
+        for round in 0..4u64 {
+            let mut p = start_daemon(Process::new(produce_forever, (q.clone(), round)));
+            // Take some of its items, then kill it mid-stream.
+            let want = 200 + round * 300;
+            while next[round as usize] < want {
+                let (r, (i, payload)) = q.get_timeout(STARTUP).unwrap();
+                assert_eq!(r, round, "an item of a producer already drained");
+                assert_eq!(i, next[r as usize], "producer {r}'s items out of order");
+                check_payload(i, &payload);
+                next[r as usize] += 1;
+            }
+            // Let it fill the ring (and its outbox) before it dies.
+            std::thread::sleep(Duration::from_millis(20 + 10 * round));
+            p.kill().unwrap();
+            assert!(p.join_timeout(PROMPT).unwrap());
+            // Everything it committed is there, in order, then nothing.
+            loop {
+                match q.get_timeout(Duration::from_millis(300)) {
+                    Ok((r, (i, payload))) => {
+                        assert_eq!(r, round);
+                        assert_eq!(i, next[r as usize], "producer {r}'s items out of order");
+                        check_payload(i, &payload);
+                        next[r as usize] += 1;
+                    }
+                    Err(e) => {
+                        assert!(e.is_timeout(), "{e}");
+                        break;
+                    }
+                }
+            }
+        }
+        // The queue still works. (Its count still holds the items the
+        // killed producers had in their outboxes: counted at put, never sent.)
+        q.put((9, (0, large(3)))).unwrap();
+        let (r, (_, payload)) = q.get_timeout(PROMPT).unwrap();
+        assert_eq!(r, 9);
+        check_payload(3, &payload);
+    }
+    eventually("every descriptor and memfd closed", || {
+        fd_count() == fds && memfd_count() == memfds
+    });
+    assert_eq!(dev_shm_entries(), shm, "something was left in /dev/shm");
+}
+
+// --- killed consumers ------------------------------------------------------------
+
+fn consume_and_mark((q, seen): (Queue<Item>, Array<u8>)) {
+    loop {
+        let (i, payload) = q.get().unwrap();
+        check_payload(i, &payload);
+        let was = seen.get(i as usize).unwrap();
+        seen.set(i as usize, was.saturating_add(1)).unwrap();
+    }
+}
+
+/// Consumers SIGKILLed in the middle of a stream of gets (the producer
+/// putting small and large items all along): every item is taken exactly
+/// once, except at most one per killed consumer (the one it had in hand),
+/// and none twice.
+#[test]
+fn a_consumer_killed_mid_get_loses_at_most_its_own_item() {
+    if !crate::support::alone() {
+        return;
+    }
+    const N: u64 = 6000;
+    const KILLS: usize = 5;
+    let (fds, memfds, shm) = baseline();
+    {
+        let q = Queue::<Item>::new().unwrap();
+        let seen = Array::<u8>::from_slice_raw(&vec![0u8; N as usize]).unwrap();
+        let producer = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                for i in 0..N {
+                    // Keep the outbox short: every large item's file stays
+                    // open here until it is in the ring.
+                    let t = Instant::now();
+                    while q.qsize() > 500 {
+                        assert!(t.elapsed() < STARTUP, "the consumers stopped taking items");
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    q.put((i, large(i))).unwrap();
+                }
+            })
+        };
+        let marked = |seen: &Array<u8>| seen.to_vec().iter().filter(|&&c| c > 0).count();
+        for k in 0..KILLS {
+            let mut c = start_daemon(Process::new(consume_and_mark, (q.clone(), seen.clone())));
+            let goal = (k + 1) * N as usize / (KILLS + 2);
+            eventually("the consumer took its share", || marked(&seen) >= goal);
+            c.kill().unwrap();
+            assert!(c.join_timeout(PROMPT).unwrap());
+        }
+        // The parent takes the rest.
+        loop {
+            match q.get_timeout(Duration::from_millis(500)) {
+                Ok((i, payload)) => {
+                    check_payload(i, &payload);
+                    let was = seen.get(i as usize).unwrap();
+                    seen.set(i as usize, was + 1).unwrap();
+                }
+                Err(e) => {
+                    assert!(e.is_timeout(), "{e}");
+                    // Nothing came for a while, the producer is done and
+                    // nothing waits in its outbox (counted in qsize).
+                    if producer.is_finished() && q.qsize() == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        producer.join().unwrap();
+        let counts = seen.to_vec();
+        let twice: Vec<usize> = (0..counts.len()).filter(|&i| counts[i] > 1).collect();
+        assert!(twice.is_empty(), "delivered twice: {twice:?}");
+        let lost: Vec<usize> = (0..counts.len()).filter(|&i| counts[i] == 0).collect();
+        assert!(lost.len() <= KILLS, "lost {} items with {KILLS} kills: {lost:?}", lost.len());
+    }
+    eventually("every descriptor and memfd closed", || {
+        fd_count() == fds && memfd_count() == memfds
+    });
+    assert_eq!(dev_shm_entries(), shm, "something was left in /dev/shm");
+}
+
+// --- order ------------------------------------------------------------------------
+
+/// Producer id, its item number, maybe a 1 MiB payload.
+type Mixed = (u64, u64, Option<Bytes>);
+
+fn produce_mixed((q, id, n): (Queue<Mixed>, u64, u64)) {
+    for i in 0..n {
+        let payload = (i % 499 == 5).then(|| Bytes::from(vec![id as u8; 1 << 20]));
+        q.put((id, i, payload)).unwrap();
+    }
+}
+
+/// Two producers each put small items with 1 MiB items among them, fast
+/// enough to fill the ring and spill into their outboxes: each one's items
+/// arrive in its order, all of them.
+#[test]
+fn per_producer_order_holds_across_spills_and_large_items() {
+    const N: u64 = 30_000;
+    let q = Queue::<Mixed>::new().unwrap();
+    let mut ps: Vec<Process> =
+        (0..2).map(|id| start_daemon(Process::new(produce_mixed, (q.clone(), id, N)))).collect();
+    // Let both get ahead of the consumer: the ring fills and outboxes form.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut next = [0u64; 2];
+    for _ in 0..2 * N {
+        let (id, i, payload) = q.get_timeout(STARTUP).unwrap();
+        assert_eq!(i, next[id as usize], "producer {id}'s items out of order");
+        match payload {
+            Some(b) => {
+                assert_eq!(i % 499, 5);
+                assert!(b.len() == 1 << 20 && b.iter().all(|&x| x == id as u8));
+            }
+            None => assert_ne!(i % 499, 5),
+        }
+        next[id as usize] += 1;
+    }
+    for p in &mut ps {
+        join_ok(p);
+    }
+    assert!(q.get_nowait().is_err());
+}
+
+// --- handles ---------------------------------------------------------------------
+
+fn produce_with_locks((q, lock, n): (Queue<(u64, Option<Lock>)>, Lock, u64)) {
+    for i in 0..n {
+        q.put((i, (i % 3 == 0).then(|| lock.clone()))).unwrap();
+    }
+}
+
+/// Items carrying a `Lock` (a descriptor on the socket beside the ring)
+/// interleaved with small ones arrive in order, each handle usable.
+#[test]
+fn items_with_handles_interleave_with_small_ones_in_order() {
+    const N: u64 = 3000;
+    let q = Queue::<(u64, Option<Lock>)>::new().unwrap();
+    let lock = Lock::new().unwrap();
+    let mut p = start_daemon(Process::new(produce_with_locks, (q.clone(), lock.clone(), N)));
+    let guard = lock.acquire().unwrap();
+    for want in 0..N {
+        let (i, l) = q.get_timeout(STARTUP).unwrap();
+        assert_eq!(i, want);
+        assert_eq!(l.is_some(), i % 3 == 0, "item {i}");
+        if let Some(l) = l {
+            // The same lock: held here through the parent's own handle.
+            assert!(l.try_acquire().unwrap().is_none(), "item {i}'s lock is not the lock");
+        }
+    }
+    drop(guard);
+    join_ok(&mut p);
+}
+
+// --- corruption --------------------------------------------------------------------
+
+/// The ring's memfd in this process (the only multiproc memfd of its size).
+fn ring_file() -> std::fs::File {
+    const RING_LEN: u64 = 256 + 256 * 1024;
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(target) = std::fs::read_link(e.path()) else { continue };
+        if !target.to_string_lossy().starts_with("/memfd:multiproc") {
+            continue;
+        }
+        let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open(e.path()) else {
+            continue;
+        };
+        if f.metadata().unwrap().len() == RING_LEN {
+            found.push(f);
+        }
+    }
+    assert_eq!(found.len(), 1, "one ring memfd expected");
+    found.pop().unwrap()
+}
+
+/// Where the header's head and tail are: after the pthread mutex.
+const HEAD_AT: u64 = std::mem::size_of::<libc::pthread_mutex_t>() as u64;
+
+#[test]
+fn a_corrupted_ring_is_an_error_not_a_hang() {
+    if !crate::support::alone() {
+        return;
+    }
+    let q = Queue::<u64>::new().unwrap();
+    q.put(1).unwrap();
+    let ring = ring_file();
+    // A record length beyond any record.
+    let data = 256;
+    let mut len = [0u8; 4];
+    ring.read_exact_at(&mut len, data).unwrap();
+    assert_ne!(u32::from_le_bytes(len), 0, "the first record is where it was expected");
+    ring.write_all_at(&u32::MAX.to_le_bytes(), data).unwrap();
+    let t = Instant::now();
+    let e = q.get_timeout(PROMPT).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+    assert!(e.to_string().contains("corrupt"), "{e}");
+    assert!(t.elapsed() < PROMPT, "took {:?}", t.elapsed());
+
+    // Head and tail far apart: gets and puts both fail, promptly.
+    ring.write_all_at(&0u64.to_le_bytes(), HEAD_AT).unwrap();
+    ring.write_all_at(&u64::MAX.to_le_bytes(), HEAD_AT + 8).unwrap();
+    let t = Instant::now();
+    let e = q.get_timeout(PROMPT).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+    let e = q.put(2).unwrap_err().into_error();
+    assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+    assert!(t.elapsed() < PROMPT, "took {:?}", t.elapsed());
+}
