@@ -716,8 +716,9 @@ impl ClientSide {
 
 // --- wait ---------------------------------------------------------------------
 
-/// What [`wait`] can wait on: a [`Connection`] (ready when a message or end
-/// of file is there to receive) and a [`Listener`] (ready when a client is
+/// What [`wait`] can wait on: a [`Connection`] or a
+/// [`Receiver`](crate::Receiver) (ready when a message or end of file is
+/// there to receive), a [`Listener`] (ready when a client is
 /// waiting to be accepted; `accept` then runs its handshake, which the
 /// handshake timeout bounds).
 pub trait Waitable: sealed::Sealed {
@@ -729,6 +730,7 @@ pub trait Waitable: sealed::Sealed {
 mod sealed {
     pub trait Sealed {}
     impl<T> Sealed for crate::Connection<T> {}
+    impl<T> Sealed for crate::Receiver<T> {}
     impl Sealed for super::Listener {}
     impl Sealed for std::os::fd::BorrowedFd<'_> {}
 }
@@ -742,6 +744,12 @@ impl<T> Waitable for Connection<T> {
             }
             None => false,
         }
+    }
+}
+
+impl<T> Waitable for crate::Receiver<T> {
+    fn add_fds<'a>(&'a self, fds: &mut Vec<BorrowedFd<'a>>) -> bool {
+        self.inner().add_fds(fds)
     }
 }
 
@@ -765,9 +773,8 @@ impl Waitable for Listener {
 /// (`None`: no bound), and returns the indices of those ready, in order
 /// (Python's `multiprocessing.connection.wait`; empty after a timeout).
 ///
-/// A sending-only pipe end is never ready; with nothing that could become
-/// ready and no timeout, `wait` returns an empty list at once instead of
-/// waiting forever.
+/// With nothing to wait on and no timeout, `wait` returns an empty list at
+/// once instead of waiting forever.
 ///
 /// # Errors
 /// [`ErrorKind::Io`] when polling fails.
@@ -776,10 +783,10 @@ impl Waitable for Listener {
 ///
 /// ```
 /// use std::time::Duration;
-/// use multiproc::{connection, pipe};
+/// use multiproc::{connection, pipe_one_way};
 ///
-/// let (a_rx, a_tx) = pipe::<u32>(false)?;
-/// let (b_rx, b_tx) = pipe::<u32>(false)?;
+/// let (a_rx, a_tx) = pipe_one_way::<u32>()?;
+/// let (b_rx, b_tx) = pipe_one_way::<u32>()?;
 /// b_tx.send(&7)?;
 /// assert_eq!(connection::wait(&[&a_rx, &b_rx], Some(Duration::from_secs(5)))?, vec![1]);
 /// assert_eq!(b_rx.recv()?, 7);
