@@ -139,7 +139,7 @@ pub use executor::{
 };
 
 /// Python's `concurrent.futures` vocabulary in one place, so this crate's
-/// [`Future`](futures::Future) is not mistaken for `std::future::Future`:
+/// [`Future`] is not mistaken for `std::future::Future`:
 /// `use multiproc::futures::{wait, as_completed, Future, FIRST_COMPLETED};`.
 pub mod futures {
     pub use crate::executor::{
