@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use multiproc::{pipe, Connection, Lock, Process, Queue};
+use multiproc::{pipe_one_way, Lock, Process, Queue, Sender};
 
 fn echo((inbox, outbox): (Queue<u64>, Queue<u64>)) {
     while let Ok(v) = inbox.get() {
@@ -22,7 +22,7 @@ fn produce((q, n): (Queue<u64>, u64)) {
     }
 }
 
-fn send_mib((tx, n): (Connection<()>, usize)) {
+fn send_mib((tx, n): (Sender<()>, usize)) {
     let buf = vec![7u8; 1 << 20];
     for _ in 0..n {
         tx.send_bytes(&buf).unwrap();
@@ -76,7 +76,7 @@ fn main() -> multiproc::Result<()> {
     );
     p.join()?;
 
-    let (rx, tx) = pipe::<()>(false)?;
+    let (rx, tx) = pipe_one_way::<()>()?;
     let msgs = 2000;
     let mut p = Process::new(send_mib, (tx, msgs));
     let t = Instant::now();

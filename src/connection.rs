@@ -58,6 +58,19 @@ const REFUSED: u8 = 0;
 /// Where a [`Listener`] listens: a Unix socket path or a TCP address.
 ///
 /// Serializable, so a process can be told where to connect.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::connection::{Address, ToAddress};
+///
+/// let unix = "./app.sock".to_address()?; // a `/`: a Unix socket path
+/// assert_eq!(unix, Address::Unix("./app.sock".into()));
+/// assert_eq!(unix.to_string(), "unix:./app.sock");
+/// let tcp = "127.0.0.1:5000".to_address()?;
+/// assert_eq!(tcp, Address::Tcp("127.0.0.1:5000".parse().unwrap()));
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Address {
@@ -82,6 +95,17 @@ impl std::fmt::Display for Address {
 /// `PathBuf`, a `(host, port)` pair, or a string. A string with a `/` in it
 /// is a Unix socket path (write `./name` for one in the current directory);
 /// any other string is a TCP `host:port`, resolved when it is used.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::connection::{Address, ToAddress};
+///
+/// let a = ("127.0.0.1", 5000).to_address()?;
+/// assert_eq!(a, "127.0.0.1:5000".to_address()?);
+/// assert!(matches!(std::path::Path::new("/tmp/s").to_address()?, Address::Unix(_)));
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 pub trait ToAddress {
     /// The address, resolving a host name if there is one.
     ///
@@ -434,6 +458,26 @@ fn tune_tcp(s: &TcpStream) {
 }
 
 /// Connects to [`Listener`]s (Python's `multiprocessing.connection.Client`).
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::connection::{Client, Listener};
+/// use multiproc::Connection;
+///
+/// let listener = Listener::bind("127.0.0.1:0", b"shared secret")?;
+/// let addr = listener.address().clone();
+/// let server = std::thread::spawn(move || -> multiproc::Result<()> {
+///     let c: Connection<String> = listener.accept()?;
+///     let line = c.recv()?;
+///     c.send(&line.to_uppercase())
+/// });
+/// let c: Connection<String> = Client::connect(addr, b"shared secret")?;
+/// c.send(&"hello".to_string())?;
+/// assert_eq!(c.recv()?, "HELLO");
+/// server.join().unwrap()?;
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Client(());
 
@@ -744,10 +788,25 @@ impl ClientSide {
 
 // --- wait ---------------------------------------------------------------------
 
-/// What [`wait`] can wait on: a [`Connection`] (ready when a message or end
-/// of file is there to receive) and a [`Listener`] (ready when a client is
+/// What [`wait`] can wait on: a [`Connection`] or a
+/// [`Receiver`](crate::Receiver) (ready when a message or end of file is
+/// there to receive), a [`Listener`] (ready when a client is
 /// waiting to be accepted; `accept` then runs its handshake, which the
 /// handshake timeout bounds).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use multiproc::connection::{self, Listener, Waitable};
+///
+/// let (rx, tx) = multiproc::pipe_one_way::<u8>()?;
+/// let listener = Listener::bind("127.0.0.1:0", b"key")?;
+/// let objects: [&dyn Waitable; 2] = [&rx, &listener];
+/// tx.send(&1)?;
+/// assert_eq!(connection::wait(&objects, Some(Duration::from_secs(5)))?, vec![0]);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 pub trait Waitable: sealed::Sealed {
     #[doc(hidden)]
     /// Adds the descriptors to poll; true when already ready.
@@ -757,6 +816,7 @@ pub trait Waitable: sealed::Sealed {
 mod sealed {
     pub trait Sealed {}
     impl<T> Sealed for crate::Connection<T> {}
+    impl<T> Sealed for crate::Receiver<T> {}
     impl Sealed for super::Listener {}
     impl Sealed for std::os::fd::BorrowedFd<'_> {}
 }
@@ -770,6 +830,12 @@ impl<T> Waitable for Connection<T> {
             }
             None => false,
         }
+    }
+}
+
+impl<T> Waitable for crate::Receiver<T> {
+    fn add_fds<'a>(&'a self, fds: &mut Vec<BorrowedFd<'a>>) -> bool {
+        self.inner().add_fds(fds)
     }
 }
 
@@ -793,9 +859,8 @@ impl Waitable for Listener {
 /// (`None`: no bound), and returns the indices of those ready, in order
 /// (Python's `multiprocessing.connection.wait`; empty after a timeout).
 ///
-/// A sending-only pipe end is never ready; with nothing that could become
-/// ready and no timeout, `wait` returns an empty list at once instead of
-/// waiting forever.
+/// With nothing to wait on and no timeout, `wait` returns an empty list at
+/// once instead of waiting forever.
 ///
 /// # Errors
 /// [`ErrorKind::Io`] when polling fails.
@@ -804,10 +869,10 @@ impl Waitable for Listener {
 ///
 /// ```
 /// use std::time::Duration;
-/// use multiproc::{connection, pipe};
+/// use multiproc::{connection, pipe_one_way};
 ///
-/// let (a_rx, a_tx) = pipe::<u32>(false)?;
-/// let (b_rx, b_tx) = pipe::<u32>(false)?;
+/// let (a_rx, a_tx) = pipe_one_way::<u32>()?;
+/// let (b_rx, b_tx) = pipe_one_way::<u32>()?;
 /// b_tx.send(&7)?;
 /// assert_eq!(connection::wait(&[&a_rx, &b_rx], Some(Duration::from_secs(5)))?, vec![1]);
 /// assert_eq!(b_rx.recv()?, 7);

@@ -11,7 +11,7 @@ use std::os::unix::net::UnixStream;
 
 use serde::Deserialize;
 
-use crate::{codec, fdpass, sys, task, wire, Array, Connection, Fd, Value};
+use crate::{codec, fdpass, sys, task, wire, Array, Fd, Value};
 
 /// The most bytes a target writes into a socket before reading: below the
 /// socket's buffer, so one thread can write and then read.
@@ -114,9 +114,10 @@ pub fn queue_message(data: &[u8]) {
 pub fn pipe_message(bytes: &[u8]) {
     let bytes = &bytes[..bytes.len().min(SOCKET_INPUT_MAX)];
     let Ok((mut tx, rx)) = UnixStream::pair() else { return };
-    // A `Connection` arrives as a handle: decode one around our socket.
-    let Ok(encoded) = codec::encode(&((true, false), 0u32)) else { return };
-    let rx: Result<Connection<Mixed>, _> =
+    // A pipe end arrives as a handle: decode a receiving end around our
+    // socket (its wire: readable, not writable, not remote; descriptor 0).
+    let Ok(encoded) = codec::encode(&((true, false, false), 0u32)) else { return };
+    let rx: Result<crate::Receiver<Mixed>, _> =
         fdpass::supply(vec![rx.into()], || codec::decode(&encoded));
     let Ok(rx) = rx else { return };
     if tx.write_all(bytes).is_err() {

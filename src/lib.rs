@@ -70,7 +70,8 @@
 //!
 //! # Passing handles
 //!
-//! [`Queue`], [`JoinableQueue`], [`Connection`], [`Lock`], [`RLock`],
+//! [`Queue`], [`JoinableQueue`], [`Connection`], a one-way pipe's
+//! [`Receiver`] and [`Sender`], [`Lock`], [`RLock`],
 //! [`Semaphore`], [`Event`], [`Condition`], [`Barrier`], [`Value`],
 //! [`Array`] and any descriptor wrapped in [`Fd`] are values: pass them as a task's or a
 //! process's arguments, or through a queue, and the other process gets the
@@ -138,7 +139,7 @@ pub use executor::{
 };
 
 /// Python's `concurrent.futures` vocabulary in one place, so this crate's
-/// [`Future`](futures::Future) is not mistaken for `std::future::Future`:
+/// [`Future`] is not mistaken for `std::future::Future`:
 /// `use multiproc::futures::{wait, as_completed, Future, FIRST_COMPLETED};`.
 pub mod futures {
     pub use crate::executor::{
@@ -148,7 +149,7 @@ pub mod futures {
 }
 pub use fdpass::Fd;
 pub use manager::Manager;
-pub use pipe::{pipe, Connection};
+pub use pipe::{pipe, pipe_one_way, Connection, Receiver, Sender};
 pub use pool::{AsyncResult, IMap, Pool, PoolBuilder, ThreadPool, ThreadPoolBuilder, With};
 pub use process::{
     active_children, cpu_count, current_process, parent_process, Process, ProcessInfo, Run,

@@ -65,11 +65,38 @@ use crate::executor::Executor;
 
 /// This process's rank and the size of its MPI job, if a launcher started it
 /// (read from the launcher's environment; MPI is not initialised).
+///
+/// # Examples
+///
+/// ```
+/// // Outside `mpirun` there is no rank; under it, only rank 0 reaches `main`.
+/// match multiproc::mpi::launched_rank() {
+///     None => println!("not an MPI job: use multiproc::Pool"),
+///     Some(rank) => assert_eq!(rank, 0),
+/// }
+/// ```
 pub fn launched_rank() -> Option<u32> {
     mpi::rank_hint()
 }
 
 /// The options of an MPI pool or executor.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use multiproc::{mpi, ErrorKind};
+///
+/// let builder = mpi::Pool::builder().local_workers(2).task_timeout(Duration::from_secs(60));
+/// // Options are checked first: a timeout needs tasks isolated in processes.
+/// let bad = mpi::Pool::builder().isolate(false).task_timeout(Duration::from_secs(1)).build();
+/// assert_eq!(bad.unwrap_err().kind(), ErrorKind::InvalidArgument);
+/// if mpi::launched_rank().is_none() {
+///     // Not started by `mpirun`: no ranks to use.
+///     assert_eq!(builder.build().unwrap_err().kind(), ErrorKind::InvalidState);
+/// }
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 #[must_use = "a builder does nothing until .build() is called"]
 pub struct WorldBuilder {
@@ -195,6 +222,21 @@ impl WorldBuilder {
 }
 
 /// [`crate::Pool`] whose workers are the other ranks of the MPI job.
+///
+/// # Examples
+///
+/// Not run here: it needs a launcher (`mpirun -n 4 target/release/app`).
+///
+/// ```no_run
+/// use multiproc::mpi;
+///
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// let pool = mpi::Pool::builder().local_workers(2).build()?;
+/// assert_eq!(pool.map(square, 0..100)?.len(), 100);
+/// assert_eq!(pool.apply(square, 7)?, 49);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 pub struct Pool {
     pub(crate) engine: Arc<MpiEngine>,
 }
@@ -204,6 +246,20 @@ impl Pool {
     ///
     /// # Errors
     /// As [`WorldBuilder::build`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{mpi, ErrorKind};
+    ///
+    /// // A program that may or may not run under `mpirun`:
+    /// match mpi::Pool::world() {
+    ///     Ok(pool) => println!("{} ranks serve", pool.processes()),
+    ///     Err(e) if e.kind() == ErrorKind::InvalidState => println!("one machine: {e}"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn world() -> Result<Pool> {
         WorldBuilder::default().build()
     }
@@ -227,6 +283,19 @@ impl std::fmt::Debug for Pool {
 }
 
 /// [`crate::ProcessPoolExecutor`] whose workers are the other ranks.
+///
+/// # Examples
+///
+/// Not run here: it needs a launcher (`mpirun -n 4 target/release/app`).
+///
+/// ```no_run
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// let ex = multiproc::mpi::ProcessPoolExecutor::world()?;
+/// let fut = ex.submit(square, 7)?;
+/// assert_eq!(fut.result()?, 49);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 pub struct ProcessPoolExecutor {
     pub(crate) inner: Executor<MpiEngine>,
 }

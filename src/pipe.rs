@@ -1,4 +1,5 @@
-//! `pipe`: a pair of connected `Connection`s, duplex or one-way.
+//! Pipes: [`pipe`], a pair of duplex [`Connection`]s, and [`pipe_one_way`],
+//! a [`Receiver`] and a [`Sender`] whose wrong use is a compile error.
 
 use parking_lot::{Mutex, MutexGuard};
 use std::marker::PhantomData;
@@ -13,7 +14,11 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::wire::{Body, Chunk, Conn, PipeMessage, Tail};
 use crate::{fdpass, sys};
 
-/// One end of a [`pipe`]: Python's `multiprocessing.connection.Connection`.
+/// One end of a duplex [`pipe`], or a connection from a
+/// [`connection::Listener`](crate::connection::Listener) or
+/// [`connection::Client`](crate::connection::Client): Python's
+/// `multiprocessing.connection.Connection`. Both ends send and receive; for
+/// a pipe that carries messages one way only, see [`pipe_one_way`].
 ///
 /// Messages are framed, of any size, and may carry handles (a `Queue`, a
 /// `Lock`, an [`Fd`](crate::Fd)…). `recv` returns a [`ErrorKind::Closed`]
@@ -24,12 +29,31 @@ use crate::{fdpass, sys};
 /// Send a connection to another process before reading from it: data it has
 /// already buffered stays behind.
 ///
-/// A connection from [`connection::Listener`](crate::connection::Listener)
-/// or [`connection::Client`](crate::connection::Client) over TCP carries
-/// plain values only: a value holding a handle fails to send with
+/// A connection from a `Listener` or `Client` over TCP carries plain values
+/// only: a value holding a handle fails to send with
 /// [`ErrorKind::InvalidArgument`] (handles travel only between processes of
 /// one machine). The connection itself can still be sent to a local
 /// `Process` or task: its socket goes along.
+///
+/// Its descriptor ([`AsFd`], Python's `fileno()`) is the socket to poll for
+/// input in an event loop of your own; reading or writing it directly breaks
+/// the framing.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{pipe, Connection, Process};
+///
+/// fn double(c: Connection<u64>) { let n = c.recv().unwrap(); c.send(&(2 * n)).unwrap(); }
+///
+/// let (here, there) = pipe::<u64>()?;
+/// let mut p = Process::new(double, there);
+/// p.start()?;
+/// here.send(&21)?;
+/// assert_eq!(here.recv()?, 42);
+/// p.join()?;
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 pub struct Connection<T> {
     /// Reading and writing have their own state (and descriptor), so a send
     /// never waits behind a receive blocked on the same end.
@@ -69,9 +93,8 @@ enum Next {
 /// hold). It bounds what a pipe holds in the kernel, not what it allocates.
 const SEND_BUFFER: usize = 1 << 20;
 
-/// A connected pair: with `duplex` each end sends and receives; otherwise the
-/// first end only receives and the second only sends (Python's
-/// `Pipe(duplex=False)` order).
+/// A connected pair of duplex [`Connection`]s: each end sends and receives
+/// (Python's `Pipe()`).
 ///
 /// # Errors
 /// When the socket pair cannot be created.
@@ -79,26 +102,53 @@ const SEND_BUFFER: usize = 1 << 20;
 /// # Examples
 ///
 /// ```
-/// use multiproc::{pipe, Connection, Process};
+/// let (a, b) = multiproc::pipe::<String>()?;
+/// a.send(&"ping".to_string())?;
+/// assert_eq!(b.recv()?, "ping");
+/// b.send(&"pong".to_string())?;
+/// assert_eq!(a.recv()?, "pong");
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub fn pipe<T>() -> Result<(Connection<T>, Connection<T>)> {
+    let (a, b) = socket_pair()?;
+    Ok((Connection::new(a, true, true)?, Connection::new(b, true, true)?))
+}
+
+/// A one-way pipe: the receiving end first, then the sending end (Python's
+/// `Pipe(duplex=False)` order). A [`Receiver`] has no `send` and a
+/// [`Sender`] no `recv`: using the wrong end does not compile.
 ///
-/// fn child(tx: Connection<String>) { tx.send(&"hello".to_string()).unwrap(); }
+/// # Errors
+/// When the socket pair cannot be created.
 ///
-/// let (rx, tx) = pipe::<String>(false)?;
+/// # Examples
+///
+/// ```
+/// use multiproc::{pipe_one_way, Process, Sender};
+///
+/// fn child(tx: Sender<String>) { tx.send(&"hello".to_string()).unwrap(); }
+///
+/// let (rx, tx) = pipe_one_way::<String>()?;
 /// let mut p = Process::new(child, tx);
 /// p.start()?;
 /// assert_eq!(rx.recv()?, "hello");
 /// p.join()?;
-/// // The child's copy of the writer is gone and ours moved into the child:
+/// // The child's copy of the sender is gone and ours moved into the child:
 /// assert_eq!(rx.recv().unwrap_err().kind(), multiproc::ErrorKind::Closed);
 /// # Ok::<(), multiproc::Error>(())
 /// ```
-pub fn pipe<T>(duplex: bool) -> Result<(Connection<T>, Connection<T>)> {
+pub fn pipe_one_way<T>() -> Result<(Receiver<T>, Sender<T>)> {
+    let (a, b) = socket_pair()?;
+    Ok((Receiver(Connection::new(a, true, false)?), Sender(Connection::new(b, false, true)?)))
+}
+
+fn socket_pair() -> Result<(OwnedFd, OwnedFd)> {
     let (a, b) = UnixStream::pair().map_err(|e| Error::io("could not create a pipe", e))?;
     for end in [&a, &b] {
         // Best effort: the default holds what it holds.
         let _ = sys::set_send_buffer(end.as_fd(), SEND_BUFFER);
     }
-    Ok((Connection::new(a.into(), true, duplex)?, Connection::new(b.into(), duplex, true)?))
+    Ok((a.into(), b.into()))
 }
 
 impl<T> Connection<T> {
@@ -227,7 +277,7 @@ impl<T> Connection<T> {
     /// Sends raw bytes (Python's `send_bytes`).
     ///
     /// # Errors
-    /// [`ErrorKind::Closed`] when the other end is gone; misuse of a one-way end.
+    /// [`ErrorKind::Closed`] when the other end is gone.
     pub fn send_bytes(&self, bytes: &[u8]) -> Result<()> {
         if self.lock_writer().lends_well(bytes.len()) {
             return self.send_borrowed(bytes);
@@ -260,7 +310,7 @@ impl<T> Connection<T> {
     /// ```
     /// use multiproc::{pipe, ErrorKind};
     ///
-    /// let (a, b) = pipe::<()>(true)?;
+    /// let (a, b) = pipe::<()>()?;
     /// a.send_bytes(b"twelve bytes")?;
     /// let mut small = [0u8; 4];
     /// assert_eq!(b.recv_bytes_into(&mut small).unwrap_err().kind(), ErrorKind::BufferTooShort);
@@ -456,7 +506,7 @@ impl<T> Connection<T> {
     /// (`None`: wait as long as it takes).
     ///
     /// # Errors
-    /// Misuse of a one-way end; an OS error.
+    /// An OS error.
     pub fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
         self.check(false)?;
         let r = self.lock();
@@ -539,7 +589,7 @@ impl<T: Serialize> Connection<T> {
     /// # Examples
     ///
     /// ```
-    /// let (a, b) = multiproc::pipe::<String>(true)?;
+    /// let (a, b) = multiproc::pipe::<String>()?;
     /// a.send(&"ping".to_string())?;
     /// assert_eq!(b.recv()?, "ping");
     /// # Ok::<(), multiproc::Error>(())
@@ -599,7 +649,7 @@ impl<T: DeserializeOwned> Connection<T> {
     /// ```
     /// use std::time::Duration;
     ///
-    /// let (_a, b) = multiproc::pipe::<u32>(true)?;
+    /// let (_a, b) = multiproc::pipe::<u32>()?;
     /// assert!(b.recv_timeout(Duration::from_millis(10)).unwrap_err().is_timeout());
     /// # Ok::<(), multiproc::Error>(())
     /// ```
@@ -660,9 +710,36 @@ impl<'de> Deserialize<'de> for FdOwned {
 
 impl<'de, T> Deserialize<'de> for Connection<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        use serde::de::Error as _;
-        let (w, fd) = <(Wire, FdOwned)>::deserialize(d)?;
-        Connection::with_remote(fd.0, w.readable, w.writable, w.remote).map_err(D::Error::custom)
+        decode_end(d, (true, true), "a duplex `Connection`")
+    }
+}
+
+/// Decodes a pipe end whose `(readable, writable)` must be `dirs`: a
+/// message that claims another kind of end (a peer's lie, or a mismatch
+/// between the types the two sides use) fails to decode.
+fn decode_end<'de, D: Deserializer<'de>, T>(
+    d: D,
+    dirs: (bool, bool),
+    what: &str,
+) -> std::result::Result<Connection<T>, D::Error> {
+    use serde::de::Error as _;
+    let (w, fd) = <(Wire, FdOwned)>::deserialize(d)?;
+    if (w.readable, w.writable) != dirs {
+        return Err(D::Error::custom(format!(
+            "the message holds a pipe end that receives: {}, sends: {}, where {what} was \
+             expected (both sides must use the same type for it)",
+            w.readable, w.writable
+        )));
+    }
+    Connection::with_remote(fd.0, w.readable, w.writable, w.remote).map_err(D::Error::custom)
+}
+
+impl<T> AsFd for Connection<T> {
+    /// The connection's socket (Python's `fileno()`); see [`Connection`].
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: `read_fd` is owned by `self.reader`'s channel, which keeps
+        // it open as long as `self` lives; the borrow is tied to `self`.
+        unsafe { BorrowedFd::borrow_raw(self.read_fd) }
     }
 }
 
@@ -673,5 +750,265 @@ impl<T> std::fmt::Debug for Connection<T> {
             .field("writable", &self.writable)
             .field("remote", &self.remote)
             .finish()
+    }
+}
+
+// --- one-way ends ------------------------------------------------------------
+
+/// The receiving end of a [`pipe_one_way`]: it has the receive half of
+/// [`Connection`]'s methods and no `send`.
+///
+/// `recv` returns an [`ErrorKind::Closed`] error once every copy of the
+/// [`Sender`] is closed, in every process; a sender killed mid-message
+/// yields an error, not a partial value. Pass it to a process or task as an
+/// argument, or through a queue or pipe, like any handle; send it before
+/// reading from it (data it has already buffered stays behind). Its
+/// descriptor ([`AsFd`], Python's `fileno()`) is readable when a message
+/// or end of file is there; [`connection::wait`](crate::connection::wait)
+/// takes it too.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let (rx, tx) = multiproc::pipe_one_way::<u32>()?;
+/// assert!(!rx.poll(Some(Duration::ZERO))?);
+/// tx.send(&7)?;
+/// assert!(rx.poll(Some(Duration::from_secs(5)))?);
+/// assert_eq!(rx.recv()?, 7);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+///
+/// Sending on it does not compile:
+///
+/// ```compile_fail,E0599
+/// let (rx, _tx) = multiproc::pipe_one_way::<u32>()?;
+/// rx.send(&1)?;
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub struct Receiver<T>(pub(crate) Connection<T>);
+
+/// The sending end of a [`pipe_one_way`]: it has the send half of
+/// [`Connection`]'s methods and no `recv`.
+///
+/// A send fails with [`ErrorKind::Closed`] once every copy of the
+/// [`Receiver`] is closed. Pass it to a process or task like any handle.
+///
+/// # Examples
+///
+/// ```
+/// let (rx, tx) = multiproc::pipe_one_way::<Vec<u8>>()?;
+/// tx.send(&vec![1, 2, 3])?;
+/// tx.send_bytes(b"raw")?;
+/// drop(tx);
+/// assert_eq!(rx.recv()?, [1, 2, 3]);
+/// assert_eq!(rx.recv_bytes()?, b"raw");
+/// assert_eq!(rx.recv().unwrap_err().kind(), multiproc::ErrorKind::Closed);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+///
+/// Receiving on it does not compile:
+///
+/// ```compile_fail,E0599
+/// let (_rx, tx) = multiproc::pipe_one_way::<u32>()?;
+/// let n = tx.recv()?;
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub struct Sender<T>(pub(crate) Connection<T>);
+
+impl<T> Receiver<T> {
+    /// Waits for the next message and returns its bytes, as
+    /// [`Connection::recv_bytes`].
+    ///
+    /// # Errors
+    /// As [`recv`](Receiver::recv).
+    pub fn recv_bytes(&self) -> Result<Vec<u8>> {
+        self.0.recv_bytes()
+    }
+
+    /// Waits for the next message and copies its bytes to the start of
+    /// `buf`, returning their length, as [`Connection::recv_bytes_into`].
+    ///
+    /// # Errors
+    /// [`ErrorKind::BufferTooShort`] when the message is longer than `buf`
+    /// (nothing is copied and the message stays first in line); otherwise
+    /// as [`recv`](Receiver::recv).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (rx, tx) = multiproc::pipe_one_way::<()>()?;
+    /// tx.send_bytes(b"abc")?;
+    /// let mut buf = [0u8; 8];
+    /// let n = rx.recv_bytes_into(&mut buf)?;
+    /// assert_eq!(&buf[..n], b"abc");
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize> {
+        self.0.recv_bytes_into(buf)
+    }
+
+    /// True when a message (or end of file) is ready within `timeout`
+    /// (`None`: wait as long as it takes), as [`Connection::poll`].
+    ///
+    /// # Errors
+    /// An OS error.
+    pub fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
+        self.0.poll(timeout)
+    }
+
+    /// Closes this end (dropping it does the same).
+    pub fn close(self) {}
+
+    /// The connection under this end, for `connection::wait` and `aio`.
+    pub(crate) fn inner(&self) -> &Connection<T> {
+        &self.0
+    }
+}
+
+impl<T: DeserializeOwned> Receiver<T> {
+    /// Waits for the next value.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Closed`] once every copy of the sender is closed;
+    /// [`ErrorKind::Protocol`] when the sender died mid-message;
+    /// [`ErrorKind::Deserialize`] for bytes that are not a `T`.
+    pub fn recv(&self) -> Result<T> {
+        self.0.recv()
+    }
+
+    /// Waits at most `timeout` for the next value.
+    ///
+    /// # Errors
+    /// As [`recv`](Receiver::recv), and [`ErrorKind::Timeout`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let (rx, _tx) = multiproc::pipe_one_way::<u32>()?;
+    /// assert!(rx.recv_timeout(Duration::from_millis(10)).unwrap_err().is_timeout());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<T> {
+        self.0.recv_timeout(timeout)
+    }
+}
+
+impl<T> Sender<T> {
+    /// Sends raw bytes, as [`Connection::send_bytes`].
+    ///
+    /// # Errors
+    /// [`ErrorKind::Closed`] when every copy of the receiver is gone.
+    pub fn send_bytes(&self, bytes: &[u8]) -> Result<()> {
+        self.0.send_bytes(bytes)
+    }
+
+    /// Closes this end (dropping it does the same); once every copy is
+    /// closed, the receiver reads end of file.
+    pub fn close(self) {}
+
+    /// The connection under this end, for `aio`.
+    pub(crate) fn inner(&self) -> &Connection<T> {
+        &self.0
+    }
+}
+
+impl<T: Serialize> Sender<T> {
+    /// Sends a value.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Serialize`] when the value cannot be encoded (nothing is
+    /// sent); [`ErrorKind::Closed`] when every copy of the receiver is gone.
+    pub fn send(&self, value: &T) -> Result<()> {
+        self.0.send(value)
+    }
+}
+
+impl<T> AsFd for Receiver<T> {
+    /// The socket (Python's `fileno()`): readable when a message or end of
+    /// file is there.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl<T> AsFd for Sender<T> {
+    /// The socket (Python's `fileno()`): writable when a send would not
+    /// block.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl<T> Serialize for Receiver<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Receiver<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        decode_end(d, (true, false), "a `Receiver`").map(Receiver)
+    }
+}
+
+impl<T> Serialize for Sender<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Sender<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        decode_end(d, (false, true), "a `Sender`").map(Sender)
+    }
+}
+
+impl<T> std::fmt::Debug for Receiver<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Receiver").field(&self.0.as_fd().as_raw_fd()).finish()
+    }
+}
+
+impl<T> std::fmt::Debug for Sender<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Sender").field(&self.0.as_fd().as_raw_fd()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes a pipe end of type `E` from the wire `(readable, writable,
+    /// remote)` and one socket, as a message from a peer would carry it.
+    fn decode_as<E: DeserializeOwned>(dirs: (bool, bool)) -> Result<E> {
+        let (_peer, fd) = socket_pair()?;
+        let encoded = crate::codec::encode(&((dirs.0, dirs.1, false), 0u32)).unwrap();
+        fdpass::supply(vec![fd], || crate::codec::decode::<E>(&encoded))
+            .map_err(|e| Error::new(ErrorKind::Deserialize, e.to_string()))
+    }
+
+    /// A message that claims a different kind of end than the type that
+    /// decodes it is refused, so a `Receiver` is always a receiving end and
+    /// a `Sender` a sending one, whatever a peer writes.
+    #[test]
+    fn an_end_decodes_only_as_its_own_kind() {
+        assert!(decode_as::<Receiver<u32>>((true, false)).is_ok());
+        assert!(decode_as::<Sender<u32>>((false, true)).is_ok());
+        assert!(decode_as::<Connection<u32>>((true, true)).is_ok());
+        for dirs in [(false, true), (true, true), (false, false)] {
+            let e = decode_as::<Receiver<u32>>(dirs).unwrap_err();
+            assert!(e.to_string().contains("where a `Receiver` was expected"), "{e}");
+        }
+        for dirs in [(true, false), (true, true), (false, false)] {
+            assert!(decode_as::<Sender<u32>>(dirs).is_err(), "{dirs:?}");
+        }
+        for dirs in [(true, false), (false, true), (false, false)] {
+            assert!(decode_as::<Connection<u32>>(dirs).is_err(), "{dirs:?}");
+        }
     }
 }

@@ -216,11 +216,11 @@ impl Process {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use multiproc::{connection, pipe, Process};
+    /// use multiproc::{connection, pipe_one_way, Process};
     ///
     /// fn nap(ms: u64) { std::thread::sleep(Duration::from_millis(ms)) }
     ///
-    /// let (rx, _tx) = pipe::<u32>(false)?;
+    /// let (rx, _tx) = pipe_one_way::<u32>()?;
     /// let mut p = Process::new(nap, 50u64);
     /// p.start()?;
     /// let ended = p.sentinel()?;

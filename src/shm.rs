@@ -404,6 +404,21 @@ impl<T: Plain> Value<T> {
     /// # Panics
     /// When this thread holds the value's guard from [`lock`](Value::lock)
     /// (read through the guard instead), or the lock fails at the OS level.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{Process, Value};
+    ///
+    /// fn bump(v: Value<u64>) { v.set(v.get() + 1) }
+    ///
+    /// let v = Value::new(41u64)?;
+    /// let mut p = Process::new(bump, v.clone());
+    /// p.start()?;
+    /// p.join()?;
+    /// assert_eq!(v.get(), 42, "the child's set is seen here: the value is shared");
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn get(&self) -> T {
         self.array.get(0).unwrap_or_else(|e| panic!("Value::get: {e}"))
     }
@@ -412,6 +427,15 @@ impl<T: Plain> Value<T> {
     ///
     /// # Panics
     /// As [`get`](Value::get).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let v = multiproc::Value::new(0.5f64)?;
+    /// v.set(2.5);
+    /// assert_eq!(v.get(), 2.5);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn set(&self, value: T) {
         self.array.set(0, value).unwrap_or_else(|e| panic!("Value::set: {e}"))
     }

@@ -13,6 +13,8 @@ mod apply_here;
 mod async_result;
 #[path = "it/connection.rs"]
 mod connection;
+#[path = "it/error_messages.rs"]
+mod error_messages;
 #[path = "it/events.rs"]
 mod events;
 #[path = "it/fork_server.rs"]

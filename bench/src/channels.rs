@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use multiproc::{pipe, Connection, Process, Queue};
+use multiproc::{pipe_one_way, Process, Queue, Sender};
 
 use crate::figures::Sample;
 use crate::params::Params;
@@ -23,7 +23,7 @@ pub fn produce((q, n): (Queue<u64>, u64)) {
 }
 
 /// The sender of P1: `n` messages of 1 MiB as bytes.
-pub fn send_mib((tx, n): (Connection<()>, usize)) {
+pub fn send_mib((tx, n): (Sender<()>, usize)) {
     let buf = vec![7u8; 1 << 20];
     for _ in 0..n {
         tx.send_bytes(&buf).expect("send_bytes");
@@ -50,7 +50,7 @@ pub fn q1(p: &Params) -> R<Vec<Sample>> {
 }
 
 pub fn p1(p: &Params) -> R<Vec<Sample>> {
-    let (rx, tx) = pipe::<()>(false).map_err(e)?;
+    let (rx, tx) = pipe_one_way::<()>().map_err(e)?;
     let n = p.p1_msgs;
     let mut child = Process::new(send_mib, (tx, n));
     child.start().map_err(e)?;

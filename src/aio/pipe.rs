@@ -1,5 +1,6 @@
-//! `Connection::recv_async` and `Connection::send_async`: the connection's
-//! non-blocking receive and send steps, resumed when the socket is ready.
+//! `Connection::recv_async` and `Connection::send_async` (and the same on a
+//! one-way pipe's `Receiver` and `Sender`): the connection's non-blocking
+//! receive and send steps, resumed when the socket is ready.
 
 use std::future::poll_fn;
 use std::task::Poll;
@@ -9,7 +10,7 @@ use serde::Serialize;
 
 use super::{Ready, Wait};
 use crate::error::Result;
-use crate::pipe::{Connection, TryRecv, TrySend};
+use crate::pipe::{Connection, Receiver, Sender, TryRecv, TrySend};
 
 impl<T: DeserializeOwned> Connection<T> {
     /// Waits for the next value, as [`recv`](Connection::recv), without
@@ -34,15 +35,15 @@ impl<T: DeserializeOwned> Connection<T> {
     /// ```
     /// use multiproc::{pipe, Connection, Process};
     ///
-    /// fn child(tx: Connection<u64>) { tx.send(&42).unwrap(); }
+    /// fn child(c: Connection<u64>) { c.send(&42).unwrap(); }
     ///
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-    /// let (rx, tx) = pipe::<u64>(false)?;
-    /// let mut p = Process::new(child, tx);
+    /// let (here, there) = pipe::<u64>()?;
+    /// let mut p = Process::new(child, there);
     /// p.start()?;
-    /// assert_eq!(rx.recv_async().await?, 42);
+    /// assert_eq!(here.recv_async().await?, 42);
     /// // The child exited and our copy of its end went with it: end of file.
-    /// assert_eq!(rx.recv_async().await.unwrap_err().kind(), multiproc::ErrorKind::Closed);
+    /// assert_eq!(here.recv_async().await.unwrap_err().kind(), multiproc::ErrorKind::Closed);
     /// p.join_async().await?;
     /// # Ok::<(), multiproc::Error>(())
     /// # }).unwrap();
@@ -51,7 +52,9 @@ impl<T: DeserializeOwned> Connection<T> {
         let (bytes, fds) = self.recv_frame_async().await?;
         Self::decode_value(&bytes, fds)
     }
+}
 
+impl<T> Connection<T> {
     /// Waits for the next message and returns its bytes, as
     /// [`recv_bytes`](Connection::recv_bytes), without blocking the
     /// executor's thread. Cancel-safe as [`recv_async`](Connection::recv_async).
@@ -63,7 +66,7 @@ impl<T: DeserializeOwned> Connection<T> {
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-    /// let (a, b) = multiproc::pipe::<()>(true)?;
+    /// let (a, b) = multiproc::pipe::<()>()?;
     /// a.send_bytes_async(b"raw").await?;
     /// assert_eq!(b.recv_bytes_async().await?, b"raw");
     /// # Ok::<(), multiproc::Error>(())
@@ -72,9 +75,7 @@ impl<T: DeserializeOwned> Connection<T> {
     pub async fn recv_bytes_async(&self) -> Result<Vec<u8>> {
         Ok(self.recv_frame_async().await?.0)
     }
-}
 
-impl<T> Connection<T> {
     async fn recv_frame_async(&self) -> Result<(Vec<u8>, Vec<std::os::fd::OwnedFd>)> {
         let mut wait = Wait::new();
         poll_fn(|cx| {
@@ -109,7 +110,7 @@ impl<T> Connection<T> {
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-    /// let (a, b) = multiproc::pipe::<()>(true)?;
+    /// let (a, b) = multiproc::pipe::<()>()?;
     /// a.send_bytes_async(&[7; 100_000]).await?; // more than the socket holds
     /// assert_eq!(b.recv_bytes_async().await?.len(), 100_000);
     /// # Ok::<(), multiproc::Error>(())
@@ -184,7 +185,7 @@ impl<T: Serialize> Connection<T> {
     /// fn echo(c: Connection<String>) { let s = c.recv().unwrap(); c.send(&(s + "!")).unwrap(); }
     ///
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-    /// let (here, there) = pipe::<String>(true)?;
+    /// let (here, there) = pipe::<String>()?;
     /// let mut p = Process::new(echo, there);
     /// p.start()?;
     /// here.send_async(&"hi".to_string()).await?;
@@ -197,5 +198,81 @@ impl<T: Serialize> Connection<T> {
         let encoded = self.encode_value(value);
         let (bytes, fds) = encoded?;
         self.send_chunk_async(bytes, fds).await
+    }
+}
+
+impl<T: DeserializeOwned> Receiver<T> {
+    /// Waits for the next value without blocking the executor's thread, as
+    /// [`Connection::recv_async`] (cancel-safe in the same way).
+    ///
+    /// # Errors
+    /// As [`recv`](Receiver::recv).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{pipe_one_way, Process, Sender};
+    ///
+    /// fn child(tx: Sender<u64>) { tx.send(&42).unwrap(); }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let (rx, tx) = pipe_one_way::<u64>()?;
+    /// let mut p = Process::new(child, tx);
+    /// p.start()?;
+    /// assert_eq!(rx.recv_async().await?, 42);
+    /// // The child exited and the only sender went with it: end of file.
+    /// assert_eq!(rx.recv_async().await.unwrap_err().kind(), multiproc::ErrorKind::Closed);
+    /// p.join_async().await?;
+    /// # Ok::<(), multiproc::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn recv_async(&self) -> Result<T> {
+        self.inner().recv_async().await
+    }
+}
+
+impl<T> Receiver<T> {
+    /// Waits for the next message and returns its bytes without blocking
+    /// the executor's thread, as [`Connection::recv_bytes_async`].
+    ///
+    /// # Errors
+    /// As [`recv_async`](Receiver::recv_async).
+    pub async fn recv_bytes_async(&self) -> Result<Vec<u8>> {
+        self.inner().recv_bytes_async().await
+    }
+}
+
+impl<T> Sender<T> {
+    /// Sends raw bytes without blocking the executor's thread while the
+    /// socket is full, as [`Connection::send_bytes_async`].
+    ///
+    /// # Errors
+    /// As [`send_bytes`](Sender::send_bytes).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let (rx, tx) = multiproc::pipe_one_way::<()>()?;
+    /// let (sent, got) = tokio::join!(tx.send_bytes_async(&[7; 100_000]), rx.recv_bytes_async());
+    /// sent?;
+    /// assert_eq!(got?.len(), 100_000);
+    /// # Ok::<(), multiproc::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn send_bytes_async(&self, bytes: &[u8]) -> Result<()> {
+        self.inner().send_bytes_async(bytes).await
+    }
+}
+
+impl<T: Serialize> Sender<T> {
+    /// Sends a value without blocking the executor's thread while the
+    /// socket is full, as [`Connection::send_async`] (with the same cancel
+    /// safety).
+    ///
+    /// # Errors
+    /// As [`send`](Sender::send).
+    pub async fn send_async(&self, value: &T) -> Result<()> {
+        self.inner().send_async(value).await
     }
 }

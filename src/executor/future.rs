@@ -71,6 +71,25 @@ impl<R: Send + 'static> Future<R> {
     /// Cancels the task if no worker has taken it yet; true when the task is
     /// (now or already) cancelled. A running task is not stopped: see
     /// [`kill`](Future::kill).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::ThreadPoolExecutor;
+    ///
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    ///
+    /// let ex = ThreadPoolExecutor::new(1)?;
+    /// let busy = ex.submit(nap, 300)?; // takes the only thread
+    /// let queued = ex.submit(nap, 1)?;
+    /// assert!(queued.cancel(), "still queued: cancelled");
+    /// assert!(queued.cancelled() && queued.done());
+    /// assert!(queued.result().unwrap_err().is_cancelled());
+    /// assert_eq!(busy.result()?, 300);
+    /// assert!(!busy.cancel(), "finished: too late to cancel");
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn cancel(&self) -> bool {
         if self.inner.ticket.cancel() {
             // The done-callbacks run here, before `cancel` returns, as in Python.
@@ -87,6 +106,26 @@ impl<R: Send + 'static> Future<R> {
     /// simply cancelled. Threads cannot be killed: for a thread pool this is
     /// [`cancel`](Future::cancel). Returns false when the task had already
     /// finished.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::ProcessPoolExecutor;
+    ///
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    ///
+    /// let ex = ProcessPoolExecutor::new(1)?;
+    /// let stuck = ex.submit(nap, 60_000)?;
+    /// while !stuck.running() {
+    ///     std::thread::sleep(Duration::from_millis(1));
+    /// }
+    /// assert!(stuck.kill(), "its worker is killed and replaced");
+    /// assert!(stuck.result().unwrap_err().is_cancelled());
+    /// // The executor goes on with a new worker.
+    /// assert_eq!(ex.submit(nap, 1)?.result()?, 1);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn kill(&self) -> bool {
         if self.cancel() {
             return true;

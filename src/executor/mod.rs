@@ -40,13 +40,14 @@ impl<E: Engine> Executor<E> {
     }
 
     /// Submits one call through `runner` (made with `ticket`) and returns its
-    /// future; with `limit`, the future fails with `Timeout` once it passes
-    /// and the call is stopped (see `With::timeout`).
+    /// future; with `limit` (a bound, and the function's name for the
+    /// error), the future fails with `Timeout` once it passes and the call
+    /// is stopped (see `With::timeout`).
     fn submit<A, R: Send + 'static, C: OneShot<A, R>>(
         &self,
         runner: impl FnOnce(Arc<Ticket>) -> C,
         args: A,
-        limit: Option<Duration>,
+        limit: Option<(Duration, &'static str)>,
     ) -> Result<Future<R>> {
         if self.engine.lifecycle().state() != RunState::Running {
             return Err(Error::not_running_because("executor", "it was shut down"));
@@ -55,8 +56,8 @@ impl<E: Engine> Executor<E> {
         let ticket = Ticket::new();
         let completion = Completion::new();
         let engine = Arc::downgrade(&self.engine) as Weak<dyn Engine>;
-        if let Some(limit) = limit {
-            crate::pool::deadline::arm_one(limit, &completion, &ticket, engine.clone())?;
+        if let Some((limit, task)) = limit {
+            crate::pool::deadline::arm_one(limit, task, &completion, &ticket, engine.clone())?;
         }
         runner(ticket.clone()).run(args, completion.clone());
         Ok(Future::new(completion, ticket, engine))
@@ -217,7 +218,12 @@ macro_rules! executor_methods {
                     return IMap::new($make, items, with.chunksize, true, with.progress.clone());
                 };
                 let late = crate::pool::deadline::Late::Drop;
-                match crate::pool::deadline::Timed::<_, F::Output>::new::<A>($make, limit, late) {
+                match crate::pool::deadline::Timed::<_, F::Output>::new::<A>(
+                    $make,
+                    limit,
+                    std::any::type_name::<F>(),
+                    late,
+                ) {
                     Ok(runner) => IMap::new(runner, items, with.chunksize, true, with.progress.clone())
                         .with_timeout(limit),
                     Err(e) => IMap::failed(e),
@@ -267,7 +273,8 @@ macro_rules! executor_methods {
             where $($once_bounds)*
             {
                 let $oengine = &self.face.inner.engine;
-                self.face.inner.submit(|ticket| $make_once.with_ticket(ticket), args, self.timeout)
+                let limit = self.timeout.map(|d| (d, std::any::type_name::<F>()));
+                self.face.inner.submit(|ticket| $make_once.with_ticket(ticket), args, limit)
             }
 
             /// [`map`]($executor::map) with these settings.

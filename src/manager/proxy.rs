@@ -109,6 +109,20 @@ macro_rules! proxy_serde {
 
 /// A `dict` on a manager server (Python's `DictProxy`), keys in insertion
 /// order. Two keys are the same key when their encodings are the same bytes.
+///
+/// # Examples
+///
+/// ```
+/// let manager = multiproc::Manager::start()?;
+/// let d = manager.dict::<String, u32>()?;
+/// d.insert("a".to_string(), 1)?;
+/// assert_eq!(d.setdefault("b".to_string(), 2)?, 2);
+/// assert_eq!(d.get(&"a".to_string())?, Some(1));
+/// assert_eq!(d.keys()?, ["a", "b"]);
+/// assert_eq!(d.remove(&"a".to_string())?, Some(1));
+/// assert_eq!(d.len()?, 1);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 pub struct DictProxy<K, V> {
     pub(crate) h: Handle,
     pub(crate) _t: PhantomData<fn() -> (K, V)>,
@@ -174,6 +188,19 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
 
 /// A `list` on a manager server (Python's `ListProxy`). Indices follow
 /// Python: negative ones count from the end.
+///
+/// # Examples
+///
+/// ```
+/// let manager = multiproc::Manager::start()?;
+/// let l = manager.list::<u32>()?;
+/// l.extend([1, 2, 3])?;
+/// l.append(4)?;
+/// assert_eq!(l.get(-1)?, 4);
+/// assert_eq!(l.pop_at(0)?, 1);
+/// assert_eq!(l.to_vec()?, [2, 3, 4]);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 pub struct ListProxy<T> {
     pub(crate) h: Handle,
     pub(crate) _t: PhantomData<fn() -> T>,
@@ -232,6 +259,20 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
 }
 
 /// A `Namespace` on a manager server: named attributes of any serde type.
+///
+/// # Examples
+///
+/// ```
+/// let manager = multiproc::Manager::start()?;
+/// let ns = manager.namespace()?;
+/// ns.set("rounds", &3u32)?;
+/// ns.set("label", &"run-1".to_string())?;
+/// assert_eq!(ns.get::<u32>("rounds")?, Some(3));
+/// assert_eq!(ns.names()?, ["rounds", "label"]);
+/// assert!(ns.remove("rounds")?);
+/// assert_eq!(ns.get::<u32>("rounds")?, None);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NamespaceProxy {
     pub(crate) h: Handle,
@@ -265,6 +306,17 @@ impl NamespaceProxy {
 }
 
 /// A `Value` on a manager server: one value of any serde type.
+///
+/// # Examples
+///
+/// ```
+/// let manager = multiproc::Manager::start()?;
+/// let v = manager.value(vec![1u8])?;
+/// v.set(vec![1, 2])?;
+/// assert_eq!(v.swap(Vec::new())?, [1, 2]);
+/// assert!(v.get()?.is_empty());
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 pub struct ValueProxy<T> {
     pub(crate) h: Handle,
     pub(crate) _t: PhantomData<fn() -> T>,
@@ -288,6 +340,20 @@ impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
 
 /// A `Queue` on a manager server. Blocking calls wait on the server without
 /// holding up its other clients.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let manager = multiproc::Manager::start()?;
+/// let q = manager.queue::<String>()?;
+/// q.put("job".to_string())?;
+/// assert_eq!(q.len()?, 1);
+/// assert_eq!(q.get_timeout(Duration::from_secs(5))?, "job");
+/// assert!(q.get_timeout(Duration::from_millis(10)).unwrap_err().is_timeout());
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 pub struct QueueProxy<T> {
     pub(crate) h: Handle,
     pub(crate) _t: PhantomData<fn() -> T>,
@@ -362,6 +428,24 @@ struct Held(Mutex<Option<Stream>>);
 /// A `Lock` on a manager server. A process that dies holding it does not
 /// deadlock the others: the next acquirer gets it with
 /// [`ProxyLockGuard::previous_owner_died`] true.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let manager = multiproc::Manager::start()?;
+/// let lock = manager.lock()?;
+/// {
+///     let guard = lock.acquire()?;
+///     assert!(!guard.previous_owner_died());
+///     assert!(lock.locked()?);
+///     // Another client (here a clone: its own connection) cannot take it.
+///     assert!(lock.clone().acquire_timeout(Duration::from_millis(10))?.is_none());
+/// }
+/// assert!(!lock.locked()?, "the guard released it");
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[derive(Serialize, Deserialize)]
 pub struct LockProxy {
     pub(crate) h: Handle,
@@ -381,7 +465,7 @@ impl std::fmt::Debug for LockProxy {
     }
 }
 
-/// Holds a [`LockProxy`] until dropped.
+/// Holds a [`LockProxy`] until dropped (see [`LockProxy`] for an example).
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct ProxyLockGuard<'a> {
     lock: &'a LockProxy,
@@ -478,6 +562,21 @@ impl LockProxy {
 }
 
 /// An `Event` on a manager server.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let manager = multiproc::Manager::start()?;
+/// let ready = manager.event()?;
+/// assert!(!ready.wait_timeout(Duration::from_millis(10))?);
+/// ready.set()?;
+/// assert!(ready.is_set()? && ready.wait()?);
+/// ready.clear()?;
+/// assert!(!ready.is_set()?);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EventProxy {
     pub(crate) h: Handle,
@@ -507,6 +606,22 @@ impl EventProxy {
 }
 
 /// A `Semaphore` (or `BoundedSemaphore`) on a manager server.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let manager = multiproc::Manager::start()?;
+/// let slots = manager.bounded_semaphore(1)?;
+/// slots.acquire()?;
+/// assert!(!slots.acquire_timeout(Duration::from_millis(10))?);
+/// slots.release()?;
+/// assert_eq!(slots.value()?, 1);
+/// // Bounded: one release too many is an error.
+/// assert!(slots.release().is_err());
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SemaphoreProxy {
     pub(crate) h: Handle,
@@ -542,6 +657,20 @@ impl SemaphoreProxy {
 }
 
 /// A `Barrier` on a manager server.
+///
+/// # Examples
+///
+/// ```
+/// let manager = multiproc::Manager::start()?;
+/// let barrier = manager.barrier(2)?;
+/// let other = barrier.clone();
+/// let t = std::thread::spawn(move || other.wait());
+/// let mine = barrier.wait()?;
+/// let theirs = t.join().unwrap()?;
+/// assert_eq!(mine + theirs, 1, "arrival indices 0 and 1");
+/// assert_eq!(barrier.parties()?, 2);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BarrierProxy {
     pub(crate) h: Handle,
@@ -578,7 +707,31 @@ impl BarrierProxy {
 }
 
 /// An object of a registered user type `T` on a manager server; its
-/// methods are remote calls ([`Shared`] has an example).
+/// methods are remote calls.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::manager::{Manager, Method, Methods, Shared};
+///
+/// struct Log(Vec<String>);
+/// const PUSH: Method<Log, String, usize> = Method::new("push");
+///
+/// impl Shared for Log {
+///     const NAME: &'static str = "Log";
+///     type Init = ();
+///     fn create((): ()) -> Log { Log(Vec::new()) }
+///     fn methods(m: &mut Methods<Log>) {
+///         m.add(PUSH, |log, line| { log.0.push(line); log.0.len() });
+///     }
+/// }
+///
+/// let manager = Manager::builder().register::<Log>().start()?;
+/// let log = manager.shared::<Log>(())?;
+/// assert_eq!(log.call(PUSH, "started".to_string())?, 1);
+/// assert_eq!(log.clone().call(PUSH, "done".to_string())?, 2);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
 pub struct Proxy<T> {
     pub(crate) h: Handle,
     pub(crate) _t: PhantomData<fn() -> T>,

@@ -62,7 +62,19 @@ pub trait Shared: Send + Sized + 'static {
     fn methods(methods: &mut Methods<Self>);
 }
 
-/// A method of `T` taking `A` and returning `R`, by name.
+/// A method of `T` taking `A` and returning `R`, by name: declare it once
+/// as a constant, add it to the type's [`Methods`], and call it through a
+/// [`Proxy`](super::Proxy) ([`Shared`] shows the whole of it).
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::manager::Method;
+///
+/// struct Counter;
+/// const ADD: Method<Counter, u64, u64> = Method::new("add");
+/// assert_eq!(ADD.name(), "add");
+/// ```
 pub struct Method<T, A, R> {
     name: &'static str,
     _types: PhantomData<fn(T, A) -> R>,
@@ -90,7 +102,8 @@ impl<T, A, R> Copy for Method<T, A, R> {}
 
 type Erased<T> = Box<dyn Fn(&mut T, &[u8]) -> Reply + Send + Sync>;
 
-/// The method table of a [`Shared`] type.
+/// The method table of a [`Shared`] type, filled in by
+/// [`Shared::methods`] (see [`Shared`] for an example).
 pub struct Methods<T> {
     table: HashMap<&'static str, Erased<T>>,
 }

@@ -138,10 +138,13 @@ fn serve() {
     }
 }
 
-fn timed_out(limit: Duration) -> Error {
+/// The error of a call to `task` (a function's `type_name`) that passed
+/// its timeout: the name is what tells a user which call it was.
+fn timed_out(limit: Duration, task: &str) -> Error {
     Error::timeout(format!(
-        "the call did not finish within its {limit:?} timeout; what was left of it was \
-         cancelled (a worker process running it was killed and replaced)"
+        "the call to {task} did not finish within its {limit:?} timeout; what was left of it \
+         was cancelled (a worker process running it was killed and replaced): raise the \
+         timeout, or split the work into shorter calls"
     ))
 }
 
@@ -156,9 +159,11 @@ fn stop(ticket: &Ticket, engine: &Weak<dyn Engine>) {
 }
 
 /// Bounds one call (`apply`, `apply_async`, `submit`) submitted with
-/// `ticket` and completing `completion`: see the module doc.
+/// `ticket` and completing `completion`: see the module doc. `task` names
+/// the called function in the timeout's message.
 pub(crate) fn arm_one<R: Send + 'static>(
     limit: Duration,
+    task: &'static str,
     completion: &Arc<Completion<R>>,
     ticket: &Arc<Ticket>,
     engine: Weak<dyn Engine>,
@@ -167,7 +172,7 @@ pub(crate) fn arm_one<R: Send + 'static>(
         return Ok(()); // never
     };
     let (completion, ticket) = (Arc::downgrade(completion), Arc::downgrade(ticket));
-    at(deadline, OneCall { completion, ticket, engine, limit })
+    at(deadline, OneCall { completion, ticket, engine, limit, task })
 }
 
 /// The deadline of one call.
@@ -176,6 +181,7 @@ struct OneCall<R> {
     ticket: Weak<Ticket>,
     engine: Weak<dyn Engine>,
     limit: Duration,
+    task: &'static str,
 }
 
 impl<R: Send + 'static> Expiry for OneCall<R> {
@@ -188,7 +194,7 @@ impl<R: Send + 'static> Expiry for OneCall<R> {
         if completion.is_done() {
             return;
         }
-        completion.complete(Err(timed_out(self.limit)));
+        completion.complete(Err(timed_out(self.limit, self.task)));
         if let Some(ticket) = self.ticket.upgrade() {
             stop(&ticket, &self.engine);
         }
@@ -228,15 +234,17 @@ pub(crate) struct Timed<Rn, R> {
     calls: Arc<Mutex<Calls<R>>>,
     late: Late,
     limit: Duration,
+    task: &'static str,
 }
 
-fn timeouts<R>(len: usize, limit: Duration) -> Outcomes<R> {
-    (0..len).map(|_| Err(timed_out(limit))).collect()
+fn timeouts<R>(len: usize, limit: Duration, task: &str) -> Outcomes<R> {
+    (0..len).map(|_| Err(timed_out(limit, task))).collect()
 }
 
 impl<Rn, R: Send + 'static> Timed<Rn, R> {
-    /// Wraps `inner`; its deadline is `limit` from now.
-    pub(crate) fn new<A>(inner: Rn, limit: Duration, late: Late) -> Result<Self>
+    /// Wraps `inner`, which runs `task` (named in the timeout's message);
+    /// its deadline is `limit` from now.
+    pub(crate) fn new<A>(inner: Rn, limit: Duration, task: &'static str, late: Late) -> Result<Self>
     where
         Rn: ChunkRunner<A, R>,
     {
@@ -244,9 +252,9 @@ impl<Rn, R: Send + 'static> Timed<Rn, R> {
         if let Some(deadline) = crate::deadline_after(limit) {
             let calls = Arc::downgrade(&calls);
             let engine = Arc::downgrade(inner.engine()) as Weak<dyn Engine>;
-            at(deadline, MapCall { calls, engine, late, limit })?;
+            at(deadline, MapCall { calls, engine, late, limit, task })?;
         }
-        Ok(Timed { inner, calls, late, limit })
+        Ok(Timed { inner, calls, late, limit, task })
     }
 }
 
@@ -256,6 +264,7 @@ struct MapCall<R> {
     engine: Weak<dyn Engine>,
     late: Late,
     limit: Duration,
+    task: &'static str,
 }
 
 impl<R: Send + 'static> Expiry for MapCall<R> {
@@ -273,7 +282,7 @@ impl<R: Send + 'static> Expiry for MapCall<R> {
         for chunk in live.into_values() {
             stop(&chunk.ticket, &self.engine);
             if self.late == Late::Fail {
-                (chunk.done)(timeouts(chunk.len, self.limit));
+                (chunk.done)(timeouts(chunk.len, self.limit, self.task));
             }
         }
     }
@@ -302,7 +311,7 @@ where
                 drop(c);
                 ticket.cancel();
                 if self.late == Late::Fail {
-                    done(timeouts(len, self.limit));
+                    done(timeouts(len, self.limit, self.task));
                 }
                 return;
             }

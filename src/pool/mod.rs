@@ -491,7 +491,12 @@ macro_rules! pool_methods {
                 let Some(limit) = with.timeout else {
                     return map::map_async(&$make, items, with.chunksize, with.progress.clone());
                 };
-                match deadline::Timed::<_, F::Output>::new::<A>($make, limit, deadline::Late::Fail) {
+                match deadline::Timed::<_, F::Output>::new::<A>(
+                    $make,
+                    limit,
+                    std::any::type_name::<F>(),
+                    deadline::Late::Fail,
+                ) {
                     Ok(runner) => map::map_async(&runner, items, with.chunksize, with.progress.clone()),
                     Err(e) => AsyncResult::failed(e),
                 }
@@ -510,7 +515,12 @@ macro_rules! pool_methods {
                 let Some(limit) = with.timeout else {
                     return IMap::new($make, items, with.chunksize, ordered, with.progress.clone());
                 };
-                match deadline::Timed::<_, F::Output>::new::<A>($make, limit, deadline::Late::Drop) {
+                match deadline::Timed::<_, F::Output>::new::<A>(
+                    $make,
+                    limit,
+                    std::any::type_name::<F>(),
+                    deadline::Late::Drop,
+                ) {
                     Ok(runner) => {
                         IMap::new(runner, items, with.chunksize, ordered, with.progress.clone())
                             .with_timeout(limit)
@@ -548,7 +558,7 @@ macro_rules! pool_methods {
                 }
                 let (ticket, completion) = (Ticket::new(), Completion::new());
                 let engine = Arc::downgrade($oengine) as Weak<dyn Engine>;
-                if let Err(e) = deadline::arm_one(limit, &completion, &ticket, engine) {
+                if let Err(e) = deadline::arm_one(limit, std::any::type_name::<F>(), &completion, &ticket, engine) {
                     return AsyncResult::failed(e);
                 }
                 OneShot::run($make_once.with_ticket(ticket), args, completion.clone());

@@ -197,6 +197,19 @@ impl Barrier {
 
     /// Breaks the barrier: current and future waiters fail until
     /// [`reset`](Self::reset).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let barrier = multiproc::Barrier::new(2)?;
+    /// barrier.abort();
+    /// assert!(barrier.broken());
+    /// assert_eq!(barrier.wait(None).unwrap_err().kind(), multiproc::ErrorKind::BrokenBarrier);
+    /// barrier.reset()?;
+    /// assert!(!barrier.broken());
+    /// assert_eq!((barrier.parties(), barrier.n_waiting()), (2, 0));
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn abort(&self) {
         self.mem().broken.store(1, Ordering::SeqCst);
         self.wake_all();

@@ -78,6 +78,16 @@ impl Condition {
     ///
     /// # Errors
     /// An OS error, or this thread already holds it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cond = multiproc::Condition::new()?;
+    /// let guard = cond.acquire()?;
+    /// assert!(!guard.previous_owner_died());
+    /// guard.notify_all(); // nobody waits: nothing happens
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn acquire(&self) -> Result<ConditionGuard<'_>> {
         let guard = self.mutex.lock_blocking()?;
         Ok(ConditionGuard { cond: self, guard })
@@ -95,6 +105,19 @@ impl<'a> ConditionGuard<'a> {
     ///
     /// # Errors
     /// When the lock cannot be taken again.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let cond = multiproc::Condition::new()?;
+    /// let guard = cond.acquire()?;
+    /// // No one notifies: the wait ends at its timeout, with the lock taken again.
+    /// let (_guard, notified) = guard.wait(Some(Duration::from_millis(10)))?;
+    /// assert!(!notified);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn wait(self, timeout: Option<Duration>) -> Result<(ConditionGuard<'a>, bool)> {
         let cond = self.cond;
         let seq = cond.seq.get().load(Ordering::SeqCst);
@@ -109,6 +132,27 @@ impl<'a> ConditionGuard<'a> {
     ///
     /// # Errors
     /// As [`wait`](Self::wait).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::{Condition, Value};
+    ///
+    /// let (cond, ready) = (Condition::new()?, Value::new(0u32)?);
+    /// let (c, r) = (cond.clone(), ready.clone());
+    /// let setter = std::thread::spawn(move || -> multiproc::Result<()> {
+    ///     let guard = c.acquire()?;
+    ///     r.set(1);
+    ///     guard.notify_all();
+    ///     Ok(())
+    /// });
+    /// let guard = cond.acquire()?;
+    /// let (_guard, ok) = guard.wait_for(|| ready.get() == 1, Some(Duration::from_secs(10)))?;
+    /// assert!(ok);
+    /// setter.join().unwrap()?;
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn wait_for(
         mut self,
         mut predicate: impl FnMut() -> bool,
@@ -128,6 +172,26 @@ impl<'a> ConditionGuard<'a> {
     }
 
     /// Wakes up to `n` waiters.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let cond = multiproc::Condition::new()?;
+    /// let other = cond.clone();
+    /// let waiter = std::thread::spawn(move || -> multiproc::Result<bool> {
+    ///     let guard = other.acquire()?;
+    ///     Ok(guard.wait(Some(Duration::from_secs(10)))?.1)
+    /// });
+    /// // Notify until the waiter has woken (it may not be waiting yet).
+    /// while !waiter.is_finished() {
+    ///     cond.acquire()?.notify(1);
+    ///     std::thread::sleep(Duration::from_millis(1));
+    /// }
+    /// assert!(waiter.join().unwrap()?, "woken by a notify, not by its timeout");
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn notify(&self, n: u32) {
         self.cond.seq.get().fetch_add(1, Ordering::SeqCst);
         sys::futex_wake(self.cond.seq.get(), n.min(i32::MAX as u32) as i32);

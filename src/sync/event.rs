@@ -40,6 +40,18 @@ impl Event {
     }
 
     /// Sets the flag and wakes every waiter.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ev = multiproc::Event::new()?;
+    /// ev.set();
+    /// assert!(ev.is_set());
+    /// ev.wait(); // returns at once: the flag is set
+    /// ev.clear();
+    /// assert!(!ev.is_set());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn set(&self) {
         self.cell.get().store(1, Ordering::SeqCst);
         sys::futex_wake(self.cell.get(), i32::MAX);
@@ -56,6 +68,21 @@ impl Event {
     }
 
     /// Blocks until the flag is set.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{Event, Process};
+    ///
+    /// fn go(ev: Event) { ev.set() }
+    ///
+    /// let ev = Event::new()?;
+    /// let mut p = Process::new(go, ev.clone());
+    /// p.start()?;
+    /// ev.wait(); // set by the child process
+    /// p.join()?;
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn wait(&self) {
         while !self.wait_timeout(Duration::from_secs(3600)) {}
     }

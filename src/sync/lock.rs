@@ -225,6 +225,17 @@ macro_rules! lock_type {
             ///
             /// # Errors
             /// An OS error, or (for `Lock`) this thread already holds it.
+            ///
+            /// # Examples
+            ///
+            /// ```
+            #[doc = concat!(" let lock = multiproc::", stringify!($name), "::new()?;")]
+            /// let guard = lock.acquire()?;
+            /// assert!(!guard.previous_owner_died());
+            /// drop(guard); // releases it
+            /// assert!(lock.try_acquire()?.is_some());
+            /// # Ok::<(), multiproc::Error>(())
+            /// ```
             pub fn acquire(&self) -> Result<LockGuard<'_>> {
                 self.mutex.lock_blocking()
             }
@@ -233,6 +244,19 @@ macro_rules! lock_type {
             ///
             /// # Errors
             /// As [`acquire`](Self::acquire).
+            ///
+            /// # Examples
+            ///
+            /// ```
+            #[doc = concat!(" let lock = multiproc::", stringify!($name), "::new()?;")]
+            /// let held = lock.acquire()?;
+            /// let other = lock.clone();
+            /// // Another thread (or process) finds it taken, and does not wait.
+            /// let taken = std::thread::spawn(move || other.try_acquire().map(|g| g.is_none()));
+            /// assert!(taken.join().unwrap()?);
+            /// drop(held);
+            /// # Ok::<(), multiproc::Error>(())
+            /// ```
             pub fn try_acquire(&self) -> Result<Option<LockGuard<'_>>> {
                 self.mutex.lock(Some(Duration::ZERO))
             }
@@ -241,6 +265,23 @@ macro_rules! lock_type {
             ///
             /// # Errors
             /// As [`acquire`](Self::acquire).
+            ///
+            /// # Examples
+            ///
+            /// ```
+            /// use std::time::Duration;
+            ///
+            #[doc = concat!(" let lock = multiproc::", stringify!($name), "::new()?;")]
+            /// let held = lock.acquire()?;
+            /// let other = lock.clone();
+            /// let late = std::thread::spawn(move || {
+            ///     other.acquire_timeout(Duration::from_millis(10)).map(|g| g.is_none())
+            /// });
+            /// assert!(late.join().unwrap()?, "not free within 10 ms");
+            /// drop(held);
+            /// assert!(lock.acquire_timeout(Duration::from_secs(5))?.is_some());
+            /// # Ok::<(), multiproc::Error>(())
+            /// ```
             pub fn acquire_timeout(&self, timeout: Duration) -> Result<Option<LockGuard<'_>>> {
                 self.mutex.lock(Some(timeout))
             }
@@ -250,6 +291,16 @@ macro_rules! lock_type {
             ///
             /// # Errors
             /// As [`acquire`](Self::acquire).
+            ///
+            /// # Examples
+            ///
+            /// ```
+            #[doc = concat!(" let lock = multiproc::", stringify!($name), "::new()?;")]
+            /// assert!(lock.acquire_raw(true, None)?);
+            /// // Held with no guard, until `release`.
+            /// lock.release()?;
+            /// # Ok::<(), multiproc::Error>(())
+            /// ```
             pub fn acquire_raw(&self, block: bool, timeout: Option<Duration>) -> Result<bool> {
                 let bound = if block { timeout } else { Some(Duration::ZERO) };
                 let Some(guard) = self.mutex.lock(bound)? else { return Ok(false) };
@@ -264,6 +315,17 @@ macro_rules! lock_type {
             /// [`ErrorKind::InvalidState`] when this thread does not hold it
             /// through `acquire_raw` (a hold through a guard ends when the
             /// guard drops, never here: an `Array`'s guard lends `&mut`).
+            ///
+            /// # Examples
+            ///
+            /// ```
+            #[doc = concat!(" let lock = multiproc::", stringify!($name), "::new()?;")]
+            /// assert!(lock.acquire_raw(false, None)?);
+            /// lock.release()?;
+            /// // Not held any more: a second release is an error, not a silent no-op.
+            /// assert_eq!(lock.release().unwrap_err().kind(), multiproc::ErrorKind::InvalidState);
+            /// # Ok::<(), multiproc::Error>(())
+            /// ```
             pub fn release(&self) -> Result<()> {
                 self.mutex.unlock()?;
                 self.mutex.unpin();

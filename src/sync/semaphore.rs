@@ -104,23 +104,69 @@ impl Semaphore {
     }
 
     /// Blocks until a unit is free and takes it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let sem = multiproc::Semaphore::new(2)?;
+    /// let a = sem.acquire();
+    /// let b = sem.acquire();
+    /// assert_eq!(sem.get_value(), 0);
+    /// drop((a, b)); // each guard gives its unit back
+    /// assert_eq!(sem.get_value(), 2);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn acquire(&self) -> SemaphoreGuard<'_> {
         self.take(None);
         SemaphoreGuard { sem: self }
     }
 
     /// Takes a unit if one is free at once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let sem = multiproc::Semaphore::new(1)?;
+    /// let held = sem.try_acquire().expect("a unit is free");
+    /// assert!(sem.try_acquire().is_none());
+    /// drop(held);
+    /// assert!(sem.try_acquire().is_some());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn try_acquire(&self) -> Option<SemaphoreGuard<'_>> {
         self.take(Some(Duration::ZERO)).then(|| SemaphoreGuard { sem: self })
     }
 
     /// Takes a unit if one frees up within `timeout`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let sem = multiproc::Semaphore::new(0)?;
+    /// assert!(sem.acquire_timeout(Duration::from_millis(10)).is_none());
+    /// sem.release()?;
+    /// assert!(sem.acquire_timeout(Duration::from_secs(5)).is_some());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn acquire_timeout(&self, timeout: Duration) -> Option<SemaphoreGuard<'_>> {
         self.take(Some(timeout)).then(|| SemaphoreGuard { sem: self })
     }
 
     /// Python's `acquire(block, timeout)`: takes a unit without a guard;
     /// give it back with [`release`](Self::release). True when taken.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let sem = multiproc::Semaphore::new(1)?;
+    /// assert!(sem.acquire_raw(true, None));
+    /// assert!(!sem.acquire_raw(false, None), "none left, and told not to wait");
+    /// sem.release()?;
+    /// assert_eq!(sem.get_value(), 1);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn acquire_raw(&self, block: bool, timeout: Option<Duration>) -> bool {
         self.take(if block { timeout } else { Some(Duration::ZERO) })
     }
@@ -130,6 +176,17 @@ impl Semaphore {
     /// # Errors
     /// [`ErrorKind::InvalidState`] for a [`BoundedSemaphore`] released more
     /// times than it was acquired.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let sem = multiproc::BoundedSemaphore::new(1)?;
+    /// assert!(sem.acquire_raw(true, None));
+    /// sem.release()?;
+    /// // A bounded semaphore refuses one release too many.
+    /// assert_eq!(sem.release().unwrap_err().kind(), multiproc::ErrorKind::InvalidState);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn release(&self) -> Result<()> {
         let m = self.mem();
         let max = m.max.load(Ordering::SeqCst);
@@ -153,6 +210,15 @@ impl Semaphore {
     }
 
     /// The number of free units now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let sem = multiproc::Semaphore::new(3)?;
+    /// let _one = sem.acquire();
+    /// assert_eq!(sem.get_value(), 2);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn get_value(&self) -> u32 {
         self.mem().value.load(Ordering::SeqCst)
     }
@@ -183,6 +249,14 @@ impl BoundedSemaphore {
     ///
     /// # Errors
     /// When shared memory cannot be created.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let sem = multiproc::BoundedSemaphore::new(2)?;
+    /// assert_eq!(sem.get_value(), 2);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn new(value: u32) -> Result<BoundedSemaphore> {
         let s = Semaphore::new(value)?;
         s.mem().max.store(value, Ordering::SeqCst);

@@ -974,6 +974,16 @@ pub(crate) fn cap_address_space(limit: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Ends the process at once with `code`: no `atexit` hooks, no flushing,
+/// no destructors (`_exit`). Async-signal-safe, so a signal handler may
+/// call it; for a process that must not run its exit hooks again, or whose
+/// exit hooks are what is stuck.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` takes any code, touches no memory of ours, and never
+    // returns.
+    unsafe { libc::_exit(code) }
+}
+
 /// The exit code of an abort that follows a failed allocation (see
 /// [`exit_when_abort_follows_enomem`]).
 static ENOMEM_ABORT_EXIT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
@@ -1002,9 +1012,7 @@ extern "C" fn on_abort(_: libc::c_int) {
     // SAFETY: errno is this thread's, readable at any time.
     let errno = unsafe { *libc::__errno_location() };
     if errno == libc::ENOMEM {
-        let code = ENOMEM_ABORT_EXIT.load(std::sync::atomic::Ordering::SeqCst);
-        // SAFETY: `_exit` is async-signal-safe and ends the process at once.
-        unsafe { libc::_exit(code) }
+        exit_now(ENOMEM_ABORT_EXIT.load(std::sync::atomic::Ordering::SeqCst));
     }
 }
 

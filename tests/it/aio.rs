@@ -10,7 +10,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
-use multiproc::{pipe, Connection, ErrorKind, Event, Lock, Process, Queue};
+use multiproc::{pipe, pipe_one_way, ErrorKind, Event, Lock, Process, Queue, Receiver, Sender};
 
 use crate::ipc_util::{join_ok, send_signal, start_daemon, PROMPT, STARTUP};
 
@@ -66,12 +66,12 @@ fn put_after(q: Queue<u64>, ms: u64, items: Vec<u64>) {
     }
 }
 
-fn send_after(tx: Connection<String>, ms: u64) {
+fn send_after(tx: Sender<String>, ms: u64) {
     thread::sleep(Duration::from_millis(ms));
     tx.send(&"late".to_string()).unwrap();
 }
 
-fn hold_and_sleep(tx: Connection<String>) {
+fn hold_and_sleep(tx: Sender<String>) {
     let _keep = tx;
     thread::sleep(Duration::from_secs(60));
 }
@@ -88,7 +88,7 @@ fn lock_then_die(lock: Lock, taken: Event) {
     drop(g);
 }
 
-fn read_slowly(rx: Connection<Vec<u8>>, back: Connection<usize>) {
+fn read_slowly(rx: Receiver<Vec<u8>>, back: Sender<usize>) {
     thread::sleep(Duration::from_millis(300));
     let v = rx.recv().unwrap();
     back.send(&v.len()).unwrap();
@@ -177,14 +177,14 @@ fn bounded_queue_put_async_waits_for_a_free_place() {
 
 #[test]
 fn recv_async_gets_a_message_from_a_child_on_both_executors() {
-    let (rx, tx) = pipe::<String>(false).unwrap();
+    let (rx, tx) = pipe_one_way::<String>().unwrap();
     let mut p = start_daemon(Process::new(send_after, (tx, 100u64)));
     let got = tokio_rt().block_on(async { tokio::time::timeout(STARTUP, rx.recv_async()).await });
     let got = got.unwrap();
     assert_eq!(got.unwrap(), "late");
     join_ok(&mut p);
 
-    let (rx, tx) = pipe::<String>(false).unwrap();
+    let (rx, tx) = pipe_one_way::<String>().unwrap();
     let mut p = start_daemon(Process::new(send_after, (tx, 100u64)));
     let (got, polls) = block_on(rx.recv_async(), STARTUP);
     assert_eq!(got.unwrap(), "late");
@@ -194,7 +194,7 @@ fn recv_async_gets_a_message_from_a_child_on_both_executors() {
 
 #[test]
 fn recv_async_wakes_with_closed_when_the_peer_is_killed_mid_wait() {
-    let (rx, tx) = pipe::<String>(false).unwrap();
+    let (rx, tx) = pipe_one_way::<String>().unwrap();
     let mut p = start_daemon(Process::new(hold_and_sleep, tx));
     let pid = p.pid().unwrap();
     let killer = thread::spawn(move || {
@@ -210,7 +210,7 @@ fn recv_async_wakes_with_closed_when_the_peer_is_killed_mid_wait() {
     assert_eq!(p.exitcode(), Some(-libc::SIGKILL));
 
     // The same under tokio.
-    let (rx, tx) = pipe::<String>(false).unwrap();
+    let (rx, tx) = pipe_one_way::<String>().unwrap();
     let mut p = start_daemon(Process::new(hold_and_sleep, tx));
     let pid = p.pid().unwrap();
     let r = tokio_rt().block_on(async {
@@ -235,7 +235,7 @@ fn recv_async_wakes_with_closed_when_the_peer_is_killed_mid_wait() {
 
 #[test]
 fn recv_async_dropped_by_a_timeout_loses_no_message() {
-    let (a, b) = pipe::<u32>(true).unwrap();
+    let (a, b) = pipe::<u32>().unwrap();
     let rt = tokio_rt();
     let r = rt
         .block_on(async { tokio::time::timeout(Duration::from_millis(20), b.recv_async()).await });
@@ -259,8 +259,8 @@ fn recv_async_dropped_by_a_timeout_loses_no_message() {
 
 #[test]
 fn send_async_of_a_message_larger_than_the_socket_waits_for_a_slow_reader() {
-    let (rx, tx) = pipe::<Vec<u8>>(false).unwrap();
-    let (back_rx, back_tx) = pipe::<usize>(false).unwrap();
+    let (rx, tx) = pipe_one_way::<Vec<u8>>().unwrap();
+    let (back_rx, back_tx) = pipe_one_way::<usize>().unwrap();
     let mut p = start_daemon(Process::new(read_slowly, (rx, back_tx)));
     let big = vec![5u8; 3 << 20];
     let ticks = Arc::new(AtomicUsize::new(0));
@@ -278,7 +278,7 @@ fn send_async_of_a_message_larger_than_the_socket_waits_for_a_slow_reader() {
 
 #[test]
 fn send_async_to_a_dead_reader_fails_closed() {
-    let (rx, tx) = pipe::<Vec<u8>>(false).unwrap();
+    let (rx, tx) = pipe_one_way::<Vec<u8>>().unwrap();
     drop(rx);
     let (r, _) = block_on(tx.send_async(&vec![1u8; 1 << 20]), PROMPT);
     assert_eq!(r.unwrap_err().kind(), ErrorKind::Closed);

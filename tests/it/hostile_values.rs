@@ -108,7 +108,7 @@ fn deep_values_on_a_queue_or_pipe_fail_only_that_item() {
         assert!(err.message().contains("nested more than"), "{err}");
         assert_eq!(q.get_timeout(STARTUP).unwrap().depth(), 3);
 
-        let (a, b) = pipe::<Nest>(true).unwrap();
+        let (a, b) = pipe::<Nest>().unwrap();
         // From another thread: 100 kB may not fit in the socket's buffer.
         std::thread::spawn(move || {
             a.send(&Nest::deep(100_000)).unwrap();
@@ -193,7 +193,7 @@ fn items_whose_deserialize_panics_fail_alone_on_a_queue_and_a_pipe() {
         assert!(err.message().contains("Touchy 1 panics when decoded"), "{err}");
         assert_eq!(q.get_timeout(STARTUP).unwrap().n, 2);
 
-        let (a, b) = pipe::<Touchy>(true).unwrap();
+        let (a, b) = pipe::<Touchy>().unwrap();
         a.send(&make_touchy(3)).unwrap();
         a.send(&make_touchy(4)).unwrap();
         let err = b.recv_timeout(STARTUP).unwrap_err();
@@ -342,7 +342,7 @@ fn custom_serde_error_messages_reach_the_caller() {
             panic!("the put should fail");
         };
         assert!(err.message().contains(WHY), "{err}");
-        let (a, b) = pipe::<Stubborn>(true).unwrap();
+        let (a, b) = pipe::<Stubborn>().unwrap();
         a.send(&Stubborn(5)).unwrap();
         let err = b.recv_timeout(STARTUP).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Deserialize, "{err:?}");

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use multiproc::{pipe, ErrorKind, Pool, ProcessPoolExecutor};
+use multiproc::{pipe_one_way, ErrorKind, Pool, ProcessPoolExecutor};
 
 use crate::support::{
     assert_faster, bounded, getpid, send_beacon, sqr, wait_pid_gone, Beacon, PROMPT, STARTUP,
@@ -454,7 +454,7 @@ fn a_pipe_refuses_descriptors_no_message_declares() {
         return;
     }
     let before: HashSet<String> = sockets().into_iter().map(|(_, inode)| inode).collect();
-    let (rx, tx) = pipe::<Vec<u8>>(false).unwrap();
+    let (rx, tx) = pipe_one_way::<Vec<u8>>().unwrap();
     // The receiving end is made first: the lowest new socket is one of its
     // copies; a socket of the other inode is the sending end's.
     let new: Vec<_> = sockets().into_iter().filter(|(_, i)| !before.contains(i)).collect();

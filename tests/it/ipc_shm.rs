@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use multiproc::{
-    pipe, Array, Barrier, BoundedSemaphore, Condition, Connection, ErrorKind, Event, JoinableQueue,
-    Lock, Pool, Process, Queue, RLock, Semaphore, Value,
+    pipe, pipe_one_way, Array, Barrier, BoundedSemaphore, Condition, Connection, ErrorKind, Event,
+    JoinableQueue, Lock, Pool, Process, Queue, RLock, Semaphore, Value,
 };
 
 use crate::ipc_util::{
@@ -371,7 +371,7 @@ fn use_everything_in_pool((e, conn): (Everything, Connection<Vec<u8>>)) -> u32 {
 /// in a pool task, with large and small items both ways.
 fn exercise(during: impl Fn()) {
     let e = Everything::new();
-    let (mine, theirs) = pipe::<Vec<u8>>(true).unwrap();
+    let (mine, theirs) = pipe::<Vec<u8>>().unwrap();
     let mut p = start_daemon(Process::new(use_everything, (e.clone(), theirs)));
     e.queue.put(vec![7; 4 << 20]).unwrap();
     e.barrier.wait(Some(STARTUP)).unwrap();
@@ -381,7 +381,7 @@ fn exercise(during: impl Fn()) {
     during();
 
     let pool = Pool::new(1).unwrap();
-    let (mine2, theirs2) = pipe::<Vec<u8>>(true).unwrap();
+    let (mine2, theirs2) = pipe::<Vec<u8>>().unwrap();
     let r = pool.apply_async(use_everything_in_pool, (e.clone(), theirs2));
     e.queue.put(vec![8; 4 << 20]).unwrap();
     e.barrier.wait(Some(STARTUP)).unwrap();
@@ -451,7 +451,7 @@ fn shared_memory_and_descriptors_are_released_with_the_handles() {
     q.put(vec![1; 1 << 20]).unwrap();
     assert_eq!(q.get_timeout(PROMPT).unwrap().len(), 1 << 20);
     drop(q);
-    drop(pipe::<u8>(false).unwrap());
+    drop(pipe_one_way::<u8>().unwrap());
     drop(Everything::new());
     assert_eq!((memfd_count(), memfd_mapping_count(), fd_count()), (memfds, maps, fds));
 }

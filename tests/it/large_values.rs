@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use multiproc::{pipe, Bytes, Connection, ErrorKind, Pool, Process, Queue};
+use multiproc::{pipe_one_way, Bytes, ErrorKind, Pool, Process, Queue, Receiver, Sender};
 
 use crate::ipc_util::{
     bounded, dev_shm, eventually, fd_count, memfd_count, memfd_mapping_count, start_daemon, PROMPT,
@@ -60,7 +60,7 @@ fn large_task_arguments_and_results_arrive_whole_and_leave_nothing() {
     assert_eq!(dev_shm(), shm, "something appeared in /dev/shm");
 }
 
-fn send_large(tx: Connection<Bytes>) {
+fn send_large(tx: Sender<Bytes>) {
     for seed in 0..3 {
         tx.send(&Bytes::from(pattern(LARGE, seed))).unwrap();
     }
@@ -74,7 +74,7 @@ fn a_sender_killed_after_sending_large_messages_leaves_them_whole() {
     if !crate::support::alone() {
         return;
     }
-    let (rx, tx) = pipe::<Bytes>(false).unwrap();
+    let (rx, tx) = pipe_one_way::<Bytes>().unwrap();
     let mut p = start_daemon(Process::new(send_large, tx));
     let before = held();
     let first = rx.recv_timeout(STARTUP).unwrap();
@@ -109,7 +109,7 @@ fn a_sender_killed_after_sending_large_messages_leaves_them_whole() {
     assert!(now.0 <= before.0 && now.1 <= before.1, "files left: {now:?}, before {before:?}");
 }
 
-fn never_reads(rx: Connection<Bytes>) {
+fn never_reads(rx: Receiver<Bytes>) {
     let _keep = rx;
     std::thread::sleep(Duration::from_secs(60));
 }
@@ -119,7 +119,7 @@ fn a_receiver_killed_with_large_messages_in_flight_leaks_nothing() {
     if !crate::support::alone() {
         return;
     }
-    let (rx, tx) = pipe::<Bytes>(false).unwrap();
+    let (rx, tx) = pipe_one_way::<Bytes>().unwrap();
     let mut p = start_daemon(Process::new(never_reads, rx));
     let before = held();
     // Each message is a file and a few bytes in the socket: sends do not

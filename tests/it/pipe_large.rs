@@ -5,7 +5,7 @@
 //! killed in the middle of one (real SIGKILL) is a `Protocol` error, with no
 //! descriptor or shared-memory file left behind.
 
-use multiproc::{pipe, Connection, ErrorKind, Process};
+use multiproc::{pipe, pipe_one_way, ErrorKind, Process, Receiver, Sender};
 
 use crate::ipc_util::{
     bounded, fd_count, gettid, join_ok, memfd_count, start_daemon, timed, wait_child_blocked_in,
@@ -25,7 +25,7 @@ fn pattern(len: usize, seed: usize) -> Vec<u8> {
 }
 
 /// Sends every size in order, each followed by a small message naming it.
-fn send_sizes(tx: Connection<()>) {
+fn send_sizes(tx: Sender<()>) {
     for (i, &len) in SIZES.iter().enumerate() {
         tx.send_bytes(&pattern(len, i)).unwrap();
         tx.send_bytes(format!("after {len}").as_bytes()).unwrap();
@@ -34,7 +34,7 @@ fn send_sizes(tx: Connection<()>) {
 
 #[test]
 fn messages_around_the_threshold_arrive_whole_and_in_order() {
-    let (rx, tx) = pipe::<()>(false).unwrap();
+    let (rx, tx) = pipe_one_way::<()>().unwrap();
     let mut p = Process::new(send_sizes, tx);
     p.start().unwrap();
     let got = bounded(STARTUP, "receive every size", move || {
@@ -57,7 +57,7 @@ fn messages_around_the_threshold_arrive_whole_and_in_order() {
 /// `recv_bytes_into` that leaves a large message first in line.
 #[test]
 fn a_large_message_waits_for_a_buffer_that_holds_it() {
-    let (a, b) = pipe::<()>(true).unwrap();
+    let (a, b) = pipe::<()>().unwrap();
     let big = pattern(MIB, 9);
     let t = std::thread::spawn(move || {
         a.send_bytes(&big).unwrap();
@@ -82,7 +82,7 @@ fn a_large_message_waits_for_a_buffer_that_holds_it() {
 
 /// Sends one 3 MiB message (more than the socket holds, less than goes in
 /// a file), which blocks until the reader reads.
-fn send_three_mib(tx: Connection<()>) {
+fn send_three_mib(tx: Sender<()>) {
     tx.send_bytes(&vec![0x5A; 3 * MIB]).unwrap();
 }
 
@@ -100,7 +100,7 @@ fn a_writer_killed_mid_large_message_is_a_protocol_error() {
     join_ok(&mut first);
     let fds_before = fd_count();
     let memfds_before = memfd_count();
-    let (rx, tx) = pipe::<()>(false).unwrap();
+    let (rx, tx) = pipe_one_way::<()>().unwrap();
     let mut p = start_daemon(Process::new(send_three_mib, tx));
     assert!(rx.poll(Some(STARTUP)).unwrap(), "the child never started sending");
     assert!(
@@ -122,7 +122,7 @@ fn a_writer_killed_mid_large_message_is_a_protocol_error() {
 }
 
 /// Holds the reading end without reading, until it is killed.
-fn never_read(rx: Connection<()>) {
+fn never_read(rx: Receiver<()>) {
     std::thread::sleep(std::time::Duration::from_secs(60));
     drop(rx);
 }
@@ -135,7 +135,7 @@ fn a_reader_killed_mid_large_message_fails_the_send() {
     if !crate::support::alone() {
         return;
     }
-    let (rx, tx) = pipe::<()>(false).unwrap();
+    let (rx, tx) = pipe_one_way::<()>().unwrap();
     let mut p = start_daemon(Process::new(never_read, rx));
     let big = vec![0x33; 3 * MIB];
     let (tid_tx, tid_rx) = std::sync::mpsc::channel();

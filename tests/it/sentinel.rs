@@ -4,7 +4,7 @@
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
-use multiproc::{connection, pipe, ErrorKind, Process};
+use multiproc::{connection, pipe_one_way, ErrorKind, Process};
 
 use crate::ipc_util::{send_signal, start_daemon, STARTUP};
 
@@ -37,7 +37,7 @@ fn sentinel_becomes_readable_when_the_process_exits() {
 
 #[test]
 fn sentinel_of_a_killed_process_wakes_connection_wait() {
-    let (rx, _tx) = pipe::<u32>(false).unwrap();
+    let (rx, _tx) = pipe_one_way::<u32>().unwrap();
     let mut p = start_daemon(Process::new(nap, 60_000u64));
     let pid = p.pid().unwrap();
     {

@@ -742,8 +742,8 @@ extern "C" fn at_exit() {
     std::thread::spawn(|| {
         std::thread::sleep(Duration::from_secs(20));
         report!(ERROR, ; "multiproc: MPI_Finalize did not return within 20 s; exiting");
-        // SAFETY: ends the process at once, as intended.
-        unsafe { libc::_exit(1) };
+        // At once: the exit hooks are what is stuck.
+        crate::sys::exit_now(1);
     });
     // Ranks wait for their EXIT even when rank 0 never made a pool.
     let Ok(mut c) = comm::comm() else { return };
