@@ -93,7 +93,7 @@ impl<R: Clone + std::fmt::Debug + Send + 'static> Seen<R> {
     }
 
     /// The seed's `func2` as a callback.
-    fn callback(seen: &Shared<R>) -> impl FnOnce(&R) + Send + 'static {
+    fn callback(seen: &Shared<R>) -> impl FnOnce(&R) + Send + 'static + use<R> {
         let seen = seen.clone();
         move |res| {
             let place = func2(res);
@@ -104,7 +104,7 @@ impl<R: Clone + std::fmt::Debug + Send + 'static> Seen<R> {
     }
 
     /// The seed's `func3` as an error callback: prints the error.
-    fn error_callback(seen: &Shared<R>) -> impl FnOnce(&Error) + Send + 'static {
+    fn error_callback(seen: &Shared<R>) -> impl FnOnce(&Error) + Send + 'static + use<R> {
         let seen = seen.clone();
         move |e| {
             println!("error_callback: {e}");

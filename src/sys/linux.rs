@@ -25,7 +25,7 @@ extern "C" fn before_main() {
 
 // The dynamic loader calls every pointer in `.init_array` before `main`.
 #[used]
-#[link_section = ".init_array"]
+#[unsafe(link_section = ".init_array")]
 static BEFORE_MAIN: extern "C" fn() = before_main;
 
 /// Keeps the object file holding [`BEFORE_MAIN`] in every link that spawns.
@@ -459,7 +459,7 @@ pub(crate) fn wait_exit(pid: u32, timeout: Option<Duration>) -> io::Result<bool>
         Err(e) if e.raw_os_error() == Some(Errno::SRCH.raw_os_error()) => return Ok(true),
         // No pidfds (a kernel before 5.3, or valgrind): ask until it has.
         Err(e) if e.raw_os_error() == Some(Errno::NOSYS.raw_os_error()) => {
-            return Ok(wait_exit_polling(pid, timeout))
+            return Ok(wait_exit_polling(pid, timeout));
         }
         Err(e) => return Err(e),
     };

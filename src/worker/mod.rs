@@ -100,8 +100,13 @@ pub(crate) fn divert_if_worker() {
     };
     let name = std::env::var(ENV_NAME).unwrap_or_default();
     // Our grandchildren are not workers unless we make them so.
-    std::env::remove_var(ENV_ROLE);
-    std::env::remove_var(ENV_NAME);
+    // SAFETY: this runs from `.init_array`, before `main` and before any
+    // thread of this process exists, so no one can read the environment
+    // while it changes.
+    unsafe {
+        std::env::remove_var(ENV_ROLE);
+        std::env::remove_var(ENV_NAME);
+    }
     let ignore = |why: &str| {
         report!(
             WARN, reason = why;

@@ -193,7 +193,10 @@ fn a_child_sees_the_environment_and_directory_of_the_start_not_of_the_server() {
     let beacon = Beacon::new();
     assert_eq!(run_and_join(&mut Process::new(exit_with, 0)), Some(0));
     let first = server();
-    std::env::set_var("MULTIPROC_TEST_MARK", "marked");
+    // SAFETY: this test runs only alone in its process (`alone()` above); the
+    // library's own threads read the environment through `std::env` only,
+    // which takes the same lock as `set_var`.
+    unsafe { std::env::set_var("MULTIPROC_TEST_MARK", "marked") };
     let dir = std::env::temp_dir().canonicalize().unwrap();
     std::env::set_current_dir(&dir).unwrap();
     assert_eq!(run_and_join(&mut Process::new(report_env_and_dir, beacon.path())), Some(0));

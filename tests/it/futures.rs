@@ -144,7 +144,7 @@ fn init_exits(log: String) {
 fn gated<T: Clone + Send + Sync + 'static>(
     gate: &Gate,
     value: T,
-) -> (impl Fn(()) -> T + Send + Sync + 'static, mpsc::Receiver<()>) {
+) -> (impl Fn(()) -> T + Send + Sync + 'static + use<T>, mpsc::Receiver<()>) {
     let (tx, rx) = mpsc::channel();
     let path = gate.path();
     let task = move |()| {

@@ -469,7 +469,9 @@ fn executor_work_completes_when_main_returns() {
 // --- join waits for the callbacks ----------------------------------------------------
 
 /// Callbacks that take a while, each adding its value to `seen` at the end.
-fn slow_recorder(seen: &Arc<std::sync::Mutex<Vec<u64>>>) -> impl FnOnce(&u64) + Send + 'static {
+fn slow_recorder(
+    seen: &Arc<std::sync::Mutex<Vec<u64>>>,
+) -> impl FnOnce(&u64) + Send + 'static + use<> {
     let seen = seen.clone();
     move |&v| {
         std::thread::sleep(Duration::from_millis(50));
