@@ -373,7 +373,7 @@ impl Failure {
 thread_local! {
     /// Set while this thread runs a task: the panic hook then records the
     /// panic here instead of printing it, since the task's caller reports it.
-    static CAPTURE: RefCell<Option<Option<(String, String)>>> = const { RefCell::new(None) };
+    static CAPTURE: RefCell<Captured> = const { RefCell::new(None) };
 }
 
 fn install_hook() {
@@ -413,18 +413,45 @@ fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Runs `f`, turning a panic into a [`Failure`] with its message and location.
+///
+/// Only the `catch_unwind` is generic: the capture around it is out of line,
+/// so each of the many instances (one per task type and call site) stays a
+/// few instructions of code to generate and link.
 pub(crate) fn catch_panic<R>(f: impl FnOnce() -> R) -> Result<R, Failure> {
-    install_hook();
-    let outer = CAPTURE.with(|c| c.borrow_mut().replace(None));
+    let outer = Capture::begin();
     let result = panic::catch_unwind(AssertUnwindSafe(f));
-    let captured = CAPTURE.with(|c| std::mem::replace(&mut *c.borrow_mut(), outer));
-    result.map_err(|payload| {
-        let (message, location) = match captured.flatten() {
+    let captured = outer.end();
+    result.map_err(|payload| captured.into_failure(payload))
+}
+
+/// What the panic hook captured for one [`catch_panic`], and what an outer
+/// one had captured before (restored when the inner one ends).
+type Captured = Option<Option<(String, String)>>;
+
+/// The capture of an enclosing [`catch_panic`], set aside while `f` runs.
+struct Capture(Captured);
+
+impl Capture {
+    #[inline(never)]
+    fn begin() -> Capture {
+        install_hook();
+        Capture(CAPTURE.with(|c| c.borrow_mut().replace(None)))
+    }
+
+    /// Restores the enclosing capture; returns this one's.
+    #[inline(never)]
+    fn end(self) -> Capture {
+        Capture(CAPTURE.with(|c| std::mem::replace(&mut *c.borrow_mut(), self.0)))
+    }
+
+    #[inline(never)]
+    fn into_failure(self, payload: Box<dyn std::any::Any + Send>) -> Failure {
+        let (message, location) = match self.0.flatten() {
             Some((m, l)) => (m, if l.is_empty() { None } else { Some(l) }),
             None => (payload_message(&*payload), None),
         };
         Failure { kind: FailureKind::Panic, message, location }
-    })
+    }
 }
 
 // --- build identity -------------------------------------------------------
