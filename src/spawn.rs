@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 
 use crate::error::Error;
 use crate::sys;
-use crate::worker::{ENV_NAME, ENV_ROLE};
+use crate::worker::{ENV_NAME, ENV_ROLE, ROLE_ZYGOTE};
 use crate::zygote;
 
 /// A child of this process, by pid: reaped through [`Child::wait`] or
@@ -151,6 +151,9 @@ fn start(role: &'static str, name: &str, channel: Channel) -> std::io::Result<Sp
         cmd.arg0(arg0);
     }
     cmd.env(ENV_ROLE, role).env(ENV_NAME, name).stdin(Stdio::from(theirs));
+    if role == ROLE_ZYGOTE {
+        zygote::prepare_exec(&mut cmd);
+    }
     // Dropping the standard library's handle neither waits nor kills: the
     // pid is reaped through our own `Child`.
     let child = Child::new(cmd.spawn()?.id());

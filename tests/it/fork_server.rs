@@ -264,3 +264,30 @@ fn many_forked_processes_start_and_exit() {
     }
     assert_eq!(servers_of(std::process::id()).len(), 1);
 }
+
+fn report_loader_env(beacon: String) {
+    let get = |v: &str| std::env::var(v).unwrap_or_else(|_| "-".into());
+    let forked = forked(std::process::id());
+    send_beacon(&beacon, &format!("{forked} {} {}", get("LD_BIND_NOW"), get("MULTIPROC_BIND_NOW")));
+}
+
+/// The server binds the loader's symbols at its start (`LD_BIND_NOW`, so
+/// its children need not): a child never sees that setting unless the
+/// program has it itself, and then sees the program's value.
+#[test]
+fn a_child_sees_the_loader_setting_of_the_program_not_of_the_server() {
+    if !crate::support::alone() {
+        return;
+    }
+    let beacon = Beacon::new();
+    assert_eq!(run_and_join(&mut Process::new(report_loader_env, beacon.path())), Some(0));
+    assert_eq!(beacon.recv(STARTUP, "the child's view"), "true - -");
+    let server_env = std::fs::read(format!("/proc/{}/environ", server())).unwrap();
+    assert!(
+        server_env.split(|&b| b == 0).any(|v| v == b"LD_BIND_NOW=1"),
+        "the server was started without LD_BIND_NOW"
+    );
+    std::env::set_var("LD_BIND_NOW", "");
+    assert_eq!(run_and_join(&mut Process::new(report_loader_env, beacon.path())), Some(0));
+    assert_eq!(beacon.recv(STARTUP, "the child's view"), "true  -");
+}
