@@ -61,6 +61,8 @@ mod process;
 mod progress;
 #[path = "it/queue_ring.rs"]
 mod queue_ring;
+#[path = "it/scheduling.rs"]
+mod scheduling;
 #[path = "it/seccomp.rs"]
 mod seccomp;
 #[path = "it/sentinel.rs"]

@@ -109,9 +109,17 @@ pub(crate) fn complete_one<R: Send + 'static>(done: Arc<Completion<R>>) -> Chunk
     })
 }
 
-/// Python's rule: `ceil(len / (workers * 4))`, at least 1.
+/// The most items a default chunk holds. Python's rule alone makes a few
+/// huge chunks of a long input (1M items on 2 workers: 8 of 125k), so the
+/// workers start late, finish unevenly and the parent holds large buffers;
+/// past a few thousand items a chunk's per-task cost is already negligible
+/// (W2 in bench/: fastest at chunks of a few thousand).
+pub(crate) const MAX_DEFAULT_CHUNK: usize = 4096;
+
+/// Python's rule, `ceil(len / (workers * 4))` and at least 1, capped at
+/// [`MAX_DEFAULT_CHUNK`] items (which only long inputs reach).
 pub(crate) fn default_chunksize(len: usize, workers: usize) -> usize {
-    len.div_ceil(workers.max(1) * 4).max(1)
+    len.div_ceil(workers.max(1) * 4).clamp(1, MAX_DEFAULT_CHUNK)
 }
 
 pub(crate) fn check_chunksize(chunksize: Option<usize>) -> Result<()> {
@@ -677,11 +685,17 @@ mod tests {
     }
 
     #[test]
-    fn default_chunksize_follows_python() {
+    fn default_chunksize_follows_python_up_to_a_cap() {
         assert_eq!(default_chunksize(1000, 5), 50);
         assert_eq!(default_chunksize(1001, 5), 51);
         assert_eq!(default_chunksize(3, 4), 1);
         assert_eq!(default_chunksize(0, 4), 1);
+        // Python's rule up to the cap, the cap past it.
+        let most = MAX_DEFAULT_CHUNK * 8;
+        assert_eq!(default_chunksize(most, 2), MAX_DEFAULT_CHUNK);
+        assert_eq!(default_chunksize(most - 8, 2), MAX_DEFAULT_CHUNK - 1);
+        assert_eq!(default_chunksize(1_000_000, 2), MAX_DEFAULT_CHUNK);
+        assert_eq!(default_chunksize(usize::MAX, 1), MAX_DEFAULT_CHUNK);
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub(crate) struct SlotSignal {
     /// True while the slot's worker is ready and holds no job: busy slots
     /// leave queued jobs to vacant ones rather than pipelining them.
     pub(crate) vacant: AtomicBool,
+    /// How many jobs the slot's worker holds (sent to it, not yet done):
+    /// with the queue's length, the pool's outstanding work, of which no
+    /// slot takes more than its fair share (see [`ProcEngine::take`]).
+    pub(crate) held: AtomicUsize,
     /// The slot's idle worker, offered to a caller who waits (see `lend`).
     offer: lend::Offer,
 }
@@ -107,6 +111,7 @@ impl ProcEngine {
                     wants_work: AtomicBool::new(false),
                     idle: AtomicBool::new(false),
                     vacant: AtomicBool::new(false),
+                    held: AtomicUsize::new(0),
                     offer: lend::Offer::new(),
                 })
             })
@@ -157,11 +162,6 @@ impl ProcEngine {
     pub(crate) fn finished(&self) -> bool {
         let q = self.lock();
         self.lifecycle.finished(q.is_empty())
-    }
-
-    /// True when jobs wait for a worker.
-    pub(crate) fn has_queued(&self) -> bool {
-        !self.lock().is_empty()
     }
 
     /// Queues a job, or fails it at once if the pool takes no tasks.
@@ -253,8 +253,9 @@ impl ProcEngine {
             }
         }
         q.push_back(job);
+        let queued = q.len();
         drop(q);
-        self.wake_one();
+        self.wake_one(queued);
         if lazy && !idle_found {
             if let Err(e) = self.start_slot() {
                 self.break_with(e);
@@ -281,31 +282,65 @@ impl ProcEngine {
         self.wake_all();
     }
 
-    /// Takes up to `room` jobs, leaving a fair share for the other slots.
-    pub(crate) fn take(&self, room: usize) -> Vec<Job> {
+    /// How many more jobs slot `me` may take when `queued` wait: its fair
+    /// share of all the pool's outstanding work (queued, and held by every
+    /// slot), less what it holds. A slot that wakes first after a burst of
+    /// submissions thus cannot take the lot before its pace shows the jobs
+    /// are slow: jobs sent to a worker stay with it, however long the one
+    /// before them runs.
+    fn allowance(&self, me: usize, queued: usize) -> usize {
+        let mut outstanding = queued;
+        let mut mine = 0;
+        for (i, s) in self.slots.iter().enumerate() {
+            let held = s.held.load(Ordering::SeqCst);
+            outstanding += held;
+            if i == me {
+                mine = held;
+            }
+        }
+        outstanding.div_ceil(self.slots.len()).saturating_sub(mine).min(queued)
+    }
+
+    /// True when jobs wait that slot `me` may take.
+    pub(crate) fn has_work_for(&self, me: usize) -> bool {
+        let q = self.lock();
+        self.allowance(me, q.len()) > 0
+    }
+
+    /// Takes up to `room` jobs for slot `me`, leaving the other slots their
+    /// fair share of the outstanding work (see `allowance`).
+    pub(crate) fn take(&self, me: usize, room: usize) -> Vec<Job> {
         let mut q = self.lock();
         if self.lifecycle.is_stopped() {
             return Vec::new();
         }
-        let share = q.len().div_ceil(self.slots.len());
-        let mut taken = Vec::with_capacity(share.min(room));
-        while taken.len() < share.min(room) {
+        let want = self.allowance(me, q.len()).min(room);
+        let mut taken = Vec::with_capacity(want);
+        while taken.len() < want {
             let Some(job) = q.pop_front() else { break };
             // A job cancelled while queued was already completed by `cancel`.
             if job.ticket.as_ref().is_none_or(|t| t.start()) {
                 taken.push(job);
             }
         }
+        // Counted before the lock goes, so the next slot's share sees them.
+        self.slots[me].held.fetch_add(taken.len(), Ordering::SeqCst);
         taken
     }
 
-    /// Wakes one parked slot with room, a vacant one first.
-    fn wake_one(&self) {
+    /// Wakes one parked slot with room, a vacant one first, else one whose
+    /// fair share lets it take one of the `queued` jobs. A slot left asleep
+    /// for want of a share holds jobs, so it wakes on its next result and
+    /// looks at the queue again.
+    fn wake_one(&self, queued: usize) {
         for vacant_only in [true, false] {
-            for s in &self.slots {
-                if (!vacant_only || s.vacant.load(Ordering::SeqCst))
-                    && s.wants_work.swap(false, Ordering::SeqCst)
-                {
+            for (i, s) in self.slots.iter().enumerate() {
+                let may = if vacant_only {
+                    s.vacant.load(Ordering::SeqCst)
+                } else {
+                    self.allowance(i, queued) > 0
+                };
+                if may && s.wants_work.swap(false, Ordering::SeqCst) {
                     s.wake.notify();
                     return;
                 }

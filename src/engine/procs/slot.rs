@@ -138,6 +138,8 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
         *core.slots[index].offer.lock_lent() = None;
         core.slots[index].idle.store(false, Ordering::SeqCst);
         core.slots[index].vacant.store(false, Ordering::SeqCst);
+        // What it held was delivered, failed or sent back to the queue.
+        core.slots[index].held.store(0, Ordering::SeqCst);
         match end {
             End::Exit => return,
             End::Respawn => {
@@ -253,6 +255,7 @@ impl Worker {
             if self.head_kill_requested() {
                 return self.killed_on_request(core);
             }
+            self.count_held(core);
             let retiring = quota.is_some_and(|q| self.sent >= q) || self.why.is_some();
             let pace = self.pace();
             let busy = !self.inflight.is_empty();
@@ -266,11 +269,13 @@ impl Worker {
                 0
             };
             if room > 0 {
-                for job in core.take(room) {
+                for job in core.take(self.index, room) {
                     signal.idle.store(false, Ordering::SeqCst);
                     signal.vacant.store(false, Ordering::SeqCst);
                     self.send(core, job);
                 }
+                // A job that could not be sent was failed, not held.
+                self.count_held(core);
             }
             if self.ready && self.inflight.is_empty() {
                 let idle_closed = core.finished();
@@ -294,7 +299,7 @@ impl Worker {
             let room_left = self.ready && !retiring && depth(pace) > self.inflight.len();
             if room_left {
                 signal.wants_work.store(true, Ordering::SeqCst);
-                if core.has_queued() {
+                if core.has_work_for(self.index) {
                     signal.wants_work.store(false, Ordering::SeqCst);
                     continue;
                 }
@@ -368,6 +373,12 @@ impl Worker {
                 return self.timed_out(core);
             }
         }
+    }
+
+    /// Tells the other slots how many jobs this worker holds (see
+    /// `ProcEngine::take`).
+    fn count_held(&self, core: &Core) {
+        core.slots[self.index].held.store(self.inflight.len(), Ordering::SeqCst);
     }
 
     fn send(&mut self, core: &Core, job: Job) {
@@ -525,6 +536,7 @@ impl Worker {
                         return Some(self.protocol_error(core, &what));
                     }
                     let job = self.inflight.pop_front().expect("checked by wrong_result");
+                    self.count_held(core);
                     let now = Instant::now();
                     let took = now - self.head_since;
                     self.avg = Some(match self.avg {
