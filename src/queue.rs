@@ -47,7 +47,7 @@ use crate::shm::Cell;
 use crate::{fdpass, sys};
 
 mod ring;
-use ring::Ring;
+use ring::{LockWait, Ring};
 
 /// Items larger than this travel in a shared-memory file.
 const INLINE_MAX: usize = 32 * 1024;
@@ -334,20 +334,21 @@ impl<T> Queue<T> {
         }
     }
 
-    /// Puts one message in the ring now, or leaves it to the feeder thread.
-    fn send(&self, msg: Message) -> Result<()> {
+    /// Puts one item in the ring now, or leaves it to the feeder thread
+    /// (only then are its bytes copied out of the caller's buffer).
+    fn send(&self, bytes: &[u8], fds: Vec<OwnedFd>) -> Result<()> {
         let outbox = &self.shared.outbox;
         let mut items = outbox.items.lock();
         // Only when no feeder is at work: it may be waiting for room for an
         // item it already took off the outbox, which must not be overtaken.
         if items.0.is_empty()
             && !items.1
-            && self.shared.ring.try_push(&msg.bytes, &msg.fds, self.shared.tx.as_fd())?
+            && self.shared.ring.try_push(bytes, &fds, self.shared.tx.as_fd())?
         {
             self.shared.committed();
             return Ok(());
         }
-        items.0.push_back(msg);
+        items.0.push_back(Message { bytes: bytes.to_vec(), fds });
         if !items.1 {
             items.1 = true;
             // The feeder keeps the sending end alive until the outbox is sent,
@@ -388,43 +389,48 @@ impl<T> Queue<T> {
         }
     }
 
-    /// Takes one message off the ring, or none (`Ok(None)`) when there is
-    /// none now; `lock` bounds the wait for the ring's mutex.
-    fn try_receive(&self, lock: Option<Duration>) -> Result<Option<Message>> {
-        let Some(t) = self.shared.ring.try_pop(self.rx.as_fd(), lock)? else { return Ok(None) };
+    /// Takes one item off the ring, its bytes into `buf`, or none
+    /// (`Ok(None)`) when there is none now; `wait` bounds the wait for the
+    /// ring's mutex.
+    fn try_receive(&self, wait: LockWait, buf: &mut Vec<u8>) -> Result<Option<Vec<OwnedFd>>> {
+        let Some(t) = self.shared.ring.try_pop(self.rx.as_fd(), wait, buf)? else {
+            return Ok(None);
+        };
         for _ in 0..t.dropped {
             // A consumer that died had taken these: they left the queue.
             let m = self.mem();
             let _ = m.count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
             self.give_place();
         }
-        Ok(Some(Message { bytes: t.bytes, fds: t.fds }))
+        Ok(Some(t.fds))
     }
 
-    fn receive(&self, timeout: Option<Duration>) -> Result<Message> {
+    /// Takes the next item's bytes into `buf` and returns its descriptors.
+    /// `timeout == Some(ZERO)` never waits, not even for a busy mutex.
+    fn receive(&self, timeout: Option<Duration>, buf: &mut Vec<u8>) -> Result<Vec<OwnedFd>> {
         /// Glances at an empty ring before sleeping: a producer in another
         /// process often commits within microseconds, and a futex sleep and
         /// wake-up cost more than that on both sides.
         const SPINS: u32 = 200;
         const YIELDS: u32 = 20;
         /// A sleeping getter looks again at least this often: a wake-up
-        /// taken by a getter that was then killed is not waited for forever.
+        /// taken by a getter that was then killed is not waited for
+        /// forever. A live put wakes a sleeper at once (see `Ring::wait_put`).
         const SLEEP_MAX: Duration = Duration::from_millis(100);
-        const LOCK_WAIT_MIN: Duration = Duration::from_millis(10);
         let deadline = timeout.and_then(crate::deadline_after);
+        let wait = match (timeout, deadline) {
+            (Some(Duration::ZERO), _) => LockWait::Try,
+            (_, Some(d)) => LockWait::Until(d),
+            (_, None) => LockWait::Forever,
+        };
         let ring = &self.shared.ring;
         let mut idle = 0u32;
         loop {
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            // The mutex is held for microseconds at most by a live holder
-            // (and a dead one's is handed over at once): even a get that
-            // may not wait waits that long for it, so a busy mutex is not
-            // taken for an empty queue.
-            let lock = left.unwrap_or(SLEEP_MAX).max(LOCK_WAIT_MIN);
-            if let Some(msg) = self.try_receive(Some(lock))? {
-                return Ok(msg);
+            if let Some(fds) = self.try_receive(wait, buf)? {
+                return Ok(fds);
             }
-            if left == Some(Duration::ZERO) {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if matches!(wait, LockWait::Try) || left == Some(Duration::ZERO) {
                 return Err(Error::timeout(
                     "the queue stayed empty: no item came within the timeout",
                 ));
@@ -573,12 +579,37 @@ fn register_outbox(outbox: &Arc<Outbox>) {
     all.push(Arc::downgrade(outbox));
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Message> {
-    let (bytes, mut fds) = fdpass::collect(|| {
-        let mut bytes = vec![TAG_INLINE];
-        crate::codec::encode_into(value, &mut bytes).map(|()| bytes)
-    });
-    let bytes = bytes.map_err(|e| {
+thread_local! {
+    /// Each thread's buffer for the bytes of the item it puts or gets: no
+    /// allocation per item (see [`with_scratch`]).
+    static PUT_SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    static GET_SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's buffer from `slot` (an empty one if a call
+/// further up the stack has it), and keeps it afterwards unless it grew
+/// beyond what an inline item needs.
+fn with_scratch<R>(
+    slot: &'static std::thread::LocalKey<std::cell::Cell<Vec<u8>>>,
+    f: impl FnOnce(&mut Vec<u8>) -> R,
+) -> R {
+    // `try_with`: a put or get from another thread-local's destructor,
+    // after this one is gone, uses a buffer of its own.
+    let mut buf = slot.try_with(std::cell::Cell::take).unwrap_or_default();
+    let r = f(&mut buf);
+    if buf.capacity() <= 2 * INLINE_MAX {
+        let _ = slot.try_with(|s| s.set(buf));
+    }
+    r
+}
+
+/// Encodes `value` into `buf` as the queue's message bytes and returns the
+/// descriptors that go with them.
+fn encode<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<Vec<OwnedFd>> {
+    buf.clear();
+    buf.push(TAG_INLINE);
+    let (done, mut fds) = fdpass::collect(|| crate::codec::encode_into(value, buf));
+    done.map_err(|e| {
         Error::new(
             ErrorKind::Serialize,
             format!(
@@ -597,39 +628,41 @@ fn encode<T: Serialize>(value: &T) -> Result<Message> {
             ),
         ));
     }
-    if bytes.len() <= INLINE_MAX {
-        return Ok(Message { bytes, fds });
+    if buf.len() <= INLINE_MAX {
+        return Ok(fds);
     }
-    if bytes.len() - 1 > ITEM_MAX {
+    if buf.len() - 1 > ITEM_MAX {
         return Err(Error::new(
             ErrorKind::InvalidArgument,
             format!(
                 "an item of {} bytes cannot be put: a queue item holds at most {ITEM_MAX} bytes; \
                  send large data in parts, or share it through an `Array`",
-                bytes.len() - 1
+                buf.len() - 1
             ),
         ));
     }
     // Too large for one message: the item goes in a frozen shared-memory
     // file, which the receiver maps (see `wire::Mapped`).
-    let file = sys::memfd_frozen(&[&bytes[1..]])
+    let file = sys::memfd_frozen(&[&buf[1..]])
         .map_err(|e| Error::io("could not put a large item in shared memory", e))?;
     fds.insert(0, file);
-    Ok(Message { bytes: vec![TAG_FILE], fds })
+    buf.clear();
+    buf.push(TAG_FILE);
+    Ok(fds)
 }
 
-fn decode<T: DeserializeOwned>(mut msg: Message) -> Result<T> {
+fn decode<T: DeserializeOwned>(bytes: &[u8], mut fds: Vec<OwnedFd>) -> Result<T> {
     let fail = |e: String| {
         Error::new(
             ErrorKind::Deserialize,
             format!("an item on the queue is not a `{}`: {e}", std::any::type_name::<T>()),
         )
     };
-    match msg.bytes.first() {
-        Some(&TAG_INLINE) => fdpass::supply(msg.fds, || crate::codec::decode(&msg.bytes[1..]))
+    match bytes.first() {
+        Some(&TAG_INLINE) => fdpass::supply(fds, || crate::codec::decode(&bytes[1..]))
             .map_err(|e| fail(e.to_string())),
-        Some(&TAG_FILE) if !msg.fds.is_empty() => {
-            let file = msg.fds.remove(0);
+        Some(&TAG_FILE) if !fds.is_empty() => {
+            let file = fds.remove(0);
             let len = sys::file_len(file.as_fd())
                 .map_err(|e| Error::io("could not read a queue item", e))?;
             if len > ITEM_MAX {
@@ -643,7 +676,7 @@ fn decode<T: DeserializeOwned>(mut msg: Message) -> Result<T> {
             let mapped = crate::wire::Mapped::open(file, len, "queue item").map_err(|v| {
                 fail(format!("{v} (not put by multiproc, or by an older version); it is refused"))
             })?;
-            fdpass::supply(msg.fds, || crate::codec::decode(mapped.bytes()))
+            fdpass::supply(fds, || crate::codec::decode(mapped.bytes()))
                 .map_err(|e| fail(e.to_string()))
         }
         _ => Err(fail("malformed message".into())),
@@ -653,7 +686,7 @@ fn decode<T: DeserializeOwned>(mut msg: Message) -> Result<T> {
 /// [`decode`] for the fuzz targets, which cannot build a [`Message`].
 #[cfg(feature = "fuzzing")]
 pub(crate) fn decode_for_fuzz<T: DeserializeOwned>(bytes: Vec<u8>, fds: Vec<OwnedFd>) -> Result<T> {
-    decode(Message { bytes, fds })
+    decode(&bytes, fds)
 }
 
 impl<T: Serialize> Queue<T> {
@@ -665,23 +698,25 @@ impl<T: Serialize> Queue<T> {
         if self.is_closed() {
             return Err(PutError::Closed(value));
         }
-        let msg = match encode(&value) {
-            Ok(m) => m,
-            Err(e) => return Err(PutError::Failed(value, e)),
-        };
-        if !self.take_place(timeout) {
-            return Err(PutError::Timeout(value));
-        }
-        let m = self.mem();
-        m.unfinished.fetch_add(1, Ordering::SeqCst);
-        m.count.fetch_add(1, Ordering::SeqCst);
-        if let Err(e) = self.send(msg) {
-            m.count.fetch_sub(1, Ordering::SeqCst);
-            m.unfinished.fetch_sub(1, Ordering::SeqCst);
-            self.give_place();
-            return Err(PutError::Failed(value, e));
-        }
-        Ok(())
+        with_scratch(&PUT_SCRATCH, |buf| {
+            let fds = match encode(&value, buf) {
+                Ok(fds) => fds,
+                Err(e) => return Err(PutError::Failed(value, e)),
+            };
+            if !self.take_place(timeout) {
+                return Err(PutError::Timeout(value));
+            }
+            let m = self.mem();
+            m.unfinished.fetch_add(1, Ordering::SeqCst);
+            m.count.fetch_add(1, Ordering::SeqCst);
+            if let Err(e) = self.send(buf, fds) {
+                m.count.fetch_sub(1, Ordering::SeqCst);
+                m.unfinished.fetch_sub(1, Ordering::SeqCst);
+                self.give_place();
+                return Err(PutError::Failed(value, e));
+            }
+            Ok(())
+        })
     }
 
     /// Puts `value`, waiting for a free place if the queue is bounded and full.
@@ -729,11 +764,13 @@ impl<T: DeserializeOwned> Queue<T> {
         if self.is_closed() {
             return Err(closed());
         }
-        let msg = self.receive(timeout)?;
-        let m = self.mem();
-        let _ = m.count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
-        self.give_place();
-        decode(msg)
+        with_scratch(&GET_SCRATCH, |buf| {
+            let fds = self.receive(timeout, buf)?;
+            let m = self.mem();
+            let _ = m.count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
+            self.give_place();
+            decode(buf, fds)
+        })
     }
 
     /// Takes the next item, waiting as long as it takes.

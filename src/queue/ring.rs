@@ -30,7 +30,7 @@ use std::cell::UnsafeCell;
 use std::collections::VecDeque;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::shm::Region;
@@ -47,31 +47,80 @@ pub(super) const RECORD_MAX: usize = 32 * 1024 + 64;
 const KIND_BYTES: u32 = 0;
 const KIND_WITH_MESSAGE: u32 = 1;
 
+/// One cache line of its own: what producers write is not on the line
+/// consumers write, so a put and a get in two processes do not pull each
+/// other's line back and forth for every word.
+#[repr(C, align(64))]
+struct Line<T>(T);
+
+impl<T> std::ops::Deref for Line<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 #[repr(C)]
-struct Header {
-    mutex: UnsafeCell<RawMutex>,
-    head: AtomicU64,
+struct PutSide {
     tail: AtomicU64,
     /// The id the next socket message gets.
     next_id: AtomicU64,
     /// Grows at every commit: the futex word sleeping getters wait on.
     put_seq: AtomicU32,
-    /// Getters asleep on `put_seq` (a put wakes one only if this is nonzero).
-    get_waiters: AtomicU32,
+}
+
+#[repr(C)]
+struct GetSide {
+    head: AtomicU64,
     /// Grows at every take: the futex word a feeder waits on for room.
     take_seq: AtomicU32,
+}
+
+#[repr(C)]
+struct Sleepers {
+    /// Getters asleep on `put_seq` (a put wakes one only if this is nonzero).
+    get_waiters: AtomicU32,
     /// Feeders asleep on `take_seq`.
     space_waiters: AtomicU32,
     /// Async getters waiting on the queue's wake-up descriptor.
     async_waiters: AtomicU32,
 }
 
+#[repr(C)]
+struct Header {
+    mutex: Line<UnsafeCell<RawMutex>>,
+    put: Line<PutSide>,
+    get: Line<GetSide>,
+    sleepers: Line<Sleepers>,
+}
+
 const _: () = assert!(size_of::<Header>() <= DATA);
 const _: () = assert!(CAP.is_power_of_two() && RECORD_HEAD + RECORD_MAX <= CAP / 4);
 
-/// What a get took off the ring.
+/// The most socket messages one get drops before the record's own (orphans
+/// of producers killed between their send and their commit, or messages
+/// that are not the queue's at all). Each dead producer leaves one orphan at
+/// most, so more than this many in a row is a peer writing to the socket:
+/// without a bound it could keep a getter in the loop, holding the ring's
+/// mutex, for as long as it writes.
+pub(super) const FOREIGN_MAX: usize = 64;
+
+/// How long a get may wait for the ring's mutex.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum LockWait {
+    /// Not at all: two tries with a pause between them, no sleep (a
+    /// holder keeps it for well under a microsecond, and a busy mutex means
+    /// another get or put is under way: "nothing now" is a true answer, as
+    /// Python's `get_nowait` gives when its lock is taken).
+    Try,
+    /// Until this instant.
+    Until(Instant),
+    /// As long as it takes.
+    Forever,
+}
+
+/// What a get took off the ring (its bytes went to the caller's buffer).
 pub(super) struct Taken {
-    pub(super) bytes: Vec<u8>,
     pub(super) fds: Vec<OwnedFd>,
     /// Records dropped before it: in-flight items of consumers that died.
     pub(super) dropped: u32,
@@ -148,7 +197,7 @@ impl Ring {
 
     fn lock(&self, timeout: Option<Duration>) -> Result<Option<Held<'_>>> {
         // SAFETY: the mutex was initialised by `Ring::new` in the creator.
-        match unsafe { sys::mutex_lock(self.header().mutex.get(), timeout) } {
+        match unsafe { sys::mutex_lock(self.header().mutex.0.get(), timeout) } {
             // A dead owner left nothing half-done: every change is
             // committed by one store, after the copy it publishes.
             Ok(Locked::Acquired | Locked::OwnerDied) => Ok(Some(Held { ring: self })),
@@ -161,11 +210,41 @@ impl Ring {
         }
     }
 
+    /// Takes the mutex within `wait`; `None` when it stayed busy. No timed
+    /// pthread lock: a busy mutex is looked at again, briefly spinning, then
+    /// yielding, then in short naps, until the deadline.
+    fn lock_within(&self, wait: LockWait) -> Result<Option<Held<'_>>> {
+        const SPINS: u32 = 64;
+        const YIELDS: u32 = 64;
+        const NAP: Duration = Duration::from_micros(50);
+        let mut tries = 0u32;
+        loop {
+            if let Some(held) = self.lock(Some(Duration::ZERO))? {
+                return Ok(Some(held));
+            }
+            tries += 1;
+            match wait {
+                LockWait::Try if tries >= 2 => return Ok(None),
+                LockWait::Until(d) if tries > SPINS && Instant::now() >= d => return Ok(None),
+                _ => {}
+            }
+            if tries <= SPINS {
+                for _ in 0..16 {
+                    std::hint::spin_loop();
+                }
+            } else if tries <= SPINS + YIELDS {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(NAP);
+            }
+        }
+    }
+
     /// Head and tail, checked: `head <= tail <= head + CAP`.
     fn bounds(&self) -> Result<(u64, u64)> {
         let h = self.header();
-        let head = h.head.load(Ordering::Acquire);
-        let tail = h.tail.load(Ordering::Acquire);
+        let head = h.get.head.load(Ordering::Acquire);
+        let tail = h.put.tail.load(Ordering::Acquire);
         let used = tail.wrapping_sub(head);
         if used > CAP as u64 {
             return Err(corrupt(format!(
@@ -212,13 +291,13 @@ impl Ring {
 
     /// The count of async getters waiting for the wake-up descriptor.
     pub(super) fn async_waiters(&self) -> &AtomicU32 {
-        &self.header().async_waiters
+        &self.header().sleepers.async_waiters
     }
 
     /// True when no record is there (a glance, without the mutex).
     pub(super) fn looks_empty(&self) -> bool {
         let h = self.header();
-        h.head.load(Ordering::SeqCst) == h.tail.load(Ordering::SeqCst)
+        h.get.head.load(Ordering::SeqCst) == h.put.tail.load(Ordering::SeqCst)
     }
 
     /// Puts one record of `bytes` (at most [`RECORD_MAX`]), its `fds` sent
@@ -244,8 +323,8 @@ impl Ring {
             } else {
                 // The id is spent before the send: a producer killed after
                 // the send leaves an orphan no later message shares an id with.
-                let id = h.next_id.load(Ordering::Relaxed);
-                h.next_id.store(id.wrapping_add(1), Ordering::Relaxed);
+                let id = h.put.next_id.load(Ordering::Relaxed);
+                h.put.next_id.store(id.wrapping_add(1), Ordering::Relaxed);
                 match sys::send_with_fds(tx, &id.to_le_bytes(), fds, false) {
                     Ok(_) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
@@ -260,32 +339,29 @@ impl Ring {
             self.write_at(tail, &rec);
             self.write_at(tail + RECORD_HEAD as u64, bytes);
             // The commit: only now is the record there.
-            h.tail.store(tail + need, Ordering::Release);
-            h.put_seq.fetch_add(1, Ordering::SeqCst);
+            h.put.tail.store(tail + need, Ordering::Release);
+            h.put.put_seq.fetch_add(1, Ordering::SeqCst);
         }
-        if h.get_waiters.load(Ordering::SeqCst) != 0 {
-            sys::futex_wake(&h.put_seq, 1);
+        if h.sleepers.get_waiters.load(Ordering::SeqCst) != 0 {
+            sys::futex_wake(&h.put.put_seq, 1);
         }
         Ok(true)
     }
 
-    /// Takes the record at the head, if any; waits for the mutex at most
-    /// `timeout` (`None` when it was not free in time).
+    /// Takes the record at the head, if any, its bytes into `buf` (cleared
+    /// first); waits for the mutex as `wait` says (`None` also when it
+    /// stayed busy).
     pub(super) fn try_pop(
         &self,
         rx: BorrowedFd<'_>,
-        timeout: Option<Duration>,
+        wait: LockWait,
+        buf: &mut Vec<u8>,
     ) -> Result<Option<Taken>> {
         if self.looks_empty() {
             return Ok(None);
         }
         let h = self.header();
-        // Mostly free: a try first spares the timed lock its clock reading.
-        let held = match self.lock(Some(Duration::ZERO))? {
-            Some(held) => Some(held),
-            None => self.lock(timeout)?,
-        };
-        let Some(_held) = held else { return Ok(None) };
+        let Some(_held) = self.lock_within(wait)? else { return Ok(None) };
         let mut dropped = 0;
         loop {
             let (head, tail) = self.bounds()?;
@@ -306,21 +382,22 @@ impl Ring {
                     tail - head
                 )));
             }
-            let mut bytes = vec![0u8; len];
-            self.read_at(head + RECORD_HEAD as u64, &mut bytes);
+            buf.clear();
+            buf.resize(len, 0);
+            self.read_at(head + RECORD_HEAD as u64, buf);
             let fds = if kind == KIND_WITH_MESSAGE {
-                self.take_message(rx, id)?
+                self.take_message(rx, id, FOREIGN_MAX)?
             } else {
                 Some(Vec::new())
             };
             // The take: only now is the record gone.
-            h.head.store(head + record_len(len), Ordering::Release);
-            h.take_seq.fetch_add(1, Ordering::SeqCst);
-            if h.space_waiters.load(Ordering::SeqCst) != 0 {
-                sys::futex_wake(&h.take_seq, i32::MAX);
+            h.get.head.store(head + record_len(len), Ordering::Release);
+            h.get.take_seq.fetch_add(1, Ordering::SeqCst);
+            if h.sleepers.space_waiters.load(Ordering::SeqCst) != 0 {
+                sys::futex_wake(&h.get.take_seq, i32::MAX);
             }
             match fds {
-                Some(fds) => return Ok(Some(Taken { bytes, fds, dropped })),
+                Some(fds) => return Ok(Some(Taken { fds, dropped })),
                 // A dead consumer's in-flight item: gone with it.
                 None => dropped += 1,
             }
@@ -328,9 +405,15 @@ impl Ring {
     }
 
     /// Receives the socket message `id` and its descriptors; `None` when a
-    /// consumer that died had taken it.
-    fn take_message(&self, rx: BorrowedFd<'_>, id: u64) -> Result<Option<Vec<OwnedFd>>> {
-        loop {
+    /// consumer that died had taken it. Drops at most `foreign_max`
+    /// messages before it (see [`FOREIGN_MAX`]).
+    fn take_message(
+        &self,
+        rx: BorrowedFd<'_>,
+        id: u64,
+        foreign_max: usize,
+    ) -> Result<Option<Vec<OwnedFd>>> {
+        for _ in 0..=foreign_max {
             let mut word = [0u8; 8];
             let n = match sys::peek_message(rx, &mut word) {
                 Ok(n) => n,
@@ -354,18 +437,24 @@ impl Ring {
                 Err(e) => return Err(Error::io("could not get from the queue", e)),
             }
         }
+        Err(corrupt(format!(
+            "more than {foreign_max} messages on its socket came before the one of the record \
+             at the head, which a queue's own puts never leave (each producer killed mid-put \
+             leaves one): a process is writing to the queue's socket; stop it, or make a new \
+             queue"
+        )))
     }
 
     /// Sleeps until a put may have come, at most `timeout`; wakes early if
     /// the ring is not empty any more.
     pub(super) fn wait_put(&self, timeout: Duration) {
         let h = self.header();
-        h.get_waiters.fetch_add(1, Ordering::SeqCst);
-        let seq = h.put_seq.load(Ordering::SeqCst);
+        h.sleepers.get_waiters.fetch_add(1, Ordering::SeqCst);
+        let seq = h.put.put_seq.load(Ordering::SeqCst);
         if self.looks_empty() {
-            sys::futex_wait(&h.put_seq, seq, Some(timeout));
+            sys::futex_wait(&h.put.put_seq, seq, Some(timeout));
         }
-        h.get_waiters.fetch_sub(1, Ordering::SeqCst);
+        h.sleepers.get_waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Pushes as [`try_push`](Self::try_push), sleeping at most `nap` for
@@ -378,13 +467,42 @@ impl Ring {
         nap: Duration,
     ) -> Result<bool> {
         let h = self.header();
-        h.space_waiters.fetch_add(1, Ordering::SeqCst);
-        let seq = h.take_seq.load(Ordering::SeqCst);
+        h.sleepers.space_waiters.fetch_add(1, Ordering::SeqCst);
+        let seq = h.get.take_seq.load(Ordering::SeqCst);
         let r = self.try_push(bytes, fds, tx);
         if matches!(r, Ok(false)) {
-            sys::futex_wait(&h.take_seq, seq, Some(nap));
+            sys::futex_wait(&h.get.take_seq, seq, Some(nap));
         }
-        h.space_waiters.fetch_sub(1, Ordering::SeqCst);
+        h.sleepers.space_waiters.fetch_sub(1, Ordering::SeqCst);
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// A hostile peer's messages ahead of a record's own: at most the bound
+    /// is dropped, then the get fails naming why, instead of looping under
+    /// the ring's mutex for as long as the peer writes.
+    #[test]
+    fn foreign_messages_before_a_record_are_bounded() {
+        let ring = Ring::new().unwrap();
+        let (tx, rx) = sys::message_pair().unwrap();
+        // Not 8 bytes: no id of a record.
+        for _ in 0..4 {
+            sys::send_with_fds(tx.as_fd(), b"bad", &[], false).unwrap();
+        }
+        let fd = rx.try_clone().unwrap();
+        assert!(ring.try_push(b"x", &[fd], tx.as_fd()).unwrap());
+        let _held = ring.lock(None).unwrap().unwrap();
+        let e = ring.take_message(rx.as_fd(), 0, 2).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+        assert!(e.to_string().contains("more than 2 messages"), "{e}");
+        // Within the bound, the foreign one left is dropped and the record's
+        // message is found.
+        let fds = ring.take_message(rx.as_fd(), 0, 2).unwrap().expect("the record's message");
+        assert_eq!(fds.len(), 1);
     }
 }

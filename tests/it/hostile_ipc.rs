@@ -295,16 +295,18 @@ fn commit_record(ring: &Fd<OwnedFd>, bytes: &[u8]) -> u64 {
     use std::os::unix::fs::FileExt;
     const DATA: u64 = 256;
     const CAP: u64 = 256 * 1024;
-    // The header: the mutex, then head, tail and the next message id.
-    let at = std::mem::size_of::<libc::pthread_mutex_t>() as u64;
+    // The header: cache lines of 64 bytes, the mutex's, then the producers'
+    // (tail, then the next message id), then the consumers' (head).
+    const TAIL_AT: u64 = 64;
+    const ID_AT: u64 = 72;
     let file = std::fs::File::from(ring.try_clone().unwrap());
     let word = |off: u64| {
         let mut b = [0u8; 8];
         file.read_exact_at(&mut b, off).unwrap();
         u64::from_le_bytes(b)
     };
-    let (tail, id) = (word(at + 8), word(at + 16));
-    file.write_all_at(&(id + 1).to_le_bytes(), at + 16).unwrap();
+    let (tail, id) = (word(TAIL_AT), word(ID_AT));
+    file.write_all_at(&(id + 1).to_le_bytes(), ID_AT).unwrap();
     let mut rec = Vec::new();
     rec.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
     rec.extend_from_slice(&1u32.to_le_bytes());
@@ -313,7 +315,7 @@ fn commit_record(ring: &Fd<OwnedFd>, bytes: &[u8]) -> u64 {
     rec.resize(16 + bytes.len().div_ceil(8) * 8, 0);
     assert!(tail % CAP + rec.len() as u64 <= CAP, "the test writes no record that wraps");
     file.write_all_at(&rec, DATA + tail % CAP).unwrap();
-    file.write_all_at(&(tail + rec.len() as u64).to_le_bytes(), at + 8).unwrap();
+    file.write_all_at(&(tail + rec.len() as u64).to_le_bytes(), TAIL_AT).unwrap();
     id
 }
 

@@ -290,8 +290,11 @@ fn ring_file() -> std::fs::File {
     found.pop().unwrap()
 }
 
-/// Where the header's head and tail are: after the pthread mutex.
-const HEAD_AT: u64 = std::mem::size_of::<libc::pthread_mutex_t>() as u64;
+/// Where the header's words are: each side's on a cache line of its own,
+/// after the pthread mutex's line (tail on the producers' line, head on the
+/// consumers', the sleeper counts on the last).
+const TAIL_AT: u64 = 64;
+const HEAD_AT: u64 = 128;
 
 #[test]
 fn a_corrupted_ring_is_an_error_not_a_hang() {
@@ -315,11 +318,108 @@ fn a_corrupted_ring_is_an_error_not_a_hang() {
 
     // Head and tail far apart: gets and puts both fail, promptly.
     ring.write_all_at(&0u64.to_le_bytes(), HEAD_AT).unwrap();
-    ring.write_all_at(&u64::MAX.to_le_bytes(), HEAD_AT + 8).unwrap();
+    ring.write_all_at(&u64::MAX.to_le_bytes(), TAIL_AT).unwrap();
     let t = Instant::now();
     let e = q.get_timeout(PROMPT).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
     let e = q.put(2).unwrap_err().into_error();
     assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
     assert!(t.elapsed() < PROMPT, "took {:?}", t.elapsed());
+}
+
+// --- review findings ----------------------------------------------------------------
+
+/// Maps the ring's memfd here; the pointer stays valid for the test.
+fn map_ring(ring: &std::fs::File) -> *mut u8 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a fresh shared mapping of the ring's whole file.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            256 + 256 * 1024,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            ring.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    p.cast()
+}
+
+#[test]
+fn get_nowait_does_not_wait_for_a_busy_ring_mutex() {
+    if !crate::support::alone() {
+        return;
+    }
+    let q = Queue::<u64>::new().unwrap();
+    q.put(7).unwrap();
+    let base = map_ring(&ring_file()) as usize;
+    // Another thread holds the ring's mutex (as a put or get in another
+    // process would) until told to let go.
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let m = base as *mut libc::pthread_mutex_t;
+        // SAFETY: the ring's mutex, initialised by the queue, mapped above.
+        assert_eq!(unsafe { libc::pthread_mutex_lock(m) }, 0);
+        held_tx.send(()).unwrap();
+        let _ = go_rx.recv_timeout(Duration::from_secs(10));
+        // SAFETY: this thread holds it.
+        assert_eq!(unsafe { libc::pthread_mutex_unlock(m) }, 0);
+    });
+    held_rx.recv().unwrap();
+    let t = Instant::now();
+    for _ in 0..20 {
+        let e = q.get_nowait().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Empty, "{e}");
+    }
+    // It waited 10 ms for the mutex per call before: 200 ms at least.
+    assert!(t.elapsed() < Duration::from_millis(100), "20 get_nowait took {:?}", t.elapsed());
+    // A timed get waits for it no longer than its timeout.
+    let t = Instant::now();
+    let e = q.get_timeout(Duration::from_millis(30)).unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+    assert!(t.elapsed() < PROMPT, "took {:?}", t.elapsed());
+    go_tx.send(()).unwrap();
+    holder.join().unwrap();
+    assert_eq!(q.get_nowait().unwrap(), 7);
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the same clock in every process.
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a live timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Puts the time, `n` times, each after a pause long enough for the
+/// parent's get to be asleep on the futex.
+fn put_times_after_pauses((q, n): (Queue<u64>, u32)) {
+    for _ in 0..n {
+        std::thread::sleep(Duration::from_millis(25));
+        q.put(mono_ns()).unwrap();
+    }
+}
+
+#[test]
+fn a_sleeping_get_wakes_at_a_put_not_at_its_poll() {
+    let q = Queue::<u64>::new().unwrap();
+    let n = 16;
+    let mut p = Process::new(put_times_after_pauses, (q.clone(), n));
+    p.start().unwrap();
+    let mut late: Vec<u64> = (0..n)
+        .map(|_| {
+            let sent = q.get_timeout(STARTUP).unwrap();
+            mono_ns().saturating_sub(sent) / 1000
+        })
+        .collect();
+    join_ok(&mut p);
+    late.sort_unstable();
+    // A wake-up that relied on the getter's 100 ms poll would come 50 ms
+    // late on average; a futex wake takes microseconds (milliseconds on a
+    // loaded machine).
+    let median = late[late.len() / 2];
+    assert!(median < 10_000, "wake-up delays in us: {late:?}");
 }
