@@ -106,8 +106,12 @@ pub(crate) fn prepare_exec(cmd: &mut std::process::Command) {
 /// from this environment).
 fn forget_bind_now() {
     if std::env::var_os(ENV_BIND_ADDED).is_some() {
-        std::env::remove_var(ENV_BIND_ADDED);
-        std::env::remove_var(ENV_LOADER_BIND);
+        // SAFETY: the server is single-threaded (it starts no thread, by
+        // design: it forks), so nothing reads the environment meanwhile.
+        unsafe {
+            std::env::remove_var(ENV_BIND_ADDED);
+            std::env::remove_var(ENV_LOADER_BIND);
+        }
     }
 }
 

@@ -287,7 +287,10 @@ fn a_child_sees_the_loader_setting_of_the_program_not_of_the_server() {
         server_env.split(|&b| b == 0).any(|v| v == b"LD_BIND_NOW=1"),
         "the server was started without LD_BIND_NOW"
     );
-    std::env::set_var("LD_BIND_NOW", "");
+    // SAFETY: this test runs only alone in its process (`alone()` above); the
+    // library's own threads read the environment through `std::env` only,
+    // which takes the same lock as `set_var`.
+    unsafe { std::env::set_var("LD_BIND_NOW", "") };
     assert_eq!(run_and_join(&mut Process::new(report_loader_env, beacon.path())), Some(0));
     assert_eq!(beacon.recv(STARTUP, "the child's view"), "true  -");
 }
