@@ -393,13 +393,13 @@ impl<T> Queue<T> {
     /// (`Ok(None)`) when there is none now; `wait` bounds the wait for the
     /// ring's mutex.
     fn try_receive(&self, wait: LockWait, buf: &mut Vec<u8>) -> Result<Option<Vec<OwnedFd>>> {
-        let Some(t) = self.shared.ring.try_pop(self.rx.as_fd(), wait, buf)? else {
+        let count = &self.mem().count;
+        let Some(t) = self.shared.ring.try_pop(self.rx.as_fd(), wait, buf, count)? else {
             return Ok(None);
         };
         for _ in 0..t.dropped {
-            // A consumer that died had taken these: they left the queue.
-            let m = self.mem();
-            let _ = m.count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
+            // A consumer that died had taken these: they left the queue
+            // (and its count, in `try_pop`).
             self.give_place();
         }
         Ok(Some(t.fds))
@@ -765,9 +765,8 @@ impl<T: DeserializeOwned> Queue<T> {
             return Err(closed());
         }
         with_scratch(&GET_SCRATCH, |buf| {
+            // The item left the count with its record (in `try_pop`).
             let fds = self.receive(timeout, buf)?;
-            let m = self.mem();
-            let _ = m.count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
             self.give_place();
             decode(buf, fds)
         })

@@ -356,6 +356,7 @@ impl Ring {
         rx: BorrowedFd<'_>,
         wait: LockWait,
         buf: &mut Vec<u8>,
+        count: &AtomicU32,
     ) -> Result<Option<Taken>> {
         if self.looks_empty() {
             return Ok(None);
@@ -390,8 +391,12 @@ impl Ring {
             } else {
                 Some(Vec::new())
             };
-            // The take: only now is the record gone.
+            // The take: only now is the record gone, and it leaves the
+            // queue's count in the same breath, under the mutex: a consumer
+            // killed after its take must not leave `qsize` one too high
+            // for good (the item is lost with it, but not counted).
             h.get.head.store(head + record_len(len), Ordering::Release);
+            let _ = count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
             h.get.take_seq.fetch_add(1, Ordering::SeqCst);
             if h.sleepers.space_waiters.load(Ordering::SeqCst) != 0 {
                 sys::futex_wake(&h.get.take_seq, i32::MAX);
