@@ -20,20 +20,44 @@ thread_local! {
 }
 
 /// Runs `f` (which encodes values) and returns the descriptors it attached.
+///
+/// Only the call of `f` is generic; the set-up around it is out of line, so
+/// each of its many instances (one per value type) stays small.
 pub(crate) fn collect<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
-    let outer = OUTGOING.with(|o| o.borrow_mut().replace(Vec::new()));
+    let outer = begin_collect();
     let r = f();
-    let fds = OUTGOING.with(|o| std::mem::replace(&mut *o.borrow_mut(), outer));
-    (r, fds.unwrap_or_default())
+    (r, end_collect(outer))
+}
+
+#[inline(never)]
+fn begin_collect() -> Option<Vec<OwnedFd>> {
+    OUTGOING.with(|o| o.borrow_mut().replace(Vec::new()))
+}
+
+#[inline(never)]
+fn end_collect(outer: Option<Vec<OwnedFd>>) -> Vec<OwnedFd> {
+    OUTGOING.with(|o| std::mem::replace(&mut *o.borrow_mut(), outer)).unwrap_or_default()
 }
 
 /// Runs `f` (which decodes values) with `fds` available to the handles in
 /// them. Descriptors no handle took are closed afterwards.
 pub(crate) fn supply<R>(fds: Vec<OwnedFd>, f: impl FnOnce() -> R) -> R {
-    let outer = INCOMING.with(|i| i.borrow_mut().replace(fds.into_iter().map(Some).collect()));
+    let outer = begin_supply(fds);
     let r = f();
-    INCOMING.with(|i| *i.borrow_mut() = outer);
+    end_supply(outer);
     r
+}
+
+type Incoming = Option<Vec<Option<OwnedFd>>>;
+
+#[inline(never)]
+fn begin_supply(fds: Vec<OwnedFd>) -> Incoming {
+    INCOMING.with(|i| i.borrow_mut().replace(fds.into_iter().map(Some).collect()))
+}
+
+#[inline(never)]
+fn end_supply(outer: Incoming) {
+    INCOMING.with(|i| *i.borrow_mut() = outer);
 }
 
 /// Encodes a descriptor: a duplicate travels with the message.
