@@ -117,6 +117,16 @@ impl Contender {
         }
     }
 
+    /// Short name of what ran for `w`: the column heading, except where
+    /// the Python anchor is not its Pool (Q1 runs its Queue, P1 its Pipe).
+    pub fn short(self, w: Workload) -> &'static str {
+        match (self, w) {
+            (Contender::PyPool, Workload::Q1) => "py Queue",
+            (Contender::PyPool, Workload::P1) => "py Pipe",
+            _ => self.column(),
+        }
+    }
+
     /// Full name of what ran for `w` (thread workloads use the thread pools).
     pub fn name(self, w: Workload) -> &'static str {
         match (self, w) {
@@ -307,5 +317,20 @@ impl Sample {
 
     pub fn not_ok(id: &str, status: Status, note: impl Into<String>) -> Sample {
         Sample { id: id.to_string(), value: None, status, note: Some(note.into()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Q1 and P1 are compared with Python's Queue and Pipe, and the
+    /// results page must say so rather than "py Pool".
+    #[test]
+    fn the_python_anchor_is_named_by_what_ran() {
+        assert_eq!(Contender::PyPool.short(Workload::Q1), "py Queue");
+        assert_eq!(Contender::PyPool.short(Workload::P1), "py Pipe");
+        assert_eq!(Contender::PyPool.short(Workload::W3), "py Pool");
+        assert_eq!(Contender::Procspawn.short(Workload::Q1), "procspawn");
     }
 }

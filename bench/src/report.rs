@@ -65,7 +65,7 @@ pub fn table(figures: &[Figure]) -> String {
         let mut row = vec![def.id.to_string(), def.unit.to_string()];
         row.extend(Contender::ALL.iter().map(|&c| cell(tab.get(def.id, c))));
         row.push(match tab.ratio(def.id) {
-            Some((c, _, r)) => format!("{} {}", fmt_ratio(r), c.column()),
+            Some((c, _, r)) => format!("{} {}", fmt_ratio(r), c.short(def.workload)),
             None => String::new(),
         });
         match targets::target(def.id) {
@@ -256,7 +256,7 @@ pub fn summary(figures: &[Figure]) -> String {
                 } else {
                     format!("{} (worse)", fmt_ratio(r).replace('x', "×"))
                 };
-                (format!("{} {}", c.column(), with_unit(v, def.unit)), how)
+                (format!("{} {}", c.short(def.workload), with_unit(v, def.unit)), how)
             }
             None => ("—".to_string(), "—".to_string()),
         };
@@ -267,7 +267,7 @@ pub fn summary(figures: &[Figure]) -> String {
             .filter_map(|&c| {
                 let f = tab.get(id, c)?;
                 matches!(f.status, Status::Hangs | Status::Broken)
-                    .then(|| format!("{} {}", c.column(), f.status.as_str()))
+                    .then(|| format!("{} {}", c.short(def.workload), f.status.as_str()))
             })
             .collect();
         let best = if stuck.is_empty() { best } else { format!("{best}; {}", stuck.join(", ")) };

@@ -93,7 +93,12 @@ pub fn chart(figures: &[Figure], subtitle: &str) -> String {
         let (x1, x2) = (x_of(1.0), x_of(r));
         let (left, w) = (x1.min(x2), (x2 - x1).abs().max(1.0));
         let fill = if r >= 1.0 { "#2e8b57" } else { "#c0392b" };
-        let anchor = tab.ratio(id).map_or("", |(c, _, _)| c.column());
+        let workload = crate::figures::figure(id).map(|d| d.workload);
+        let anchor = match (tab.ratio(id), workload) {
+            (Some((c, _, _)), Some(w)) => c.short(w),
+            (Some((c, _, _)), None) => c.column(),
+            (None, _) => "",
+        };
         let mut text_x = x1.max(x2) + 6.0;
         let _ = writeln!(
             s,
