@@ -393,15 +393,19 @@ impl<T> Queue<T> {
     /// (`Ok(None)`) when there is none now; `wait` bounds the wait for the
     /// ring's mutex.
     fn try_receive(&self, wait: LockWait, buf: &mut Vec<u8>) -> Result<Option<Vec<OwnedFd>>> {
-        let count = &self.mem().count;
-        let Some(t) = self.shared.ring.try_pop(self.rx.as_fd(), wait, buf, count)? else {
+        // Each record taken (ours, or a dead consumer's dropped one) leaves
+        // the count and gives its place back inside `try_pop`, under the
+        // ring's mutex: a consumer killed after its take must leave neither
+        // `qsize` too high nor a bounded queue a place short (its producers
+        // would then wait for a place that never comes).
+        let left = || {
+            let m = self.mem();
+            let _ = m.count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
+            self.give_place();
+        };
+        let Some(t) = self.shared.ring.try_pop(self.rx.as_fd(), wait, buf, &left)? else {
             return Ok(None);
         };
-        for _ in 0..t.dropped {
-            // A consumer that died had taken these: they left the queue
-            // (and its count, in `try_pop`).
-            self.give_place();
-        }
         Ok(Some(t.fds))
     }
 
@@ -765,9 +769,9 @@ impl<T: DeserializeOwned> Queue<T> {
             return Err(closed());
         }
         with_scratch(&GET_SCRATCH, |buf| {
-            // The item left the count with its record (in `try_pop`).
+            // The item left the count, and gave its place back, with its
+            // record (in `try_receive`).
             let fds = self.receive(timeout, buf)?;
-            self.give_place();
             decode(buf, fds)
         })
     }

@@ -122,8 +122,6 @@ pub(super) enum LockWait {
 /// What a get took off the ring (its bytes went to the caller's buffer).
 pub(super) struct Taken {
     pub(super) fds: Vec<OwnedFd>,
-    /// Records dropped before it: in-flight items of consumers that died.
-    pub(super) dropped: u32,
 }
 
 /// A queue's ring. Clones share it.
@@ -356,14 +354,13 @@ impl Ring {
         rx: BorrowedFd<'_>,
         wait: LockWait,
         buf: &mut Vec<u8>,
-        count: &AtomicU32,
+        left: &dyn Fn(),
     ) -> Result<Option<Taken>> {
         if self.looks_empty() {
             return Ok(None);
         }
         let h = self.header();
         let Some(_held) = self.lock_within(wait)? else { return Ok(None) };
-        let mut dropped = 0;
         loop {
             let (head, tail) = self.bounds()?;
             if head == tail {
@@ -392,19 +389,19 @@ impl Ring {
                 Some(Vec::new())
             };
             // The take: only now is the record gone, and it leaves the
-            // queue's count in the same breath, under the mutex: a consumer
-            // killed after its take must not leave `qsize` one too high
-            // for good (the item is lost with it, but not counted).
+            // queue (`left`: its count, a bounded queue's place) in the
+            // same breath, under the mutex, so a consumer killed after its
+            // take loses its item but leaves no count or place behind.
             h.get.head.store(head + record_len(len), Ordering::Release);
-            let _ = count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
+            left();
             h.get.take_seq.fetch_add(1, Ordering::SeqCst);
             if h.sleepers.space_waiters.load(Ordering::SeqCst) != 0 {
                 sys::futex_wake(&h.get.take_seq, i32::MAX);
             }
-            match fds {
-                Some(fds) => return Ok(Some(Taken { fds, dropped })),
-                // A dead consumer's in-flight item: gone with it.
-                None => dropped += 1,
+            // `None`: a dead consumer's in-flight item, gone with it; the
+            // next record may be ours.
+            if let Some(fds) = fds {
+                return Ok(Some(Taken { fds }));
             }
         }
     }
