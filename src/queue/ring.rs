@@ -208,33 +208,28 @@ impl Ring {
         }
     }
 
-    /// Takes the mutex within `wait`; `None` when it stayed busy. No timed
-    /// pthread lock: a busy mutex is looked at again, briefly spinning, then
-    /// yielding, then in short naps, until the deadline.
+    /// Takes the mutex within `wait`; `None` when it stayed busy. A busy
+    /// mutex is held for well under a microsecond, so it is looked at again
+    /// while spinning briefly; after that the wait sleeps in the mutex
+    /// itself (woken by the unlock, or by the owner's death: it is robust),
+    /// bounded by the deadline.
     fn lock_within(&self, wait: LockWait) -> Result<Option<Held<'_>>> {
         const SPINS: u32 = 64;
-        const YIELDS: u32 = 64;
-        const NAP: Duration = Duration::from_micros(50);
-        let mut tries = 0u32;
-        loop {
+        for tries in 1..=SPINS {
             if let Some(held) = self.lock(Some(Duration::ZERO))? {
                 return Ok(Some(held));
             }
-            tries += 1;
-            match wait {
-                LockWait::Try if tries >= 2 => return Ok(None),
-                LockWait::Until(d) if tries > SPINS && Instant::now() >= d => return Ok(None),
-                _ => {}
+            if matches!(wait, LockWait::Try) && tries >= 2 {
+                return Ok(None);
             }
-            if tries <= SPINS {
-                for _ in 0..16 {
-                    std::hint::spin_loop();
-                }
-            } else if tries <= SPINS + YIELDS {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(NAP);
+            for _ in 0..16 {
+                std::hint::spin_loop();
             }
+        }
+        match wait {
+            LockWait::Try => Ok(None),
+            LockWait::Until(d) => self.lock(Some(d.saturating_duration_since(Instant::now()))),
+            LockWait::Forever => self.lock(None),
         }
     }
 
