@@ -75,5 +75,7 @@ mod support;
 mod thread_pool;
 #[path = "it/timeouts.rs"]
 mod timeouts;
+#[path = "it/under_valgrind.rs"]
+mod under_valgrind;
 #[path = "it/worker_trust.rs"]
 mod worker_trust;

@@ -788,10 +788,14 @@ pub(crate) unsafe fn mutex_lock(m: *mut RawMutex, timeout: Option<Duration>) -> 
         Some(d) if d.as_secs() > 100 * 365 * 86_400 => unsafe { libc::pthread_mutex_lock(m) },
         Some(d) => {
             // pthread_mutex_timedlock takes an absolute CLOCK_REALTIME deadline.
-            let now = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
-            let total = now.tv_nsec as u128 + d.subsec_nanos() as u128;
+            // (Read through libc, as std does: rustix's own vDSO lookup
+            // faults in a process run under valgrind.)
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let total = now.subsec_nanos() as u128 + d.subsec_nanos() as u128;
             let deadline = libc::timespec {
-                tv_sec: now.tv_sec.saturating_add(
+                tv_sec: (now.as_secs() as libc::time_t).saturating_add(
                     d.as_secs() as libc::time_t + (total / 1_000_000_000) as libc::time_t,
                 ),
                 tv_nsec: (total % 1_000_000_000) as libc::c_long,
@@ -940,7 +944,12 @@ pub(crate) fn cannot_shrink(fd: BorrowedFd<'_>) -> bool {
 
 /// The system's memory page size: every mapping starts on a page boundary.
 pub(crate) fn page_size() -> usize {
-    rustix::param::page_size()
+    // Read through libc, not rustix: rustix finds it by walking the auxv
+    // and checking the vDSO's ELF header, which faults in a process run
+    // under valgrind (a child of a traced program).
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).ok().filter(|s| s.is_power_of_two()).unwrap_or(4096)
 }
 
 /// The size of the file behind `fd`, and its identity (device and inode),
