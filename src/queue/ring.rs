@@ -83,8 +83,10 @@ struct GetSide {
 struct Sleepers {
     /// Getters asleep on `put_seq` (a put wakes one only if this is nonzero).
     get_waiters: AtomicU32,
-    /// Feeders asleep on `take_seq`.
-    space_waiters: AtomicU32,
+    /// Nonzero while a feeder may be asleep on `take_seq`, waiting for
+    /// room: the take that wakes feeders clears it, so one sleep costs one
+    /// wake-up, not one per take until the feeder has run.
+    space_wanted: AtomicU32,
     /// Async getters waiting on the queue's wake-up descriptor.
     async_waiters: AtomicU32,
 }
@@ -426,8 +428,10 @@ impl Ring {
             // woken once the ring has drained to half, so that it then
             // writes half a ring in a few holds of the mutex, and a fast
             // producer does not cost its consumer a wake-up per item.
-            if h.sleepers.space_waiters.load(Ordering::SeqCst) != 0
+            let wanted = &h.sleepers.space_wanted;
+            if wanted.load(Ordering::SeqCst) != 0
                 && tail - (head + record_len(len)) <= LOW_WATER
+                && wanted.swap(0, Ordering::SeqCst) != 0
             {
                 sys::futex_wake(&h.get.take_seq, i32::MAX);
             }
@@ -507,15 +511,15 @@ impl Ring {
             return Ok(pushed);
         }
         let h = self.header();
-        // Counted as waiting before the second look, so a take that makes
-        // room after that look sees the waiter and wakes it.
-        h.sleepers.space_waiters.fetch_add(1, Ordering::SeqCst);
+        // Wanted before the second look: a take after that look sees it
+        // and wakes this feeder; one before it has moved `take_seq` (the
+        // sleep then returns at once) or made the room that look finds.
+        h.sleepers.space_wanted.store(1, Ordering::SeqCst);
         let seq = h.get.take_seq.load(Ordering::SeqCst);
         let r = self.try_push_each(n, &item, tx);
         if matches!(r, Ok(0)) {
             sys::futex_wait(&h.get.take_seq, seq, Some(nap));
         }
-        h.sleepers.space_waiters.fetch_sub(1, Ordering::SeqCst);
         r
     }
 }
@@ -600,10 +604,10 @@ mod tests {
                 woke_tx.send((n, t.elapsed())).unwrap();
             })
         };
-        // Until the feeder sleeps (it counts itself as waiting first).
+        // Until the feeder sleeps (it says it wants room first).
         let h = ring.header();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while h.sleepers.space_waiters.load(Ordering::SeqCst) == 0 {
+        while h.sleepers.space_wanted.load(Ordering::SeqCst) == 0 {
             assert!(Instant::now() < deadline, "the feeder never waited");
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -617,8 +621,10 @@ mod tests {
             woke_rx.recv_timeout(Duration::from_millis(300)).is_err(),
             "the feeder was woken before the ring drained to half"
         );
-        // The take that reaches half wakes it at once.
+        // The take that reaches half wakes it at once, and clears the want:
+        // the takes after it make no system call for it.
         pop(&ring, rx.as_fd()).unwrap();
+        assert_eq!(h.sleepers.space_wanted.load(Ordering::SeqCst), 0, "the want was not cleared");
         let (n, took) =
             woke_rx.recv_timeout(Duration::from_secs(10)).expect("the feeder was not woken");
         assert_eq!(n, 0, "a woken feeder returns to try again");
