@@ -32,6 +32,36 @@ pub(crate) type Outcomes<'a> = (&'a [u8], Vec<OwnedFd>);
 /// pid of the worker that ran it.
 pub(crate) type JobDone = Box<dyn for<'a> FnOnce(Result<Outcomes<'a>>, Option<u32>) + Send>;
 
+/// A job's outcome for one waiting result (`apply`, `apply_async`, an
+/// executor's `submit`), delivered by the result itself: the completion is
+/// shared with its caller already, so the job needs no box of its own.
+pub(crate) trait DeliverOne: Send + Sync {
+    fn deliver(self: Arc<Self>, outcome: Result<Outcomes<'_>>, pid: Option<u32>);
+}
+
+/// Where a job's outcome goes: called exactly once.
+pub(crate) enum Sink {
+    /// A chunk's callback.
+    Call(JobDone),
+    /// One call's result, with no callback allocated for it.
+    One(Arc<dyn DeliverOne>),
+}
+
+impl Sink {
+    pub(crate) fn call(self, outcome: Result<Outcomes<'_>>, pid: Option<u32>) {
+        match self {
+            Sink::Call(f) => f(outcome, pid),
+            Sink::One(result) => result.deliver(outcome, pid),
+        }
+    }
+}
+
+impl From<JobDone> for Sink {
+    fn from(f: JobDone) -> Sink {
+        Sink::Call(f)
+    }
+}
+
 /// One chunk of work for a worker.
 pub(crate) struct Job {
     pub(crate) id: u64,
@@ -42,13 +72,13 @@ pub(crate) struct Job {
     /// Handles inside the arguments; duplicates are sent, so the job can be
     /// sent again if its worker dies before running it.
     pub(crate) fds: Vec<OwnedFd>,
-    pub(crate) done: JobDone,
+    pub(crate) done: Sink,
     pub(crate) ticket: Option<Arc<Ticket>>,
 }
 
 impl Job {
     pub(crate) fn fail(self, err: Error, pid: Option<u32>) {
-        (self.done)(Err(err), pid)
+        self.done.call(Err(err), pid)
     }
 }
 
@@ -168,23 +198,24 @@ impl ProcEngine {
     pub(crate) fn submit(
         self: &Arc<Self>,
         (offset, name): (i64, &'static str),
-        chunk: (Vec<u8>, Vec<OwnedFd>),
-        done: JobDone,
+        chunk: (impl Into<crate::wire::Chunk>, Vec<OwnedFd>),
+        done: impl Into<Sink>,
         ticket: Option<Arc<Ticket>>,
         held: bool,
     ) {
-        self.submit_job(self.job((offset, name), chunk, done, ticket), held)
+        let job = self.job((offset, name), (chunk.0.into(), chunk.1), done.into(), ticket);
+        self.submit_job(job, held)
     }
 
     fn job(
         &self,
         (offset, name): (i64, &'static str),
-        (chunk, fds): (Vec<u8>, Vec<OwnedFd>),
-        done: JobDone,
+        (chunk, fds): (crate::wire::Chunk, Vec<OwnedFd>),
+        done: Sink,
         ticket: Option<Arc<Ticket>>,
     ) -> Job {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        Job { id, name, offset, chunk: chunk.into(), fds, done, ticket }
+        Job { id, name, offset, chunk, fds, done, ticket }
     }
 
     /// Runs a job for a caller who will wait for it: on this thread, on an
@@ -192,10 +223,10 @@ impl ProcEngine {
     pub(crate) fn run_waited(
         self: &Arc<Self>,
         entry: (i64, &'static str),
-        chunk: (Vec<u8>, Vec<OwnedFd>),
-        done: JobDone,
+        chunk: (impl Into<crate::wire::Chunk>, Vec<OwnedFd>),
+        done: impl Into<Sink>,
     ) {
-        let job = self.job(entry, chunk, done, None);
+        let job = self.job(entry, (chunk.0.into(), chunk.1), done.into(), None);
         if let Some(err) = self.lifecycle.refusal(false) {
             return job.fail(err, None);
         }

@@ -551,7 +551,7 @@ impl Worker {
                         signal.vacant.store(true, Ordering::SeqCst);
                     }
                     finished = true;
-                    (job.done)(Ok((done.outcomes, fds)), Some(self.pid));
+                    job.done.call(Ok((done.outcomes, fds)), Some(self.pid));
                     core.meters.decoded(self.index, now.elapsed());
                 }
                 FromWorker::Mismatch(_) => {
