@@ -338,15 +338,17 @@ impl ProcEngine {
         self.allowance(me, q.len()) > 0
     }
 
-    /// Takes up to `room` jobs for slot `me`, leaving the other slots their
-    /// fair share of the outstanding work (see `allowance`).
-    pub(crate) fn take(&self, me: usize, room: usize) -> Vec<Job> {
+    /// Takes up to `room` jobs for slot `me` into `taken` (empty: a buffer
+    /// the slot keeps, so a turn allocates nothing), leaving the other
+    /// slots their fair share of the outstanding work (see `allowance`).
+    pub(crate) fn take(&self, me: usize, room: usize, taken: &mut Vec<Job>) {
+        debug_assert!(taken.is_empty());
         let mut q = self.lock();
         if self.lifecycle.is_stopped() {
-            return Vec::new();
+            return;
         }
         let want = self.allowance(me, q.len()).min(room);
-        let mut taken = Vec::with_capacity(want);
+        taken.reserve(want);
         while taken.len() < want {
             let Some(job) = q.pop_front() else { break };
             // A job cancelled while queued was already completed by `cancel`.
@@ -356,7 +358,6 @@ impl ProcEngine {
         }
         // Counted before the lock goes, so the next slot's share sees them.
         self.slots[me].held.fetch_add(taken.len(), Ordering::SeqCst);
-        taken
     }
 
     /// Wakes one parked slot with room, a vacant one first, else one whose
@@ -366,6 +367,10 @@ impl ProcEngine {
     fn wake_one(&self, queued: usize) {
         for vacant_only in [true, false] {
             for (i, s) in self.slots.iter().enumerate() {
+                // Busy slots (the usual case under a burst) cost one load.
+                if !s.wants_work.load(Ordering::SeqCst) {
+                    continue;
+                }
                 let may = if vacant_only {
                     s.vacant.load(Ordering::SeqCst)
                 } else {
