@@ -149,8 +149,27 @@ struct Message {
 /// Items this process could not send yet, in order.
 #[derive(Default)]
 struct Outbox {
-    items: Mutex<(VecDeque<Message>, bool)>,
+    items: Mutex<Unsent>,
     drained: Condvar,
+}
+
+/// What an outbox holds, under its mutex.
+#[derive(Default)]
+struct Unsent {
+    /// Waiting for the feeder.
+    queued: VecDeque<Message>,
+    /// Taken by the feeder and not in the ring yet (they come before
+    /// `queued`).
+    feeding: usize,
+    /// A feeder thread is at work: puts queue behind it.
+    feeder: bool,
+}
+
+impl Unsent {
+    /// Items put here and not in the ring yet.
+    fn len(&self) -> usize {
+        self.queued.len() + self.feeding
+    }
 }
 
 /// What a process's handles and its feeder thread share. Not the receiving
@@ -341,16 +360,13 @@ impl<T> Queue<T> {
         let mut items = outbox.items.lock();
         // Only when no feeder is at work: it may be waiting for room for an
         // item it already took off the outbox, which must not be overtaken.
-        if items.0.is_empty()
-            && !items.1
-            && self.shared.ring.try_push(bytes, &fds, self.shared.tx.as_fd())?
-        {
+        if !items.feeder && self.shared.ring.try_push(bytes, &fds, self.shared.tx.as_fd())? {
             self.shared.committed();
             return Ok(());
         }
-        items.0.push_back(Message { bytes: bytes.to_vec(), fds });
-        if !items.1 {
-            items.1 = true;
+        items.queued.push_back(Message { bytes: bytes.to_vec(), fds });
+        if !items.feeder {
+            items.feeder = true;
             // The feeder keeps the sending end alive until the outbox is sent,
             // even if every handle in this process is dropped meanwhile; once
             // no process holds the receiving end, it drops the rest and ends.
@@ -476,21 +492,37 @@ fn feed(s: Arc<Shared>) {
     /// The longest wait for room before the feeder looks whether any
     /// process still holds the receiving end.
     const NAP: Duration = Duration::from_millis(5);
+    /// The most items the feeder takes off the outbox at a time: written
+    /// to the ring under one hold of its mutex, as far as they fit.
+    const BATCH: usize = 256;
+    let mut batch: VecDeque<Message> = VecDeque::new();
     loop {
-        let mut items = s.outbox.items.lock();
-        let Some(msg) = items.0.pop_front() else {
-            items.1 = false;
-            s.outbox.drained.notify_all();
-            return;
-        };
-        drop(items);
+        if batch.is_empty() {
+            let mut items = s.outbox.items.lock();
+            items.feeding = 0;
+            if items.queued.is_empty() {
+                items.feeder = false;
+                s.outbox.drained.notify_all();
+                return;
+            }
+            let n = items.queued.len().min(BATCH);
+            batch.extend(items.queued.drain(..n));
+            items.feeding = n;
+        }
         let sent = loop {
-            match s.ring.push_or_wait(&msg.bytes, &msg.fds, s.tx.as_fd(), NAP) {
-                Ok(true) => {
+            let item = |i: usize| {
+                let m: &Message = &batch[i];
+                (&m.bytes[..], &m.fds[..])
+            };
+            match s.ring.push_each_or_wait(batch.len(), item, s.tx.as_fd(), NAP) {
+                Ok(0) => {}
+                Ok(n) => {
                     s.committed();
+                    batch.drain(..n);
+                    s.outbox.items.lock().feeding = batch.len();
+                    s.outbox.drained.notify_all();
                     break Ok(());
                 }
-                Ok(false) => {}
                 Err(e) => break Err((e, false)),
             }
             let gone = sys::poll(
@@ -509,14 +541,18 @@ fn feed(s: Arc<Shared>) {
             }
         };
         if let Err((e, gone)) = sent {
-            // This item cannot be delivered: take back what its put counted.
+            // These items cannot be delivered: take back what their puts counted.
             let dropped = if gone {
                 let mut items = s.outbox.items.lock();
                 // No one can ever read (every reader is gone): drop the rest too.
-                let n = items.0.len() + 1;
-                items.0.clear();
+                let n = items.queued.len() + batch.len();
+                items.queued.clear();
+                batch.clear();
+                items.feeding = 0;
                 n
             } else {
+                batch.pop_front();
+                s.outbox.items.lock().feeding = batch.len();
                 1
             };
             for _ in 0..dropped {
@@ -535,7 +571,7 @@ fn feed(s: Arc<Shared>) {
             report!(ERROR, dropped = dropped, error: display = e; "multiproc: {dropped} queue item(s) could not be sent and were dropped: {e}");
             if gone {
                 let mut items = s.outbox.items.lock();
-                items.1 = false;
+                items.feeder = false;
                 s.outbox.drained.notify_all();
                 return;
             }
@@ -554,18 +590,18 @@ fn outboxes() -> &'static Mutex<Vec<Weak<Outbox>>> {
             let boxes = outboxes().lock().clone();
             for b in boxes.iter().filter_map(Weak::upgrade) {
                 let mut items = b.items.lock();
-                let (mut left, mut since) = (items.0.len(), Instant::now());
-                while items.1 {
+                let (mut left, mut since) = (items.len(), Instant::now());
+                while items.feeder {
                     b.drained.wait_for(&mut items, Duration::from_millis(50));
-                    if items.0.len() != left {
-                        (left, since) = (items.0.len(), Instant::now());
-                    } else if items.1 && since.elapsed() >= STALL {
+                    if items.len() != left {
+                        (left, since) = (items.len(), Instant::now());
+                    } else if items.feeder && since.elapsed() >= STALL {
                         report!(
-                            ERROR, pid = std::process::id(), dropped = items.0.len() + 1;
+                            ERROR, pid = std::process::id(), dropped = items.len();
                             "multiproc: process {} exits with {} queue item(s) no one took \
                              for {STALL:?}; they are dropped",
                             std::process::id(),
-                            items.0.len() + 1
+                            items.len()
                         );
                         break;
                     }

@@ -39,6 +39,8 @@ mod ipc_shm;
 mod ipc_sync;
 #[path = "it/ipc_util.rs"]
 mod ipc_util;
+#[path = "it/large_args.rs"]
+mod large_args;
 #[path = "it/large_values.rs"]
 mod large_values;
 #[path = "it/manager.rs"]
@@ -75,5 +77,7 @@ mod support;
 mod thread_pool;
 #[path = "it/timeouts.rs"]
 mod timeouts;
+#[path = "it/under_valgrind.rs"]
+mod under_valgrind;
 #[path = "it/worker_trust.rs"]
 mod worker_trust;

@@ -42,6 +42,9 @@ pub(super) const CAP: usize = 256 * 1024;
 const DATA: usize = 256;
 /// A record's header: length, kind, socket message id.
 const RECORD_HEAD: usize = 16;
+/// A feeder waiting for room is woken when the ring's records have
+/// drained to this many bytes (any record fits then).
+const LOW_WATER: u64 = (CAP / 2) as u64;
 /// The largest item bytes a record may hold.
 pub(super) const RECORD_MAX: usize = 32 * 1024 + 64;
 const KIND_BYTES: u32 = 0;
@@ -96,6 +99,7 @@ struct Header {
 
 const _: () = assert!(size_of::<Header>() <= DATA);
 const _: () = assert!(CAP.is_power_of_two() && RECORD_HEAD + RECORD_MAX <= CAP / 4);
+const _: () = assert!(CAP as u64 - LOW_WATER >= (RECORD_HEAD + RECORD_MAX) as u64);
 
 /// The most socket messages one get drops before the record's own (orphans
 /// of producers killed between their send and their commit, or messages
@@ -302,43 +306,71 @@ impl Ring {
         fds: &[OwnedFd],
         tx: BorrowedFd<'_>,
     ) -> Result<bool> {
-        debug_assert!(bytes.len() <= RECORD_MAX);
+        Ok(self.try_push_each(1, |_| (bytes, fds), tx)? == 1)
+    }
+
+    /// Puts the records `item(0)`, `item(1)`, … `item(n - 1)` in order,
+    /// under one hold of the mutex, as many as there is room for now; how
+    /// many went in. Each is committed on its own (its own `tail` store), so
+    /// a producer killed mid-batch leaves the records before it whole and at
+    /// most one socket message orphaned, as a single put does.
+    pub(super) fn try_push_each<'a>(
+        &self,
+        n: usize,
+        item: impl Fn(usize) -> (&'a [u8], &'a [OwnedFd]),
+        tx: BorrowedFd<'_>,
+    ) -> Result<usize> {
         let h = self.header();
-        let need = record_len(bytes.len());
+        let mut pushed = 0;
         {
-            let _held = self.lock(None)?;
-            let (head, tail) = self.bounds()?;
-            if CAP as u64 - (tail - head) < need {
-                return Ok(false);
-            }
-            let (kind, id) = if fds.is_empty() {
-                (KIND_BYTES, 0)
-            } else {
-                // The id is spent before the send: a producer killed after
-                // the send leaves an orphan no later message shares an id with.
-                let id = h.put.next_id.load(Ordering::Relaxed);
-                h.put.next_id.store(id.wrapping_add(1), Ordering::Relaxed);
-                match sys::send_with_fds(tx, &id.to_le_bytes(), fds, false) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
-                    Err(e) => return Err(Error::io("could not put on the queue", e)),
+            // A holder keeps the mutex for well under a microsecond: spin
+            // for it first, so that neither side sleeps in the kernel and
+            // has to be woken by the other's unlock.
+            let Some(_held) = self.lock_within(LockWait::Forever)? else { return Ok(0) };
+            let (head, mut tail) = self.bounds()?;
+            while pushed < n {
+                let (bytes, fds) = item(pushed);
+                debug_assert!(bytes.len() <= RECORD_MAX);
+                let need = record_len(bytes.len());
+                if CAP as u64 - (tail - head) < need {
+                    break;
                 }
-                (KIND_WITH_MESSAGE, id)
-            };
-            let mut rec = [0u8; RECORD_HEAD];
-            rec[0..4].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
-            rec[4..8].copy_from_slice(&kind.to_le_bytes());
-            rec[8..16].copy_from_slice(&id.to_le_bytes());
-            self.write_at(tail, &rec);
-            self.write_at(tail + RECORD_HEAD as u64, bytes);
-            // The commit: only now is the record there.
-            h.put.tail.store(tail + need, Ordering::Release);
-            h.put.put_seq.fetch_add(1, Ordering::SeqCst);
+                let (kind, id) = if fds.is_empty() {
+                    (KIND_BYTES, 0)
+                } else {
+                    // The id is spent before the send: a producer killed after
+                    // the send leaves an orphan no later message shares an id with.
+                    let id = h.put.next_id.load(Ordering::Relaxed);
+                    h.put.next_id.store(id.wrapping_add(1), Ordering::Relaxed);
+                    match sys::send_with_fds(tx, &id.to_le_bytes(), fds, false) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        // Those before it went in; this one fails at the
+                        // next call, alone.
+                        Err(_) if pushed > 0 => break,
+                        Err(e) => return Err(Error::io("could not put on the queue", e)),
+                    }
+                    (KIND_WITH_MESSAGE, id)
+                };
+                let mut rec = [0u8; RECORD_HEAD];
+                rec[0..4].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+                rec[4..8].copy_from_slice(&kind.to_le_bytes());
+                rec[8..16].copy_from_slice(&id.to_le_bytes());
+                self.write_at(tail, &rec);
+                self.write_at(tail + RECORD_HEAD as u64, bytes);
+                // The commit: only now is the record there.
+                tail += need;
+                h.put.tail.store(tail, Ordering::Release);
+                pushed += 1;
+            }
+            if pushed > 0 {
+                h.put.put_seq.fetch_add(1, Ordering::SeqCst);
+            }
         }
-        if h.sleepers.get_waiters.load(Ordering::SeqCst) != 0 {
+        if pushed > 0 && h.sleepers.get_waiters.load(Ordering::SeqCst) != 0 {
             sys::futex_wake(&h.put.put_seq, 1);
         }
-        Ok(true)
+        Ok(pushed)
     }
 
     /// Takes the record at the head, if any, its bytes into `buf` (cleared
@@ -390,7 +422,13 @@ impl Ring {
             h.get.head.store(head + record_len(len), Ordering::Release);
             left();
             h.get.take_seq.fetch_add(1, Ordering::SeqCst);
-            if h.sleepers.space_waiters.load(Ordering::SeqCst) != 0 {
+            // A feeder waits for room only when the ring was full; it is
+            // woken once the ring has drained to half, so that it then
+            // writes half a ring in a few holds of the mutex, and a fast
+            // producer does not cost its consumer a wake-up per item.
+            if h.sleepers.space_waiters.load(Ordering::SeqCst) != 0
+                && tail - (head + record_len(len)) <= LOW_WATER
+            {
                 sys::futex_wake(&h.get.take_seq, i32::MAX);
             }
             // `None`: a dead consumer's in-flight item, gone with it; the
@@ -454,20 +492,27 @@ impl Ring {
         h.sleepers.get_waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Pushes as [`try_push`](Self::try_push), sleeping at most `nap` for
-    /// room when there is none; false when there still is none.
-    pub(super) fn push_or_wait(
+    /// Pushes as [`try_push_each`](Self::try_push_each); when none fits,
+    /// sleeps until the ring has drained to [`LOW_WATER`] bytes, at most
+    /// `nap`, and returns 0.
+    pub(super) fn push_each_or_wait<'a>(
         &self,
-        bytes: &[u8],
-        fds: &[OwnedFd],
+        n: usize,
+        item: impl Fn(usize) -> (&'a [u8], &'a [OwnedFd]),
         tx: BorrowedFd<'_>,
         nap: Duration,
-    ) -> Result<bool> {
+    ) -> Result<usize> {
+        let pushed = self.try_push_each(n, &item, tx)?;
+        if pushed > 0 {
+            return Ok(pushed);
+        }
         let h = self.header();
+        // Counted as waiting before the second look, so a take that makes
+        // room after that look sees the waiter and wakes it.
         h.sleepers.space_waiters.fetch_add(1, Ordering::SeqCst);
         let seq = h.get.take_seq.load(Ordering::SeqCst);
-        let r = self.try_push(bytes, fds, tx);
-        if matches!(r, Ok(false)) {
+        let r = self.try_push_each(n, &item, tx);
+        if matches!(r, Ok(0)) {
             sys::futex_wait(&h.get.take_seq, seq, Some(nap));
         }
         h.sleepers.space_waiters.fetch_sub(1, Ordering::SeqCst);
@@ -501,5 +546,84 @@ mod tests {
         // message is found.
         let fds = ring.take_message(rx.as_fd(), 0, 2).unwrap().expect("the record's message");
         assert_eq!(fds.len(), 1);
+    }
+
+    fn pop(ring: &Ring, rx: BorrowedFd<'_>) -> Option<Vec<u8>> {
+        let mut buf = Vec::new();
+        ring.try_pop(rx, LockWait::Forever, &mut buf, &|| {}).unwrap().map(|_| buf)
+    }
+
+    /// A batch goes in in order, as far as it fits, and comes out in order.
+    #[test]
+    fn a_batch_goes_in_as_far_as_it_fits_and_in_order() {
+        let ring = Ring::new().unwrap();
+        let (tx, rx) = sys::message_pair().unwrap();
+        let items: Vec<Vec<u8>> = (0..300u32).map(|i| vec![i as u8; 1000]).collect();
+        // 1016 bytes a record: 258 fit in the ring.
+        let fit = CAP / record_len(1000) as usize;
+        let n = ring.try_push_each(items.len(), |i| (&items[i][..], &[][..]), tx.as_fd()).unwrap();
+        assert_eq!(n, fit);
+        assert_eq!(ring.try_push_each(1, |_| (&[1u8][..], &[][..]), tx.as_fd()).unwrap(), 0);
+        for (i, want) in items.iter().take(fit).enumerate() {
+            assert_eq!(pop(&ring, rx.as_fd()).as_ref(), Some(want), "record {i}");
+        }
+        assert!(pop(&ring, rx.as_fd()).is_none());
+    }
+
+    /// A feeder waiting for room sleeps until the ring has drained to half,
+    /// not at every take: a consumer of a fast producer pays no wake-up per
+    /// item.
+    #[test]
+    fn a_feeder_waiting_for_room_wakes_at_half_not_at_every_take() {
+        let ring = Ring::new().unwrap();
+        let (tx, rx) = sys::message_pair().unwrap();
+        let item = vec![7u8; 1000];
+        while ring.try_push(&item, &[], tx.as_fd()).unwrap() {}
+        let used = |r: &Ring| {
+            let (head, tail) = r.bounds().unwrap();
+            tail - head
+        };
+        let (woke_tx, woke_rx) = std::sync::mpsc::channel();
+        let feeder = {
+            let (ring, tx) = (ring.clone(), tx.try_clone().unwrap());
+            let big = vec![1u8; RECORD_MAX];
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                let n = ring
+                    .push_each_or_wait(
+                        1,
+                        |_| (&big[..], &[][..]),
+                        tx.as_fd(),
+                        Duration::from_secs(20),
+                    )
+                    .unwrap();
+                woke_tx.send((n, t.elapsed())).unwrap();
+            })
+        };
+        // Until the feeder sleeps (it counts itself as waiting first).
+        let h = ring.header();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while h.sleepers.space_waiters.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the feeder never waited");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        // Takes that leave more than half the ring used wake no one, though
+        // the big record would fit after the first few.
+        while used(&ring) - record_len(1000) > LOW_WATER {
+            pop(&ring, rx.as_fd()).unwrap();
+        }
+        assert!(
+            woke_rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "the feeder was woken before the ring drained to half"
+        );
+        // The take that reaches half wakes it at once.
+        pop(&ring, rx.as_fd()).unwrap();
+        let (n, took) =
+            woke_rx.recv_timeout(Duration::from_secs(10)).expect("the feeder was not woken");
+        assert_eq!(n, 0, "a woken feeder returns to try again");
+        assert!(took < Duration::from_secs(15), "the feeder slept {took:?}, its whole nap");
+        feeder.join().unwrap();
+        assert!(ring.try_push(&vec![1u8; RECORD_MAX], &[], tx.as_fd()).unwrap());
     }
 }

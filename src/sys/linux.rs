@@ -788,10 +788,14 @@ pub(crate) unsafe fn mutex_lock(m: *mut RawMutex, timeout: Option<Duration>) -> 
         Some(d) if d.as_secs() > 100 * 365 * 86_400 => unsafe { libc::pthread_mutex_lock(m) },
         Some(d) => {
             // pthread_mutex_timedlock takes an absolute CLOCK_REALTIME deadline.
-            let now = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
-            let total = now.tv_nsec as u128 + d.subsec_nanos() as u128;
+            // (Read through libc, as std does: rustix's own vDSO lookup
+            // faults in a process run under valgrind.)
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let total = now.subsec_nanos() as u128 + d.subsec_nanos() as u128;
             let deadline = libc::timespec {
-                tv_sec: now.tv_sec.saturating_add(
+                tv_sec: (now.as_secs() as libc::time_t).saturating_add(
                     d.as_secs() as libc::time_t + (total / 1_000_000_000) as libc::time_t,
                 ),
                 tv_nsec: (total % 1_000_000_000) as libc::c_long,
@@ -888,16 +892,29 @@ pub(crate) fn memfd_frozen(parts: &[&[u8]]) -> io::Result<OwnedFd> {
     )?;
     let len: usize = parts.iter().map(|p| p.len()).sum();
     rustix::fs::ftruncate(&fd, len as u64)?;
-    let mut at = 0u64;
-    for part in parts {
-        let mut done = 0;
-        while done < part.len() {
-            match retry(|| rustix::io::pwrite(&fd, &part[done..], at + done as u64))? {
-                0 => return Err(io::ErrorKind::WriteZero.into()),
-                n => done += n,
-            }
+    // All parts in one call while they fit one (a frame's head and its
+    // chunk: a call each cost a system call and wrote the first page twice).
+    let (mut part, mut done, mut at) = (0, 0, 0u64);
+    while part < parts.len() {
+        let mut slices = [io::IoSlice::new(&[]); 8];
+        let mut n = 0;
+        for (i, p) in parts[part..].iter().take(slices.len()).enumerate() {
+            slices[n] = io::IoSlice::new(if i == 0 { &p[done..] } else { p });
+            n += 1;
         }
-        at += part.len() as u64;
+        let mut wrote = match retry(|| rustix::io::pwritev(&fd, &slices[..n], at))? {
+            0 if slices[..n].iter().any(|s| !s.is_empty()) => {
+                return Err(io::ErrorKind::WriteZero.into())
+            }
+            w => w,
+        };
+        at += wrote as u64;
+        // Past the parts written whole, into the one written in part.
+        while part < parts.len() && wrote >= parts[part].len() - done {
+            wrote -= parts[part].len() - done;
+            (part, done) = (part + 1, 0);
+        }
+        done += wrote;
     }
     // No writable mapping of it exists, so the write seal takes.
     rustix::fs::fcntl_add_seals(&fd, FROZEN_SEALS)?;
@@ -940,7 +957,12 @@ pub(crate) fn cannot_shrink(fd: BorrowedFd<'_>) -> bool {
 
 /// The system's memory page size: every mapping starts on a page boundary.
 pub(crate) fn page_size() -> usize {
-    rustix::param::page_size()
+    // Read through libc, not rustix: rustix finds it by walking the auxv
+    // and checking the vDSO's ELF header, which faults in a process run
+    // under valgrind (a child of a traced program).
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).ok().filter(|s| s.is_power_of_two()).unwrap_or(4096)
 }
 
 /// The size of the file behind `fd`, and its identity (device and inode),
@@ -1090,6 +1112,25 @@ mod tests {
         unsafe { unmap(p.cast_mut(), data.len()) };
         // A file sealed only against resizing is not frozen.
         assert!(!is_frozen(memfd_sealed(10).unwrap().as_fd()));
+    }
+
+    /// Parts are written in one call while they fit one: more parts than
+    /// that, empty ones among them, and files of nothing, come out whole
+    /// and in order.
+    #[test]
+    fn frozen_files_of_many_parts_hold_them_in_order() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+        let cuts = [0, 0, 1, 2, 2, 100, 4096, 4097, 9000, 9000, 70_000, 150_000, 299_999, 300_000];
+        let parts: Vec<&[u8]> = cuts.windows(2).map(|w| &data[w[0]..w[1]]).collect();
+        assert!(parts.len() > 8 && parts.iter().any(|p| p.is_empty()));
+        for parts in [&parts[..], &parts[..3], &[][..], &[&[][..], &[][..]][..]] {
+            let want = parts.concat();
+            let file = memfd_frozen(parts).unwrap();
+            assert_eq!(file_len(file.as_fd()).unwrap(), want.len());
+            let mut got = vec![0u8; want.len()];
+            let n = rustix::io::pread(&file, &mut got, 0).unwrap();
+            assert!(n == want.len() && got == want, "{} parts came out changed", parts.len());
+        }
     }
 
     /// Set in the copy of this test binary that runs the truncation test:

@@ -31,6 +31,8 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::ops::{Deref, Range};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use super::memfd::{self, Mapped};
@@ -786,6 +788,61 @@ impl Tail for &Chunk {
     }
 }
 
+/// A frame's whole body written once into a frozen file (see
+/// [`super::memfd`]) and sent as it is, as often as needed: each send passes
+/// a duplicate of its descriptor, and no send copies a byte of it. For a
+/// large job's task frame, made as soon as the job is: the bytes it was
+/// encoded into are freed at once (so the next job's encoding reuses that
+/// memory instead of faulting in fresh pages), and sending the job again
+/// after its worker died costs no copy either.
+///
+/// Each one holds a descriptor for as long as its job waits, so at most
+/// [`MAX_FROZEN`] exist at once in a process: a `map` of thousands of large
+/// items must not use up the descriptor table (beyond the cap a job keeps
+/// its bytes, and its file is made when it is sent, as before).
+#[derive(Debug)]
+pub(crate) struct Frozen {
+    file: OwnedFd,
+    len: usize,
+    /// The count of bodies alive this one is in ([`FROZEN_ALIVE`]).
+    alive: &'static AtomicUsize,
+}
+
+/// The most [`Frozen`] bodies alive at once in this process.
+pub(crate) const MAX_FROZEN: usize = 64;
+static FROZEN_ALIVE: AtomicUsize = AtomicUsize::new(0);
+
+impl Frozen {
+    /// `parts` back to back in a frozen file, when together they are large
+    /// enough to travel in one (above [`memfd::MEMFD_ABOVE`]) and fit a
+    /// frame; `None` otherwise, when [`MAX_FROZEN`] are alive, or when no
+    /// file can be made here.
+    pub(crate) fn of(parts: &[&[u8]]) -> Option<Frozen> {
+        Frozen::of_within(parts, &FROZEN_ALIVE, MAX_FROZEN)
+    }
+
+    fn of_within(parts: &[&[u8]], alive: &'static AtomicUsize, cap: usize) -> Option<Frozen> {
+        let len = parts.iter().try_fold(0usize, |sum, p| sum.checked_add(p.len()))?;
+        if len <= memfd::MEMFD_ABOVE || u32::try_from(len).is_err() {
+            return None;
+        }
+        alive.fetch_update(Relaxed, Relaxed, |n| (n < cap).then_some(n + 1)).ok()?;
+        match memfd::freeze(parts) {
+            Some(file) => Some(Frozen { file, len, alive }),
+            None => {
+                alive.fetch_sub(1, Relaxed);
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        self.alive.fetch_sub(1, Relaxed);
+    }
+}
+
 /// A frame whose body its sender keeps (see [`Conn::borrowed_frame`]): its
 /// header, and how much of header and body has gone out.
 pub(crate) struct Borrowed {
@@ -893,13 +950,14 @@ impl Output {
         // A large body goes in a file of its own, if one can be made.
         let mut stream_len = len;
         if let Some((file, len)) = frozen {
-            if fds.len() < sys::MAX_FDS_PER_MESSAGE {
+            if !self.stream_only && fds.len() < sys::MAX_FDS_PER_MESSAGE {
                 self.buf[start + 4] |= IN_FILE;
                 fds.insert(0, file);
                 stream_len = 0;
             } else {
-                // No room for the file beside the frame's handles: its body
-                // goes in the stream after all (rare: 253 handles).
+                // No room for the file beside the frame's handles (rare:
+                // 253 handles), or a socket that carries no descriptors: its
+                // body goes in the stream after all.
                 match Mapped::open(file, len, "") {
                     Ok(m) => self.buf.extend_from_slice(m.bytes()),
                     Err(v) => return fail(self, format!("a large message was lost: {v}")),
@@ -933,6 +991,23 @@ impl Output {
         }
         self.queued += (HEADER + stream_len) as u64;
         Ok(())
+    }
+
+    /// Queues a whole frame of `kind` whose body is the frozen file `body`
+    /// (see [`Frozen`]); `body` itself stays with its owner.
+    pub(crate) fn push_frozen(
+        &mut self,
+        kind: u8,
+        body: &Frozen,
+        fds: Vec<OwnedFd>,
+    ) -> crate::Result<()> {
+        let file = body
+            .file
+            .try_clone()
+            .map_err(|e| Error::io("could not duplicate a large message's file to send", e))?;
+        let start = self.begin_frame(kind);
+        self.frozen = Some((file, body.len));
+        self.end_frame(start, fds)
     }
 
     /// Queues a whole frame of `kind` whose body is `body`.
@@ -1347,6 +1422,75 @@ mod tests {
         ];
         assert!(got == want, "frames arrived changed");
         assert!(b.rbuf.capacity() <= 2 * READ_CHUNK, "a file body went through the buffer");
+    }
+
+    /// A frozen body is made only above the file threshold; it is sent as
+    /// often as asked, each time whole and in a file of its own, and still
+    /// whole through a socket that carries no descriptors; its owner keeps
+    /// it, and the queue holds no duplicate of it once the frames are out.
+    #[test]
+    fn a_frozen_body_is_sent_as_often_as_asked_and_kept_by_its_owner() {
+        let small = vec![5u8; memfd::MEMFD_ABOVE - 8];
+        assert!(Frozen::of(&[&[0u8; 8], &small]).is_none(), "a body at the threshold was frozen");
+        let body: Vec<u8> = (0..memfd::MEMFD_ABOVE + 1).map(|i| (i * 13) as u8).collect();
+        let frozen = Frozen::of(&[&body[..10], &body[10..]]).expect("a frozen body");
+        assert_eq!(frozen.len, body.len());
+        for stream_only in [false, true] {
+            let (a, b) = UnixStream::pair().unwrap();
+            let mut a = Conn::new(a.into());
+            if stream_only {
+                a = a.stream_only();
+            }
+            let mut b = Conn::new(b.into());
+            let (extra, peer) = watched_fd();
+            let o = a.output();
+            o.push_frozen(9, &frozen, vec![extra]).unwrap();
+            o.push_frame(7, &b"between"[..], Vec::new()).unwrap();
+            o.push_frozen(8, &frozen, Vec::new()).unwrap();
+            let reader = std::thread::spawn(move || {
+                let mut got = Vec::new();
+                loop {
+                    let eof = b.read_blocking().unwrap();
+                    while let Some((kind, body, fds)) = b.try_next_frame().unwrap() {
+                        let mapped = matches!(body, Body::Mapped(_));
+                        got.push((kind, b.body(body).to_vec(), fds.len(), mapped));
+                    }
+                    if eof {
+                        return got;
+                    }
+                }
+            });
+            a.flush_blocking().unwrap();
+            assert!(a.out.pieces.is_empty() && a.out.frozen.is_none());
+            drop(a);
+            let got = reader.join().unwrap();
+            let in_file = !stream_only;
+            let want = [
+                (9, body.clone(), 1, in_file),
+                (7, b"between".to_vec(), 0, false),
+                (8, body.clone(), 0, in_file),
+            ];
+            assert!(got == want, "frames arrived changed (stream only: {stream_only})");
+            assert!(is_closed(&peer), "the frame's descriptor is still open");
+        }
+        // Still the owner's, and still frozen.
+        assert!(sys::is_frozen(frozen.file.as_fd()));
+        assert_eq!(sys::file_len(frozen.file.as_fd()).unwrap(), body.len());
+    }
+
+    /// Past the cap no body is frozen, and one freed makes room again.
+    #[test]
+    fn frozen_bodies_are_capped() {
+        static ALIVE: AtomicUsize = AtomicUsize::new(0);
+        let body = vec![1u8; memfd::MEMFD_ABOVE + 1];
+        let kept: Vec<Frozen> =
+            std::iter::from_fn(|| Frozen::of_within(&[&body], &ALIVE, 2)).take(3).collect();
+        assert_eq!(kept.len(), 2, "bodies made under a cap of 2");
+        assert_eq!(ALIVE.load(Relaxed), 2);
+        drop(kept);
+        assert_eq!(ALIVE.load(Relaxed), 0, "dropped bodies still counted");
+        assert!(Frozen::of_within(&[&body], &ALIVE, 2).is_some(), "no room after a drop");
+        assert_eq!(ALIVE.load(Relaxed), 0);
     }
 
     #[test]

@@ -9,7 +9,11 @@
 //! file has no name (nothing in /dev/shm), and it is freed when the last
 //! descriptor and mapping are gone: the sender closes its descriptor once
 //! the frame is sent, the receiver once it mapped it, and a message in
-//! flight when either is killed dies with the socket.
+//! flight when either is killed dies with the socket. A pool job's task
+//! frame is the one body written into its file when it is made, not when it
+//! is sent (`conn::Frozen`): the parent keeps that file until the job is
+//! done, so that a job whose worker died before reading it is sent again
+//! from the same file, and the job's encoded bytes are freed at once.
 //!
 //! The receiver trusts nothing about the file: it must carry the seals
 //! ([`sys::is_frozen`]) that keep its bytes and size fixed (a file that

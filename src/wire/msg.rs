@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 use std::os::fd::OwnedFd;
 
-use super::conn::{le, Output, Tail, Violation};
+use super::conn::{le, Frozen, Output, Tail, Violation};
 
 pub(crate) const INIT: u8 = 1;
 pub(crate) const TASK: u8 = 2;
@@ -158,6 +158,26 @@ impl<C: Tail + Copy> Task<C> {
         head.extend_from_slice(&self.call.entry.to_le_bytes());
         out.tail(self.call.chunk);
         out.end_frame(start, fds)
+    }
+}
+
+impl Task<&[u8]> {
+    /// The whole body of this TASK frame in a frozen file, when it is large
+    /// enough to travel in one (see [`Frozen`]): made once, when the job is,
+    /// and sent with [`Task::encode_frozen`] as often as the job is sent.
+    pub(crate) fn freeze(&self) -> Option<Frozen> {
+        Frozen::of(&[&self.id.to_le_bytes(), &self.call.entry.to_le_bytes(), self.call.chunk])
+    }
+}
+
+impl Task<()> {
+    /// Queues a TASK frame whose body [`Task::freeze`] made.
+    pub(crate) fn encode_frozen(
+        out: &mut Output,
+        body: &Frozen,
+        fds: Vec<OwnedFd>,
+    ) -> crate::Result<()> {
+        out.push_frozen(TASK, body, fds)
     }
 }
 

@@ -66,7 +66,7 @@ pub(crate) fn check_caps(soft: Option<u64>, hard: Option<u64>) -> Result<()> {
 pub(crate) fn rss(pid: u32) -> Option<u64> {
     let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = statm.split_ascii_whitespace().nth(1)?.parse().ok()?;
-    Some(pages.saturating_mul(rustix::param::page_size() as u64))
+    Some(pages.saturating_mul(crate::sys::page_size() as u64))
 }
 
 /// The error of a task whose worker ran out of memory under `limit`.

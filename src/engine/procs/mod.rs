@@ -68,12 +68,21 @@ pub(crate) struct Job {
     /// The task function's type name, for messages that name the task.
     pub(crate) name: &'static str,
     pub(crate) offset: i64,
-    pub(crate) chunk: crate::wire::Chunk,
+    pub(crate) args: Args,
     /// Handles inside the arguments; duplicates are sent, so the job can be
     /// sent again if its worker dies before running it.
     pub(crate) fds: Vec<OwnedFd>,
     pub(crate) done: Sink,
     pub(crate) ticket: Option<Arc<Ticket>>,
+}
+
+/// A job's encoded arguments, kept until its outcomes are in.
+pub(crate) enum Args {
+    /// The chunk, which each send puts after the task frame's head.
+    Chunk(crate::wire::Chunk),
+    /// A large chunk's whole task frame body (head and chunk), written into
+    /// a frozen file when the job was made (see [`crate::wire::Frozen`]).
+    Frozen(crate::wire::Frozen),
 }
 
 impl Job {
@@ -215,7 +224,15 @@ impl ProcEngine {
         ticket: Option<Arc<Ticket>>,
     ) -> Job {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        Job { id, name, offset, chunk, fds, done, ticket }
+        // A chunk that will travel in a file goes there now, and the bytes
+        // it was encoded into are freed before the next job is encoded.
+        let task =
+            crate::wire::Task { id, call: crate::wire::Call { entry: offset, chunk: &chunk[..] } };
+        let args = match task.freeze() {
+            Some(frozen) => Args::Frozen(frozen),
+            None => Args::Chunk(chunk),
+        };
+        Job { id, name, offset, args, fds, done, ticket }
     }
 
     /// Runs a job for a caller who will wait for it: on this thread, on an

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::lend::{self, How, Lent};
-use super::{memory, Job, ProcEngine as Core};
+use super::{memory, Args, Job, ProcEngine as Core};
 use crate::engine::{cancelled, Engine, RunState};
 use crate::error::{Error, ErrorKind};
 use crate::spawn::{self, Child};
@@ -785,8 +785,13 @@ pub(super) fn wrong_result(id: Option<u64>, running: Option<u64>) -> Option<Stri
 /// Puts `job`'s task frame in `conn`'s output, or nothing when it cannot
 /// travel.
 pub(super) fn write_task(conn: &mut Conn, job: &Job) -> crate::Result<()> {
-    let task = Task { id: job.id, call: Call { entry: job.offset, chunk: &job.chunk } };
-    dup_all(&job.fds).and_then(|fds| task.encode(conn.output(), fds))
+    let fds = dup_all(&job.fds)?;
+    match &job.args {
+        Args::Chunk(chunk) => {
+            Task { id: job.id, call: Call { entry: job.offset, chunk } }.encode(conn.output(), fds)
+        }
+        Args::Frozen(body) => Task::encode_frozen(conn.output(), body, fds),
+    }
 }
 
 /// Duplicates of `fds` to send, keeping the originals for a resend.
