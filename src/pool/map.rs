@@ -113,9 +113,12 @@ pub(crate) fn complete_one<R: Send + 'static>(done: Arc<Completion<R>>) -> Chunk
 /// The most items a default chunk holds. Python's rule alone makes a few
 /// huge chunks of a long input (1M items on 2 workers: 8 of 125k), so the
 /// workers start late, finish unevenly and the parent holds large buffers;
-/// past a few thousand items a chunk's per-task cost is already negligible
-/// (W2 in bench/: fastest at chunks of a few thousand).
-pub(crate) const MAX_DEFAULT_CHUNK: usize = 4096;
+/// past some thousands of items a chunk's per-task cost is negligible.
+/// Swept with bench/'s W2 (1M ints, 2 workers, load average 7-10, two
+/// rounds of 3 repetitions): W2.default 78M/32M items/s at 4096, 36M/34M at
+/// 8192, 99M/84M at 16384, 41M/81M at 32768, peak RSS 13.1, 13.6, 15.0 and
+/// 17.2 MiB (procspawn's 21.2).
+pub(crate) const MAX_DEFAULT_CHUNK: usize = 16384;
 
 /// Python's rule, `ceil(len / (workers * 4))` and at least 1, capped at
 /// [`MAX_DEFAULT_CHUNK`] items (which only long inputs reach).
@@ -858,6 +861,8 @@ mod tests {
         assert_eq!(default_chunksize(most, 2), MAX_DEFAULT_CHUNK);
         assert_eq!(default_chunksize(most - 8, 2), MAX_DEFAULT_CHUNK - 1);
         assert_eq!(default_chunksize(1_000_000, 2), MAX_DEFAULT_CHUNK);
+        // W2's map (1M items, 2 workers): 62 chunks of 16384, 31 a worker.
+        assert_eq!(default_chunksize(1_000_000, 2), 16384);
         assert_eq!(default_chunksize(usize::MAX, 1), MAX_DEFAULT_CHUNK);
     }
 
