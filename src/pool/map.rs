@@ -986,7 +986,7 @@ mod tests {
             let now = flight.0.fetch_add(1, SeqCst) + 1;
             flight.1.fetch_max(now, SeqCst);
             std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(2));
+                std::thread::sleep(Duration::from_millis(10));
                 flight.0.fetch_sub(1, SeqCst);
                 done(items.into_iter().map(|x| Ok(x + 1)).collect())
             });
