@@ -179,6 +179,8 @@ struct Collect<R> {
     arrived: Vec<usize>,
     /// How many chunks have arrived.
     count: usize,
+    /// How many chunks have come back, placed or not (the window's count).
+    settled: usize,
     /// How many chunks there are, once the input has been read to its end.
     chunks: Option<usize>,
     /// The result has completed with an error: later values are dropped.
@@ -196,7 +198,16 @@ impl<R> Collect<R> {
         let _ = out.try_reserve_exact(len);
         let mut arrived = Vec::new();
         let _ = arrived.try_reserve_exact(len.div_ceil(size.max(1)).min(1 << 20));
-        Collect { out, size, arrived, count: 0, chunks: None, failed: false, resume_at: usize::MAX }
+        Collect {
+            out,
+            size,
+            arrived,
+            count: 0,
+            settled: 0,
+            chunks: None,
+            failed: false,
+            resume_at: usize::MAX,
+        }
     }
 
     /// Writes chunk `index`'s outputs in their place; an error for a chunk
@@ -374,20 +385,18 @@ fn submit_chunks<A, R: Send + 'static>(
     let error = loop {
         if let Some(window) = window {
             let mut c = gather.lock();
-            if index - c.count >= window.max(1) {
+            if index - c.settled >= window.max(1) {
                 // Wait until half the window is free: one wake-up per
                 // half window of chunks, not one per chunk.
                 let resume = index - window / 2;
                 c.resume_at = resume;
-                while !c.failed && c.count < resume {
+                while c.settled < resume {
                     c = gather.room.wait(c).unwrap_or_else(|e| e.into_inner());
                 }
                 c.resume_at = usize::MAX;
             }
-            if c.failed {
-                // The result has its error: the rest of the input is not read.
-                break None;
-            }
+            // Read on after a failure too: every item runs, as in
+            // `map_async` (and Python's `map`), whatever the result.
         }
         let (chunk, error) = read_chunk(&mut input, size);
         if chunk.is_empty() {
@@ -399,7 +408,11 @@ fn submit_chunks<A, R: Send + 'static>(
             Box::new(move |outcomes: Outcomes<R>| {
                 let values = outcomes.into_values();
                 let mut c = gather.lock();
+                c.settled += 1;
                 if c.failed {
+                    if c.settled >= c.resume_at {
+                        gather.room.notify_one();
+                    }
                     return;
                 }
                 let placed = values.and_then(|values| c.place(index, values));
@@ -411,7 +424,7 @@ fn submit_chunks<A, R: Send + 'static>(
                         Some(Err(e))
                     }
                 };
-                if c.failed || c.count >= c.resume_at {
+                if c.settled >= c.resume_at {
                     gather.room.notify_one();
                 }
                 drop(c);
@@ -1011,7 +1024,7 @@ mod tests {
     }
 
     #[test]
-    fn a_waited_map_stops_reading_at_the_first_error() {
+    fn a_waited_map_runs_every_item_after_an_error() {
         let pulled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let p = pulled.clone();
         let input = (0..100_000u64).inspect(move |_| {
@@ -1020,7 +1033,7 @@ mod tests {
         // Item 13 fails (see `Inline`), in the fifth chunk of 3.
         let e = map_async(&inline(), input, Some(3), None, true).get().unwrap_err();
         assert_eq!(e.message(), "13");
-        assert_eq!(pulled.load(std::sync::atomic::Ordering::SeqCst), 15);
+        assert_eq!(pulled.load(std::sync::atomic::Ordering::SeqCst), 100_000);
     }
 
     #[test]
