@@ -24,7 +24,7 @@ use crate::error::{Error, ErrorKind};
 mod chunk;
 
 pub(crate) use chunk::{
-    decode_one, decode_outcomes, encode_chunk, encode_failures, ItemReader, Outcomes,
+    decode_one, decode_outcomes, encode_chunk, encode_failures, encode_one, ItemReader, Outcomes,
 };
 
 /// A function that can be run as a task with arguments `Args`.

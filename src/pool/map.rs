@@ -1,7 +1,8 @@
 //! Chunking, `map` collection and the lazy `imap` iterators, written once for
 //! both pools on top of [`ChunkRunner`].
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -112,14 +113,24 @@ pub(crate) fn complete_one<R: Send + 'static>(done: Arc<Completion<R>>) -> Chunk
 /// The most items a default chunk holds. Python's rule alone makes a few
 /// huge chunks of a long input (1M items on 2 workers: 8 of 125k), so the
 /// workers start late, finish unevenly and the parent holds large buffers;
-/// past a few thousand items a chunk's per-task cost is already negligible
-/// (W2 in bench/: fastest at chunks of a few thousand).
-pub(crate) const MAX_DEFAULT_CHUNK: usize = 4096;
+/// past some thousands of items a chunk's per-task cost is negligible.
+/// Swept with bench/'s W2 (1M ints, 2 workers, load average 7-10, two
+/// rounds of 3 repetitions): W2.default 78M/32M items/s at 4096, 36M/34M at
+/// 8192, 99M/84M at 16384, 41M/81M at 32768, peak RSS 13.1, 13.6, 15.0 and
+/// 17.2 MiB (procspawn's 21.2).
+pub(crate) const MAX_DEFAULT_CHUNK: usize = 16384;
 
 /// Python's rule, `ceil(len / (workers * 4))` and at least 1, capped at
 /// [`MAX_DEFAULT_CHUNK`] items (which only long inputs reach).
 pub(crate) fn default_chunksize(len: usize, workers: usize) -> usize {
     len.div_ceil(workers.max(1) * 4).clamp(1, MAX_DEFAULT_CHUNK)
+}
+
+/// How many chunks a `map` (see `submit_chunks`) or an `imap` keeps
+/// submitted and not yet done while it reads its input: enough that every
+/// worker has several queued behind the one it runs.
+pub(crate) fn in_flight_chunks(workers: usize) -> usize {
+    (workers * 8).max(16)
 }
 
 pub(crate) fn check_chunksize(chunksize: Option<usize>) -> Result<()> {
@@ -150,23 +161,154 @@ fn read_chunk<A>(input: &mut impl Iterator<Item = A>, size: usize) -> (Vec<A>, O
     (chunk, read.err().map(|f| Error::input_panicked(f.message, f.location)))
 }
 
-/// What `map_async` has gathered.
+/// What `map_async` has gathered: the outputs, each in its final place.
+///
+/// Every chunk but the last holds exactly `size` items (the input is cut
+/// into whole chunks until it ends), so chunk `i`'s outputs belong at
+/// `i * size`. A chunk is written there when it arrives, in whatever order
+/// the chunks finish: none waits in a side table for the chunks before it,
+/// and no output is copied twice.
 struct Collect<R> {
-    /// The values of chunks `0..next`, in order.
-    values: Vec<R>,
-    next: usize,
-    /// Chunks that finished before chunk `next`.
-    early: BTreeMap<usize, Vec<R>>,
+    /// Room for the outputs; the places of chunks that have not arrived are
+    /// uninitialised.
+    out: Vec<MaybeUninit<R>>,
+    size: usize,
+    /// How many outputs each chunk wrote, by chunk index; 0 until it
+    /// arrives (a chunk has at least one item). Exactly these ranges of
+    /// `out` are initialised.
+    arrived: Vec<usize>,
+    /// How many chunks have arrived.
+    count: usize,
+    /// How many chunks have come back, placed or not (the window's count).
+    settled: usize,
     /// How many chunks there are, once the input has been read to its end.
     chunks: Option<usize>,
     /// The result has completed with an error: later values are dropped.
     failed: bool,
+    /// While the caller waits for room in its window: the count of arrived
+    /// chunks at which it reads on (`usize::MAX` when it does not wait).
+    resume_at: usize,
 }
 
 impl<R> Collect<R> {
-    /// All the values, once every chunk has arrived.
-    fn take_if_complete(&mut self) -> Option<Vec<R>> {
-        (self.chunks == Some(self.next) && !self.failed).then(|| std::mem::take(&mut self.values))
+    fn new(len: usize, size: usize) -> Collect<R> {
+        let mut out = Vec::new();
+        // The whole output, if the allocator agrees (the length is the
+        // input's word); otherwise it grows as chunks arrive.
+        let _ = out.try_reserve_exact(len);
+        let mut arrived = Vec::new();
+        let _ = arrived.try_reserve_exact(len.div_ceil(size.max(1)).min(1 << 20));
+        Collect {
+            out,
+            size,
+            arrived,
+            count: 0,
+            settled: 0,
+            chunks: None,
+            failed: false,
+            resume_at: usize::MAX,
+        }
+    }
+
+    /// Writes chunk `index`'s outputs in their place; an error for a chunk
+    /// that does not fit the layout (which `submit_chunks` never makes).
+    fn place(&mut self, index: usize, mut values: Vec<R>) -> Result<()> {
+        let n = values.len();
+        let bad = || Error::new(ErrorKind::Protocol, "map: a chunk's results do not fit its place");
+        let start = index.checked_mul(self.size).ok_or_else(bad)?;
+        let end = start.checked_add(n).ok_or_else(bad)?;
+        if n == 0 || n > self.size || self.arrived.get(index).is_some_and(|&had| had != 0) {
+            return Err(bad());
+        }
+        if self.out.len() < end {
+            let more = end - self.out.len();
+            self.out.reserve(more);
+            // SAFETY: the capacity covers `end` (reserved above), and
+            // `MaybeUninit` needs no initialisation; the places past the
+            // old length are not marked arrived, so nothing reads them.
+            unsafe { self.out.set_len(end) };
+        }
+        if self.arrived.len() <= index {
+            self.arrived.resize(index + 1, 0);
+        }
+        // SAFETY: `start..end` is within `out` (its length was raised to at
+        // least `end`), and holds no value yet (this chunk had not arrived,
+        // and chunks' ranges are disjoint: each starts at its own multiple
+        // of `size` and holds at most `size`). The values are moved out of
+        // `values`, whose length is then 0, so they are dropped once only,
+        // from their new place; the two vectors are distinct allocations.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                values.as_ptr(),
+                self.out.as_mut_ptr().add(start).cast::<R>(),
+                n,
+            );
+            values.set_len(0);
+        }
+        self.arrived[index] = n;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// All the values, once every chunk has arrived (an error if they do
+    /// not make one run, which `place` rules out).
+    fn take_if_complete(&mut self) -> Option<Result<Vec<R>>> {
+        let chunks = self.chunks?;
+        if self.failed || self.count != chunks {
+            return None;
+        }
+        // Every chunk arrived; all but the last are whole, so the outputs
+        // are one run with no gap (checked: a gap would be uninitialised).
+        let whole = self.arrived.len() == chunks
+            && self.arrived.iter().rev().skip(1).all(|&n| n == self.size);
+        let total = match self.arrived.last() {
+            Some(&last) if whole => (chunks - 1) * self.size + last,
+            None => 0,
+            Some(_) => usize::MAX,
+        };
+        if total != self.out.len() {
+            self.failed = true;
+            self.clear();
+            let msg = "map: the chunks' results do not make one run";
+            return Some(Err(Error::new(ErrorKind::Protocol, msg)));
+        }
+        self.arrived.clear();
+        let mut out = std::mem::ManuallyDrop::new(std::mem::take(&mut self.out));
+        let (ptr, cap) = (out.as_mut_ptr().cast::<R>(), out.capacity());
+        // SAFETY: the buffer was allocated by a `Vec<MaybeUninit<R>>`, which
+        // has the layout of a `Vec<R>` of the same capacity; its first
+        // `total` places, all of its length, are initialised (every chunk
+        // arrived and they cover `0..total` with no gap, checked above).
+        // `out` is not dropped and `arrived` is cleared, so the values have
+        // one owner.
+        Some(Ok(unsafe { Vec::from_raw_parts(ptr, total, cap) }))
+    }
+
+    /// Drops the outputs gathered so far (the call failed).
+    fn clear(&mut self) {
+        if std::mem::needs_drop::<R>() {
+            for (index, &n) in self.arrived.iter().enumerate() {
+                if n == 0 {
+                    continue;
+                }
+                let start = index * self.size;
+                // SAFETY: chunk `index` arrived, so `start..start + n` of
+                // `out` holds its `n` values (see `place`); it is unmarked
+                // below, so each is dropped once.
+                unsafe {
+                    let first = self.out.as_mut_ptr().add(start).cast::<R>();
+                    std::ptr::drop_in_place(std::ptr::slice_from_raw_parts_mut(first, n));
+                }
+            }
+        }
+        self.arrived = Vec::new();
+        self.out = Vec::new();
+    }
+}
+
+impl<R> Drop for Collect<R> {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 
@@ -178,12 +320,19 @@ impl<R> Collect<R> {
 /// held twice), any other is read to its end first. A panic in the input
 /// fails the call with an error naming the input; chunks read before it may
 /// have run.
+///
+/// `waited`: the caller blocks on the result anyway (`map`, not
+/// `map_async`), so this call returns only once the input has been read,
+/// and reads it no faster than the chunks before it finish (see
+/// `submit_chunks`).
 pub(crate) fn map_async<A, R: Send + 'static>(
     runner: &impl ChunkRunner<A, R>,
     items: impl IntoIterator<Item = A>,
     chunksize: Option<usize>,
     progress: Option<Arc<dyn Progress>>,
+    waited: bool,
 ) -> AsyncResult<Vec<R>> {
+    let window = waited.then(|| in_flight_chunks(runner.workers()));
     if let Err(e) = check_chunksize(chunksize).and_then(|()| runner.check_running()) {
         return AsyncResult::failed(e);
     }
@@ -197,11 +346,11 @@ pub(crate) fn map_async<A, R: Send + 'static>(
         Err(f) => return AsyncResult::failed(Error::input_panicked(f.message, f.location)),
     };
     match len {
-        Some(len) => submit_chunks(runner, input, len, chunksize, progress),
+        Some(len) => submit_chunks(runner, input, len, chunksize, progress, window),
         None => match crate::task::catch_panic(|| input.collect::<Vec<A>>()) {
             Ok(all) => {
                 let len = all.len();
-                submit_chunks(runner, all.into_iter(), len, chunksize, progress)
+                submit_chunks(runner, all.into_iter(), len, chunksize, progress, window)
             }
             Err(f) => AsyncResult::failed(Error::input_panicked(f.message, f.location)),
         },
@@ -210,94 +359,124 @@ pub(crate) fn map_async<A, R: Send + 'static>(
 
 /// `map_async` over an input of `len` items (its word: the input may end
 /// sooner or later).
+///
+/// With a `window` (a caller who waits for the result anyway: `map`), the
+/// input is read as the chunks before it finish, at most `window` chunks
+/// being submitted and not yet done; a long map then never holds its whole
+/// input encoded at once. Those chunks are held, so that a `close()` from
+/// another thread while the map reads its input does not refuse the rest
+/// (as every chunk of an unwindowed map was admitted before `close`).
 fn submit_chunks<A, R: Send + 'static>(
     runner: &impl ChunkRunner<A, R>,
     mut input: impl Iterator<Item = A>,
     len: usize,
     chunksize: Option<usize>,
     progress: Option<Arc<dyn Progress>>,
+    window: Option<usize>,
 ) -> AsyncResult<Vec<R>> {
     let tracker = progress.map(|hook| Tracker::start(hook, Some(len as u64)));
     let completion = Completion::new();
     let result = AsyncResult::new(completion.clone());
     let size = chunksize.unwrap_or_else(|| default_chunksize(len, runner.workers()));
-    let mut values = Vec::new();
-    // The whole output, if the allocator agrees (the length is the input's
-    // word); otherwise it grows as chunks arrive.
-    let _ = values.try_reserve_exact(len);
-    let collect = Arc::new(Mutex::new(Collect {
-        values,
-        next: 0,
-        early: BTreeMap::new(),
-        chunks: None,
-        failed: false,
-    }));
+    let collect = Mutex::new(Collect::new(len, size));
+    let gather = Arc::new(Gather { collect, room: Condvar::new() });
+    let hold = window.and_then(|_| runner.hold_open()).map(|r| Hold(Some(r)));
     let mut index = 0;
     let error = loop {
+        if let Some(window) = window {
+            let mut c = gather.lock();
+            if index - c.settled >= window.max(1) {
+                // Wait until half the window is free: one wake-up per
+                // half window of chunks, not one per chunk.
+                let resume = index - window / 2;
+                c.resume_at = resume;
+                while c.settled < resume {
+                    c = gather.room.wait(c).unwrap_or_else(|e| e.into_inner());
+                }
+                c.resume_at = usize::MAX;
+            }
+            // Read on after a failure too: every item runs, as in
+            // `map_async` (and Python's `map`), whatever the result.
+        }
         let (chunk, error) = read_chunk(&mut input, size);
         if chunk.is_empty() {
             break error;
         }
-        let (collect, completion) = (collect.clone(), completion.clone());
-        runner.run_chunk(
-            chunk,
-            counted(
-                &tracker,
-                Box::new(move |outcomes| {
-                    let values = outcomes.into_values();
-                    let mut c = collect.lock().unwrap_or_else(|e| e.into_inner());
-                    let mut values = match values {
-                        _ if c.failed => return,
-                        Ok(values) => values,
-                        Err(e) => {
-                            c.failed = true;
-                            c.values = Vec::new();
-                            c.early.clear();
-                            drop(c);
-                            return completion.complete(Err(e));
-                        }
-                    };
-                    if index != c.next {
-                        c.early.insert(index, values);
-                        return;
+        let (gather, completion) = (gather.clone(), completion.clone());
+        let done = counted(
+            &tracker,
+            Box::new(move |outcomes: Outcomes<R>| {
+                let values = outcomes.into_values();
+                let mut c = gather.lock();
+                c.settled += 1;
+                if c.failed {
+                    if c.settled >= c.resume_at {
+                        gather.room.notify_one();
                     }
-                    let all = {
-                        let c = &mut *c;
-                        c.values.append(&mut values);
-                        c.next += 1;
-                        while let Some(mut early) = c.early.remove(&c.next) {
-                            c.values.append(&mut early);
-                            c.next += 1;
-                        }
-                        c.take_if_complete()
-                    };
-                    drop(c);
-                    if let Some(all) = all {
-                        completion.complete(Ok(all));
+                    return;
+                }
+                let placed = values.and_then(|values| c.place(index, values));
+                let all = match placed {
+                    Ok(()) => c.take_if_complete(),
+                    Err(e) => {
+                        c.failed = true;
+                        c.clear();
+                        Some(Err(e))
                     }
-                }),
-            ),
+                };
+                if c.settled >= c.resume_at {
+                    gather.room.notify_one();
+                }
+                drop(c);
+                if let Some(all) = all {
+                    completion.complete(all);
+                }
+            }),
         );
+        match hold {
+            Some(_) => runner.run_chunk_held(chunk, done, Ticket::new()),
+            None => runner.run_chunk(chunk, done),
+        }
         index += 1;
         if error.is_some() {
             break error;
         }
     };
-    // The input is dropped before the result can complete.
+    // The input is dropped before the result can complete, and the pool let
+    // go once it has.
     drop(input);
-    let mut c = collect.lock().unwrap_or_else(|e| e.into_inner());
+    drop(hold);
+    let mut c = gather.lock();
     if let Some(e) = error {
         c.failed = true;
+        c.clear();
         drop(c);
         completion.complete(Err(e));
+        return result;
+    }
+    if c.failed {
         return result;
     }
     c.chunks = Some(index);
     if let Some(all) = c.take_if_complete() {
         drop(c);
-        completion.complete(Ok(all));
+        completion.complete(all);
     }
     result
+}
+
+/// A map's outputs and the caller waiting for room in its window.
+struct Gather<R> {
+    collect: Mutex<Collect<R>>,
+    /// Signalled when a chunk arrives that lets a waiting caller read on
+    /// (`Collect::resume_at`), or the map fails.
+    room: Condvar,
+}
+
+impl<R> Gather<R> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Collect<R>> {
+        self.collect.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 struct Arrived<R> {
@@ -390,7 +569,7 @@ impl<R: Send + 'static> IMap<R> {
             }),
             cond: Condvar::new(),
         });
-        let window = (runner.workers() * 8).max(16);
+        let window = in_flight_chunks(runner.workers());
         let mut imap = IMap {
             shared,
             feeder: None,
@@ -681,7 +860,7 @@ mod tests {
         items: impl IntoIterator<Item = u64>,
         chunksize: Option<usize>,
     ) -> AsyncResult<Vec<u64>> {
-        map_async(runner, items, chunksize, None)
+        map_async(runner, items, chunksize, None, false)
     }
 
     #[test]
@@ -695,6 +874,8 @@ mod tests {
         assert_eq!(default_chunksize(most, 2), MAX_DEFAULT_CHUNK);
         assert_eq!(default_chunksize(most - 8, 2), MAX_DEFAULT_CHUNK - 1);
         assert_eq!(default_chunksize(1_000_000, 2), MAX_DEFAULT_CHUNK);
+        // W2's map (1M items, 2 workers): 62 chunks of 16384, 31 a worker.
+        assert_eq!(default_chunksize(1_000_000, 2), 16384);
         assert_eq!(default_chunksize(usize::MAX, 1), MAX_DEFAULT_CHUNK);
     }
 
@@ -706,6 +887,153 @@ mod tests {
         assert!(map_async_plain(&inline(), Vec::<u64>::new(), None).get().unwrap().is_empty());
         let e = map_async_plain(&inline(), vec![1], Some(0)).get().unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    }
+
+    /// A live value of a map's result: counts how many exist, so a test
+    /// sees each dropped exactly once.
+    #[derive(Debug)]
+    struct Live(Arc<std::sync::atomic::AtomicIsize>, u64);
+
+    impl Live {
+        fn new(count: &Arc<std::sync::atomic::AtomicIsize>, x: u64) -> Live {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Live(count.clone(), x)
+        }
+    }
+
+    impl Drop for Live {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    type Parked = Vec<(Vec<u64>, ChunkDone<Live>)>;
+
+    /// Keeps the chunks it is given until the test completes them, in
+    /// whatever order it likes: chunks that finish out of order.
+    #[derive(Clone)]
+    struct Deferred(Arc<ThreadEngine>, Arc<Mutex<Parked>>);
+
+    impl ChunkRunner<u64, Live> for Deferred {
+        type Engine = ThreadEngine;
+        fn engine(&self) -> &Arc<ThreadEngine> {
+            &self.0
+        }
+        fn run_chunk_held(&self, items: Vec<u64>, done: ChunkDone<Live>, _: Arc<Ticket>) {
+            self.run_chunk(items, done)
+        }
+        fn run_chunk(&self, items: Vec<u64>, done: ChunkDone<Live>) {
+            self.1.lock().unwrap().push((items, done));
+        }
+    }
+
+    /// Completes every parked chunk, last submitted first; the items of
+    /// chunk `fail` (if any) fail.
+    fn complete_in_reverse(
+        parked: &Mutex<Parked>,
+        count: &Arc<std::sync::atomic::AtomicIsize>,
+        fail: Option<usize>,
+    ) {
+        let chunks = std::mem::take(&mut *parked.lock().unwrap());
+        for (i, (items, done)) in chunks.into_iter().enumerate().rev() {
+            done(
+                items
+                    .into_iter()
+                    .map(|x| match fail {
+                        Some(f) if f == i => Err(Error::new(ErrorKind::TaskPanicked, "failed")),
+                        _ => Ok(Live::new(count, x * 2)),
+                    })
+                    .collect(),
+            );
+        }
+    }
+
+    #[test]
+    fn map_places_chunks_that_finish_out_of_order() {
+        let count = Arc::new(std::sync::atomic::AtomicIsize::new(0));
+        let runner = Deferred(inline().0, Arc::new(Mutex::new(Vec::new())));
+        // 10 chunks of 3 and a last one of 2, completed last first.
+        let result = map_async(&runner, 0..32, Some(3), None, false);
+        assert_eq!(runner.1.lock().unwrap().len(), 11);
+        complete_in_reverse(&runner.1, &count, None);
+        let out = result.get().unwrap();
+        assert_eq!(
+            out.iter().map(|v| v.1).collect::<Vec<_>>(),
+            (0..32).map(|x| x * 2).collect::<Vec<_>>()
+        );
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 32);
+        drop(out);
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 0, "every value dropped once");
+    }
+
+    #[test]
+    fn a_failed_map_drops_each_value_it_had_placed_once() {
+        let count = Arc::new(std::sync::atomic::AtomicIsize::new(0));
+        let runner = Deferred(inline().0, Arc::new(Mutex::new(Vec::new())));
+        let result = map_async(&runner, 0..32, Some(3), None, false);
+        // Chunks 10..5 are placed, then chunk 4 fails; 3..0 arrive after.
+        complete_in_reverse(&runner.1, &count, Some(4));
+        assert_eq!(result.get().unwrap_err().message(), "failed");
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 0, "no value leaked");
+    }
+
+    /// Runs each chunk on a thread of its own after a pause, counting the
+    /// chunks submitted and not yet done.
+    #[derive(Clone)]
+    struct Threaded(
+        Arc<ThreadEngine>,
+        Arc<(std::sync::atomic::AtomicUsize, std::sync::atomic::AtomicUsize)>,
+    );
+
+    impl ChunkRunner<u64, u64> for Threaded {
+        type Engine = ThreadEngine;
+        fn engine(&self) -> &Arc<ThreadEngine> {
+            &self.0
+        }
+        fn run_chunk_held(&self, items: Vec<u64>, done: ChunkDone<u64>, _: Arc<Ticket>) {
+            self.run_chunk(items, done)
+        }
+        fn run_chunk(&self, items: Vec<u64>, done: ChunkDone<u64>) {
+            use std::sync::atomic::Ordering::SeqCst;
+            let flight = self.1.clone();
+            let now = flight.0.fetch_add(1, SeqCst) + 1;
+            flight.1.fetch_max(now, SeqCst);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(10));
+                flight.0.fetch_sub(1, SeqCst);
+                done(items.into_iter().map(|x| Ok(x + 1)).collect())
+            });
+        }
+    }
+
+    #[test]
+    fn a_waited_map_keeps_a_bounded_window_of_chunks_in_flight() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let engine = inline().0;
+        let window = in_flight_chunks(2);
+        let runner = Threaded(engine.clone(), Default::default());
+        let out = map_async(&runner, 0..2000, Some(4), None, true).get().unwrap();
+        assert_eq!(out, (1..=2000).collect::<Vec<u64>>());
+        let most = runner.1 .1.load(SeqCst);
+        assert!(most <= window, "{most} chunks in flight, window {window}");
+        // Not waited (`map_async`): every chunk is submitted as it is read.
+        let runner = Threaded(engine, Default::default());
+        let out = map_async(&runner, 0..2000, Some(4), None, false).get().unwrap();
+        assert_eq!(out.len(), 2000);
+        assert!(runner.1 .1.load(SeqCst) > window, "the unwaited map was windowed");
+    }
+
+    #[test]
+    fn a_waited_map_runs_every_item_after_an_error() {
+        let pulled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let p = pulled.clone();
+        let input = (0..100_000u64).inspect(move |_| {
+            p.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        // Item 13 fails (see `Inline`), in the fifth chunk of 3.
+        let e = map_async(&inline(), input, Some(3), None, true).get().unwrap_err();
+        assert_eq!(e.message(), "13");
+        assert_eq!(pulled.load(std::sync::atomic::Ordering::SeqCst), 100_000);
     }
 
     #[test]

@@ -347,6 +347,12 @@ macro_rules! pool_methods {
             /// Applies `f` to every item, in chunks of Python's default size,
             /// and returns the results in input order.
             ///
+            /// The input is read while the tasks run, a bounded number of
+            /// chunks ahead of the results (a few per worker), so a long
+            /// input is never held all at once in its encoded form; the
+            /// chunks already read still run if the pool is closed meanwhile.
+            /// Reading stops at the first task error.
+            ///
             /// # Errors
             /// The first task error to arrive fails the whole call; an input
             /// iterator that panics fails it with an
@@ -359,7 +365,7 @@ macro_rules! pool_methods {
             ) -> Result<Vec<F::Output>>
             where $($bounds)*
             {
-                self.map_async(f, items).get()
+                self.map_inner(f, items, &With::new(self), true).get()
             }
 
             /// Like [`map`](Self::map) but returns at once; a success callback
@@ -371,7 +377,7 @@ macro_rules! pool_methods {
             ) -> AsyncResult<Vec<F::Output>>
             where $($bounds)*
             {
-                self.map_inner(f, items, &With::new(self))
+                self.map_inner(f, items, &With::new(self), false)
             }
 
             /// Like [`map`](Self::map) for functions of several arguments,
@@ -481,6 +487,7 @@ macro_rules! pool_methods {
                 $f: F,
                 items: impl IntoIterator<Item = A>,
                 with: &With<'_, Self>,
+                waited: bool,
             ) -> AsyncResult<Vec<F::Output>>
             where $($bounds)*
             {
@@ -489,7 +496,7 @@ macro_rules! pool_methods {
                     return AsyncResult::failed(e);
                 }
                 let Some(limit) = with.timeout else {
-                    return map::map_async(&$make, items, with.chunksize, with.progress.clone());
+                    return map::map_async(&$make, items, with.chunksize, with.progress.clone(), waited);
                 };
                 match deadline::Timed::<_, F::Output>::new::<A>(
                     $make,
@@ -497,7 +504,7 @@ macro_rules! pool_methods {
                     std::any::type_name::<F>(),
                     deadline::Late::Fail,
                 ) {
-                    Ok(runner) => map::map_async(&runner, items, with.chunksize, with.progress.clone()),
+                    Ok(runner) => map::map_async(&runner, items, with.chunksize, with.progress.clone(), waited),
                     Err(e) => AsyncResult::failed(e),
                 }
             }
@@ -576,7 +583,7 @@ macro_rules! pool_methods {
             ) -> Result<Vec<F::Output>>
             where $($bounds)*
             {
-                self.map_async(f, items).get()
+                self.face.map_inner(f, items, self, true).get()
             }
 
             /// `map_async` with these settings.
@@ -587,7 +594,7 @@ macro_rules! pool_methods {
             ) -> AsyncResult<Vec<F::Output>>
             where $($bounds)*
             {
-                self.face.map_inner(f, items, self)
+                self.face.map_inner(f, items, self, false)
             }
 
             /// `starmap` with these settings.

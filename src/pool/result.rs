@@ -45,6 +45,17 @@ enum Delivery {
 
 struct State<T> {
     outcome: Outcome<T>,
+    /// What is attached to the result, allocated with the first of it: most
+    /// results (`apply_async` then `get`) have none, and a smaller result
+    /// costs the allocator less per task.
+    hooks: Option<Box<Hooks<T>>>,
+    delivery: Delivery,
+    /// Threads blocked on the condvar: the condvar is notified (a system
+    /// call) only when one is.
+    sleepers: u32,
+}
+
+struct Hooks<T> {
     on_success: Vec<SuccessCb<T>>,
     on_error: Vec<ErrorCb>,
     /// `Future` done-callbacks: run after the success/error callbacks, with
@@ -54,14 +65,28 @@ struct State<T> {
     /// the completing thread as soon as the outcome is stored, before the
     /// callbacks, as Python wakes its waiters before it runs callbacks.
     notify: Vec<Hook>,
-    delivery: Delivery,
     wakers: Vec<Waker>,
-    /// Threads blocked on the condvar: the condvar is notified (a system
-    /// call) only when one is.
-    sleepers: u32,
 }
 
 impl<T> State<T> {
+    /// The hooks, allocated if there were none.
+    fn hooks(&mut self) -> &mut Hooks<T> {
+        self.hooks.get_or_insert_with(|| {
+            Box::new(Hooks {
+                on_success: Vec::new(),
+                on_error: Vec::new(),
+                on_done: Vec::new(),
+                notify: Vec::new(),
+                wakers: Vec::new(),
+            })
+        })
+    }
+
+    /// Takes one list of hooks, leaving it empty (nothing is allocated).
+    fn take_list<H>(&mut self, list: impl FnOnce(&mut Hooks<T>) -> &mut Vec<H>) -> Vec<H> {
+        self.hooks.as_deref_mut().map(|h| std::mem::take(list(h))).unwrap_or_default()
+    }
+
     fn settled(&self) -> bool {
         self.delivery == Delivery::Settled
     }
@@ -73,12 +98,13 @@ impl<T> State<T> {
     }
 
     fn has_callbacks(&self) -> bool {
+        let Some(h) = &self.hooks else { return false };
         let kind = match &self.outcome {
-            Outcome::Ready(Ok(_)) => !self.on_success.is_empty(),
-            Outcome::Ready(Err(_)) => !self.on_error.is_empty(),
+            Outcome::Ready(Ok(_)) => !h.on_success.is_empty(),
+            Outcome::Ready(Err(_)) => !h.on_error.is_empty(),
             _ => false,
         };
-        kind || !self.on_done.is_empty()
+        kind || !h.on_done.is_empty()
     }
 }
 
@@ -139,12 +165,8 @@ impl<T> Completion<T> {
         Arc::new(Completion {
             state: Mutex::new(State {
                 outcome: Outcome::Pending,
-                on_success: Vec::new(),
-                on_error: Vec::new(),
-                on_done: Vec::new(),
-                notify: Vec::new(),
+                hooks: None,
                 delivery: Delivery::Open,
-                wakers: Vec::new(),
                 sleepers: 0,
             }),
             cond: Condvar::new(),
@@ -164,7 +186,17 @@ impl<T> Completion<T> {
             return false;
         }
         st.outcome = Outcome::Ready(result);
-        let notify = std::mem::take(&mut st.notify);
+        if st.hooks.is_none() {
+            // Nothing attached (`apply_async` then `get`): settled at once.
+            st.delivery = Delivery::Settled;
+            let sleepers = st.sleepers > 0;
+            drop(st);
+            if sleepers {
+                self.cond.notify_all();
+            }
+            return false;
+        }
+        let notify = st.take_list(|h| &mut h.notify);
         let callbacks = st.has_callbacks();
         let mut wakers = Vec::new();
         if callbacks {
@@ -194,9 +226,10 @@ impl<T> Completion<T> {
     #[must_use = "the wakers must be woken"]
     fn settle(&self, st: &mut State<T>) -> Vec<Waker> {
         st.delivery = Delivery::Settled;
-        st.on_success.clear();
-        st.on_error.clear();
-        std::mem::take(&mut st.wakers)
+        let Some(h) = st.hooks.as_deref_mut() else { return Vec::new() };
+        h.on_success.clear();
+        h.on_error.clear();
+        std::mem::take(&mut h.wakers)
     }
 
     /// Runs the callbacks, none with the lock held, in the order they were
@@ -206,8 +239,9 @@ impl<T> Completion<T> {
         loop {
             let mut st = self.lock();
             if let Outcome::Ready(Err(e)) = &st.outcome {
-                if !st.on_error.is_empty() {
-                    let (e, batch) = (e.clone(), std::mem::take(&mut st.on_error));
+                if st.hooks.as_ref().is_some_and(|h| !h.on_error.is_empty()) {
+                    let e = e.clone();
+                    let batch = st.take_list(|h| &mut h.on_error);
                     drop(st);
                     for cb in batch {
                         run_guarded(|| cb(&e));
@@ -215,8 +249,10 @@ impl<T> Completion<T> {
                     continue;
                 }
             }
-            if matches!(st.outcome, Outcome::Ready(Ok(_))) && !st.on_success.is_empty() {
-                let batch = std::mem::take(&mut st.on_success);
+            if matches!(st.outcome, Outcome::Ready(Ok(_)))
+                && st.hooks.as_ref().is_some_and(|h| !h.on_success.is_empty())
+            {
+                let batch = st.take_list(|h| &mut h.on_success);
                 let Outcome::Ready(Ok(v)) = std::mem::replace(&mut st.outcome, Outcome::Lent)
                 else {
                     unreachable!("the outcome was checked under the same lock")
@@ -228,8 +264,8 @@ impl<T> Completion<T> {
                 self.lock().outcome = Outcome::Ready(Ok(v));
                 continue;
             }
-            if !st.on_done.is_empty() {
-                let batch = std::mem::take(&mut st.on_done);
+            if st.hooks.as_ref().is_some_and(|h| !h.on_done.is_empty()) {
+                let batch = st.take_list(|h| &mut h.on_done);
                 drop(st);
                 for hook in batch {
                     run_guarded(hook);
@@ -256,7 +292,7 @@ impl<T> Completion<T> {
             drop(st);
             run_guarded(f);
         } else {
-            st.on_done.push(Box::new(f));
+            st.hooks().on_done.push(Box::new(f));
         }
     }
 
@@ -267,7 +303,7 @@ impl<T> Completion<T> {
     fn attach_success(&self, f: SuccessCb<T>) {
         let mut st = self.lock();
         if !st.settled() {
-            return st.on_success.push(f);
+            return st.hooks().on_success.push(f);
         }
         if let Outcome::Ready(Ok(_)) = &st.outcome {
             let Outcome::Ready(Ok(v)) = std::mem::replace(&mut st.outcome, Outcome::Lent) else {
@@ -283,7 +319,7 @@ impl<T> Completion<T> {
     fn attach_error(&self, f: ErrorCb) {
         let mut st = self.lock();
         if !st.settled() {
-            return st.on_error.push(f);
+            return st.hooks().on_error.push(f);
         }
         if let Outcome::Ready(Err(e)) = &st.outcome {
             let e = e.clone();
@@ -297,7 +333,7 @@ impl<T> Completion<T> {
     pub(crate) fn on_stored(&self, f: impl FnOnce() + Send + 'static) {
         let mut st = self.lock();
         if matches!(st.outcome, Outcome::Pending) {
-            st.notify.push(Box::new(f));
+            st.hooks().notify.push(Box::new(f));
         } else {
             drop(st);
             run_guarded(f);
@@ -351,8 +387,9 @@ impl<T> Completion<T> {
         if st.settled() {
             return true;
         }
-        if !st.wakers.iter().any(|w| w.will_wake(waker)) {
-            st.wakers.push(waker.clone());
+        let wakers = &mut st.hooks().wakers;
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
         }
         false
     }
@@ -400,8 +437,11 @@ impl<T> Completion<T> {
     pub(crate) fn poll_take(&self, waker: &Waker) -> Option<Result<T>> {
         let mut st = self.lock();
         let taken = Self::take(&mut st);
-        if taken.is_none() && !st.wakers.iter().any(|w| w.will_wake(waker)) {
-            st.wakers.push(waker.clone());
+        if taken.is_none() {
+            let wakers = &mut st.hooks().wakers;
+            if !wakers.iter().any(|w| w.will_wake(waker)) {
+                wakers.push(waker.clone());
+            }
         }
         taken
     }

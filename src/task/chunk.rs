@@ -40,6 +40,7 @@ use super::{catch_panic, Failure, FailureKind};
 use crate::bytes::Plain;
 use crate::codec::{self, CodecError, Encoder, SeqDecoder};
 use crate::error::{Error, ErrorKind};
+use crate::wire::INLINE;
 
 const HEADER: usize = 16;
 
@@ -181,12 +182,18 @@ impl<'a> ChunkWriter<'a> {
             true => PLAIN,
             false => u32::try_from(self.failed).unwrap_or(u32::MAX - 1),
         };
-        let header = &mut self.out[self.start..self.start + HEADER];
-        header[..4].copy_from_slice(&n.to_le_bytes());
-        header[4..8].copy_from_slice(&failed.to_le_bytes());
-        header[8..].copy_from_slice(&payload_len.to_le_bytes());
+        self.out[self.start..self.start + HEADER].copy_from_slice(&header(n, failed, payload_len));
         self.out.extend_from_slice(self.table.bytes());
     }
+}
+
+/// A chunk's header.
+fn header(n: u32, failed: u32, payload_len: u64) -> [u8; HEADER] {
+    let mut header = [0; HEADER];
+    header[..4].copy_from_slice(&n.to_le_bytes());
+    header[4..8].copy_from_slice(&failed.to_le_bytes());
+    header[8..].copy_from_slice(&payload_len.to_le_bytes());
+    header
 }
 
 /// A chunk's length table while it is built: on the stack for small chunks
@@ -572,6 +579,25 @@ pub(crate) fn encode_chunk<T: Serialize>(items: &[T]) -> (Vec<u8>, Vec<std::os::
         w.finish();
     });
     (chunk, fds)
+}
+
+/// The chunk of the one item `item` (one call: `apply`, `apply_async`, an
+/// executor's `submit`), as a job keeps it: one primitive number is held in
+/// the chunk itself, with no allocation; anything else as
+/// [`encode_chunk`] makes it.
+pub(crate) fn encode_one<T: Serialize>(
+    item: &T,
+) -> (crate::wire::Chunk, Vec<std::os::fd::OwnedFd>) {
+    if let Some(p) = Plain::<T>::of().filter(|_| HEADER + size_of::<T>() <= INLINE) {
+        let mut bytes = [0; INLINE];
+        bytes[..HEADER].copy_from_slice(&header(1, PLAIN, size_of::<T>() as u64));
+        bytes[HEADER..HEADER + size_of::<T>()]
+            .copy_from_slice(p.bytes_of(std::slice::from_ref(item)));
+        let len = (HEADER + size_of::<T>()) as u8;
+        return (crate::wire::Chunk::Inline { len, bytes }, Vec::new());
+    }
+    let (chunk, fds) = encode_chunk(std::slice::from_ref(item));
+    (chunk.into(), fds)
 }
 
 /// Appends a chunk of `count` items that all fail with `failure`.
@@ -1229,5 +1255,31 @@ mod tests {
         assert!(o.pop().unwrap().is_err());
         assert_eq!(o.pop().unwrap().unwrap(), 1);
         assert!(o.pop().is_none());
+    }
+
+    #[test]
+    fn one_call_chunks_are_the_same_bytes_inline_or_not() {
+        fn same<T: Serialize + Copy>(v: T, inline: bool) {
+            let (one, fds) = encode_one(&v);
+            assert!(fds.is_empty());
+            assert_eq!(matches!(one, crate::wire::Chunk::Inline { .. }), inline);
+            assert_eq!(&*one, &encode_chunk(&[v]).0[..], "{}", type_name::<T>());
+        }
+        same(u64::MAX - 3, true);
+        same(-7i8, true);
+        same(1.5f64, true);
+        same(i128::MIN + 1, true);
+        // Not one number: encoded as any chunk is.
+        same((1u32, 2u32), false);
+        same([9u8; 20], false);
+        // Read back as the worker reads its arguments.
+        let (one, _) = encode_one(&41u64);
+        let mut out = Vec::new();
+        run_chunk_at(crate::task::tests::offset_of(same_u64), &one, Vec::new(), &mut out);
+        assert_eq!(decode_one::<u64>(&out, Vec::new(), None).unwrap(), 41);
+    }
+
+    fn same_u64(x: u64) -> u64 {
+        x
     }
 }

@@ -720,12 +720,18 @@ impl Conn {
 /// its worker dies before reading it, so they stay with the job), a pipe's
 /// message. A small chunk is copied into the output buffer (where it
 /// batches with other frames into one piece); a large one is shared with
-/// the queue and never copied in this process.
+/// the queue and never copied in this process. The smallest (one number,
+/// the `apply_async` hot path) live in the chunk itself: no allocation.
 #[derive(Debug)]
 pub(crate) enum Chunk {
+    Inline { len: u8, bytes: [u8; INLINE] },
     Small(Vec<u8>),
     Large(Arc<Vec<u8>>),
 }
+
+/// The most bytes a chunk holds in itself (`Chunk::Inline`: one primitive
+/// number and its chunk header).
+pub(crate) const INLINE: usize = 32;
 
 impl From<Vec<u8>> for Chunk {
     fn from(bytes: Vec<u8>) -> Chunk {
@@ -741,6 +747,7 @@ impl Deref for Chunk {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
+            Chunk::Inline { len, bytes } => &bytes[..usize::from(*len)],
             Chunk::Small(b) => b,
             Chunk::Large(b) => b,
         }
@@ -774,6 +781,7 @@ impl Tail for &[u8] {
 impl Tail for &Chunk {
     fn queue(&self, out: &mut Output) {
         match self {
+            Chunk::Inline { .. } => out.buf.extend_from_slice(self),
             Chunk::Small(b) => out.buf.extend_from_slice(b),
             Chunk::Large(b) => out.shared = Some(b.clone()),
         }

@@ -36,6 +36,6 @@ mod conn;
 mod memfd;
 mod msg;
 
-pub(crate) use conn::{Accept, Body, Chunk, Conn, Frozen, Tail};
+pub(crate) use conn::{Accept, Body, Chunk, Conn, Frozen, Tail, INLINE};
 pub(crate) use memfd::Mapped;
 pub(crate) use msg::*;

@@ -315,6 +315,39 @@ fn failed_map_does_not_stall_close_and_join() {
     assert_faster(t.elapsed(), PROMPT, "join after a failed map");
 }
 
+/// `map` reads its input while its tasks run, a window of chunks ahead of
+/// the results: a `close()` from another thread meanwhile must not refuse
+/// the chunks it reads after it (they are held, as an imap's are), so
+/// every item still runs, as when a map submitted all of them at once.
+#[test]
+fn a_map_still_runs_every_item_when_the_pool_is_closed_while_it_reads() {
+    const N: usize = 60;
+    bounded(STARTUP * 2, "a map across close", || {
+        let pool = Pool::new(2).unwrap();
+        let pulled = AtomicUsize::new(0);
+        let (out, at_close) = std::thread::scope(|s| {
+            let closer = s.spawn(|| {
+                while pulled.load(Ordering::SeqCst) == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                let at_close = pulled.load(Ordering::SeqCst);
+                pool.close();
+                at_close
+            });
+            let input = (0..N).inspect(|_| {
+                pulled.fetch_add(1, Ordering::SeqCst);
+            });
+            // 60 tasks of 5 ms on 2 workers: the map reads for 100+ ms.
+            let out = pool.chunksize(1).map(sleep_ms, input.map(|_| 5));
+            (out, closer.join().unwrap())
+        });
+        assert!(at_close < N, "the map had read all its input before close");
+        assert_eq!(out.unwrap(), vec![5; N]);
+        pool.join().unwrap();
+    });
+}
+
 #[test]
 fn apply_async_runs_tasks_in_parallel() {
     let pool = Pool::new(2).unwrap();

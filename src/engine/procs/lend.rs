@@ -177,7 +177,7 @@ pub(super) fn run(
                 if let Some(what) = wrong_result(Some(done.id), Some(job.id)) {
                     return failed(job, true, How::Protocol(what));
                 }
-                (job.done)(Ok((done.outcomes, fds)), Some(lent.pid));
+                job.done.call(Ok((done.outcomes, fds)), Some(lent.pid));
                 conn.compact();
                 return Ok(());
             }

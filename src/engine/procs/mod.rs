@@ -32,6 +32,36 @@ pub(crate) type Outcomes<'a> = (&'a [u8], Vec<OwnedFd>);
 /// pid of the worker that ran it.
 pub(crate) type JobDone = Box<dyn for<'a> FnOnce(Result<Outcomes<'a>>, Option<u32>) + Send>;
 
+/// A job's outcome for one waiting result (`apply`, `apply_async`, an
+/// executor's `submit`), delivered by the result itself: the completion is
+/// shared with its caller already, so the job needs no box of its own.
+pub(crate) trait DeliverOne: Send + Sync {
+    fn deliver(self: Arc<Self>, outcome: Result<Outcomes<'_>>, pid: Option<u32>);
+}
+
+/// Where a job's outcome goes: called exactly once.
+pub(crate) enum Sink {
+    /// A chunk's callback.
+    Call(JobDone),
+    /// One call's result, with no callback allocated for it.
+    One(Arc<dyn DeliverOne>),
+}
+
+impl Sink {
+    pub(crate) fn call(self, outcome: Result<Outcomes<'_>>, pid: Option<u32>) {
+        match self {
+            Sink::Call(f) => f(outcome, pid),
+            Sink::One(result) => result.deliver(outcome, pid),
+        }
+    }
+}
+
+impl From<JobDone> for Sink {
+    fn from(f: JobDone) -> Sink {
+        Sink::Call(f)
+    }
+}
+
 /// One chunk of work for a worker.
 pub(crate) struct Job {
     pub(crate) id: u64,
@@ -42,7 +72,7 @@ pub(crate) struct Job {
     /// Handles inside the arguments; duplicates are sent, so the job can be
     /// sent again if its worker dies before running it.
     pub(crate) fds: Vec<OwnedFd>,
-    pub(crate) done: JobDone,
+    pub(crate) done: Sink,
     pub(crate) ticket: Option<Arc<Ticket>>,
 }
 
@@ -57,7 +87,7 @@ pub(crate) enum Args {
 
 impl Job {
     pub(crate) fn fail(self, err: Error, pid: Option<u32>) {
-        (self.done)(Err(err), pid)
+        self.done.call(Err(err), pid)
     }
 }
 
@@ -177,19 +207,20 @@ impl ProcEngine {
     pub(crate) fn submit(
         self: &Arc<Self>,
         (offset, name): (i64, &'static str),
-        chunk: (Vec<u8>, Vec<OwnedFd>),
-        done: JobDone,
+        chunk: (impl Into<crate::wire::Chunk>, Vec<OwnedFd>),
+        done: impl Into<Sink>,
         ticket: Option<Arc<Ticket>>,
         held: bool,
     ) {
-        self.submit_job(self.job((offset, name), chunk, done, ticket), held)
+        let job = self.job((offset, name), (chunk.0.into(), chunk.1), done.into(), ticket);
+        self.submit_job(job, held)
     }
 
     fn job(
         &self,
         (offset, name): (i64, &'static str),
-        (chunk, fds): (Vec<u8>, Vec<OwnedFd>),
-        done: JobDone,
+        (chunk, fds): (crate::wire::Chunk, Vec<OwnedFd>),
+        done: Sink,
         ticket: Option<Arc<Ticket>>,
     ) -> Job {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -199,7 +230,7 @@ impl ProcEngine {
             crate::wire::Task { id, call: crate::wire::Call { entry: offset, chunk: &chunk[..] } };
         let args = match task.freeze() {
             Some(frozen) => Args::Frozen(frozen),
-            None => Args::Chunk(chunk.into()),
+            None => Args::Chunk(chunk),
         };
         Job { id, name, offset, args, fds, done, ticket }
     }
@@ -209,10 +240,10 @@ impl ProcEngine {
     pub(crate) fn run_waited(
         self: &Arc<Self>,
         entry: (i64, &'static str),
-        chunk: (Vec<u8>, Vec<OwnedFd>),
-        done: JobDone,
+        chunk: (impl Into<crate::wire::Chunk>, Vec<OwnedFd>),
+        done: impl Into<Sink>,
     ) {
-        let job = self.job(entry, chunk, done, None);
+        let job = self.job(entry, (chunk.0.into(), chunk.1), done.into(), None);
         if let Some(err) = self.lifecycle.refusal(false) {
             return job.fail(err, None);
         }
@@ -324,15 +355,17 @@ impl ProcEngine {
         self.allowance(me, q.len()) > 0
     }
 
-    /// Takes up to `room` jobs for slot `me`, leaving the other slots their
-    /// fair share of the outstanding work (see `allowance`).
-    pub(crate) fn take(&self, me: usize, room: usize) -> Vec<Job> {
+    /// Takes up to `room` jobs for slot `me` into `taken` (empty: a buffer
+    /// the slot keeps, so a turn allocates nothing), leaving the other
+    /// slots their fair share of the outstanding work (see `allowance`).
+    pub(crate) fn take(&self, me: usize, room: usize, taken: &mut Vec<Job>) {
+        debug_assert!(taken.is_empty());
         let mut q = self.lock();
         if self.lifecycle.is_stopped() {
-            return Vec::new();
+            return;
         }
         let want = self.allowance(me, q.len()).min(room);
-        let mut taken = Vec::with_capacity(want);
+        taken.reserve(want);
         while taken.len() < want {
             let Some(job) = q.pop_front() else { break };
             // A job cancelled while queued was already completed by `cancel`.
@@ -342,7 +375,6 @@ impl ProcEngine {
         }
         // Counted before the lock goes, so the next slot's share sees them.
         self.slots[me].held.fetch_add(taken.len(), Ordering::SeqCst);
-        taken
     }
 
     /// Wakes one parked slot with room, a vacant one first, else one whose
@@ -352,6 +384,10 @@ impl ProcEngine {
     fn wake_one(&self, queued: usize) {
         for vacant_only in [true, false] {
             for (i, s) in self.slots.iter().enumerate() {
+                // Busy slots (the usual case under a burst) cost one load.
+                if !s.wants_work.load(Ordering::SeqCst) {
+                    continue;
+                }
                 let may = if vacant_only {
                     s.vacant.load(Ordering::SeqCst)
                 } else {

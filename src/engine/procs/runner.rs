@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{Config, JobDone, ProcEngine};
+use super::{Config, DeliverOne, JobDone, Outcomes, ProcEngine, Sink};
 use crate::engine::Ticket;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pool::map::{ChunkDone, ChunkRunner};
@@ -135,19 +135,21 @@ impl<F, A, M> ProcRunner<F, A, M> {
     }
 }
 
-/// The job callback of a chunk of one item: decodes its outcome into
-/// `done`. One box per task, where a chunk's callback wrapped in
-/// [`complete_one`](crate::pool::map::complete_one) is two, and no vector
+/// A chunk of one item delivers its outcome into the caller's result
+/// directly: no callback box (a chunk's callback wrapped in
+/// [`complete_one`](crate::pool::map::complete_one) is two), and no vector
 /// for the one outcome.
-pub(crate) fn one_done<R: DeserializeOwned + Send + 'static>(
-    done: Arc<crate::pool::Completion<R>>,
-) -> JobDone {
-    Box::new(move |outcome, pid| {
-        done.complete(match outcome {
+impl<R: DeserializeOwned + Send + 'static> DeliverOne for crate::pool::Completion<R> {
+    fn deliver(self: Arc<Self>, outcome: Result<Outcomes<'_>>, pid: Option<u32>) {
+        self.complete(match outcome {
             Ok((bytes, fds)) => task::decode_one(bytes, fds, pid),
             Err(e) => Err(e),
         })
-    })
+    }
+}
+
+fn one_done<R: DeserializeOwned + Send + 'static>(done: Arc<crate::pool::Completion<R>>) -> Sink {
+    Sink::One(done)
 }
 
 /// The job callback that decodes a chunk of `n` outcomes for `done`.
@@ -184,7 +186,7 @@ where
     /// A chunk of one, encoded from the item itself (no vector for it) and
     /// completed by one callback.
     fn run_one(&self, item: A, done: Arc<crate::pool::Completion<R>>) {
-        let encoded = task::encode_chunk(std::slice::from_ref(&item));
+        let encoded = task::encode_one(&item);
         drop(item);
         self.engine.submit(self.entry, encoded, one_done(done), self.ticket.clone(), false);
     }
@@ -193,7 +195,7 @@ where
     /// hand-off on either side of the round trip (see `lend`).
     fn apply(&self, args: A) -> Result<R> {
         let completion = crate::pool::Completion::new();
-        let encoded = task::encode_chunk(std::slice::from_ref(&args));
+        let encoded = task::encode_one(&args);
         drop(args);
         self.engine.run_waited(self.entry, encoded, one_done(completion.clone()));
         crate::pool::AsyncResult::new(completion).get()

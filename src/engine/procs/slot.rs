@@ -116,6 +116,7 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
                 }),
             ),
             inflight: VecDeque::new(),
+            taken: Vec::new(),
             head_since: Instant::now(),
             avg: None,
             sent: 0,
@@ -208,6 +209,9 @@ struct Worker {
     child: Child,
     conn: Conn,
     inflight: VecDeque<Job>,
+    /// Jobs just taken from the queue, on their way to `inflight` (kept
+    /// for its buffer).
+    taken: Vec<Job>,
     /// When the job at the head of `inflight` started (as far as we can know:
     /// the worker runs jobs in order, so when the one before it finished).
     head_since: Instant,
@@ -269,11 +273,14 @@ impl Worker {
                 0
             };
             if room > 0 {
-                for job in core.take(self.index, room) {
+                let mut taken = std::mem::take(&mut self.taken);
+                core.take(self.index, room, &mut taken);
+                for job in taken.drain(..) {
                     signal.idle.store(false, Ordering::SeqCst);
                     signal.vacant.store(false, Ordering::SeqCst);
                     self.send(core, job);
                 }
+                self.taken = taken;
                 // A job that could not be sent was failed, not held.
                 self.count_held(core);
             }
@@ -513,6 +520,9 @@ impl Worker {
     fn handle_frames(&mut self, core: &Core) -> Option<End> {
         let signal = &core.slots[self.index];
         let mut finished = false;
+        // When the results handled here arrived, as far as this thread can
+        // tell: one clock reading for every frame of one read.
+        let mut arrived = None;
         loop {
             let (kind, body, fds) = match self.conn.try_next_frame() {
                 Ok(Some(frame)) => frame,
@@ -537,7 +547,7 @@ impl Worker {
                     }
                     let job = self.inflight.pop_front().expect("checked by wrong_result");
                     self.count_held(core);
-                    let now = Instant::now();
+                    let now = *arrived.get_or_insert_with(Instant::now);
                     let took = now - self.head_since;
                     self.avg = Some(match self.avg {
                         None => took,
@@ -551,8 +561,7 @@ impl Worker {
                         signal.vacant.store(true, Ordering::SeqCst);
                     }
                     finished = true;
-                    (job.done)(Ok((done.outcomes, fds)), Some(self.pid));
-                    core.meters.decoded(self.index, now.elapsed());
+                    job.done.call(Ok((done.outcomes, fds)), Some(self.pid));
                 }
                 FromWorker::Mismatch(_) => {
                     let err = Error::build_mismatch(&format!("worker {}", self.pid));
@@ -586,6 +595,10 @@ impl Worker {
         }
         // Gives back the buffer of a large result once it is consumed.
         self.conn.compact();
+        if let Some(at) = arrived {
+            // The time decoding and delivering them took, all of them.
+            core.meters.decoded(self.index, at.elapsed());
+        }
         if finished {
             self.check_rss(core);
         }
