@@ -521,3 +521,53 @@ fn many_producers_and_consumers_under_a_full_ring_get_each_item_once_in_order() 
     assert!(q.get_nowait().is_err(), "an item left over");
     assert_eq!(q.qsize(), 0);
 }
+
+// --- the exit flush -----------------------------------------------------------------
+
+const STALLED_N: u64 = 1000;
+
+/// Sends its stderr to `path`, then puts far more than the ring holds and
+/// returns: its exit flush waits for a consumer that never takes.
+fn spill_then_exit((q, path): (Queue<(u64, Bytes)>, String)) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::create(&path).unwrap();
+    // SAFETY: plain descriptors; fd 2 now names the file.
+    assert_eq!(unsafe { libc::dup2(f.as_raw_fd(), 2) }, 2);
+    for i in 0..STALLED_N {
+        q.put((i, Bytes::from(vec![i as u8; 1000]))).unwrap();
+    }
+}
+
+/// A producer whose consumer takes nothing exits after the flush's stall
+/// limit, naming how many items it drops: those waiting in its outbox and
+/// those its feeder had taken off it, which with what is in the ring make
+/// every item it put.
+#[test]
+fn a_stalled_exit_flush_gives_up_and_names_every_item_it_drops() {
+    if cfg!(feature = "tracing") {
+        return; // The message goes to `tracing`, not to stderr.
+    }
+    let dir = crate::ipc_util::TempDir::new();
+    let path = dir.file("stderr");
+    let q = Queue::<(u64, Bytes)>::new().unwrap();
+    let mut p = start_daemon(Process::new(spill_then_exit, (q.clone(), path.clone())));
+    // The flush gives up after 5 s without progress.
+    assert!(p.join_timeout(Duration::from_secs(30)).unwrap(), "the exit flush hung");
+    assert_eq!(p.exitcode(), Some(0));
+    let err = std::fs::read_to_string(&path).unwrap();
+    let dropped: u64 = err
+        .split("exits with ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exit-flush message naming a count in: {err:?}"));
+    // What did go in is there, in order, then nothing.
+    let mut got = 0;
+    while let Ok((i, b)) = q.get_timeout(Duration::from_millis(300)) {
+        assert_eq!(i, got, "items out of order");
+        assert!(b.len() == 1000 && b.iter().all(|&x| x == i as u8), "item {i}'s bytes");
+        got += 1;
+    }
+    assert!(got > 0 && dropped > 0, "{got} in the ring, {dropped} dropped");
+    assert_eq!(got + dropped, STALLED_N, "{got} in the ring, the message said {dropped} dropped");
+}
