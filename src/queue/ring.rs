@@ -369,8 +369,11 @@ impl Ring {
                 h.put.put_seq.fetch_add(1, Ordering::SeqCst);
             }
         }
+        // One getter per record, as one put each would: a batch woke one
+        // sleeper for all its records, and the other consumers slept on
+        // (up to their poll) while the ring held work for them.
         if pushed > 0 && h.sleepers.get_waiters.load(Ordering::SeqCst) != 0 {
-            sys::futex_wake(&h.put.put_seq, 1);
+            sys::futex_wake(&h.put.put_seq, i32::try_from(pushed).unwrap_or(i32::MAX));
         }
         Ok(pushed)
     }
@@ -572,6 +575,45 @@ mod tests {
             assert_eq!(pop(&ring, rx.as_fd()).as_ref(), Some(want), "record {i}");
         }
         assert!(pop(&ring, rx.as_fd()).is_none());
+    }
+
+    /// A batch of records wakes as many sleeping getters as it has records,
+    /// not one: the others would sleep out their timeout with items there.
+    #[test]
+    fn a_batch_wakes_a_sleeping_getter_per_record() {
+        const GETTERS: usize = 3;
+        let ring = Ring::new().unwrap();
+        let (tx, _rx) = sys::message_pair().unwrap();
+        let (woke_tx, woke_rx) = std::sync::mpsc::channel();
+        let getters: Vec<_> = (0..GETTERS)
+            .map(|_| {
+                let (ring, woke) = (ring.clone(), woke_tx.clone());
+                std::thread::spawn(move || {
+                    // Far longer than the bound below: only a wake-up ends it.
+                    ring.wait_put(Duration::from_secs(30));
+                    woke.send(()).unwrap();
+                })
+            })
+            .collect();
+        let h = ring.header();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while h.sleepers.get_waiters.load(Ordering::SeqCst) < GETTERS as u32 {
+            assert!(Instant::now() < deadline, "the getters never waited");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Let them reach the futex (one that has not returns at once anyway).
+        std::thread::sleep(Duration::from_millis(50));
+        let items: Vec<Vec<u8>> = (0..GETTERS as u8).map(|i| vec![i; 8]).collect();
+        let n = ring.try_push_each(GETTERS, |i| (&items[i][..], &[][..]), tx.as_fd()).unwrap();
+        assert_eq!(n, GETTERS);
+        for k in 0..GETTERS {
+            woke_rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| {
+                panic!("{k} of {GETTERS} sleeping getters woke for {n} records")
+            });
+        }
+        for g in getters {
+            g.join().unwrap();
+        }
     }
 
     /// A feeder waiting for room sleeps until the ring has drained to half,

@@ -429,3 +429,145 @@ fn a_sleeping_get_wakes_at_a_put_not_at_its_poll() {
     let median = late[late.len() / 2];
     assert!(median < 10_000, "wake-up delays in us: {late:?}");
 }
+
+// --- many producers, many consumers -------------------------------------------------
+
+/// Producer id, item number, maybe a handle, inline padding of varying size,
+/// maybe a payload too large for a record (a memfd beside the ring).
+type Crowd = (u64, u64, Option<Lock>, Bytes, Option<Bytes>);
+
+const CROWD_N: u64 = 2000;
+const CROWD_PRODUCERS: u64 = 3;
+const CROWD_CONSUMERS: usize = 2;
+
+fn crowd_item(id: u64, i: u64, lock: &Lock) -> Crowd {
+    let pad = Bytes::from(vec![(i % 251) as u8; ((i * 37 + id * 11) % 3000) as usize]);
+    let big = (i % 13 == 7).then(|| Bytes::from(vec![id as u8 ^ (i % 7) as u8; 40 * 1024]));
+    (id, i, (i % 5 == 1).then(|| lock.clone()), pad, big)
+}
+
+fn check_crowd((id, i, lock, pad, big): &Crowd) {
+    assert!(*id < CROWD_PRODUCERS && *i < CROWD_N, "item ({id}, {i}) was never put");
+    assert_eq!(lock.is_some(), i % 5 == 1, "item ({id}, {i})'s handle");
+    assert_eq!(pad.len() as u64, (i * 37 + id * 11) % 3000, "item ({id}, {i})'s padding");
+    assert!(pad.iter().all(|&b| b == (i % 251) as u8), "item ({id}, {i})'s padding");
+    match big {
+        Some(b) => {
+            assert_eq!(i % 13, 7, "item ({id}, {i}) has a payload");
+            assert!(b.len() == 40 * 1024 && b.iter().all(|&x| x == *id as u8 ^ (i % 7) as u8));
+        }
+        None => assert_ne!(i % 13, 7, "item ({id}, {i}) lost its payload"),
+    }
+}
+
+fn crowd_produce((q, id, lock): (Queue<Crowd>, u64, Lock)) {
+    // Far faster than the consumers: the ring fills and the feeder writes
+    // batches; the rest goes at exit, in this process's exit flush.
+    for i in 0..CROWD_N {
+        q.put(crowd_item(id, i, &lock)).unwrap();
+    }
+}
+
+fn crowd_consume((q, seen): (Queue<Crowd>, Array<u8>)) {
+    let mut last = [None::<u64>; CROWD_PRODUCERS as usize];
+    loop {
+        let item = q.get_timeout(STARTUP).unwrap();
+        if item.0 == u64::MAX {
+            return;
+        }
+        check_crowd(&item);
+        let (id, i) = (item.0 as usize, item.1);
+        // What one consumer sees of a producer is in that producer's order.
+        assert!(last[id].is_none_or(|l| l < i), "producer {id}: {i} after {:?}", last[id]);
+        last[id] = Some(i);
+        let at = id * CROWD_N as usize + i as usize;
+        seen.set(at, seen.get(at).unwrap().saturating_add(1)).unwrap();
+    }
+}
+
+/// Three producer processes outpace two consumer processes with items of
+/// mixed sizes, some carrying a handle, some a large payload: the ring stays
+/// full, each producer's feeder writes batches and its exit flush waits for
+/// the consumers; every item arrives exactly once, each consumer sees every
+/// producer's items in order, and every producer exits in time.
+#[test]
+fn many_producers_and_consumers_under_a_full_ring_get_each_item_once_in_order() {
+    let q = Queue::<Crowd>::new().unwrap();
+    let lock = Lock::new().unwrap();
+    let seen =
+        Array::<u8>::from_slice_raw(&vec![0u8; (CROWD_N * CROWD_PRODUCERS) as usize]).unwrap();
+    // Consumers first: asleep on an empty ring when the producers start.
+    let mut consumers: Vec<Process> = (0..CROWD_CONSUMERS)
+        .map(|_| start_daemon(Process::new(crowd_consume, (q.clone(), seen.clone()))))
+        .collect();
+    let mut producers: Vec<Process> = (0..CROWD_PRODUCERS)
+        .map(|id| start_daemon(Process::new(crowd_produce, (q.clone(), id, lock.clone()))))
+        .collect();
+    for p in &mut producers {
+        // Its exit flush ends once the consumers took its outbox.
+        join_ok(p);
+    }
+    // Every item is in the ring now: the stops come after all of them.
+    for _ in 0..CROWD_CONSUMERS {
+        q.put((u64::MAX, 0, None, Bytes::from(Vec::new()), None)).unwrap();
+    }
+    for c in &mut consumers {
+        join_ok(c);
+    }
+    let counts = seen.to_vec();
+    let wrong: Vec<(usize, u8)> =
+        counts.iter().enumerate().filter(|&(_, &c)| c != 1).map(|(i, &c)| (i, c)).collect();
+    assert!(wrong.is_empty(), "(producer * {CROWD_N} + item, times delivered): {wrong:?}");
+    assert!(q.get_nowait().is_err(), "an item left over");
+    assert_eq!(q.qsize(), 0);
+}
+
+// --- the exit flush -----------------------------------------------------------------
+
+const STALLED_N: u64 = 1000;
+
+/// Sends its stderr to `path`, then puts far more than the ring holds and
+/// returns: its exit flush waits for a consumer that never takes.
+fn spill_then_exit((q, path): (Queue<(u64, Bytes)>, String)) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::create(&path).unwrap();
+    // SAFETY: plain descriptors; fd 2 now names the file.
+    assert_eq!(unsafe { libc::dup2(f.as_raw_fd(), 2) }, 2);
+    for i in 0..STALLED_N {
+        q.put((i, Bytes::from(vec![i as u8; 1000]))).unwrap();
+    }
+}
+
+/// A producer whose consumer takes nothing exits after the flush's stall
+/// limit, naming how many items it drops: those waiting in its outbox and
+/// those its feeder had taken off it, which with what is in the ring make
+/// every item it put.
+#[test]
+fn a_stalled_exit_flush_gives_up_and_names_every_item_it_drops() {
+    if cfg!(feature = "tracing") {
+        return; // The message goes to `tracing`, not to stderr.
+    }
+    let dir = crate::ipc_util::TempDir::new();
+    let path = dir.file("stderr");
+    let q = Queue::<(u64, Bytes)>::new().unwrap();
+    let mut p = start_daemon(Process::new(spill_then_exit, (q.clone(), path.clone())));
+    // The flush gives up after 5 s without progress.
+    assert!(p.join_timeout(Duration::from_secs(30)).unwrap(), "the exit flush hung");
+    assert_eq!(p.exitcode(), Some(0));
+    let err = std::fs::read_to_string(&path).unwrap();
+    let dropped: u64 = err
+        .split("exits with ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exit-flush message naming a count in: {err:?}"));
+    // What did go in is there, in order, then nothing.
+    let mut got = 0;
+    while let Ok((i, b)) = q.get_timeout(Duration::from_millis(300)) {
+        assert_eq!(i, got, "items out of order");
+        assert!(b.len() == 1000 && b.iter().all(|&x| x == i as u8), "item {i}'s bytes");
+        got += 1;
+    }
+    assert!(got > 0 && dropped > 0, "{got} in the ring, {dropped} dropped");
+    assert_eq!(got + dropped, STALLED_N, "{got} in the ring, the message said {dropped} dropped");
+}
