@@ -6,7 +6,8 @@
 
 use multiproc::{Bytes, Pool};
 
-use crate::ipc_util::{dev_shm, fd_count, memfd_count, memfd_mapping_count};
+use crate::ipc_util::dev_shm;
+use crate::large_values::{held, reversed};
 
 const MIB: usize = 1 << 20;
 /// The size above which a frame's body travels in a file.
@@ -19,16 +20,6 @@ const TASK_OVERHEAD: usize = 40;
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed)).collect()
-}
-
-fn held() -> (usize, usize, usize) {
-    (memfd_count(), memfd_mapping_count(), fd_count())
-}
-
-fn reversed(b: Bytes) -> Bytes {
-    let mut v = b.into_vec();
-    v.reverse();
-    Bytes::from(v)
 }
 
 fn sum(b: Bytes) -> u64 {

@@ -22,11 +22,11 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 }
 
 /// The files, mappings and descriptors this process holds.
-fn held() -> (usize, usize, usize) {
+pub(crate) fn held() -> (usize, usize, usize) {
     (memfd_count(), memfd_mapping_count(), fd_count())
 }
 
-fn reversed(b: Bytes) -> Bytes {
+pub(crate) fn reversed(b: Bytes) -> Bytes {
     let mut v = b.into_vec();
     v.reverse();
     Bytes::from(v)
