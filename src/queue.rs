@@ -141,9 +141,78 @@ fn closed() -> Error {
     Error::new(ErrorKind::Closed, "this queue handle was closed; no more put or get through it")
 }
 
-struct Message {
+/// Items in order, their bytes back to back in one buffer: an item put
+/// behind a busy feeder costs a copy and 8 bytes, not an allocation (and a
+/// free on another thread).
+#[derive(Default)]
+struct Messages {
     bytes: Vec<u8>,
-    fds: Vec<OwnedFd>,
+    /// Each item's end in `bytes`.
+    ends: Vec<usize>,
+    /// The descriptors of the items that have some, by item index (in
+    /// order; most items have none).
+    fds: VecDeque<(usize, Vec<OwnedFd>)>,
+    /// The items before this one are sent (their descriptors closed).
+    sent: usize,
+}
+
+impl Messages {
+    /// A buffer larger than this after a burst is not kept for the next.
+    const KEEP_MAX: usize = 1 << 20;
+
+    /// Items not sent yet.
+    fn len(&self) -> usize {
+        self.ends.len() - self.sent
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push(&mut self, bytes: &[u8], fds: Vec<OwnedFd>) {
+        if !fds.is_empty() {
+            self.fds.push_back((self.ends.len(), fds));
+        }
+        self.bytes.extend_from_slice(bytes);
+        self.ends.push(self.bytes.len());
+    }
+
+    /// The `i`-th item not sent yet (`i < len()`).
+    fn get(&self, i: usize) -> (&[u8], &[OwnedFd]) {
+        let k = self.sent + i;
+        let start = k.checked_sub(1).map_or(0, |before| self.ends[before]);
+        let fds = match self.fds.binary_search_by_key(&k, |(at, _)| *at) {
+            Ok(at) => &self.fds[at].1[..],
+            Err(_) => &[][..],
+        };
+        (&self.bytes[start..self.ends[k]], fds)
+    }
+
+    /// The first `n` items not sent yet are sent: their descriptors (whose
+    /// copies went with them) are closed now.
+    fn advance(&mut self, n: usize) {
+        self.sent += n.min(self.len());
+        while self.fds.front().is_some_and(|(at, _)| *at < self.sent) {
+            self.fds.pop_front();
+        }
+        if self.sent == self.ends.len() {
+            self.clear();
+        }
+    }
+
+    /// Drops every item; the buffers are kept unless a burst grew them.
+    fn clear(&mut self) {
+        self.ends.clear();
+        self.bytes.clear();
+        self.fds.clear();
+        self.sent = 0;
+        if self.bytes.capacity() > Self::KEEP_MAX {
+            self.bytes = Vec::new();
+        }
+        if self.ends.capacity() * size_of::<usize>() > Self::KEEP_MAX {
+            self.ends = Vec::new();
+        }
+    }
 }
 
 /// Items this process could not send yet, in order.
@@ -157,7 +226,7 @@ struct Outbox {
 #[derive(Default)]
 struct Unsent {
     /// Waiting for the feeder.
-    queued: VecDeque<Message>,
+    queued: Messages,
     /// Taken by the feeder and not in the ring yet (they come before
     /// `queued`).
     feeding: usize,
@@ -364,7 +433,7 @@ impl<T> Queue<T> {
             self.shared.committed();
             return Ok(());
         }
-        items.queued.push_back(Message { bytes: bytes.to_vec(), fds });
+        items.queued.push(bytes, fds);
         if !items.feeder {
             items.feeder = true;
             // The feeder keeps the sending end alive until the outbox is sent,
@@ -492,10 +561,12 @@ fn feed(s: Arc<Shared>) {
     /// The longest wait for room before the feeder looks whether any
     /// process still holds the receiving end.
     const NAP: Duration = Duration::from_millis(5);
-    /// The most items the feeder takes off the outbox at a time: written
-    /// to the ring under one hold of its mutex, as far as they fit.
+    /// The most items written to the ring under one hold of its mutex (a
+    /// get waits for that hold to end).
     const BATCH: usize = 256;
-    let mut batch: VecDeque<Message> = VecDeque::new();
+    // The feeder takes the outbox's whole contents at once and gives it its
+    // own emptied buffers in exchange: two buffers between them, reused.
+    let mut batch = Messages::default();
     loop {
         if batch.is_empty() {
             let mut items = s.outbox.items.lock();
@@ -505,20 +576,16 @@ fn feed(s: Arc<Shared>) {
                 s.outbox.drained.notify_all();
                 return;
             }
-            let n = items.queued.len().min(BATCH);
-            batch.extend(items.queued.drain(..n));
-            items.feeding = n;
+            std::mem::swap(&mut batch, &mut items.queued);
+            items.feeding = batch.len();
         }
         let sent = loop {
-            let item = |i: usize| {
-                let m: &Message = &batch[i];
-                (&m.bytes[..], &m.fds[..])
-            };
-            match s.ring.push_each_or_wait(batch.len(), item, s.tx.as_fd(), NAP) {
+            let n = batch.len().min(BATCH);
+            match s.ring.push_each_or_wait(n, |i| batch.get(i), s.tx.as_fd(), NAP) {
                 Ok(0) => {}
                 Ok(n) => {
                     s.committed();
-                    batch.drain(..n);
+                    batch.advance(n);
                     s.outbox.items.lock().feeding = batch.len();
                     s.outbox.drained.notify_all();
                     break Ok(());
@@ -551,7 +618,7 @@ fn feed(s: Arc<Shared>) {
                 items.feeding = 0;
                 n
             } else {
-                batch.pop_front();
+                batch.advance(1);
                 s.outbox.items.lock().feeding = batch.len();
                 1
             };
@@ -1120,5 +1187,59 @@ impl<'de, T> Deserialize<'de> for JoinableQueue<T> {
 impl<T> std::fmt::Debug for JoinableQueue<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("JoinableQueue").field(&self.0).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fd() -> (OwnedFd, std::os::unix::net::UnixStream) {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        (a.into(), b)
+    }
+
+    /// The peer of a closed descriptor reads end of file.
+    fn is_closed(peer: &std::os::unix::net::UnixStream) -> bool {
+        use std::io::Read;
+        peer.set_nonblocking(true).unwrap();
+        matches!((&*peer).read(&mut [0u8; 1]), Ok(0))
+    }
+
+    /// Items come out as they went in, each with its own descriptors; a
+    /// sent item's descriptors are closed at once; emptied, the buffers are
+    /// reused, unless a burst made them large.
+    #[test]
+    fn messages_keep_items_and_their_descriptors_in_order() {
+        let mut m = Messages::default();
+        let (a, peer_a) = fd();
+        let (b, peer_b) = fd();
+        m.push(b"one", Vec::new());
+        m.push(b"", vec![a]);
+        m.push(b"three", Vec::new());
+        m.push(b"four", vec![b]);
+        assert_eq!(m.len(), 4);
+        let got: Vec<(Vec<u8>, usize)> =
+            (0..4).map(|i| m.get(i)).map(|(b, f)| (b.to_vec(), f.len())).collect();
+        assert_eq!(
+            got,
+            [(b"one".to_vec(), 0), (Vec::new(), 1), (b"three".to_vec(), 0), (b"four".to_vec(), 1)]
+        );
+        m.advance(2);
+        assert!(is_closed(&peer_a), "a sent item's descriptor stayed open");
+        assert!(!is_closed(&peer_b));
+        assert_eq!(m.len(), 2);
+        assert!(m.get(0).0 == b"three" && m.get(0).1.is_empty());
+        assert_eq!(m.get(1).0, b"four");
+        m.advance(2);
+        assert!(m.is_empty() && is_closed(&peer_b));
+        assert!(m.bytes.capacity() > 0, "the buffer was not kept");
+        for _ in 0..200_000 {
+            m.push(b"0123456789", Vec::new());
+        }
+        m.advance(usize::MAX);
+        assert!(m.is_empty());
+        assert_eq!(m.bytes.capacity(), 0, "a burst's 2 MB buffer was kept");
+        assert_eq!(m.ends.capacity(), 0);
     }
 }
