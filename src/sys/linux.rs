@@ -892,29 +892,22 @@ pub(crate) fn memfd_frozen(parts: &[&[u8]]) -> io::Result<OwnedFd> {
     )?;
     let len: usize = parts.iter().map(|p| p.len()).sum();
     rustix::fs::ftruncate(&fd, len as u64)?;
-    // All parts in one call while they fit one (a frame's head and its
-    // chunk: a call each cost a system call and wrote the first page twice).
-    let (mut part, mut done, mut at) = (0, 0, 0u64);
-    while part < parts.len() {
-        let mut slices = [io::IoSlice::new(&[]); 8];
-        let mut n = 0;
-        for (i, p) in parts[part..].iter().take(slices.len()).enumerate() {
-            slices[n] = io::IoSlice::new(if i == 0 { &p[done..] } else { p });
-            n += 1;
-        }
-        let mut wrote = match retry(|| rustix::io::pwritev(&fd, &slices[..n], at))? {
-            0 if slices[..n].iter().any(|s| !s.is_empty()) => {
-                return Err(io::ErrorKind::WriteZero.into())
+    // All parts in one call (a frame's head and its chunk: a call each
+    // cost a system call and wrote the first page twice); at most IOV_MAX
+    // slices a call, the rest after.
+    const IOV_MAX: usize = 1024;
+    let mut slices: Vec<io::IoSlice<'_>> =
+        parts.iter().filter(|p| !p.is_empty()).map(|p| io::IoSlice::new(p)).collect();
+    let (mut left, mut at) = (&mut slices[..], 0u64);
+    while !left.is_empty() {
+        let n = left.len().min(IOV_MAX);
+        match retry(|| rustix::io::pwritev(&fd, &left[..n], at))? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            wrote => {
+                at += wrote as u64;
+                io::IoSlice::advance_slices(&mut left, wrote);
             }
-            w => w,
-        };
-        at += wrote as u64;
-        // Past the parts written whole, into the one written in part.
-        while part < parts.len() && wrote >= parts[part].len() - done {
-            wrote -= parts[part].len() - done;
-            (part, done) = (part + 1, 0);
         }
-        done += wrote;
     }
     // No writable mapping of it exists, so the write seal takes.
     rustix::fs::fcntl_add_seals(&fd, FROZEN_SEALS)?;
