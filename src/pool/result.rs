@@ -186,16 +186,8 @@ impl<T> Completion<T> {
             return false;
         }
         st.outcome = Outcome::Ready(result);
-        if st.hooks.is_none() {
-            // Nothing attached (`apply_async` then `get`): settled at once.
-            st.delivery = Delivery::Settled;
-            let sleepers = st.sleepers > 0;
-            drop(st);
-            if sleepers {
-                self.cond.notify_all();
-            }
-            return false;
-        }
+        // With nothing attached (`apply_async` then `get`) there are no
+        // hooks: the lists below are empty and nothing is allocated.
         let notify = st.take_list(|h| &mut h.notify);
         let callbacks = st.has_callbacks();
         let mut wakers = Vec::new();
