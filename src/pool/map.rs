@@ -409,19 +409,18 @@ fn submit_chunks<A, R: Send + 'static>(
                 let values = outcomes.into_values();
                 let mut c = gather.lock();
                 c.settled += 1;
-                if c.failed {
-                    if c.settled >= c.resume_at {
-                        gather.room.notify_one();
-                    }
-                    return;
-                }
-                let placed = values.and_then(|values| c.place(index, values));
-                let all = match placed {
-                    Ok(()) => c.take_if_complete(),
-                    Err(e) => {
-                        c.failed = true;
-                        c.clear();
-                        Some(Err(e))
+                let all = if c.failed {
+                    // The values are dropped; the chunk still counts for
+                    // the window.
+                    None
+                } else {
+                    match values.and_then(|values| c.place(index, values)) {
+                        Ok(()) => c.take_if_complete(),
+                        Err(e) => {
+                            c.failed = true;
+                            c.clear();
+                            Some(Err(e))
+                        }
                     }
                 };
                 if c.settled >= c.resume_at {

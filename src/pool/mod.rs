@@ -351,7 +351,7 @@ macro_rules! pool_methods {
             /// chunks ahead of the results (a few per worker), so a long
             /// input is never held all at once in its encoded form; the
             /// chunks already read still run if the pool is closed meanwhile.
-            /// Reading stops at the first task error.
+            /// Every item runs, even after a task error (as in Python).
             ///
             /// # Errors
             /// The first task error to arrive fails the whole call; an input
