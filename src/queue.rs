@@ -569,8 +569,8 @@ fn feed(s: Arc<Shared>) {
     let mut batch = Messages::default();
     loop {
         if batch.is_empty() {
+            // (`feeding` is 0: it follows the batch's length.)
             let mut items = s.outbox.items.lock();
-            items.feeding = 0;
             if items.queued.is_empty() {
                 items.feeder = false;
                 s.outbox.drained.notify_all();
