@@ -781,8 +781,7 @@ impl Tail for &[u8] {
 impl Tail for &Chunk {
     fn queue(&self, out: &mut Output) {
         match self {
-            Chunk::Inline { .. } => out.buf.extend_from_slice(self),
-            Chunk::Small(b) => out.buf.extend_from_slice(b),
+            Chunk::Inline { .. } | Chunk::Small(_) => out.buf.extend_from_slice(self),
             Chunk::Large(b) => out.shared = Some(b.clone()),
         }
     }
@@ -1301,11 +1300,18 @@ mod tests {
 
     /// Reads every frame until end of file: kind, body, descriptor count.
     fn read_all(c: &mut Conn) -> Vec<(u8, Vec<u8>, usize)> {
+        read_all_mapped(c).into_iter().map(|(kind, body, fds, _)| (kind, body, fds)).collect()
+    }
+
+    /// Every frame until end of file: kind, body, descriptors, and whether
+    /// the body was mapped from a file.
+    fn read_all_mapped(c: &mut Conn) -> Vec<(u8, Vec<u8>, usize, bool)> {
         let mut got = Vec::new();
         loop {
             let eof = c.read_blocking().unwrap();
             while let Some((kind, body, fds)) = c.try_next_frame().unwrap() {
-                got.push((kind, c.body(body).to_vec(), fds.len()));
+                let mapped = matches!(body, Body::Mapped(_));
+                got.push((kind, c.body(body).to_vec(), fds.len(), mapped));
             }
             if eof {
                 return got;
@@ -1404,17 +1410,7 @@ mod tests {
         assert_eq!(a.queued(), (3 * HEADER + 5) as u64, "large bodies took stream bytes");
         a.flush_blocking().unwrap();
         drop(a);
-        let mut got = Vec::new();
-        loop {
-            let eof = b.read_blocking().unwrap();
-            while let Some((kind, body, fds)) = b.try_next_frame().unwrap() {
-                let mapped = matches!(body, Body::Mapped(_));
-                got.push((kind, b.body(body).to_vec(), fds.len(), mapped));
-            }
-            if eof {
-                break;
-            }
-        }
+        let got = read_all_mapped(&mut b);
         let want = [
             (9, body.clone(), 1, true),
             (8, body.clone(), 0, true),
@@ -1447,19 +1443,7 @@ mod tests {
             o.push_frozen(9, &frozen, vec![extra]).unwrap();
             o.push_frame(7, &b"between"[..], Vec::new()).unwrap();
             o.push_frozen(8, &frozen, Vec::new()).unwrap();
-            let reader = std::thread::spawn(move || {
-                let mut got = Vec::new();
-                loop {
-                    let eof = b.read_blocking().unwrap();
-                    while let Some((kind, body, fds)) = b.try_next_frame().unwrap() {
-                        let mapped = matches!(body, Body::Mapped(_));
-                        got.push((kind, b.body(body).to_vec(), fds.len(), mapped));
-                    }
-                    if eof {
-                        return got;
-                    }
-                }
-            });
+            let reader = std::thread::spawn(move || read_all_mapped(&mut b));
             a.flush_blocking().unwrap();
             assert!(a.out.pieces.is_empty() && a.out.frozen.is_none());
             drop(a);
