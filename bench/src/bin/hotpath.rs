@@ -7,6 +7,7 @@
 //! hotpath w2 N   # pool.map(inc, 0..N), default chunksize
 //! hotpath t1 N   # as w1, on a ThreadPool of 2
 //! hotpath t3 N   # as w3, on a ThreadPool of 2
+//! hotpath w7 N   # N Process::start of a no-op, then join all (W7.procs)
 //! hotpath codec N # no pool: 0..N as varints into one buffer and back, the
 //!                 # least work any postcard wire does for W2's items: the
 //!                 # ceiling that encoding puts on W2 (`--time` prints ns/item)
@@ -17,11 +18,12 @@
 //! work of the extra tasks alone. The result is checked, so a run that
 //! counts instructions also proves it did the work.
 
-use multiproc::{Pool, ThreadPool};
+use multiproc::{Pool, Process, ThreadPool};
 
 const USAGE: &str = "usage: hotpath WORKLOAD N
   WORKLOAD  w1 (Pool.apply), w3 (Pool.apply_async, wait all), w2 (Pool.map,
             default chunksize), t1 (ThreadPool.apply), t3 (ThreadPool.apply_async),
+            w7 (Process.start of a no-op N times, then join all),
             codec (varint-encode 0..N and decode it, no pool; --time prints ns/item)
   N         tasks (items for w2), at most 100000000";
 
@@ -54,6 +56,7 @@ fn main() {
         "w3" => w3,
         "t1" => t1,
         "t3" => t3,
+        "w7" => w7,
         "codec" => codec,
         _ => {
             eprintln!("unknown workload {workload:?}\n{USAGE}");
@@ -161,6 +164,26 @@ fn t3(n: u64) -> R {
     check("t3", sum, n)?;
     pool.close();
     pool.join().map_err(e)
+}
+
+fn noop(_: u64) {}
+
+/// W7.procs: every process started, then every one joined, each checked
+/// for exit code 0. No warm-up: the first start's cost (the fork server's
+/// own) is part of what W7 measures.
+fn w7(n: u64) -> R {
+    let mut procs: Vec<Process> = (0..n).map(|i| Process::new(noop, i)).collect();
+    for proc in &mut procs {
+        proc.start().map_err(e)?;
+    }
+    for proc in &mut procs {
+        proc.join().map_err(e)?;
+    }
+    let bad = procs.iter().filter(|p| p.exitcode() != Some(0)).count();
+    if bad > 0 {
+        return Err(format!("w7: {bad} processes did not exit with 0"));
+    }
+    Ok(())
 }
 
 /// The floor under W2's codec: each item of `0..n` as a LEB128 varint (what
