@@ -180,6 +180,7 @@ pub(crate) mod lifecycle;
 #[cfg(feature = "mpi")]
 pub(crate) mod mpi;
 pub(crate) mod procs;
+pub(crate) mod spin;
 pub(crate) mod threads;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};

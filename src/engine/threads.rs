@@ -42,6 +42,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_deque::{Injector, Steal};
 
+use super::spin::Spin;
 use super::{Engine, Lifecycle, RunState, Ticket};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pool::map::{ChunkDone, ChunkRunner, OneShot};
@@ -268,6 +269,11 @@ impl ThreadEngine {
             if self.may_leave() {
                 return;
             }
+            // A caller that submits again at once (`apply` in a loop)
+            // finds this thread awake (`engine::spin`): no wake-up.
+            if Spin::until(|| !self.queue.is_empty() || self.lifecycle.is_stopped()) {
+                continue;
+            }
             self.meters.paused(index);
             self.sleep_until_woken();
         }
@@ -485,7 +491,7 @@ where
     fn apply(self, args: A) -> Result<R> {
         let completion = Completion::new();
         self.run(args, completion.clone());
-        crate::pool::AsyncResult::new(completion).get()
+        completion.wait_take_soon()
     }
 }
 

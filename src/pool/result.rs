@@ -8,12 +8,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use super::callbacks;
+use crate::engine::spin::Spin;
 use crate::error::{Error, ErrorKind, Result};
 
 type SuccessCb<T> = Box<dyn FnOnce(&T) + Send>;
@@ -112,6 +114,9 @@ impl<T> State<T> {
 pub(crate) struct Completion<T> {
     state: Mutex<State<T>>,
     cond: Condvar,
+    /// Set when the state becomes settled: a waiter looks at it without the
+    /// lock while it spins (`engine::spin`) before it sleeps on `cond`.
+    settled: AtomicBool,
 }
 
 fn report_callback_panic(payload: Box<dyn std::any::Any + Send>) {
@@ -170,6 +175,7 @@ impl<T> Completion<T> {
                 sleepers: 0,
             }),
             cond: Condvar::new(),
+            settled: AtomicBool::new(false),
         })
     }
 
@@ -218,6 +224,7 @@ impl<T> Completion<T> {
     #[must_use = "the wakers must be woken"]
     fn settle(&self, st: &mut State<T>) -> Vec<Waker> {
         st.delivery = Delivery::Settled;
+        self.settled.store(true, Ordering::Release);
         let Some(h) = st.hooks.as_deref_mut() else { return Vec::new() };
         h.on_success.clear();
         h.on_error.clear();
@@ -415,6 +422,20 @@ impl<T> Completion<T> {
             st.sleepers -= 1;
         }
         st
+    }
+
+    /// Waits for the result of a task submitted a moment ago by this
+    /// caller, which does nothing else meanwhile (`ThreadPool::apply`), and
+    /// moves the value out (or returns its error). A small task's result
+    /// comes within microseconds, so the caller looks for it without
+    /// sleeping for a moment first (`engine::spin`). Other waits do not: a
+    /// caller collecting many results of a busy pool would take a core from
+    /// the threads that make them.
+    pub(crate) fn wait_take_soon(&self) -> Result<T> {
+        if !callbacks::on_callback_thread() {
+            Spin::until(|| self.settled.load(Ordering::Acquire));
+        }
+        self.wait_take(None).expect("an unbounded wait ends with the result settled")
     }
 
     /// Waits up to `timeout` (`None`: no bound) and moves the value out (an

@@ -13,6 +13,7 @@
 //! |---------------|------------------|-------------------------------------------------------------|
 //! | `INIT`        | parent → worker  | fingerprint (16) · has initializer (1) · entry (i64) · chunk |
 //! | `TASK`        | parent → worker  | task id (u64) · entry (i64) · chunk                         |
+//! | `CALL`        | parent → worker  | as `TASK`, from a caller that waits for it (the worker then spins) |
 //! | `RUN`         | parent → process | fingerprint (16) · entry (i64) · chunk                      |
 //! | `READY`       | worker → parent  | pid (u32)                                                   |
 //! | `MISMATCH`    | worker → parent  | nothing                                                     |

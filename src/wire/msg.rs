@@ -16,6 +16,7 @@ use super::conn::{le, Frozen, Output, Tail, Violation};
 pub(crate) const INIT: u8 = 1;
 pub(crate) const TASK: u8 = 2;
 pub(crate) const RUN: u8 = 3;
+pub(crate) const CALL: u8 = 4;
 pub(crate) const READY: u8 = 10;
 pub(crate) const MISMATCH: u8 = 11;
 pub(crate) const INIT_FAILED: u8 = 12;
@@ -32,6 +33,7 @@ pub(crate) fn kind_name(kind: u8) -> String {
         INIT => "INIT".into(),
         TASK => "TASK".into(),
         RUN => "RUN".into(),
+        CALL => "CALL".into(),
         READY => "READY".into(),
         MISMATCH => "MISMATCH".into(),
         INIT_FAILED => "INIT_FAILED".into(),
@@ -141,18 +143,35 @@ impl<'a> Init<&'a [u8]> {
     }
 }
 
-/// TASK, parent → worker: one job.
+/// TASK (or CALL), parent → worker: one job.
 ///
-/// `task id u64 · entry i64 · chunk`.
+/// `task id u64 · entry i64 · chunk`. The same body travels as a CALL
+/// frame when the sender is a caller that waits for this result itself
+/// (`apply` on a lent worker): having answered it, the worker looks for its
+/// next task for a moment before it sleeps (`engine::spin`), since a caller
+/// in a loop sends the next one at once. A TASK from a slot thread does not
+/// ask that: a worker spinning there would take a core from the slot
+/// thread that must read its results.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Task<C> {
     pub(crate) id: u64,
     pub(crate) call: Call<C>,
+    /// Sent as CALL: its sender waits for it.
+    pub(crate) waited: bool,
+}
+
+/// The frame kind of a task body, [`CALL`] when its sender waits for it.
+fn task_kind(waited: bool) -> u8 {
+    if waited {
+        CALL
+    } else {
+        TASK
+    }
 }
 
 impl<C: Tail + Copy> Task<C> {
     pub(crate) fn encode(&self, out: &mut Output, fds: Vec<OwnedFd>) -> crate::Result<()> {
-        let start = out.begin_frame(TASK);
+        let start = out.begin_frame(task_kind(self.waited));
         let head = out.buf();
         head.extend_from_slice(&self.id.to_le_bytes());
         head.extend_from_slice(&self.call.entry.to_le_bytes());
@@ -171,25 +190,27 @@ impl Task<&[u8]> {
 }
 
 impl Task<()> {
-    /// Queues a TASK frame whose body [`Task::freeze`] made.
+    /// Queues a TASK (`waited`: CALL) frame whose body [`Task::freeze`] made.
     pub(crate) fn encode_frozen(
         out: &mut Output,
         body: &Frozen,
         fds: Vec<OwnedFd>,
+        waited: bool,
     ) -> crate::Result<()> {
-        out.push_frozen(TASK, body, fds)
+        out.push_frozen(task_kind(waited), body, fds)
     }
 }
 
 impl<'a> Task<&'a [u8]> {
     pub(crate) const HEAD: usize = 16;
 
-    pub(crate) fn decode(body: &'a [u8]) -> Result<Self, Violation> {
+    /// Decodes a TASK body, or a CALL body when `waited`.
+    pub(crate) fn decode(body: &'a [u8], waited: bool) -> Result<Self, Violation> {
         if body.len() < Self::HEAD {
-            return Err(short(TASK, body.len(), Self::HEAD));
+            return Err(short(task_kind(waited), body.len(), Self::HEAD));
         }
         let call = Call { entry: i64_at(body, 8), chunk: &body[Self::HEAD..] };
-        Ok(Task { id: u64_at(body, 0), call })
+        Ok(Task { id: u64_at(body, 0), call, waited })
     }
 }
 
@@ -347,7 +368,8 @@ impl<'a> ToWorker<'a> {
     pub(crate) fn decode(kind: u8, body: &'a [u8]) -> Result<Self, Violation> {
         match kind {
             INIT => Init::decode(body).map(ToWorker::Init),
-            TASK => Task::decode(body).map(ToWorker::Task),
+            TASK => Task::decode(body, false).map(ToWorker::Task),
+            CALL => Task::decode(body, true).map(ToWorker::Task),
             RUN => Run::decode(body).map(ToWorker::Run),
             k => Err(wrong_kind(k, "a parent")),
         }
@@ -472,15 +494,18 @@ mod tests {
     }
 
     #[test]
-    fn task_round_trips_from_a_small_and_a_large_chunk() {
-        for len in [0, 5, SHARE_ABOVE + 1, 300_000] {
+    fn task_round_trips_from_a_small_and_a_large_chunk_as_task_and_as_call() {
+        for (len, waited) in [(0, false), (5, true), (SHARE_ABOVE + 1, false), (300_000, true)] {
             let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
             let chunk = Chunk::from(bytes.clone());
             assert_eq!(matches!(chunk, Chunk::Large(_)), len > SHARE_ABOVE);
-            let task = Task { id: u64::MAX - 3, call: Call { entry: 1 << 40, chunk: &chunk } };
+            let call = Call { entry: 1 << 40, chunk: &chunk };
+            let task = Task { id: u64::MAX - 3, call, waited };
             let (kind, body, n) = through_socket(|o| task.encode(o, fds(1)).unwrap());
-            assert_eq!((kind, n, body.len()), (TASK, 1, Task::HEAD + len));
-            let want = Task { id: task.id, call: Call { entry: 1 << 40, chunk: &bytes[..] } };
+            let want_kind = if waited { CALL } else { TASK };
+            assert_eq!((kind, n, body.len()), (want_kind, 1, Task::HEAD + len));
+            let call = Call { entry: 1 << 40, chunk: &bytes[..] };
+            let want = Task { id: task.id, call, waited };
             assert_eq!(ToWorker::decode(kind, &body), Ok(ToWorker::Task(want)));
         }
     }
@@ -562,6 +587,7 @@ mod tests {
         for (kind, full, head) in [
             (INIT, full_init, Init::HEAD),
             (TASK, vec![0; Task::HEAD], Task::HEAD),
+            (CALL, vec![0; Task::HEAD], Task::HEAD),
             (RUN, vec![0; Run::HEAD], Run::HEAD),
         ] {
             for len in 0..head {
@@ -601,7 +627,7 @@ mod tests {
             let v = ToWorker::decode(kind, &[0; 64]).unwrap_err();
             assert!(v.0.contains("which a parent never sends"), "{v}");
         }
-        for kind in [INIT, TASK, RUN, 0, 99] {
+        for kind in [INIT, TASK, CALL, RUN, 0, 99] {
             let v = FromWorker::decode(kind, &[0; 64]).unwrap_err();
             assert!(v.0.contains(&kind_name(kind)) && v.0.contains("a worker never sends"), "{v}");
         }

@@ -22,6 +22,7 @@
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
 
+use crate::engine::spin::Spin;
 use crate::sys;
 use crate::task::{self, Failure, FailureKind};
 use crate::wire::{Conn, Done, InitFailed, Mismatch, Ready, ToWorker};
@@ -172,13 +173,18 @@ pub(crate) fn run_forked(role: &str, name: String, parent: u32, channel: OwnedFd
 
 type Frame = (u8, crate::wire::Body, Vec<OwnedFd>);
 
-/// Blocks until a whole frame is buffered; `None` at end of file or on error.
-fn recv_frame(conn: &mut Conn) -> Option<Frame> {
+/// Blocks until a whole frame is buffered; `None` at end of file or on
+/// error. With `spin`, reads without blocking for a moment first
+/// (`engine::spin`), so that a caller that sends the next task at once
+/// finds this worker awake.
+fn recv_frame(conn: &mut Conn, spin: bool) -> Option<Frame> {
+    let mut looking = Spin::new();
     loop {
         if let Some(frame) = conn.next_frame() {
             return Some(frame);
         }
-        match conn.read_blocking() {
+        let read = if spin && looking.again() { conn.read_some() } else { conn.read_blocking() };
+        match read {
             Ok(false) => {}
             // Frames that arrived just before end of file still count.
             Ok(true) => return conn.next_frame(),
@@ -189,7 +195,7 @@ fn recv_frame(conn: &mut Conn) -> Option<Frame> {
 
 fn serve_pool(channel: OwnedFd) -> i32 {
     let mut conn = Conn::new(channel);
-    let Some((kind, body, fds)) = recv_frame(&mut conn) else {
+    let Some((kind, body, fds)) = recv_frame(&mut conn, false) else {
         return EXIT_NO_PARENT;
     };
     // The fingerprint comes first whatever the rest of the frame is: a
@@ -247,13 +253,18 @@ fn describe(failure: &Failure) -> String {
 /// starts: a result must never sit in this process while a later task runs,
 /// because if that task kills the worker the parent must receive every
 /// earlier result and blame only the task that was running.
+///
+/// After a task whose sender waits for it (a CALL), the next one is looked
+/// for without sleeping for a moment: see [`Task`](crate::wire::Task).
 fn task_loop(conn: &mut Conn) {
+    let mut waited = false;
     loop {
-        let Some((kind, body, fds)) = recv_frame(conn) else { return };
+        let Some((kind, body, fds)) = recv_frame(conn, waited) else { return };
         let (b, out) = conn.body_and_output(body);
         let Ok(ToWorker::Task(t)) = ToWorker::decode(kind, b) else {
             return;
         };
+        waited = t.waited;
         let outcomes = |out: &mut Vec<u8>| task::run_chunk_at(t.call.entry, t.call.chunk, fds, out);
         if let Err(e) = Done::encode_with(out, t.id, outcomes) {
             // The results cannot travel: report that instead, for every item.
@@ -273,7 +284,7 @@ fn task_loop(conn: &mut Conn) {
 
 fn run_process(channel: OwnedFd) -> i32 {
     let mut conn = Conn::new(channel);
-    let Some((kind, body, fds)) = recv_frame(&mut conn) else {
+    let Some((kind, body, fds)) = recv_frame(&mut conn, false) else {
         return EXIT_NO_PARENT;
     };
     let Ok(ToWorker::Run(run)) = ToWorker::decode(kind, conn.body(body)) else {

@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use super::slot::wrong_result;
 use super::Job;
+use crate::engine::spin::Spin;
 use crate::sys::{self, Interest};
 use crate::wire::{self, Conn, Done, FromWorker};
 
@@ -162,6 +163,9 @@ pub(super) fn run(
     let deadline = lent.task_timeout.map(|t| Instant::now() + t);
     // Set once the worker is gone; what it wrote before is still read.
     let mut ended = false;
+    // The result of a small task comes back within microseconds: look for
+    // it without sleeping for a moment first (`engine::spin`).
+    let mut spin = Spin::new();
     loop {
         if !ended && conn.write_some().is_err() {
             ended = true;
@@ -208,6 +212,9 @@ pub(super) fn run(
         };
         if conn.has_more() {
             timeout = Some(Duration::ZERO);
+        } else if !conn.has_output() && spin.again() {
+            ended |= !matches!(conn.read_some(), Ok(false));
+            continue;
         }
         let polled = sys::poll(
             [

@@ -226,8 +226,11 @@ impl ProcEngine {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         // A chunk that will travel in a file goes there now, and the bytes
         // it was encoded into are freed before the next job is encoded.
-        let task =
-            crate::wire::Task { id, call: crate::wire::Call { entry: offset, chunk: &chunk[..] } };
+        let task = crate::wire::Task {
+            id,
+            call: crate::wire::Call { entry: offset, chunk: &chunk[..] },
+            waited: false,
+        };
         let args = match task.freeze() {
             Some(frozen) => Args::Frozen(frozen),
             None => Args::Chunk(chunk),
@@ -256,7 +259,7 @@ impl ProcEngine {
             let start = Instant::now();
             self.meters.started(index, start);
             let ran = match s.offer.lock_lent().as_mut() {
-                Some(lent) => lend::run(lent, job, slot::write_task),
+                Some(lent) => lend::run(lent, job, |conn, job| slot::write_task(conn, job, true)),
                 None => Err(lend::Returned { job, written: false, how: lend::How::Died }),
             };
             match ran {

@@ -389,7 +389,7 @@ impl Worker {
     }
 
     fn send(&mut self, core: &Core, job: Job) {
-        if let Err(e) = write_task(&mut self.conn, &job) {
+        if let Err(e) = write_task(&mut self.conn, &job, false) {
             return job.fail(e, None);
         }
         if let Some(t) = &job.ticket {
@@ -783,14 +783,16 @@ pub(super) fn wrong_result(id: Option<u64>, running: Option<u64>) -> Option<Stri
 }
 
 /// Puts `job`'s task frame in `conn`'s output, or nothing when it cannot
-/// travel.
-pub(super) fn write_task(conn: &mut Conn, job: &Job) -> crate::Result<()> {
+/// travel; `waited` when the writer is a caller that waits for the result
+/// itself (see [`Task`]).
+pub(super) fn write_task(conn: &mut Conn, job: &Job, waited: bool) -> crate::Result<()> {
     let fds = dup_all(&job.fds)?;
     match &job.args {
         Args::Chunk(chunk) => {
-            Task { id: job.id, call: Call { entry: job.offset, chunk } }.encode(conn.output(), fds)
+            let call = Call { entry: job.offset, chunk };
+            Task { id: job.id, call, waited }.encode(conn.output(), fds)
         }
-        Args::Frozen(body) => Task::encode_frozen(conn.output(), body, fds),
+        Args::Frozen(body) => Task::encode_frozen(conn.output(), body, fds, waited),
     }
 }
 
