@@ -52,11 +52,11 @@ impl Spin {
 
     /// After a look that found nothing: pauses, and returns true while the
     /// window lasts (look again), false once it is over (go to sleep).
-    /// The clock is read from the first call on, so a wait whose first
-    /// look succeeds never reads it.
+    /// The clock is read once per call, from the first call on, so a wait
+    /// whose first look succeeds never reads it.
     pub(crate) fn again(&mut self) -> bool {
-        let start = *self.start.get_or_insert_with(Instant::now);
         let now = Instant::now();
+        let start = *self.start.get_or_insert(now);
         if now - start >= WINDOW {
             return false;
         }
