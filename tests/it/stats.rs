@@ -98,6 +98,31 @@ fn the_running_task_has_an_age() {
     });
 }
 
+fn die(_: u32) {
+    std::process::abort()
+}
+
+/// A worker's death is counted before the task it ran fails: the caller
+/// that sees the error sees the restart at once (it was counted just after,
+/// so a look straight after the error sometimes missed it). The caller
+/// watches without sleeping, so it looks within the pool thread's window.
+#[test]
+fn a_restart_is_counted_before_the_task_it_ended_fails() {
+    bounded(STARTUP * 4, "restart counted before the failure", || {
+        let pool = Pool::new(1).unwrap();
+        for i in 1..=20 {
+            let r = pool.apply_async(die, 0);
+            while !r.ready() {
+                std::hint::spin_loop();
+            }
+            let s = pool.stats();
+            let err = r.get().unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::WorkerDied, "{err}");
+            assert_eq!(s.total().restarts.crashed, i, "after death {i}: {s}");
+        }
+    });
+}
+
 #[test]
 fn quota_and_timeout_replacements_are_counted_by_reason() {
     bounded(STARTUP, "restarts by reason", || {

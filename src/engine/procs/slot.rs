@@ -758,7 +758,10 @@ impl Worker {
 
     /// The worker runs its jobs in order, so only the head had started: it
     /// fails, and the rest go back to the queue for another worker.
+    /// The worker is gone, for the reason in `why`: that restart is counted
+    /// first, so a caller woken by the failure finds it in `stats()`.
     fn fail_head_requeue_rest(&mut self, core: &Core, err: Error) {
+        core.meters.ended(self.index, self.why.take());
         if let Some(head) = self.inflight.pop_front() {
             head.fail(err, Some(self.pid));
         }
