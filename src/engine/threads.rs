@@ -111,10 +111,13 @@ pub(crate) struct ThreadEngine {
     lazy: bool,
     /// See [`ThreadOptions::name_prefix`].
     name_prefix: Option<String>,
-    /// Threads running a job (kept by lazy engines only); a job gives its
-    /// thread back just before it delivers its result, so a caller who
-    /// submits again at once reuses it.
-    busy: AtomicUsize,
+    /// Idle tokens (kept by lazy engines only). A thread adds one just
+    /// before it delivers a job's result; a submission that takes one
+    /// counts on that thread and starts none. Each token is taken once, so
+    /// a job is never counted twice, once queued and once running (reading
+    /// a queue length and a busy count one after the other did that, and
+    /// started a second thread for a caller who only ever waited on one).
+    idle: AtomicUsize,
     meters: crate::stats::Meters,
 }
 
@@ -138,7 +141,7 @@ impl ThreadEngine {
             init,
             lazy,
             name_prefix,
-            busy: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
             meters: crate::stats::Meters::new(size),
         });
         if !lazy {
@@ -193,13 +196,15 @@ impl ThreadEngine {
         if self.sleepy.load(Ordering::SeqCst) > 0 {
             self.wake_one();
         }
-        if self.lazy {
-            let queued = self.queue.len();
-            let started = self.started.load(Ordering::SeqCst);
-            if self.busy.load(Ordering::SeqCst) + queued > started {
-                if let Err(e) = self.start_thread() {
-                    self.break_with(e);
-                }
+        if self.lazy
+            && self
+                .idle
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_err()
+            && self.started.load(Ordering::SeqCst) < self.size
+        {
+            if let Err(e) = self.start_thread() {
+                self.break_with(e);
             }
         }
     }
@@ -259,9 +264,6 @@ impl ThreadEngine {
                 return;
             }
             if let Some(job) = self.pop() {
-                if self.lazy {
-                    self.busy.fetch_add(1, Ordering::SeqCst);
-                }
                 self.meters.started_next(index);
                 job(None);
                 continue;
@@ -307,7 +309,7 @@ impl ThreadEngine {
             self.meters.finished_now(THREAD_SLOT.with(|s| s.get()));
         }
         if self.lazy {
-            self.busy.fetch_sub(1, Ordering::SeqCst);
+            self.idle.fetch_add(1, Ordering::SeqCst);
         }
     }
 }

@@ -1351,6 +1351,30 @@ fn sequential_calls_reuse_one_idle_thread() {
 }
 
 #[test]
+fn a_thread_executor_never_starts_a_second_thread_for_sequential_calls() {
+    // Regression: the submitter read the queue's length and then the busy
+    // count; a thread spinning for work could take the job in between, so
+    // the one job counted twice and a second thread started (seen once in
+    // CI). Many short rounds make that window likely to be hit.
+    for round in 0..2000 {
+        let starts = Arc::new(AtomicUsize::new(0));
+        let s = starts.clone();
+        let ex = ThreadPoolExecutor::builder()
+            .max_workers(4)
+            .initializer(move || {
+                s.fetch_add(1, Ordering::SeqCst);
+            })
+            .build()
+            .unwrap();
+        for _ in 0..4 {
+            ex.submit(|()| (), ()).unwrap().result_timeout(PROMPT).unwrap();
+        }
+        ex.shutdown();
+        assert_eq!(starts.load(Ordering::SeqCst), 1, "threads started in round {round}");
+    }
+}
+
+#[test]
 fn a_call_submitted_while_the_only_worker_is_busy_starts_a_second_worker() {
     // max_workers=2, one warm worker: a second call submitted while the
     // first runs must run beside it on a second worker, not wait behind it.
