@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
@@ -35,12 +36,13 @@ fn idle() -> &'static Mutex<HashMap<Remote, Vec<Stream>>> {
 }
 
 impl Remote {
-    /// A connection: an idle one, or a new one.
-    pub(crate) fn stream(&self) -> Result<Stream> {
+    /// A connection: an idle one, or a new one made by `deadline`.
+    pub(crate) fn stream(&self, deadline: Option<Instant>) -> Result<Stream> {
         if let Some(s) = idle().lock().get_mut(self).and_then(Vec::pop) {
             return Ok(s);
         }
-        transport::connect(&self.addr, &self.authkey)
+        let within = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        transport::connect(&self.addr, &self.authkey, within)
     }
 
     /// Gives back a connection that finished its last round trip cleanly.
@@ -59,15 +61,37 @@ impl Remote {
 
     /// One request and its reply, on a pooled connection.
     pub(crate) fn call(&self, req: &Request) -> Result<Reply> {
-        let mut s = self.stream()?;
-        let reply = self.round_trip(&mut s, req)?;
+        let deadline = reply_deadline(req);
+        let mut s = self.stream(deadline)?;
+        let reply = self.round_trip(&mut s, req, deadline)?;
         self.give_back(s);
         Ok(reply)
     }
 
-    /// One request and its reply on `s`. An error means `s` must be dropped.
-    pub(crate) fn round_trip(&self, s: &mut Stream, req: &Request) -> Result<Reply> {
+    /// One request and its reply on `s`, by `deadline` (see
+    /// [`reply_deadline`]). An error means `s` must be dropped.
+    pub(crate) fn round_trip(
+        &self,
+        s: &mut Stream,
+        req: &Request,
+        deadline: Option<Instant>,
+    ) -> Result<Reply> {
         s.send_bytes(&message(req)?).map_err(|e| self.gone(e))?;
+        if let Some(deadline) = deadline {
+            // A timed call keeps its promise even when the server cannot:
+            // it stopped (SIGSTOP, a debugger) or is stuck. The caller drops
+            // `s`, so a reply that comes later is never read as another's.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !s.poll(Some(left)).map_err(|e| self.gone(e))? {
+                return Err(Error::timeout(format!(
+                    "the manager at {} did not answer a timed call in time (its own bound \
+                     and {:?} more); it may be stopped or overloaded: check that its \
+                     process runs",
+                    self.addr,
+                    super::proto::REPLY_GRACE
+                )));
+            }
+        }
         // The stream refuses a reply over MAX_FRAME at its header (see
         // `transport::connect`): a Protocol error, the stream dropped.
         let buf = s.recv_bytes().map_err(|e| match e.kind() {
@@ -98,6 +122,12 @@ impl Remote {
             ),
         )
     }
+}
+
+/// When a client gives up waiting for `req`'s reply, counted from now
+/// (`None`: it waits for the reply or the server's death).
+pub(crate) fn reply_deadline(req: &Request) -> Option<Instant> {
+    req.reply_within().map(|b| Instant::now() + b)
 }
 
 /// `reply` as a result: a server error becomes an [`Error`] of its kind.

@@ -56,6 +56,35 @@ pub(crate) enum Request {
 /// Timeouts travel in microseconds; `None` waits without bound.
 pub(crate) type Wait = Option<u64>;
 
+/// How much longer than a timed operation's own wait a client waits for its
+/// reply: a server answers a due timeout in well under a millisecond, so
+/// a reply later than this means a server that is stopped or stuck.
+pub(crate) const REPLY_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Request {
+    /// How long the client waits for this request's reply: a bounded or
+    /// non-blocking operation, the caller's bound and [`REPLY_GRACE`];
+    /// `None` for everything else (an unbounded wait, or an operation
+    /// whose time is the user's, like a method call), which a server's
+    /// death still ends (its connection closes).
+    pub(crate) fn reply_within(&self) -> Option<std::time::Duration> {
+        let Request::Call { op, .. } = self else { return None };
+        let (wait, block) = match op {
+            Op::Put { wait, block, .. }
+            | Op::Take { wait, block }
+            | Op::Acquire { wait, block } => (*wait, *block),
+            Op::WaitSet { wait } | Op::BarrierWait { wait } => (*wait, true),
+            _ => return None,
+        };
+        let own = match (block, wait) {
+            (false, _) => std::time::Duration::ZERO,
+            (true, Some(us)) => std::time::Duration::from_micros(us),
+            (true, None) => return None,
+        };
+        Some(own.saturating_add(REPLY_GRACE))
+    }
+}
+
 /// The operations objects answer. An operation the object's kind does not
 /// have gets an error reply.
 #[derive(Debug, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::client::{check, decode, encode, unexpected, Remote};
+use super::client::{check, decode, encode, reply_deadline, unexpected, Remote};
 use super::proto::{wait_of, Op, Reply, Request};
 use super::shared::{Method, Shared};
 use super::transport::Stream;
@@ -495,15 +495,16 @@ impl LockProxy {
     /// do not wait). Returns whether the previous owner died.
     pub fn acquire_raw(&self, timeout: Option<Duration>) -> Result<Option<bool>> {
         let mut held = self.held.0.lock();
-        let mut s = match held.take() {
-            Some(s) => s,
-            None => self.h.remote.stream()?,
-        };
         let req = Request::Call {
             obj: self.h.id,
             op: Op::Acquire { wait: wait_of(timeout), block: true },
         };
-        let reply = check(self.h.remote.round_trip(&mut s, &req)?);
+        let deadline = reply_deadline(&req);
+        let mut s = match held.take() {
+            Some(s) => s,
+            None => self.h.remote.stream(deadline)?,
+        };
+        let reply = check(self.h.remote.round_trip(&mut s, &req, deadline)?);
         match reply {
             Ok(Reply::Acquired { owner_died }) => {
                 *held = Some(s);
@@ -544,7 +545,7 @@ impl LockProxy {
         let req = Request::Call { obj: self.h.id, op: Op::Release };
         match held.take() {
             Some(mut s) => {
-                let reply = check(self.h.remote.round_trip(&mut s, &req)?)?;
+                let reply = check(self.h.remote.round_trip(&mut s, &req, None)?)?;
                 self.h.remote.give_back(s);
                 match reply {
                     Reply::Done => Ok(()),

@@ -45,13 +45,17 @@ impl Listener {
     }
 }
 
-/// Connects to `addr` and authenticates with `authkey`.
+/// Connects to `addr` and authenticates with `authkey`, within `within`
+/// (the handshake's default bound when that is longer or `None`).
 ///
 /// # Errors
 /// [`ErrorKind::Closed`] when nothing listens there (what a proxy sees once
 /// its server is gone); otherwise as [`Client::connect`].
-pub(crate) fn connect(addr: &Address, authkey: &[u8]) -> Result<Stream> {
-    let s = Client::connect::<()>(addr.clone(), authkey).map_err(|e| {
+pub(crate) fn connect(addr: &Address, authkey: &[u8], within: Option<Duration>) -> Result<Stream> {
+    let bound = within.map_or(connection::DEFAULT_HANDSHAKE_TIMEOUT, |w| {
+        w.min(connection::DEFAULT_HANDSHAKE_TIMEOUT)
+    });
+    let s = Client::connect_timeout::<()>(addr.clone(), authkey, bound).map_err(|e| {
         let io = e.source().and_then(|s| s.downcast_ref::<std::io::Error>());
         let refused = io.is_some_and(|io| {
             matches!(
@@ -63,6 +67,11 @@ pub(crate) fn connect(addr: &Address, authkey: &[u8]) -> Result<Stream> {
         let hung_up = e.kind() == ErrorKind::Closed;
         if refused || hung_up {
             Error::new(ErrorKind::Closed, format!("the manager at {addr} is gone: {e}"))
+        } else if e.kind() == ErrorKind::Timeout {
+            Error::timeout(format!(
+                "the manager at {addr} did not answer in time ({e}); it may be stopped or \
+                 overloaded: check that its process runs"
+            ))
         } else {
             e
         }

@@ -444,3 +444,50 @@ fn blocked_get_of_a_killed_client_takes_nothing() {
         assert!(beacon.try_recv(Duration::from_millis(10)).is_none());
     });
 }
+
+#[test]
+fn timed_calls_keep_their_bound_when_the_server_is_stopped() {
+    // A stopped server keeps its sockets open: only the client's own bound
+    // (the call's timeout and a grace) ends a timed call.
+    let mut m = Manager::start().unwrap();
+    let q = m.queue::<u32>().unwrap();
+    let lock = m.lock().unwrap();
+    let ev = m.event().unwrap();
+    let pid = m.pid().expect("a started manager has a server process");
+    send_signal(pid, libc::SIGSTOP);
+    // Resumed however the test ends.
+    struct Cont(u32);
+    impl Drop for Cont {
+        fn drop(&mut self) {
+            send_signal(self.0, libc::SIGCONT);
+        }
+    }
+    let cont = Cont(pid);
+    let limit = Duration::from_millis(100) + Duration::from_secs(2) + PROMPT;
+    for (what, call) in [
+        (
+            "get_timeout",
+            Box::new(|| q.get_timeout(Duration::from_millis(100)).map(drop))
+                as Box<dyn Fn() -> multiproc::Result<()> + '_>,
+        ),
+        ("get_nowait", Box::new(|| q.get_nowait().map(drop))),
+        ("put_timeout", Box::new(|| q.put_timeout(1, Duration::from_millis(100)))),
+        (
+            "acquire_timeout",
+            Box::new(|| lock.acquire_timeout(Duration::from_millis(100)).map(drop)),
+        ),
+        ("wait_timeout", Box::new(|| ev.wait_timeout(Duration::from_millis(100)).map(drop))),
+    ] {
+        let t = Instant::now();
+        let err = call().expect_err(what);
+        assert!(t.elapsed() < limit, "{what} took {:?}", t.elapsed());
+        assert!(t.elapsed() >= Duration::from_secs(2), "{what} gave up early: {:?}", t.elapsed());
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{what}: {err}");
+        assert!(err.to_string().contains("did not answer"), "{what}: {err}");
+    }
+    drop(cont);
+    // Resumed, the server answers again on fresh connections.
+    q.put(7).unwrap();
+    assert_eq!(q.get_timeout(PROMPT).unwrap(), 7);
+    m.shutdown();
+}
