@@ -24,35 +24,66 @@ use crate::engine::procs::{JobDone, ProcEngine, ProcOptions};
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind};
 
-/// Results waiting to go to rank 0.
+/// The largest job outcome a rank sends (its encoded results); a larger one
+/// becomes an error for that job. Half a message, less room for the
+/// records' headers, so that a batch sealed as soon as it passes half a
+/// message (see [`Outbox`]) never passes a whole one, which rank 0 would
+/// drop unread and so wait for its jobs forever.
+const MAX_OUTCOMES: usize = comm::MAX_MESSAGE / 2 - 1024;
+
+/// Results waiting to go to rank 0, in batches of at most
+/// [`comm::MAX_MESSAGE`] bytes: one being filled, and those full already.
 struct Outbox {
-    batch: Mutex<(u32, Vec<u8>)>,
+    batches: Mutex<Batches>,
     waker: Thread,
+    /// A batch is sealed once it holds more than this many bytes.
+    seal_at: usize,
+}
+
+#[derive(Default)]
+struct Batches {
+    /// Records in `open`.
+    n: u32,
+    open: Vec<u8>,
+    sealed: std::collections::VecDeque<Vec<u8>>,
 }
 
 impl Outbox {
+    fn new(waker: Thread) -> Outbox {
+        Outbox { batches: Mutex::default(), waker, seal_at: comm::MAX_MESSAGE / 2 }
+    }
+
     fn put(&self, write: impl FnOnce(&mut Vec<u8>)) {
-        let mut b = self.batch.lock();
-        if b.0 == 0 {
-            b.1.clear();
-            wire::put_u32(&mut b.1, 0);
+        let mut b = self.batches.lock();
+        if b.n == 0 {
+            b.open.clear();
+            wire::put_u32(&mut b.open, 0);
         }
-        write(&mut b.1);
-        b.0 += 1;
+        write(&mut b.open);
+        b.n += 1;
+        if b.open.len() > self.seal_at {
+            let full = Self::close(&mut b);
+            b.sealed.push_back(full);
+        }
         drop(b);
         self.waker.unpark();
     }
 
-    /// The batch to send, if there is one.
-    fn take(&self) -> Option<Vec<u8>> {
-        let mut b = self.batch.lock();
-        if b.0 == 0 {
-            return None;
-        }
-        let n = std::mem::take(&mut b.0);
-        let mut body = std::mem::take(&mut b.1);
+    /// The open batch with its count written, leaving none open.
+    fn close(b: &mut Batches) -> Vec<u8> {
+        let n = std::mem::take(&mut b.n);
+        let mut body = std::mem::take(&mut b.open);
         body[..4].copy_from_slice(&n.to_le_bytes());
-        Some(body)
+        body
+    }
+
+    /// The next batch to send, oldest first, if there is one.
+    fn take(&self) -> Option<Vec<u8>> {
+        let mut b = self.batches.lock();
+        if let Some(full) = b.sealed.pop_front() {
+            return Some(full);
+        }
+        (b.n > 0).then(|| Self::close(&mut b))
     }
 }
 
@@ -75,8 +106,7 @@ struct Rank {
 
 /// Serves rank 0; returns the exit code.
 pub(super) fn serve(me: World) -> i32 {
-    let outbox =
-        Arc::new(Outbox { batch: Mutex::new((0, Vec::new())), waker: std::thread::current() });
+    let outbox = Arc::new(Outbox::new(std::thread::current()));
     let mut rank = Rank { me, outbox, runs: Runs::Nothing, other_build: false };
     let mut backoff = Backoff::new();
     loop {
@@ -88,7 +118,7 @@ pub(super) fn serve(me: World) -> i32 {
                     active = true;
                     if m.tag == wire::EXIT {
                         rank.end(false);
-                        if let Some(body) = rank.outbox.take() {
+                        while let Some(body) = rank.outbox.take() {
                             let _ = c.send(0, wire::DONE, body);
                         }
                         c.flush(Duration::from_secs(5));
@@ -229,16 +259,87 @@ impl Rank {
 }
 
 /// Writes a job's outcomes, unless they carry descriptors, which cannot
-/// leave this machine.
+/// leave this machine, or are more than one message carries.
 fn finish(out: &mut Vec<u8>, id: u64, pid: u32, outcomes: &[u8], no_fds: bool) {
-    if no_fds {
-        wire::put_outcomes(out, id, pid, outcomes);
-    } else {
+    finish_within(out, id, pid, outcomes, no_fds, MAX_OUTCOMES)
+}
+
+fn finish_within(out: &mut Vec<u8>, id: u64, pid: u32, outcomes: &[u8], no_fds: bool, max: usize) {
+    if !no_fds {
         let e = Error::new(
             ErrorKind::Serialize,
             "a task's result holds a file descriptor (multiproc::Fd), which cannot travel \
              between MPI ranks",
         );
         wire::put_error(out, id, pid, &e);
+    } else if outcomes.len() > max {
+        let e = Error::new(
+            ErrorKind::Serialize,
+            format!(
+                "a task's result encodes to {} bytes, more than the {max} bytes one message \
+                 from an MPI rank carries; return large data through shared storage (a file, \
+                 say) instead",
+                outcomes.len()
+            ),
+        );
+        wire::put_error(out, id, pid, &e);
+    } else {
+        wire::put_outcomes(out, id, pid, outcomes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(body: &[u8]) -> (u32, usize) {
+        let n = u32::from_le_bytes(body[..4].try_into().unwrap());
+        (n, body.len())
+    }
+
+    #[test]
+    fn an_outbox_seals_batches_before_they_outgrow_a_message() {
+        let mut outbox = Outbox::new(std::thread::current());
+        outbox.seal_at = 100;
+        for id in 0..10u64 {
+            outbox.put(|o| wire::put_outcomes(o, id, 1, &[7; 40]));
+        }
+        let mut batches = Vec::new();
+        while let Some(b) = outbox.take() {
+            batches.push(b);
+        }
+        // Each batch passed 100 bytes by one record at most, and together
+        // they hold the ten records in order.
+        let record = {
+            let mut one = Vec::new();
+            wire::put_outcomes(&mut one, 0, 1, &[7; 40]);
+            one.len()
+        };
+        assert!(batches.len() > 1, "one batch of {} bytes", batches[0].len());
+        let mut ids = Vec::new();
+        for b in &batches {
+            let (n, len) = records(b);
+            assert!(len <= 100 + record, "a batch of {len} bytes");
+            assert_eq!(len, 4 + n as usize * record);
+            for i in 0..n as usize {
+                let at = 4 + i * record;
+                ids.push(u64::from_le_bytes(b[at..at + 8].try_into().unwrap()));
+            }
+        }
+        assert_eq!(ids, (0..10).collect::<Vec<_>>());
+        assert!(outbox.take().is_none());
+    }
+
+    #[test]
+    fn an_outcome_over_the_limit_becomes_an_error_for_its_job() {
+        let mut out = Vec::new();
+        finish_within(&mut out, 9, 1, &[0; 64], true, 32);
+        let mut r = Reader::new(&out);
+        assert_eq!(r.u64().unwrap(), 9);
+        let mut ok = Vec::new();
+        finish_within(&mut ok, 9, 1, &[0; 32], true, 32);
+        assert!(out.len() < ok.len() + 300);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains("encodes to 64 bytes, more than the 32"), "{text}");
     }
 }
