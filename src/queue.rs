@@ -703,7 +703,27 @@ fn outboxes() -> &'static Mutex<Vec<Weak<Outbox>>> {
             const STALL: Duration = Duration::from_secs(5);
             let boxes = outboxes().lock().clone();
             for b in boxes.iter().filter_map(Weak::upgrade) {
-                let mut items = b.items.lock();
+                // A put holds the outbox while it tries the ring's mutex,
+                // which is bounded (see `Queue::send`); the exit does not
+                // count on it all the same.
+                let since = Instant::now();
+                let items = loop {
+                    if let Some(items) = b.items.try_lock_for(Duration::from_millis(50)) {
+                        break Some(items);
+                    }
+                    if since.elapsed() >= STALL {
+                        break None;
+                    }
+                };
+                let Some(mut items) = items else {
+                    report!(
+                        ERROR, pid = std::process::id();
+                        "multiproc: process {} exits with a queue outbox held by another thread \
+                         for {STALL:?}; its items are dropped",
+                        std::process::id()
+                    );
+                    continue;
+                };
                 let (mut left, mut since) = (items.len(), Instant::now());
                 while items.feeder {
                     b.drained.wait_for(&mut items, Duration::from_millis(50));
