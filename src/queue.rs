@@ -20,8 +20,12 @@
 //! A put never waits for a consumer on an unbounded queue: when the ring is
 //! full, items wait in this process's outbox and a feeder thread moves them
 //! into the ring, in order, as room frees up; while the outbox holds items,
-//! every later put of this process goes behind them. A process flushes its
-//! outboxes when it exits.
+//! every later put of this process goes behind them. Nor does it wait for
+//! another process: a robust mutex covers a holder that dies, not one that
+//! is stopped (SIGSTOP, a debugger) or starved, so a put that cannot take
+//! the mutex within a couple of milliseconds leaves its item to the feeder
+//! as well, and the feeder's own waits for it are bounded. A process
+//! flushes its outboxes when it exits, for a bounded time.
 //!
 //! The feeder holds only the sending end of the socket: the receiving end
 //! lives in the handles. Once every handle in every process is gone, no one
@@ -58,6 +62,11 @@ const ITEM_MAX: usize = 2 << 30;
 // An inline item fits one ring record.
 const _: () = assert!(INLINE_MAX <= ring::RECORD_MAX);
 const TAG_INLINE: u8 = 0;
+/// How long a put waits for the ring's mutex before it leaves the item to
+/// the feeder thread. A holder keeps the mutex for well under a
+/// microsecond; one that keeps it this long is stopped (SIGSTOP, a
+/// debugger) or starved of CPU, and an unbounded put never waits for it.
+const PUT_LOCK_WAIT: Duration = Duration::from_millis(2);
 const TAG_FILE: u8 = 1;
 
 #[repr(C)]
@@ -90,7 +99,8 @@ pub enum PutError<T> {
     /// The bounded queue was full ([`Queue::put_nowait`]).
     Full(T),
     /// The bounded queue stayed full for the whole timeout
-    /// ([`Queue::put_timeout`]).
+    /// ([`Queue::put_timeout`]), or its shared memory stayed locked by
+    /// another process (one that is stopped, say) for that long.
     Timeout(T),
     /// This handle was closed.
     Closed(T),
@@ -113,9 +123,10 @@ impl<T> PutError<T> {
     pub fn into_error(self) -> Error {
         match self {
             PutError::Full(_) => Error::new(ErrorKind::Full, "the queue is full"),
-            PutError::Timeout(_) => {
-                Error::timeout("the queue stayed full: no place freed up within the timeout")
-            }
+            PutError::Timeout(_) => Error::timeout(
+                "the queue stayed full (no place freed up) or locked by another process \
+                     within the timeout",
+            ),
             PutError::Closed(_) => closed(),
             PutError::Failed(_, e) => e,
         }
@@ -126,9 +137,10 @@ impl<T> std::fmt::Display for PutError<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PutError::Full(_) => f.write_str("the queue is full"),
-            PutError::Timeout(_) => {
-                f.write_str("the queue stayed full: no place freed up within the timeout")
-            }
+            PutError::Timeout(_) => f.write_str(
+                "the queue stayed full (no place freed up) or locked by another process within \
+                 the timeout",
+            ),
             PutError::Closed(_) => f.write_str("the queue handle is closed"),
             PutError::Failed(_, e) => write!(f, "{e}"),
         }
@@ -391,13 +403,13 @@ impl<T> Queue<T> {
         self.shared.closed.load(Ordering::SeqCst)
     }
 
-    /// Takes a free place of a bounded queue; false when none came in time.
-    fn take_place(&self, timeout: Option<Duration>) -> bool {
+    /// Takes a free place of a bounded queue; false when none came by the
+    /// deadline (`None`: no deadline).
+    fn take_place(&self, deadline: Option<Instant>) -> bool {
         let m = self.mem();
         if m.maxsize.load(Ordering::SeqCst) == 0 {
             return true;
         }
-        let deadline = timeout.and_then(crate::deadline_after);
         loop {
             let f = m.free.load(Ordering::SeqCst);
             if f > 0 {
@@ -423,16 +435,43 @@ impl<T> Queue<T> {
     }
 
     /// Puts one item in the ring now, or leaves it to the feeder thread
-    /// (only then are its bytes copied out of the caller's buffer).
-    fn send(&self, bytes: &[u8], fds: Vec<OwnedFd>) -> Result<()> {
+    /// (only then are its bytes copied out of the caller's buffer): when the
+    /// ring is full, and when its mutex stays busy for [`PUT_LOCK_WAIT`]
+    /// (its holder is stopped or starved: a put does not wait for it).
+    ///
+    /// With a `deadline` (a timed put on a bounded queue) a busy mutex is
+    /// waited for until then instead, and `Ok(false)` when it stayed busy:
+    /// nothing was put. The outbox is let go between the waits, so the
+    /// other threads' puts meanwhile wait for it at most one of them.
+    fn send(&self, bytes: &[u8], fds: Vec<OwnedFd>, deadline: Option<Instant>) -> Result<bool> {
         let outbox = &self.shared.outbox;
-        let mut items = outbox.items.lock();
-        // Only when no feeder is at work: it may be waiting for room for an
-        // item it already took off the outbox, which must not be overtaken.
-        if !items.feeder && self.shared.ring.try_push(bytes, &fds, self.shared.tx.as_fd())? {
-            self.shared.committed();
-            return Ok(());
-        }
+        let tx = self.shared.tx.as_fd();
+        let mut items = loop {
+            let items = outbox.items.lock();
+            // Only when no feeder is at work: it may be waiting for room
+            // (or for the mutex) for an item it already took off the
+            // outbox, which must not be overtaken.
+            if items.feeder {
+                break items;
+            }
+            match self.shared.ring.try_push(bytes, &fds, tx, LockWait::For(PUT_LOCK_WAIT))? {
+                Some(true) => {
+                    self.shared.committed();
+                    return Ok(true);
+                }
+                // No room: the feeder waits for it.
+                Some(false) => break items,
+                None => match deadline {
+                    None => break items,
+                    Some(d) => {
+                        drop(items);
+                        if Instant::now() >= d {
+                            return Ok(false);
+                        }
+                    }
+                },
+            }
+        };
         items.queued.push(bytes, fds);
         if !items.feeder {
             items.feeder = true;
@@ -445,7 +484,15 @@ impl<T> Queue<T> {
                 .spawn(move || feed(shared))
                 .map_err(|e| Error::io("could not start a queue feeder thread", e))?;
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Takes this queue's shared mutex, stops this process (SIGSTOP) while
+    /// holding it, and lets it go when the process is continued: the
+    /// stalled peer of the tests. Not part of the API.
+    #[doc(hidden)]
+    pub fn __hold_lock_stopped(&self) -> Result<()> {
+        self.shared.ring.hold_lock_stopped()
     }
 
     /// The descriptor readable after a put while async getters wait.
@@ -656,7 +703,27 @@ fn outboxes() -> &'static Mutex<Vec<Weak<Outbox>>> {
             const STALL: Duration = Duration::from_secs(5);
             let boxes = outboxes().lock().clone();
             for b in boxes.iter().filter_map(Weak::upgrade) {
-                let mut items = b.items.lock();
+                // A put holds the outbox while it tries the ring's mutex,
+                // which is bounded (see `Queue::send`); the exit does not
+                // count on it all the same.
+                let since = Instant::now();
+                let items = loop {
+                    if let Some(items) = b.items.try_lock_for(Duration::from_millis(50)) {
+                        break Some(items);
+                    }
+                    if since.elapsed() >= STALL {
+                        break None;
+                    }
+                };
+                let Some(mut items) = items else {
+                    report!(
+                        ERROR, pid = std::process::id();
+                        "multiproc: process {} exits with a queue outbox held by another thread \
+                         for {STALL:?}; its items are dropped",
+                        std::process::id()
+                    );
+                    continue;
+                };
                 let (mut left, mut since) = (items.len(), Instant::now());
                 while items.feeder {
                     b.drained.wait_for(&mut items, Duration::from_millis(50));
@@ -665,8 +732,9 @@ fn outboxes() -> &'static Mutex<Vec<Weak<Outbox>>> {
                     } else if items.feeder && since.elapsed() >= STALL {
                         report!(
                             ERROR, pid = std::process::id(), dropped = items.len();
-                            "multiproc: process {} exits with {} queue item(s) no one took \
-                             for {STALL:?}; they are dropped",
+                            "multiproc: process {} exits with {} queue item(s) that did not \
+                             move into the queue for {STALL:?} (no one took any, or a stopped \
+                             process holds the queue's lock); they are dropped",
                             std::process::id(),
                             items.len()
                         );
@@ -810,19 +878,34 @@ impl<T: Serialize> Queue<T> {
                 Ok(fds) => fds,
                 Err(e) => return Err(PutError::Failed(value, e)),
             };
-            if !self.take_place(timeout) {
+            // Only a bounded queue's put has a deadline (for its place, and
+            // for the ring's mutex): an unbounded queue's put never waits.
+            let deadline = match timeout {
+                Some(t) if self.maxsize() != 0 => crate::deadline_after(t),
+                _ => None,
+            };
+            if !self.take_place(deadline) {
                 return Err(PutError::Timeout(value));
             }
             let m = self.mem();
             m.unfinished.fetch_add(1, Ordering::SeqCst);
             m.count.fetch_add(1, Ordering::SeqCst);
-            if let Err(e) = self.send(buf, fds) {
+            let undo = || {
                 m.count.fetch_sub(1, Ordering::SeqCst);
                 m.unfinished.fetch_sub(1, Ordering::SeqCst);
                 self.give_place();
-                return Err(PutError::Failed(value, e));
+            };
+            match self.send(buf, fds, deadline) {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    undo();
+                    Err(PutError::Timeout(value))
+                }
+                Err(e) => {
+                    undo();
+                    Err(PutError::Failed(value, e))
+                }
             }
-            Ok(())
         })
     }
 
@@ -849,7 +932,9 @@ impl<T: Serialize> Queue<T> {
     /// # Errors
     /// As [`put`](Queue::put), and [`PutError::Timeout`] when no place freed
     /// up in time (its error is [`ErrorKind::Timeout`], as for every timed
-    /// wait).
+    /// wait), or when, on a bounded queue, its shared memory stayed locked
+    /// by another process (a stopped one) that long. On an unbounded queue
+    /// it is [`put`](Queue::put): it never waits.
     pub fn put_timeout(&self, value: T, timeout: Duration) -> std::result::Result<(), PutError<T>> {
         self.put_within(value, Some(timeout))
     }
@@ -857,7 +942,9 @@ impl<T: Serialize> Queue<T> {
     /// Puts `value` only if there is a free place now (Python's `put_nowait`).
     ///
     /// # Errors
-    /// As [`put`](Queue::put), and [`PutError::Full`] when the queue is full.
+    /// As [`put`](Queue::put), and [`PutError::Full`] when the queue is full
+    /// (or, a bounded queue, its shared memory stayed locked by another
+    /// process for the couple of milliseconds a put waits for it).
     pub fn put_nowait(&self, value: T) -> std::result::Result<(), PutError<T>> {
         match self.put_within(value, Some(Duration::ZERO)) {
             Err(PutError::Timeout(v)) => Err(PutError::Full(v)),

@@ -63,6 +63,8 @@ mod process;
 mod progress;
 #[path = "it/queue_ring.rs"]
 mod queue_ring;
+#[path = "it/queue_stuck_peer.rs"]
+mod queue_stuck_peer;
 #[path = "it/scheduling.rs"]
 mod scheduling;
 #[path = "it/seccomp.rs"]

@@ -121,7 +121,12 @@ pub(super) enum LockWait {
     Try,
     /// Until this instant.
     Until(Instant),
-    /// As long as it takes.
+    /// For this long, counted from when the first quick tries failed (no
+    /// clock is read when the mutex is free).
+    For(Duration),
+    /// As long as it takes: only for a caller that may block (a get
+    /// without timeout), never for a put: a holder that is stopped, not
+    /// dead, keeps the mutex for as long as it stays stopped.
     Forever,
 }
 
@@ -235,8 +240,20 @@ impl Ring {
         match wait {
             LockWait::Try => Ok(None),
             LockWait::Until(d) => self.lock(Some(d.saturating_duration_since(Instant::now()))),
+            LockWait::For(d) => self.lock(Some(d)),
             LockWait::Forever => self.lock(None),
         }
+    }
+
+    /// Takes the mutex, stops this process (SIGSTOP) while holding it, and
+    /// lets it go once continued: a test's stalled peer.
+    pub(super) fn hold_lock_stopped(&self) -> Result<()> {
+        let held = self.lock(None)?;
+        // SAFETY: raise sends a signal to the calling thread; it touches no
+        // memory.
+        unsafe { libc::raise(libc::SIGSTOP) };
+        drop(held);
+        Ok(())
     }
 
     /// Head and tail, checked: `head <= tail <= head + CAP`.
@@ -300,35 +317,41 @@ impl Ring {
     }
 
     /// Puts one record of `bytes` (at most [`RECORD_MAX`]), its `fds` sent
-    /// on `tx` as the record's message. False when there is no room now (in
-    /// the ring, or for the message in the socket).
+    /// on `tx` as the record's message, waiting for the mutex as `wait`
+    /// says. False when there is no room now (in the ring, or for the
+    /// message in the socket); `None` when the mutex stayed busy.
     pub(super) fn try_push(
         &self,
         bytes: &[u8],
         fds: &[OwnedFd],
         tx: BorrowedFd<'_>,
-    ) -> Result<bool> {
-        Ok(self.try_push_each(1, |_| (bytes, fds), tx)? == 1)
+        wait: LockWait,
+    ) -> Result<Option<bool>> {
+        Ok(self.try_push_each(1, |_| (bytes, fds), tx, wait)?.map(|n| n == 1))
     }
 
     /// Puts the records `item(0)`, `item(1)`, … `item(n - 1)` in order,
     /// under one hold of the mutex, as many as there is room for now; how
-    /// many went in. Each is committed on its own (its own `tail` store), so
-    /// a producer killed mid-batch leaves the records before it whole and at
+    /// many went in, or `None` when the mutex stayed busy for all of
+    /// `wait`. Each is committed on its own (its own `tail` store), so a
+    /// producer killed mid-batch leaves the records before it whole and at
     /// most one socket message orphaned, as a single put does.
     pub(super) fn try_push_each<'a>(
         &self,
         n: usize,
         item: impl Fn(usize) -> (&'a [u8], &'a [OwnedFd]),
         tx: BorrowedFd<'_>,
-    ) -> Result<usize> {
+        wait: LockWait,
+    ) -> Result<Option<usize>> {
         let h = self.header();
         let mut pushed = 0;
         {
             // A holder keeps the mutex for well under a microsecond: spin
             // for it first, so that neither side sleeps in the kernel and
-            // has to be woken by the other's unlock.
-            let Some(_held) = self.lock_within(LockWait::Forever)? else { return Ok(0) };
+            // has to be woken by the other's unlock. A holder that keeps
+            // it longer is stopped or starved: the wait is bounded, and the
+            // caller hands the item to its feeder or gives up.
+            let Some(_held) = self.lock_within(wait)? else { return Ok(None) };
             let (head, mut tail) = self.bounds()?;
             while pushed < n {
                 let (bytes, fds) = item(pushed);
@@ -375,7 +398,7 @@ impl Ring {
         if pushed > 0 && h.sleepers.get_waiters.load(Ordering::SeqCst) != 0 {
             sys::futex_wake(&h.put.put_seq, i32::try_from(pushed).unwrap_or(i32::MAX));
         }
-        Ok(pushed)
+        Ok(Some(pushed))
     }
 
     /// Takes the record at the head, if any, its bytes into `buf` (cleared
@@ -499,9 +522,12 @@ impl Ring {
         h.sleepers.get_waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Pushes as [`try_push_each`](Self::try_push_each); when none fits,
-    /// sleeps until the ring has drained to [`LOW_WATER`] bytes, at most
-    /// `nap`, and returns 0.
+    /// Pushes as [`try_push_each`](Self::try_push_each), waiting for the
+    /// mutex at most `nap`; when none fits, sleeps until the ring has
+    /// drained to [`LOW_WATER`] bytes, at most `nap`, and returns 0. Returns
+    /// 0 too when the mutex stayed busy: no call here waits longer than
+    /// about two naps, so a feeder looks around (for its readers' end)
+    /// even while a stopped process holds the mutex.
     pub(super) fn push_each_or_wait<'a>(
         &self,
         n: usize,
@@ -509,9 +535,10 @@ impl Ring {
         tx: BorrowedFd<'_>,
         nap: Duration,
     ) -> Result<usize> {
-        let pushed = self.try_push_each(n, &item, tx)?;
-        if pushed > 0 {
-            return Ok(pushed);
+        match self.try_push_each(n, &item, tx, LockWait::For(nap))? {
+            Some(0) => {}
+            Some(pushed) => return Ok(pushed),
+            None => return Ok(0),
         }
         let h = self.header();
         // Wanted before the second look: a take after that look sees it
@@ -519,11 +546,12 @@ impl Ring {
         // sleep then returns at once) or made the room that look finds.
         h.sleepers.space_wanted.store(1, Ordering::SeqCst);
         let seq = h.get.take_seq.load(Ordering::SeqCst);
-        let r = self.try_push_each(n, &item, tx);
-        if matches!(r, Ok(0)) {
+        // (The mutex was just free: a short wait for it.)
+        let r = self.try_push_each(n, &item, tx, LockWait::For(nap));
+        if matches!(r, Ok(Some(0))) {
             sys::futex_wait(&h.get.take_seq, seq, Some(nap));
         }
-        r
+        Ok(r?.unwrap_or(0))
     }
 }
 
@@ -544,7 +572,7 @@ mod tests {
             sys::send_with_fds(tx.as_fd(), b"bad", &[], false).unwrap();
         }
         let fd = rx.try_clone().unwrap();
-        assert!(ring.try_push(b"x", &[fd], tx.as_fd()).unwrap());
+        assert_eq!(ring.try_push(b"x", &[fd], tx.as_fd(), LockWait::Forever).unwrap(), Some(true));
         let _held = ring.lock(None).unwrap().unwrap();
         let e = ring.take_message(rx.as_fd(), 0, 2).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
@@ -568,9 +596,12 @@ mod tests {
         let items: Vec<Vec<u8>> = (0..300u32).map(|i| vec![i as u8; 1000]).collect();
         // 1016 bytes a record: 258 fit in the ring.
         let fit = CAP / record_len(1000) as usize;
-        let n = ring.try_push_each(items.len(), |i| (&items[i][..], &[][..]), tx.as_fd()).unwrap();
-        assert_eq!(n, fit);
-        assert_eq!(ring.try_push_each(1, |_| (&[1u8][..], &[][..]), tx.as_fd()).unwrap(), 0);
+        let n = ring
+            .try_push_each(items.len(), |i| (&items[i][..], &[][..]), tx.as_fd(), LockWait::Forever)
+            .unwrap();
+        assert_eq!(n, Some(fit));
+        let more = ring.try_push_each(1, |_| (&[1u8][..], &[][..]), tx.as_fd(), LockWait::Forever);
+        assert_eq!(more.unwrap(), Some(0));
         for (i, want) in items.iter().take(fit).enumerate() {
             assert_eq!(pop(&ring, rx.as_fd()).as_ref(), Some(want), "record {i}");
         }
@@ -604,7 +635,10 @@ mod tests {
         // Let them reach the futex (one that has not returns at once anyway).
         std::thread::sleep(Duration::from_millis(50));
         let items: Vec<Vec<u8>> = (0..GETTERS as u8).map(|i| vec![i; 8]).collect();
-        let n = ring.try_push_each(GETTERS, |i| (&items[i][..], &[][..]), tx.as_fd()).unwrap();
+        let n = ring
+            .try_push_each(GETTERS, |i| (&items[i][..], &[][..]), tx.as_fd(), LockWait::Forever)
+            .unwrap()
+            .unwrap();
         assert_eq!(n, GETTERS);
         for k in 0..GETTERS {
             woke_rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| {
@@ -624,7 +658,7 @@ mod tests {
         let ring = Ring::new().unwrap();
         let (tx, rx) = sys::message_pair().unwrap();
         let item = vec![7u8; 1000];
-        while ring.try_push(&item, &[], tx.as_fd()).unwrap() {}
+        while ring.try_push(&item, &[], tx.as_fd(), LockWait::Forever).unwrap() == Some(true) {}
         let used = |r: &Ring| {
             let (head, tail) = r.bounds().unwrap();
             tail - head
@@ -672,6 +706,7 @@ mod tests {
         assert_eq!(n, 0, "a woken feeder returns to try again");
         assert!(took < Duration::from_secs(15), "the feeder slept {took:?}, its whole nap");
         feeder.join().unwrap();
-        assert!(ring.try_push(&vec![1u8; RECORD_MAX], &[], tx.as_fd()).unwrap());
+        let big = vec![1u8; RECORD_MAX];
+        assert_eq!(ring.try_push(&big, &[], tx.as_fd(), LockWait::Forever).unwrap(), Some(true));
     }
 }
