@@ -31,6 +31,9 @@ fn stats_until(stats: impl Fn() -> PoolStats, done: impl Fn(&PoolStats) -> bool)
 fn a_pool_counts_each_workers_tasks_and_busy_time() {
     bounded(STARTUP, "stats of a map", || {
         let pool = Pool::new(2).unwrap();
+        // Both workers up first: on a loaded machine a worker that starts
+        // late could find the other has run all twenty.
+        stats_until(|| pool.stats(), |s| s.workers.iter().all(|w| w.pid.is_some()));
         let started = Instant::now();
         assert_eq!(pool.chunksize(1).map(nap, vec![10u64; 20]).unwrap().len(), 20);
         let wall = started.elapsed();
