@@ -1329,17 +1329,27 @@ fn workers_start_lazily_and_sequential_calls_reuse_one_idle_worker() {
     assert_eq!(read_lines(&log), [pids[0].to_string()], "workers started");
 }
 
-#[test]
-fn sequential_calls_reuse_one_idle_thread() {
-    // CPython's test_idle_thread_reuse.
+/// A thread executor whose initializer counts the threads it starts.
+fn counted_thread_executor(max_workers: Option<usize>) -> (ThreadPoolExecutor, Arc<AtomicUsize>) {
     let starts = Arc::new(AtomicUsize::new(0));
     let s = starts.clone();
-    let ex = ThreadPoolExecutor::builder()
+    let mut b = ThreadPoolExecutor::builder();
+    if let Some(n) = max_workers {
+        b = b.max_workers(n);
+    }
+    let ex = b
         .initializer(move || {
             s.fetch_add(1, Ordering::SeqCst);
         })
         .build()
         .unwrap();
+    (ex, starts)
+}
+
+#[test]
+fn sequential_calls_reuse_one_idle_thread() {
+    // CPython's test_idle_thread_reuse.
+    let (ex, starts) = counted_thread_executor(None);
     let ids: Vec<_> = (0..3)
         .map(|_| {
             ex.submit(|()| thread::current().id(), ()).unwrap().result_timeout(PROMPT).unwrap()
@@ -1357,15 +1367,7 @@ fn a_thread_executor_never_starts_a_second_thread_for_sequential_calls() {
     // the one job counted twice and a second thread started (seen once in
     // CI). Many short rounds make that window likely to be hit.
     for round in 0..2000 {
-        let starts = Arc::new(AtomicUsize::new(0));
-        let s = starts.clone();
-        let ex = ThreadPoolExecutor::builder()
-            .max_workers(4)
-            .initializer(move || {
-                s.fetch_add(1, Ordering::SeqCst);
-            })
-            .build()
-            .unwrap();
+        let (ex, starts) = counted_thread_executor(Some(4));
         for _ in 0..4 {
             ex.submit(|()| (), ()).unwrap().result_timeout(PROMPT).unwrap();
         }
@@ -1438,15 +1440,7 @@ fn a_saturated_executor_runs_exactly_max_workers_workers() {
 
 #[test]
 fn a_saturated_thread_executor_runs_exactly_max_workers_threads() {
-    let starts = Arc::new(AtomicUsize::new(0));
-    let s = starts.clone();
-    let ex = ThreadPoolExecutor::builder()
-        .max_workers(4)
-        .initializer(move || {
-            s.fetch_add(1, Ordering::SeqCst);
-        })
-        .build()
-        .unwrap();
+    let (ex, starts) = counted_thread_executor(Some(4));
     let mut gate = Gate::new();
     let (tx, rx) = mpsc::channel();
     let held: Vec<_> = (0..4)
@@ -1598,15 +1592,7 @@ fn an_initializer_that_kills_its_worker_is_not_retried_forever() {
 
 #[test]
 fn thread_initializer_runs_once_per_thread_and_its_failure_fails_the_calls() {
-    let starts = Arc::new(AtomicUsize::new(0));
-    let s = starts.clone();
-    let ex = ThreadPoolExecutor::builder()
-        .max_workers(2)
-        .initializer(move || {
-            s.fetch_add(1, Ordering::SeqCst);
-        })
-        .build()
-        .unwrap();
+    let (ex, starts) = counted_thread_executor(Some(2));
     let fs: Vec<_> = (0..20u64).map(|i| ex.submit(move |()| i, ()).unwrap()).collect();
     for (i, f) in fs.iter().enumerate() {
         assert_eq!(f.result_timeout(PROMPT).unwrap(), i as u64);

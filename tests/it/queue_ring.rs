@@ -555,12 +555,7 @@ fn a_stalled_exit_flush_gives_up_and_names_every_item_it_drops() {
     assert!(p.join_timeout(Duration::from_secs(30)).unwrap(), "the exit flush hung");
     assert_eq!(p.exitcode(), Some(0));
     let err = std::fs::read_to_string(&path).unwrap();
-    let dropped: u64 = err
-        .split("exits with ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no exit-flush message naming a count in: {err:?}"));
+    let dropped = crate::support::exit_flush_dropped(&err);
     // What did go in is there, in order, then nothing.
     let mut got = 0;
     while let Ok((i, b)) = q.get_timeout(Duration::from_millis(300)) {

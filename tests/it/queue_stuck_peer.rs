@@ -184,12 +184,7 @@ fn an_exit_behind_a_stopped_holder_is_bounded_and_names_what_it_drops() {
     assert_eq!(p.exitcode(), Some(0));
     assert!(t.elapsed() >= Duration::from_secs(4), "the flush waited {:?}", t.elapsed());
     let err = std::fs::read_to_string(&path).unwrap();
-    let dropped: u64 = err
-        .split("exits with ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no exit-flush message naming a count in: {err:?}"));
+    let dropped = crate::support::exit_flush_dropped(&err);
     assert_eq!(dropped, EXIT_N, "the message: {err:?}");
     holder.kill();
     // None of them went in.

@@ -364,3 +364,14 @@ pub(crate) fn alone() -> bool {
     );
     false
 }
+
+/// The count of items a process's exit flush reports it dropped, read from
+/// its standard error (`… exits with N queue item(s) …`).
+pub(crate) fn exit_flush_dropped(stderr: &str) -> u64 {
+    stderr
+        .split("exits with ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exit-flush message naming a count in: {stderr:?}"))
+}
