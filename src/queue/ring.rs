@@ -249,11 +249,10 @@ impl Ring {
     /// lets it go once continued: a test's stalled peer.
     pub(super) fn hold_lock_stopped(&self) -> Result<()> {
         let held = self.lock(None)?;
-        // SAFETY: raise sends a signal to the calling thread; it touches no
-        // memory.
-        unsafe { libc::raise(libc::SIGSTOP) };
+        let stopped = sys::kill(std::process::id(), sys::SIGSTOP)
+            .map_err(|e| Error::io("could not stop this process", e));
         drop(held);
-        Ok(())
+        stopped
     }
 
     /// Head and tail, checked: `head <= tail <= head + CAP`.

@@ -295,6 +295,7 @@ pub(crate) fn kill(pid: u32, signal: i32) -> io::Result<()> {
 
 pub(crate) const SIGTERM: i32 = Signal::TERM.as_raw();
 pub(crate) const SIGKILL: i32 = Signal::KILL.as_raw();
+pub(crate) const SIGSTOP: i32 = Signal::STOP.as_raw();
 
 /// Flags for a send that never raises SIGPIPE; `wait == false` never blocks.
 fn send_flags(wait: bool) -> rustix::net::SendFlags {
