@@ -706,16 +706,7 @@ fn outboxes() -> &'static Mutex<Vec<Weak<Outbox>>> {
                 // A put holds the outbox while it tries the ring's mutex,
                 // which is bounded (see `Queue::send`); the exit does not
                 // count on it all the same.
-                let since = Instant::now();
-                let items = loop {
-                    if let Some(items) = b.items.try_lock_for(Duration::from_millis(50)) {
-                        break Some(items);
-                    }
-                    if since.elapsed() >= STALL {
-                        break None;
-                    }
-                };
-                let Some(mut items) = items else {
+                let Some(mut items) = b.items.try_lock_for(STALL) else {
                     report!(
                         ERROR, pid = std::process::id();
                         "multiproc: process {} exits with a queue outbox held by another thread \
