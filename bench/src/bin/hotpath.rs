@@ -8,6 +8,7 @@
 //! hotpath t1 N   # as w1, on a ThreadPool of 2
 //! hotpath t3 N   # as w3, on a ThreadPool of 2
 //! hotpath w7 N   # N Process::start of a no-op, then join all (W7.procs)
+//! hotpath w8 N   # pool.map(sum, N buffers of 8 MiB as Bytes) (W8.bytebuf)
 //! hotpath codec N # no pool: 0..N as varints into one buffer and back, the
 //!                 # least work any postcard wire does for W2's items: the
 //!                 # ceiling that encoding puts on W2 (`--time` prints ns/item)
@@ -18,12 +19,13 @@
 //! work of the extra tasks alone. The result is checked, so a run that
 //! counts instructions also proves it did the work.
 
-use multiproc::{Pool, Process, ThreadPool};
+use multiproc::{Bytes, Pool, Process, ThreadPool};
 
 const USAGE: &str = "usage: hotpath WORKLOAD N
   WORKLOAD  w1 (Pool.apply), w3 (Pool.apply_async, wait all), w2 (Pool.map,
             default chunksize), t1 (ThreadPool.apply), t3 (ThreadPool.apply_async),
             w7 (Process.start of a no-op N times, then join all),
+            w8 (Pool.map of a byte sum over N 8 MiB Bytes buffers),
             codec (varint-encode 0..N and decode it, no pool; --time prints ns/item)
   N         tasks (items for w2), at most 100000000";
 
@@ -57,6 +59,7 @@ fn main() {
         "t1" => t1,
         "t3" => t3,
         "w7" => w7,
+        "w8" => w8,
         "codec" => codec,
         _ => {
             eprintln!("unknown workload {workload:?}\n{USAGE}");
@@ -184,6 +187,30 @@ fn w7(n: u64) -> R {
         return Err(format!("w7: {bad} processes did not exit with 0"));
     }
     Ok(())
+}
+
+fn byte_sum(buf: Bytes) -> u64 {
+    buf.iter().map(|&b| u64::from(b)).sum()
+}
+
+/// W8.bytebuf: `n` buffers of 8 MiB, each byte its index's low bits (and
+/// never 0, so that no buffer is the allocator's untouched zero pages),
+/// through `map` as [`Bytes`]; each buffer's byte sum checked.
+fn w8(n: u64) -> R {
+    const SIZE: usize = 8 << 20;
+    let fill = |i: u64| i as u8 | 1;
+    let bufs: Vec<Bytes> = (0..n).map(|i| Bytes::from(vec![fill(i); SIZE])).collect();
+    let pool = process_pool()?;
+    let start = std::time::Instant::now();
+    let sums = pool.map(byte_sum, bufs).map_err(e)?;
+    let s = start.elapsed().as_secs_f64();
+    for (i, sum) in sums.into_iter().enumerate() {
+        if sum != u64::from(fill(i as u64)) * SIZE as u64 {
+            return Err(format!("w8: buffer {i} summed to {sum}"));
+        }
+    }
+    eprintln!("w8 {n}: map {:.1} ms, {:.2} GB/s", s * 1e3, (n as f64 * SIZE as f64) / s / 1e9);
+    finish(pool)
 }
 
 /// The floor under W2's codec: each item of `0..n` as a LEB128 varint (what
