@@ -1,15 +1,21 @@
-//! `Bytes`: a byte buffer that crosses to another process as one blob.
+//! `Bytes`: a byte buffer that crosses to another process as one blob, and
+//! that a receiver may read straight from the sender's shared memory.
 //!
 //! (What to use for large binary data is told in [`Bytes`]'s documentation.)
 
 use std::any::TypeId;
+use std::cell::RefCell;
+use std::cmp::Ordering;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
 use serde::{Serialize, Serializer};
+
+use crate::wire::Mapped;
 
 /// A byte buffer that serializes as one blob, not byte by byte: the type for
 /// binary data sent to other processes.
@@ -27,13 +33,20 @@ use serde::{Serialize, Serializer};
 /// - Nothing to do for size: a message larger than 4 MiB (a
 ///   task's arguments or results, a queue item, a pipe message) travels in a
 ///   sealed anonymous shared-memory file that the receiver maps, not through
-///   the socket, whatever its type.
+///   the socket, whatever its type. A `Bytes` of 64 KiB or more decoded from
+///   such a message (a task's argument in the worker, its result in the
+///   parent, a queue item; not yet a pipe message) is not copied out of it
+///   at all: it is a read-only view of the mapped pages
+///   ([`Bytes::is_shared`]), which stay mapped until the last `Bytes` that
+///   views them is dropped. Writing to one (`DerefMut`,
+///   [`as_mut_vec`](Bytes::as_mut_vec)) first copies it into a buffer of its
+///   own.
 /// - [`Array`](crate::Array) for data that several processes read or write
 ///   in place: passing one to a task or a process sends a handle, and the
 ///   other side maps the same pages; nothing is copied at all.
 ///
-/// Derefs to `[u8]` (and mutably to `Vec<u8>`'s slice); converts from and into
-/// `Vec<u8>` without a copy.
+/// Derefs to `[u8]` (and mutably to a buffer of its own); converts from
+/// `Vec<u8>`, and into one when it is not shared, without a copy.
 ///
 /// # Examples
 ///
@@ -47,32 +60,110 @@ use serde::{Serialize, Serializer};
 /// assert_eq!(pool.apply(sum, buf)?, 1 << 20);
 /// # Ok::<(), multiproc::Error>(())
 /// ```
-#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Bytes(Vec<u8>);
+#[derive(Clone, Default)]
+pub struct Bytes(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Own(Vec<u8>),
+    /// `len` bytes at `start` of a message's mapped body file.
+    Shared {
+        map: Arc<Mapped>,
+        start: usize,
+        len: usize,
+    },
+}
+
+impl Default for Repr {
+    fn default() -> Repr {
+        Repr::Own(Vec::new())
+    }
+}
 
 impl Bytes {
     /// An empty buffer.
     pub fn new() -> Bytes {
-        Bytes(Vec::new())
+        Bytes(Repr::Own(Vec::new()))
     }
 
-    /// The bytes, as the `Vec` they are kept in.
+    /// The bytes, as a `Vec`: the one they are kept in, or a copy of the
+    /// shared memory they view.
     pub fn into_vec(self) -> Vec<u8> {
-        self.0
+        match self.0 {
+            Repr::Own(v) => v,
+            Repr::Shared { .. } => self.to_vec(),
+        }
     }
 
-    /// The `Vec` the bytes are kept in, to grow or shrink it.
+    /// The `Vec` the bytes are kept in, to grow or shrink it (made first,
+    /// by a copy, when they view shared memory).
     pub fn as_mut_vec(&mut self) -> &mut Vec<u8> {
-        &mut self.0
+        if let Repr::Shared { .. } = self.0 {
+            self.0 = Repr::Own(self.to_vec());
+        }
+        match &mut self.0 {
+            Repr::Own(v) => v,
+            Repr::Shared { .. } => unreachable!("made a vector above"),
+        }
     }
+
+    /// True when the bytes are a read-only view of a received message's
+    /// shared memory, not a buffer of their own: a large `Bytes` decoded
+    /// from a message that travelled in a shared-memory file. The whole
+    /// file stays mapped while any `Bytes` viewing it lives.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.0, Repr::Shared { .. })
+    }
+}
+
+/// The least length of a `Bytes` decoded as a view of shared memory rather
+/// than a copy: below it the copy costs less than keeping a whole message's
+/// file mapped for it.
+const SHARE_FROM: usize = 64 << 10;
+
+thread_local! {
+    /// The mapped body file being decoded on this thread, if any: what a
+    /// `Bytes` decoded from its bytes may view instead of copying.
+    static SOURCE: RefCell<Option<Arc<Mapped>>> = const { RefCell::new(None) };
+}
+
+/// While it lives, `Bytes` decoded on this thread from the bytes of `map`
+/// view them instead of copying them (see [`SOURCE`]). Nests: the source
+/// before is back when it is dropped.
+pub(crate) fn share_from(map: Option<Arc<Mapped>>) -> ShareFrom {
+    ShareFrom(SOURCE.with(|s| s.replace(map)))
+}
+
+/// See [`share_from`].
+pub(crate) struct ShareFrom(Option<Arc<Mapped>>);
+
+impl Drop for ShareFrom {
+    fn drop(&mut self) {
+        let before = self.0.take();
+        SOURCE.with(|s| *s.borrow_mut() = before);
+    }
+}
+
+/// `v` as a view of the mapping being decoded, when it is large enough and
+/// lies inside it.
+fn shared(v: &[u8]) -> Option<Bytes> {
+    if v.len() < SHARE_FROM {
+        return None;
+    }
+    SOURCE.with(|s| {
+        let s = s.borrow();
+        let map = s.as_ref()?;
+        let start = map.offset_of(v)?;
+        Some(Bytes(Repr::Shared { map: map.clone(), start, len: v.len() }))
+    })
 }
 
 impl fmt::Debug for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // A buffer may hold megabytes: show its length and a few bytes.
         const SHOWN: usize = 16;
-        write!(f, "Bytes({} bytes: {:02x?}", self.0.len(), &self.0[..self.0.len().min(SHOWN)])?;
-        if self.0.len() > SHOWN {
+        write!(f, "Bytes({} bytes: {:02x?}", self.len(), &self[..self.len().min(SHOWN)])?;
+        if self.len() > SHOWN {
             f.write_str("…")?;
         }
         f.write_str(")")
@@ -82,49 +173,80 @@ impl fmt::Debug for Bytes {
 impl Deref for Bytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.0
+        match &self.0 {
+            Repr::Own(v) => v,
+            Repr::Shared { map, start, len } => &map.bytes()[*start..*start + *len],
+        }
     }
 }
 
 impl DerefMut for Bytes {
     fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.0
+        self.as_mut_vec()
     }
 }
 
 impl AsRef<[u8]> for Bytes {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        self
+    }
+}
+
+impl PartialEq for Bytes {
+    fn eq(&self, other: &Bytes) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Bytes {}
+
+impl PartialOrd for Bytes {
+    fn partial_cmp(&self, other: &Bytes) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Bytes {
+    fn cmp(&self, other: &Bytes) -> Ordering {
+        (**self).cmp(&**other)
+    }
+}
+
+impl Hash for Bytes {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        (**self).hash(h)
     }
 }
 
 impl From<Vec<u8>> for Bytes {
     fn from(v: Vec<u8>) -> Bytes {
-        Bytes(v)
+        Bytes(Repr::Own(v))
     }
 }
 
 impl From<&[u8]> for Bytes {
     fn from(v: &[u8]) -> Bytes {
-        Bytes(v.to_vec())
+        Bytes(Repr::Own(v.to_vec()))
     }
 }
 
 impl From<Bytes> for Vec<u8> {
     fn from(b: Bytes) -> Vec<u8> {
-        b.0
+        b.into_vec()
     }
 }
 
 impl Serialize for Bytes {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
+        s.serialize_bytes(self)
     }
 }
 
 impl<'de> Deserialize<'de> for Bytes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
-        d.deserialize_byte_buf(BytesVisitor)
+        // `deserialize_bytes`, not `_byte_buf`: a format that reads from a
+        // buffer hands out a borrow of it, which may be shared memory.
+        d.deserialize_bytes(BytesVisitor)
     }
 }
 
@@ -137,16 +259,20 @@ impl<'de> Visitor<'de> for BytesVisitor {
         f.write_str("a byte buffer")
     }
 
+    fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Bytes, E> {
+        Ok(shared(v).unwrap_or_else(|| Bytes::from(v)))
+    }
+
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
-        Ok(Bytes(v.to_vec()))
+        Ok(Bytes::from(v))
     }
 
     fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
-        Ok(Bytes(v))
+        Ok(Bytes::from(v))
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Bytes, E> {
-        Ok(Bytes(v.as_bytes().to_vec()))
+        Ok(Bytes::from(v.as_bytes()))
     }
 
     /// Formats that write bytes as a sequence (JSON, say) still decode.
@@ -156,7 +282,7 @@ impl<'de> Visitor<'de> for BytesVisitor {
         while let Some(b) = seq.next_element()? {
             v.push(b);
         }
-        Ok(Bytes(v))
+        Ok(Bytes::from(v))
     }
 }
 
@@ -479,6 +605,54 @@ mod tests {
         let bytes = crate::codec::encode(&h).unwrap();
         assert_eq!(bytes, postcard::to_allocvec(&h).unwrap());
         assert_eq!(crate::codec::decode::<Halves>(&bytes).unwrap(), h);
+    }
+
+    /// Decoded from a mapped file while it is the source: large `Bytes` in
+    /// it view it, small ones and ones from other bytes are copied, and a
+    /// view outlives both the source and the decoder's own hold.
+    #[test]
+    fn large_bytes_from_the_mapped_source_view_it() {
+        let big: Vec<u8> = (0..SHARE_FROM as u32 + 5).map(|i| (i % 251) as u8).collect();
+        let value = (7u32, Bytes::from(big.clone()), Bytes::from(vec![1u8, 2, 3]));
+        let body = crate::codec::encode(&value).unwrap();
+        let file = crate::sys::memfd_frozen(&[&body]).unwrap();
+        let map =
+            Arc::new(Mapped::open(file, body.len(), "test").unwrap_or_else(|v| panic!("{}", v.0)));
+        // Not the source: copies.
+        let copied: (u32, Bytes, Bytes) = crate::codec::decode(map.bytes()).unwrap();
+        assert!(!copied.1.is_shared());
+        let (n, large, small): (u32, Bytes, Bytes) = {
+            let _source = share_from(Some(map.clone()));
+            // The same bytes, elsewhere: not inside the source, copied.
+            let elsewhere: (u32, Bytes, Bytes) = crate::codec::decode(&body).unwrap();
+            assert!(!elsewhere.1.is_shared());
+            {
+                // Nested: another source, then this one back.
+                let _other = share_from(None);
+                let inner: (u32, Bytes, Bytes) = crate::codec::decode(map.bytes()).unwrap();
+                assert!(!inner.1.is_shared());
+            }
+            crate::codec::decode(map.bytes()).unwrap()
+        };
+        assert_eq!(n, 7);
+        assert!(large.is_shared() && !small.is_shared());
+        assert_eq!(large, copied.1);
+        assert_eq!(&*small, [1, 2, 3]);
+        // The view keeps the mapping alive.
+        drop(map);
+        assert!(*large == big[..]);
+        let clone = large.clone();
+        assert!(clone.is_shared() && clone == large);
+        // Writing copies first.
+        let mut written = large.clone();
+        written[0] ^= 0xff;
+        assert!(!written.is_shared() && large.is_shared());
+        assert_eq!(written[0], big[0] ^ 0xff);
+        assert_eq!(large[0], big[0]);
+        assert!(clone.into_vec() == big);
+        // Out of scope: copies again.
+        let after: (u32, Bytes, Bytes) = crate::codec::decode(&body).unwrap();
+        assert!(!after.1.is_shared());
     }
 
     #[test]

@@ -175,6 +175,10 @@ impl postcard::ser_flavors::Flavor for VecRef<'_> {
         // beats a call to memcpy for a few bytes. A blob (`Bytes`, a string)
         // is one memcpy.
         if data.len() > 16 {
+            // Megabytes go into a buffer whose pages exist already.
+            if data.len() >= crate::spare::FROM {
+                crate::spare::reserve(self.0, data.len());
+            }
             self.0.extend_from_slice(data);
         } else {
             self.0.extend(data.iter().copied());

@@ -118,6 +118,7 @@ mod process;
 pub mod progress;
 mod queue;
 mod shm;
+mod spare;
 mod spawn;
 pub mod stats;
 mod sync;

@@ -765,6 +765,9 @@ fn with_scratch<R>(
     let r = f(&mut buf);
     if buf.capacity() <= 2 * INLINE_MAX {
         let _ = slot.try_with(|s| s.set(buf));
+    } else {
+        // A large item's buffer, its bytes gone into a file by now.
+        crate::spare::give(buf);
     }
     r
 }
@@ -842,6 +845,9 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], mut fds: Vec<OwnedFd>) -> Result<T>
             let mapped = crate::wire::Mapped::open(file, len, "queue item").map_err(|v| {
                 fail(format!("{v} (not put by multiproc, or by an older version); it is refused"))
             })?;
+            // Large `Bytes` in the item view the file instead of copying it.
+            let mapped = std::sync::Arc::new(mapped);
+            let _share = crate::bytes::share_from(Some(mapped.clone()));
             fdpass::supply(fds, || crate::codec::decode(mapped.bytes()))
                 .map_err(|e| fail(e.to_string()))
         }

@@ -242,7 +242,13 @@ pub const FIGURES: &[FigureDef] = &[
     def("W7.procs", W::W7, "one process per task", "s", Lower),
     FigureDef { compared: false, ..def("W7.ratio", W::W7, "process-per-task / pool", "x", Lower) },
     def("W8", W::W8, "bytes moved through map", "GB/s", Higher),
-    def("W8.bytebuf", W::W8, "same, serde_bytes::ByteBuf args", "GB/s", Higher),
+    def(
+        "W8.bytebuf",
+        W::W8,
+        "same, bytes fast path (multiproc::Bytes; procspawn: serde_bytes::ByteBuf)",
+        "GB/s",
+        Higher,
+    ),
     def("W9", W::W9, "per panicking task", "us", Lower),
     FigureDef {
         summary: Summary::All,

@@ -58,6 +58,12 @@ pub fn checksum_bytes(buf: serde_bytes::ByteBuf) -> u64 {
     checksum(buf.into_vec())
 }
 
+/// The sum of a buffer's bytes, as multiproc's bytes fast path (its
+/// `Bytes`) carries it: read where it arrived, shared memory or not.
+pub fn checksum_blob(buf: multiproc::Bytes) -> u64 {
+    buf.iter().map(|&b| u64::from(b)).sum()
+}
+
 /// `count` buffers of `size` pseudo-random bytes.
 pub fn buffers(count: usize, size: usize) -> Vec<Vec<u8>> {
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;

@@ -211,7 +211,7 @@ pub(crate) struct Conn {
     more: bool,
     /// The body file of the last frame taken, mapped, with that frame's
     /// number; unmapped at the next frame or read.
-    mapped: Option<(u64, Mapped)>,
+    mapped: Option<(u64, Arc<Mapped>)>,
     /// Large bodies are read into buffers of their own (see
     /// [`Conn::own_large_bodies`]).
     own_bodies: bool,
@@ -623,7 +623,7 @@ impl Conn {
         let file = fds.remove(0);
         match Mapped::open(file, head.len, &kind_name(head.kind)) {
             Ok(m) => {
-                self.mapped = Some((self.taken, m));
+                self.mapped = Some((self.taken, Arc::new(m)));
                 Ok(Some((head.kind, Body::Mapped(self.taken), fds)))
             }
             Err(v) => {
@@ -705,7 +705,16 @@ impl Conn {
         }
     }
 
-    fn mapped_bytes(mapped: &Option<(u64, Mapped)>, frame: u64) -> &[u8] {
+    /// The mapped file of a frame's body, when it came in one: to keep
+    /// views of its bytes after the next frame (see [`crate::Bytes`]).
+    pub(crate) fn body_file(&self, body: &Body) -> Option<Arc<Mapped>> {
+        match (body, &self.mapped) {
+            (Body::Mapped(n), Some((m, file))) if n == m => Some(file.clone()),
+            _ => None,
+        }
+    }
+
+    fn mapped_bytes(mapped: &Option<(u64, Arc<Mapped>)>, frame: u64) -> &[u8] {
         match mapped {
             Some((n, m)) if *n == frame => m.bytes(),
             // A caller's bug, not the peer's: bodies are read before the

@@ -59,8 +59,12 @@ pub(crate) struct Mapped {
 }
 
 // SAFETY: a read-only mapping of a file no one can write (its seals are
-// checked): nothing ever changes the bytes it points to.
+// checked): nothing ever changes the bytes it points to, and it may be
+// unmapped from any thread.
 unsafe impl Send for Mapped {}
+// SAFETY: as above: `&Mapped` only reads bytes that never change, so
+// threads may read them at once (`Bytes` views shared across threads).
+unsafe impl Sync for Mapped {}
 
 impl Mapped {
     /// Maps `file`, which must be frozen and hold exactly `len` bytes. The
@@ -104,6 +108,14 @@ impl Mapped {
         // SAFETY: `ptr` maps `len` readable bytes of a file sealed against
         // shrinking and writing, for as long as `self` lives.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// Where `part` starts in [`bytes`](Mapped::bytes), when it lies wholly
+    /// inside them.
+    pub(crate) fn offset_of(&self, part: &[u8]) -> Option<usize> {
+        let (base, at) = (self.ptr as usize, part.as_ptr() as usize);
+        let start = at.checked_sub(base)?;
+        (start.checked_add(part.len())? <= self.len).then_some(start)
     }
 }
 

@@ -260,6 +260,8 @@ fn task_loop(conn: &mut Conn) {
     let mut waited = false;
     loop {
         let Some((kind, body, fds)) = recv_frame(conn, waited) else { return };
+        // Large `Bytes` arguments view the task's body file, not copies.
+        let _share = crate::bytes::share_from(conn.body_file(&body));
         let (b, out) = conn.body_and_output(body);
         let Ok(ToWorker::Task(t)) = ToWorker::decode(kind, b) else {
             return;

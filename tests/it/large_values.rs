@@ -156,8 +156,86 @@ fn a_large_queue_item_is_mapped_and_released() {
     let before = held();
     let mut p = start_daemon(Process::new(put_large, q.clone()));
     let item = q.get_timeout(STARTUP).unwrap();
-    assert!(item.into_vec() == pattern(LARGE, 4));
+    // Not copied out of the item's file: a view of its mapping, which lives
+    // as long as the item does.
+    assert!(item.is_shared(), "a large queue item was copied");
+    assert!(*item == pattern(LARGE, 4));
     assert!(p.join_timeout(STARTUP).unwrap());
+    assert_eq!(memfd_mapping_count(), before.1 + 1, "the item's mapping is gone while it lives");
+    drop(item);
     let now = held();
     assert_eq!((now.0, now.1), (before.0, before.1), "the item's file is still held");
+}
+
+/// A large `Bytes` argument a task keeps beyond its call (see [`keep`]).
+static KEPT: std::sync::Mutex<Option<Bytes>> = std::sync::Mutex::new(None);
+
+/// Whether the argument views shared memory, the mappings of multiproc
+/// files in this worker while it does, and its sum; keeps the argument.
+fn keep(b: Bytes) -> (bool, usize, u64) {
+    let sum = b.iter().map(|&x| u64::from(x)).sum();
+    let shared = b.is_shared();
+    *KEPT.lock().unwrap() = Some(b);
+    (shared, memfd_mapping_count(), sum)
+}
+
+/// The mappings of multiproc files in this worker while it still keeps the
+/// last argument, and once it has dropped it.
+fn release(_: u8) -> (usize, usize) {
+    let kept = memfd_mapping_count();
+    *KEPT.lock().unwrap() = None;
+    (kept, memfd_mapping_count())
+}
+
+/// Whether the argument viewed shared memory before and after a write to
+/// it, and the first byte after it.
+fn write_first(mut b: Bytes) -> (bool, bool, Bytes) {
+    let before = b.is_shared();
+    b[0] = b[0].wrapping_add(1);
+    (before, b.is_shared(), b)
+}
+
+fn sum_of(b: &[u8]) -> u64 {
+    b.iter().map(|&x| u64::from(x)).sum()
+}
+
+#[test]
+fn a_large_bytes_argument_is_a_view_of_the_task_file_until_its_last_owner_drops_it() {
+    if !crate::support::alone() {
+        return;
+    }
+    let shm = dev_shm();
+    let pool = Pool::new(1).unwrap();
+    let data = pattern(LARGE, 5);
+    // Through a file: decoded without a copy, as a view of its mapping.
+    let (shared, maps, sum) = pool.apply(keep, Bytes::from(data.clone())).unwrap();
+    assert!(shared, "a large argument was copied out of its file");
+    assert_eq!(maps, 1, "the worker's mappings while it views the task's file");
+    assert_eq!(sum, sum_of(&data), "the view holds other bytes than were sent");
+    // The next frame ends the worker's own hold on the file; the kept view
+    // keeps it mapped, and dropping that unmaps it.
+    assert_eq!(pool.apply(release, 0).unwrap(), (1, 0), "mappings while kept, after the drop");
+    // Through the socket: a buffer of its own.
+    let small = pattern(MIB, 6);
+    let (shared, _, sum) = pool.apply(keep, Bytes::from(small.clone())).unwrap();
+    assert!(!shared && sum == sum_of(&small), "a 1 MiB argument: shared {shared}");
+    assert_eq!(pool.apply(release, 0).unwrap(), (0, 0));
+    // A write to a view copies it first; the file's bytes stay as sent.
+    let (before, after, got) = pool.apply(write_first, Bytes::from(data.clone())).unwrap();
+    assert!(before && !after, "shared before the write {before}, after {after}");
+    assert_eq!(got[0], data[0].wrapping_add(1));
+    assert!(got[1..] == data[1..], "a written view changed other bytes");
+    // A large result, too, is a view of its file in the parent, whether
+    // the caller or the worker's own thread read it.
+    let before = memfd_mapping_count();
+    let got = pool.apply(reversed, Bytes::from(data.clone())).unwrap();
+    assert!(got.is_shared(), "a large result was copied out of its file");
+    let mapped = pool.map(reversed, vec![Bytes::from(data.clone()); 2]).unwrap();
+    assert!(mapped.iter().all(Bytes::is_shared), "a large map result was copied");
+    assert!(got.iter().rev().eq(data.iter()) && mapped[1] == got);
+    assert_eq!(memfd_mapping_count(), before + 3, "the results' mappings while they live");
+    drop((got, mapped));
+    assert_eq!(memfd_mapping_count(), before, "a result's mapping outlived it");
+    drop(pool);
+    assert_eq!(dev_shm(), shm, "something appeared in /dev/shm");
 }

@@ -3,15 +3,12 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use multiproc::{active_children, Pool, Process, ThreadPool};
-use serde_bytes::ByteBuf;
+use multiproc::{active_children, Bytes, Pool, Process, ThreadPool};
 
 use super::Runner;
 use crate::figures::{Contender, Sample, Status, Workload};
 use crate::params::Params;
-use crate::tasks::{
-    self, boom, checksum, checksum_bytes, getpid, inc, long_task, noop, secs, spin,
-};
+use crate::tasks::{self, boom, checksum, checksum_blob, getpid, inc, long_task, noop, secs, spin};
 use crate::{peak, procfs, stats};
 
 pub struct Multiproc;
@@ -264,7 +261,7 @@ fn w7(p: &Params) -> R<Vec<Sample>> {
 fn w8(p: &Params) -> R<Vec<Sample>> {
     let bufs = tasks::buffers(p.w8_buffers, p.w8_buf_bytes);
     let expected: Vec<u64> = bufs.iter().map(|b| checksum(b.clone())).collect();
-    let blobs: Vec<ByteBuf> = bufs.iter().cloned().map(ByteBuf::from).collect();
+    let blobs: Vec<Bytes> = bufs.iter().cloned().map(Bytes::from).collect();
     // Each pass on a pool of its own, started and warmed alike: the second
     // pass on one pool would find the first's buffers already faulted in,
     // in the parent and in the workers (Python's single pass starts cold).
@@ -277,7 +274,7 @@ fn w8(p: &Params) -> R<Vec<Sample>> {
     let pool_blobs = pool(2)?;
     warm(&pool_blobs, 2)?;
     let t = Instant::now();
-    let blob_sums = pool_blobs.map(checksum_bytes, blobs).map_err(e)?;
+    let blob_sums = pool_blobs.map(checksum_blob, blobs).map_err(e)?;
     let s_blobs = secs(t);
     if sums != expected || blob_sums != expected {
         return Err("wrong checksums".into());
@@ -285,7 +282,8 @@ fn w8(p: &Params) -> R<Vec<Sample>> {
     let gb = (p.w8_buffers * p.w8_buf_bytes) as f64 / 1e9;
     Ok(vec![
         Sample::ok("W8", gb / s).with_note("Vec<u8> arguments, default chunksize"),
-        Sample::ok("W8.bytebuf", gb / s_blobs).with_note("ByteBuf arguments, a fresh pool"),
+        Sample::ok("W8.bytebuf", gb / s_blobs)
+            .with_note("multiproc::Bytes arguments, a fresh pool"),
     ])
 }
 

@@ -172,6 +172,8 @@ pub(super) fn run(
         }
         match conn.try_next_frame() {
             Ok(Some((kind, body, fds))) => {
+                // Large `Bytes` results view the result's file, not copies.
+                let _share = crate::bytes::share_from(conn.body_file(&body));
                 let done = match FromWorker::decode(kind, conn.body(body)) {
                     Ok(FromWorker::Done(done)) => done,
                     // After READY a worker sends only results.

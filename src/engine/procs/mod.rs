@@ -232,7 +232,16 @@ impl ProcEngine {
             waited: false,
         };
         let args = match task.freeze() {
-            Some(frozen) => Args::Frozen(frozen),
+            Some(frozen) => {
+                // Its bytes are in the file: their buffer takes the next
+                // large encoding on this thread.
+                if let crate::wire::Chunk::Large(bytes) = chunk {
+                    if let Ok(bytes) = Arc::try_unwrap(bytes) {
+                        crate::spare::give(bytes);
+                    }
+                }
+                Args::Frozen(frozen)
+            }
             None => Args::Chunk(chunk),
         };
         Job { id, name, offset, args, fds, done, ticket }

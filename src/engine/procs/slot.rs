@@ -529,6 +529,8 @@ impl Worker {
                 Ok(None) => break,
                 Err(v) => return Some(self.protocol_error(core, &v.0)),
             };
+            // Large `Bytes` results view the result's file, not copies.
+            let _share = crate::bytes::share_from(self.conn.body_file(&body));
             let msg = match FromWorker::decode(kind, self.conn.body(body)) {
                 Ok(msg) => msg,
                 Err(v) => return Some(self.protocol_error(core, &v.0)),

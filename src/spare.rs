@@ -1,0 +1,97 @@
+//! One large buffer kept per thread between large messages.
+//!
+//! A message of megabytes is encoded into a buffer that, freshly allocated,
+//! has no pages yet: the encoder faults in and the kernel zeroes every page
+//! before the bytes are copied in, and the allocator hands the pages back
+//! when the buffer is freed (a 16 MiB chunk of `Bytes`: 4096 faults in the
+//! parent for each one). A buffer whose message has gone into its own
+//! shared-memory file (`wire::Frozen`, a queue's large item) is no longer
+//! needed; kept here instead of freed, it takes the next large encoding on
+//! the same thread, whose pages are then already there.
+//!
+//! Only one buffer is kept per thread, only one of at least [`FROM`] bytes
+//! and at most [`KEEP_MAX`]: a thread that once sent a large message holds
+//! at most that much more memory than it did.
+
+use std::cell::Cell;
+
+/// The least growth that takes the spare buffer.
+pub(crate) const FROM: usize = 1 << 20;
+
+/// The largest buffer kept.
+pub(crate) const KEEP_MAX: usize = 64 << 20;
+
+thread_local! {
+    static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// Makes room in `v` for `extra` more bytes, as `Vec::reserve` does, but
+/// into this thread's spare buffer (its bytes so far copied there) when
+/// that one is large enough and `v` is not.
+#[inline]
+pub(crate) fn reserve(v: &mut Vec<u8>, extra: usize) {
+    let Some(need) = v.len().checked_add(extra) else { return v.reserve(extra) };
+    if need <= v.capacity() {
+        return;
+    }
+    if need >= FROM {
+        // `try_with`: during a thread-local's destructor, no spare.
+        if let Ok(mut spare) = SPARE.try_with(Cell::take) {
+            if spare.capacity() >= need {
+                spare.clear();
+                spare.extend_from_slice(v);
+                std::mem::swap(v, &mut spare);
+            } else {
+                let _ = SPARE.try_with(|s| s.set(spare));
+            }
+        }
+    }
+    v.reserve(extra);
+}
+
+/// Keeps `v`, emptied, as this thread's spare buffer, when it is larger
+/// than the one kept now and within bounds; frees it otherwise.
+pub(crate) fn give(mut v: Vec<u8>) {
+    if v.capacity() < FROM || v.capacity() > KEEP_MAX {
+        return;
+    }
+    v.clear();
+    let _ = SPARE.try_with(|s| {
+        let kept = s.take();
+        s.set(if kept.capacity() >= v.capacity() { kept } else { v });
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_given_buffer_takes_the_next_large_growth_with_its_bytes() {
+        std::thread::spawn(|| {
+            let big = Vec::<u8>::with_capacity(4 * FROM);
+            let at = big.as_ptr();
+            give(big);
+            // Small growth leaves the spare alone.
+            let mut v = vec![1u8, 2, 3];
+            reserve(&mut v, 10);
+            assert_ne!(v.as_ptr(), at);
+            // Large growth takes it, and keeps what was written.
+            reserve(&mut v, 2 * FROM);
+            assert_eq!(v.as_ptr(), at);
+            assert_eq!(v, [1, 2, 3]);
+            // Taken: the next one allocates.
+            let mut w = Vec::new();
+            reserve(&mut w, 2 * FROM);
+            assert_ne!(w.as_ptr(), at);
+            // Too large to keep, and too small: freed.
+            give(Vec::with_capacity(KEEP_MAX + 1));
+            give(Vec::with_capacity(FROM - 1));
+            let mut x = Vec::new();
+            reserve(&mut x, FROM);
+            assert!(x.capacity() < KEEP_MAX);
+        })
+        .join()
+        .unwrap();
+    }
+}
