@@ -370,6 +370,27 @@ impl<T> Connection<T> {
         }
     }
 
+    /// Waits for the next message and hands its bytes and handles to `f`,
+    /// read where they are: a large body's mapped file is the source that
+    /// large `Bytes` in it view instead of copying (see [`crate::Bytes`]).
+    fn recv_with<R>(
+        &self,
+        timeout: Option<Duration>,
+        f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
+    ) -> Result<R> {
+        self.check(false)?;
+        let mut r = self.lock();
+        match Self::next_locked(&mut r, timeout)? {
+            Next::Kept(bytes, fds) => Ok(f(&bytes, fds)),
+            Next::Buffered(_, body, fds) => {
+                let _share = crate::bytes::share_from(r.conn.body_file(&body));
+                let out = f(r.conn.body(body), fds);
+                r.conn.compact();
+                Ok(out)
+            }
+        }
+    }
+
     /// Waits for the next message: one given back by a too-short
     /// `recv_bytes_into`, else the next frame in the channel.
     fn next_locked(r: &mut Reader, timeout: Option<Duration>) -> Result<Next> {
@@ -658,8 +679,7 @@ impl<T: DeserializeOwned> Connection<T> {
     }
 
     fn recv_within(&self, timeout: Option<Duration>) -> Result<T> {
-        let (bytes, fds) = self.recv_frame(timeout)?;
-        Self::decode_value(&bytes, fds)
+        self.recv_with(timeout, Self::decode_value)?
     }
 
     /// The value a message's bytes and handles encode.

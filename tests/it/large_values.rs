@@ -85,6 +85,7 @@ fn a_sender_killed_after_sending_large_messages_leaves_them_whole() {
     let mut p = start_daemon(Process::new(send_large, tx));
     let before = held();
     let first = rx.recv_timeout(STARTUP).unwrap();
+    assert!(first.is_shared(), "a large pipe message was copied out of its file");
     assert!(first.into_vec() == pattern(LARGE, 0));
     // The others are in the socket (or still being written: wait for them).
     assert!(eventually(STARTUP, || rx.poll(Some(Duration::ZERO)).unwrap()));
