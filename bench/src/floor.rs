@@ -4,7 +4,11 @@
 //!   blocking reads (the floor under W1's `apply` round trip);
 //! - the same, pipelined 64 deep (the floor under W3's throughput);
 //! - a round trip between two threads through a mutex and condvar (the floor
-//!   under T1, and under each thread hop inside a process pool).
+//!   under T1, and under each thread hop inside a process pool);
+//! - 16 buffers of 8 MiB, each written once into a fresh memory file, then
+//!   each mapped and its bytes summed, on one thread (the floor under
+//!   W8.bytebuf: the one copy a sender makes and the one read a receiver
+//!   makes, with no pool, no framing and no second process).
 //!
 //! The harness measures them before and after every run (into its results
 //! page); `cargo run --release -p multiproc-bench --bin floor` prints them alone.
@@ -36,7 +40,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Measures the three floors; one line each.
+/// Measures the four floors; one line each.
 pub fn measure() -> multiproc::Result<String> {
     let mut out = String::new();
     let (mut ours, theirs) = UnixStream::pair().expect("socketpair");
@@ -118,5 +122,65 @@ pub fn measure() -> multiproc::Result<String> {
         t.elapsed().as_secs_f64() * 1e6 / rounds as f64
     );
     h.join().unwrap();
+
+    let (copy, read) = memory_files(16, 8 << 20);
+    let _ = writeln!(
+        out,
+        "16 x 8 MiB, one copy each into a fresh memory file: {copy:.2} GB/s; mapped and summed: \
+         {read:.2} GB/s; both on 2 cores at best: {:.2} GB/s",
+        2.0 / (1.0 / copy + 1.0 / read)
+    );
     Ok(out)
+}
+
+/// Writes `count` buffers of `size` bytes, each once, into a fresh memory
+/// file (dropping the buffer after, as a pool's `map` drops its input), then
+/// maps each file and sums its bytes as W8.bytebuf's task does: the rates of
+/// the copy and of the read, in GB/s.
+fn memory_files(count: usize, size: usize) -> (f64, f64) {
+    let bufs: Vec<Vec<u8>> = (0..count).map(|i| vec![i as u8 | 1; size]).collect();
+    let t = Instant::now();
+    let files: Vec<std::fs::File> = bufs
+        .into_iter()
+        .map(|buf| {
+            // SAFETY: memfd_create takes a NUL-terminated name and flags; it
+            // returns a new descriptor or -1.
+            let fd = unsafe { libc::memfd_create(c"floor".as_ptr(), libc::MFD_CLOEXEC) };
+            assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+            // SAFETY: `fd` is a new descriptor that nothing else owns.
+            let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            std::os::unix::fs::FileExt::write_all_at(&file, &buf, 0).expect("write memory file");
+            file
+        })
+        .collect();
+    let copy = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut total = 0u64;
+    for file in files {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        // SAFETY: a fresh read-only mapping of `size` bytes of a file that
+        // is `size` long and that no one else can shrink (nobody else has it).
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd,
+                0,
+            )
+        };
+        assert!(p != libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        // SAFETY: `p` maps `size` readable bytes until the munmap below.
+        let bytes = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), size) };
+        total += bytes.iter().map(|&b| u64::from(b)).sum::<u64>();
+        // SAFETY: `p` is the mapping made above, of `size` bytes, and
+        // `bytes` is not used after this.
+        unsafe { libc::munmap(p, size) };
+    }
+    let read = t.elapsed().as_secs_f64();
+    let want: u64 = (0..count).map(|i| u64::from(i as u8 | 1) * size as u64).sum();
+    assert_eq!(total, want, "the memory files' bytes summed wrong");
+    let gb = (count * size) as f64 / 1e9;
+    (gb / copy, gb / read)
 }
