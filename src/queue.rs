@@ -25,7 +25,9 @@
 //! is stopped (SIGSTOP, a debugger) or starved, so a put that cannot take
 //! the mutex within a couple of milliseconds leaves its item to the feeder
 //! as well, and the feeder's own waits for it are bounded. A process
-//! flushes its outboxes when it exits, for a bounded time.
+//! flushes its outboxes when it exits, for a bounded time; the items it
+//! gives up on leave `qsize` and a `JoinableQueue`'s count of unfinished
+//! tasks.
 //!
 //! The feeder holds only the sending end of the socket: the receiving end
 //! lives in the handles. Once every handle in every process is gone, no one
@@ -244,6 +246,9 @@ struct Unsent {
     feeding: usize,
     /// A feeder thread is at work: puts queue behind it.
     feeder: bool,
+    /// The exit flush gave up on these items: the feeder drops them all,
+    /// takes them out of the queue's counts and ends (see `flush_at_exit`).
+    abandoned: bool,
 }
 
 impl Unsent {
@@ -272,6 +277,38 @@ impl Shared {
         register_outbox(&outbox);
         let wake = Arc::new(wake);
         Arc::new(Shared { tx, mem, ring, wake, outbox, closed: AtomicBool::new(false) })
+    }
+
+    /// Takes `n` items that will never reach the ring out of the counts
+    /// their puts added to: `qsize`, a `JoinableQueue`'s unfinished tasks
+    /// (or its `join` would wait for them forever) and a bounded queue's
+    /// free places.
+    fn uncount(&self, n: usize) {
+        let m = self.mem.get();
+        for _ in 0..n {
+            let _ = m.count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
+            let _ =
+                m.unfinished.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
+            if m.maxsize.load(Ordering::SeqCst) != 0 {
+                m.free.fetch_add(1, Ordering::SeqCst);
+                sys::futex_wake(&m.free, 1);
+            }
+        }
+        if n > 0 {
+            sys::futex_wake(&m.unfinished, i32::MAX);
+        }
+    }
+
+    /// Drops every item of this outbox not in the ring yet, the feeder's
+    /// `batch` and those queued behind it, and takes them out of the counts.
+    /// The number dropped.
+    fn drop_unsent(&self, items: &mut Unsent, batch: &mut Messages) -> usize {
+        let n = items.queued.len() + batch.len();
+        items.queued.clear();
+        batch.clear();
+        items.feeding = 0;
+        self.uncount(n);
+        n
     }
 
     /// After a commit: wakes the async getters, if any waits.
@@ -629,13 +666,25 @@ fn feed(s: Arc<Shared>) {
         let sent = loop {
             let n = batch.len().min(BATCH);
             match s.ring.push_each_or_wait(n, |i| batch.get(i), s.tx.as_fd(), NAP) {
-                Ok(0) => {}
-                Ok(n) => {
-                    s.committed();
-                    batch.advance(n);
-                    s.outbox.items.lock().feeding = batch.len();
-                    s.outbox.drained.notify_all();
-                    break Ok(());
+                Ok(moved) => {
+                    let mut items = s.outbox.items.lock();
+                    if moved > 0 {
+                        s.committed();
+                        batch.advance(moved);
+                        items.feeding = batch.len();
+                    }
+                    if items.abandoned {
+                        // The process is exiting without these items.
+                        s.drop_unsent(&mut items, &mut batch);
+                        items.feeder = false;
+                        s.outbox.drained.notify_all();
+                        return;
+                    }
+                    if moved > 0 {
+                        drop(items);
+                        s.outbox.drained.notify_all();
+                        break Ok(());
+                    }
                 }
                 Err(e) => break Err((e, false)),
             }
@@ -657,31 +706,14 @@ fn feed(s: Arc<Shared>) {
         if let Err((e, gone)) = sent {
             // These items cannot be delivered: take back what their puts counted.
             let dropped = if gone {
-                let mut items = s.outbox.items.lock();
                 // No one can ever read (every reader is gone): drop the rest too.
-                let n = items.queued.len() + batch.len();
-                items.queued.clear();
-                batch.clear();
-                items.feeding = 0;
-                n
+                s.drop_unsent(&mut s.outbox.items.lock(), &mut batch)
             } else {
                 batch.advance(1);
                 s.outbox.items.lock().feeding = batch.len();
+                s.uncount(1);
                 1
             };
-            for _ in 0..dropped {
-                let m = s.mem.get();
-                let _ =
-                    m.count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
-                let _ = m
-                    .unfinished
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
-                if m.maxsize.load(Ordering::SeqCst) != 0 {
-                    m.free.fetch_add(1, Ordering::SeqCst);
-                    sys::futex_wake(&m.free, 1);
-                }
-                sys::futex_wake(&m.unfinished, i32::MAX);
-            }
             report!(ERROR, dropped = dropped, error: display = e; "multiproc: {dropped} queue item(s) could not be sent and were dropped: {e}");
             if gone {
                 let mut items = s.outbox.items.lock();
@@ -721,13 +753,29 @@ fn outboxes() -> &'static Mutex<Vec<Weak<Outbox>>> {
                     if items.len() != left {
                         (left, since) = (items.len(), Instant::now());
                     } else if items.feeder && since.elapsed() >= STALL {
+                        // The feeder drops them and takes them out of the
+                        // queue's counts: left counted, they would keep
+                        // `qsize` up and a `JoinableQueue::join` waiting
+                        // forever. It looks at least once a nap (its waits
+                        // for the ring are that short), so this wait is brief.
+                        let dropped = items.len();
+                        items.abandoned = true;
+                        let until = Instant::now() + Duration::from_secs(1);
+                        while items.feeder && Instant::now() < until {
+                            b.drained.wait_for(&mut items, Duration::from_millis(50));
+                        }
+                        let counted = if items.feeder {
+                            "; the feeder did not answer, so they still count in qsize"
+                        } else {
+                            ""
+                        };
                         report!(
-                            ERROR, pid = std::process::id(), dropped = items.len();
+                            ERROR, pid = std::process::id(), dropped = dropped;
                             "multiproc: process {} exits with {} queue item(s) that did not \
                              move into the queue for {STALL:?} (no one took any, or a stopped \
-                             process holds the queue's lock); they are dropped",
+                             process holds the queue's lock); they are dropped{counted}",
                             std::process::id(),
-                            items.len()
+                            dropped
                         );
                         break;
                     }

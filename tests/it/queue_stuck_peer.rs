@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use multiproc::{ErrorKind, Process, PutError, Queue};
+use multiproc::{ErrorKind, JoinableQueue, Process, PutError, Queue};
 
 use crate::ipc_util::{
     assert_waited, bounded, eventually, join_ok, send_signal, start_daemon, timed, TempDir, PROMPT,
@@ -167,7 +167,9 @@ fn put_then_exit((q, path): (Queue<u64>, String)) {
 /// A process that exits with items it could not move into the queue (its
 /// feeder is kept out by a stopped holder) exits after the flush's stall
 /// limit, naming every item it drops: those in its outbox and the batch its
-/// feeder had taken.
+/// feeder had taken. The dropped items leave the queue's counts: once the
+/// holder is gone, `qsize` is 0 and a `JoinableQueue::join` returns, where
+/// it used to wait forever for tasks that no one could ever take.
 #[test]
 fn an_exit_behind_a_stopped_holder_is_bounded_and_names_what_it_drops() {
     if cfg!(feature = "tracing") {
@@ -175,7 +177,8 @@ fn an_exit_behind_a_stopped_holder_is_bounded_and_names_what_it_drops() {
     }
     let dir = TempDir::new();
     let path = dir.file("stderr");
-    let q = Queue::<u64>::new().unwrap();
+    let joinable = JoinableQueue::<u64>::new().unwrap();
+    let q: Queue<u64> = (*joinable).clone();
     let mut holder = StoppedHolder::start(&q);
     let mut p = start_daemon(Process::new(put_then_exit, (q.clone(), path.clone())));
     // The flush gives up after 5 s without progress.
@@ -187,8 +190,10 @@ fn an_exit_behind_a_stopped_holder_is_bounded_and_names_what_it_drops() {
     let dropped = crate::support::exit_flush_dropped(&err);
     assert_eq!(dropped, EXIT_N, "the message: {err:?}");
     holder.kill();
-    // None of them went in.
+    // None of them went in, and none is counted.
     assert!(q.get_timeout(Duration::from_millis(300)).unwrap_err().is_timeout());
+    assert_eq!(q.qsize(), 0);
+    assert!(joinable.join_timeout(PROMPT), "join waits for the dropped items");
 }
 
 /// Once the stopped holder is killed, the next locker finds its owner dead
