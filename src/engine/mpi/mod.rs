@@ -500,13 +500,54 @@ struct Service {
     world: comm::World,
 }
 
-static SERVICE: OnceLock<Result<Service>> = OnceLock::new();
+static SERVICE: StartOnce<Service> = StartOnce::new();
 static EXITING: AtomicBool = AtomicBool::new(false);
 
 fn service() -> &'static Service {
-    match SERVICE.get() {
-        Some(Ok(s)) => s,
-        _ => unreachable!("an MPI engine exists only once the service started"),
+    SERVICE.get().expect("an MPI engine exists only once the service started")
+}
+
+/// A value made at most once per process, whose making can fail. A failure
+/// that every later try would meet again (this process is not rank 0, a
+/// rank runs another build, MPI itself failed) is kept and returned to every
+/// later call. A timeout is not kept: a rank that did not answer the
+/// handshake in time may only have been slow to start, and the next pool
+/// asks again.
+struct StartOnce<T> {
+    made: OnceLock<T>,
+    /// Held while one call makes the value; the failure kept, if any.
+    failed: Mutex<Option<Error>>,
+}
+
+impl<T> StartOnce<T> {
+    const fn new() -> StartOnce<T> {
+        StartOnce { made: OnceLock::new(), failed: Mutex::new(None) }
+    }
+
+    fn get(&self) -> Option<&T> {
+        self.made.get()
+    }
+
+    fn get_or_try(&self, make: impl FnOnce() -> Result<T>) -> Result<&T> {
+        if let Some(v) = self.made.get() {
+            return Ok(v);
+        }
+        let mut failed = self.failed.lock();
+        if let Some(v) = self.made.get() {
+            return Ok(v);
+        }
+        if let Some(e) = failed.as_ref() {
+            return Err(e.clone());
+        }
+        match make() {
+            Ok(v) => Ok(self.made.get_or_init(|| v)),
+            Err(e) => {
+                if e.kind() != ErrorKind::Timeout {
+                    *failed = Some(e.clone());
+                }
+                Err(e)
+            }
+        }
     }
 }
 
@@ -517,9 +558,10 @@ impl Service {
 }
 
 /// Starts MPI on rank 0, checks that every rank is this build, and starts
-/// the service thread (once per process).
+/// the service thread (once per process; see [`StartOnce`] for what a
+/// failure leaves behind).
 fn start() -> Result<&'static Service> {
-    let made = SERVICE.get_or_init(|| {
+    SERVICE.get_or_try(|| {
         let world = {
             let mut c = comm::comm()?;
             let world = c.world();
@@ -535,8 +577,7 @@ fn start() -> Result<&'static Service> {
             .spawn(serve_ranks)
             .map_err(|e| Error::io("could not start the MPI service thread", e))?;
         Ok(Service { thread: thread.thread().clone(), current: Mutex::new(None), world })
-    });
-    made.as_ref().map_err(Clone::clone)
+    })
 }
 
 /// Asks each rank whether it is this build (bounded wait).
@@ -563,13 +604,11 @@ fn handshake(c: &mut comm::Comm) -> Result<()> {
             None if Instant::now() > deadline => {
                 let silent: Vec<String> =
                     (1..size).filter(|r| !answered[*r as usize]).map(|r| r.to_string()).collect();
-                return Err(Error::new(
-                    ErrorKind::Io,
-                    format!(
-                        "MPI ranks {} did not answer within 60 s; are they running this program?",
-                        silent.join(", ")
-                    ),
-                ));
+                return Err(Error::timeout(format!(
+                    "MPI ranks {} did not answer within 60 s; are they running this program? \
+                     (the next pool asks them again)",
+                    silent.join(", ")
+                )));
             }
             None => std::thread::sleep(Duration::from_micros(100)),
         }
@@ -642,8 +681,7 @@ fn serve_ranks() {
         if EXITING.load(Ordering::SeqCst) {
             return;
         }
-        let engine =
-            SERVICE.get().and_then(|s| s.as_ref().ok()).and_then(|s| s.current.lock().clone());
+        let engine = SERVICE.get().and_then(|s| s.current.lock().clone());
         let mut active = false;
         let sends_left;
         {
@@ -733,7 +771,7 @@ extern "C" fn at_exit() {
         return;
     }
     crate::executor::exit::finish_all();
-    if let Some(Ok(s)) = SERVICE.get() {
+    if let Some(s) = SERVICE.get() {
         if let Some(e) = s.current.lock().clone() {
             e.terminate();
         }
@@ -752,4 +790,43 @@ extern "C" fn at_exit() {
     }
     c.flush(Duration::from_secs(10));
     c.finalize();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    /// A handshake that timed out is tried again by the next call (a rank
+    /// may only have been slow to start); once made, the value stays.
+    #[test]
+    fn a_start_that_timed_out_is_tried_again() {
+        let once = StartOnce::<u32>::new();
+        let tries = Cell::new(0);
+        let timed_out = once.get_or_try(|| {
+            tries.set(tries.get() + 1);
+            Err(Error::timeout("MPI ranks 1 did not answer within 60 s"))
+        });
+        assert_eq!(timed_out.unwrap_err().kind(), ErrorKind::Timeout);
+        assert!(once.get().is_none());
+        let made = once.get_or_try(|| {
+            tries.set(tries.get() + 1);
+            Ok(7)
+        });
+        assert_eq!(made.copied().unwrap(), 7);
+        assert_eq!(once.get_or_try(|| unreachable!("made once")).copied().unwrap(), 7);
+        assert_eq!(tries.get(), 2);
+    }
+
+    /// A failure that every try would meet again is kept: later calls get
+    /// the same error without trying.
+    #[test]
+    fn a_start_that_failed_for_good_is_not_tried_again() {
+        let once = StartOnce::<u32>::new();
+        let first = once.get_or_try(|| Err(Error::build_mismatch("MPI rank 1")));
+        let kind = first.unwrap_err().kind();
+        let again = once.get_or_try(|| unreachable!("a kept failure is not retried"));
+        assert_eq!(again.unwrap_err().kind(), kind);
+        assert!(once.get().is_none());
+    }
 }
