@@ -35,10 +35,10 @@ use crate::wire::Mapped;
 ///   sealed anonymous shared-memory file that the receiver maps, not through
 ///   the socket, whatever its type. A `Bytes` of 64 KiB or more decoded from
 ///   such a message (a task's argument in the worker, its result in the
-///   parent, a queue item, a pipe message taken with `recv`) is not copied
-///   out of it at all: it is a read-only view of the mapped pages
-///   ([`Bytes::is_shared`]), which stay mapped until the last `Bytes` that
-///   views them is dropped. Writing to one (`DerefMut`,
+///   parent, a queue item, a pipe message taken with `recv` or
+///   `recv_async`) is not copied out of it at all: it is a read-only view
+///   of the mapped pages ([`Bytes::is_shared`]), which stay mapped until
+///   the last `Bytes` that views them is dropped. Writing to one (`DerefMut`,
 ///   [`as_mut_vec`](Bytes::as_mut_vec)) first copies it into a buffer of its
 ///   own.
 /// - [`Array`](crate::Array) for data that several processes read or write

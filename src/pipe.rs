@@ -427,34 +427,66 @@ impl<T> Connection<T> {
         }
     }
 
-    /// The next message if one is whole now, reading what the socket has
-    /// without blocking: the receive step of `recv_async`.
-    pub(crate) fn try_recv_frame(&self) -> Result<TryRecv> {
+    /// The next message's bytes and handles if one is whole now, reading
+    /// what the socket has without blocking: the receive step of
+    /// `recv_bytes_async`.
+    pub(crate) fn try_recv_frame(&self) -> Result<TryRecv<(Vec<u8>, Vec<OwnedFd>)>> {
         self.check(false)?;
         let Some(mut r) = self.reader.try_lock() else { return Ok(TryRecv::Busy) };
+        Ok(match Self::try_next_locked(&mut r)? {
+            None => TryRecv::Empty,
+            Some(Next::Kept(bytes, fds)) => TryRecv::Frame((bytes, fds)),
+            Some(Next::Buffered(_, body, fds)) => {
+                let bytes = r.conn.take_body(body);
+                r.conn.compact();
+                TryRecv::Frame((bytes, fds))
+            }
+        })
+    }
+
+    /// As [`try_recv_frame`](Self::try_recv_frame), handing the message's
+    /// bytes and handles to `f` where they are, as `recv_with` does: the
+    /// receive step of `recv_async`.
+    pub(crate) fn try_recv_with<R>(
+        &self,
+        f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
+    ) -> Result<TryRecv<R>> {
+        self.check(false)?;
+        let Some(mut r) = self.reader.try_lock() else { return Ok(TryRecv::Busy) };
+        Ok(match Self::try_next_locked(&mut r)? {
+            None => TryRecv::Empty,
+            Some(Next::Kept(bytes, fds)) => TryRecv::Frame(f(&bytes, fds)),
+            Some(Next::Buffered(_, body, fds)) => {
+                let _share = crate::bytes::share_from(r.conn.body_file(&body));
+                let out = f(r.conn.body(body), fds);
+                r.conn.compact();
+                TryRecv::Frame(out)
+            }
+        })
+    }
+
+    /// The next message if one is whole now (`None` when none is and the
+    /// socket has nothing more), reading without blocking.
+    fn try_next_locked(r: &mut Reader) -> Result<Option<Next>> {
         if let Some((bytes, fds)) = r.kept.take() {
-            return Ok(TryRecv::Frame(bytes, fds));
+            return Ok(Some(Next::Kept(bytes, fds)));
         }
         let c = &mut r.conn;
         let mut dry = false;
         loop {
-            if let Some((_, body, fds)) = next_frame(c)? {
-                let bytes = c.take_body(body);
-                c.compact();
-                return Ok(TryRecv::Frame(bytes, fds));
+            if let Some((kind, body, fds)) = next_frame(c)? {
+                return Ok(Some(Next::Buffered(kind, body, fds)));
             }
             if dry {
-                return Ok(TryRecv::Empty);
+                return Ok(None);
             }
             match c.read_some() {
                 Ok(false) => dry = !c.has_more(),
                 Ok(true) => {
-                    if let Some((_, body, fds)) = next_frame(c)? {
-                        let bytes = c.take_body(body);
-                        c.compact();
-                        return Ok(TryRecv::Frame(bytes, fds));
-                    }
-                    return Err(end_of_file(c));
+                    return match next_frame(c)? {
+                        Some((kind, body, fds)) => Ok(Some(Next::Buffered(kind, body, fds))),
+                        None => Err(end_of_file(c)),
+                    };
                 }
                 // Frames before the broken rule are still delivered.
                 Err(_) if c.violation().is_some() => {}
@@ -556,9 +588,9 @@ fn end_of_file(c: &Conn) -> Error {
 }
 
 /// What one non-blocking receive step found (see `aio`).
-pub(crate) enum TryRecv {
-    /// The bytes of the next message and its handles.
-    Frame(Vec<u8>, Vec<OwnedFd>),
+pub(crate) enum TryRecv<R> {
+    /// The next message (its bytes and handles, or what was made of them).
+    Frame(R),
     /// No whole message yet, and the socket has nothing more now.
     Empty,
     /// Another thread is receiving on this end.

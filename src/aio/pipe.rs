@@ -49,8 +49,8 @@ impl<T: DeserializeOwned> Connection<T> {
     /// # }).unwrap();
     /// ```
     pub async fn recv_async(&self) -> Result<T> {
-        let (bytes, fds) = self.recv_frame_async().await?;
-        Self::decode_value(&bytes, fds)
+        // Decoded where it lies: a large `Bytes` in it views its file.
+        self.recv_async_with(|c| c.try_recv_with(Self::decode_value)).await?
     }
 }
 
@@ -73,14 +73,18 @@ impl<T> Connection<T> {
     /// # }).unwrap();
     /// ```
     pub async fn recv_bytes_async(&self) -> Result<Vec<u8>> {
-        Ok(self.recv_frame_async().await?.0)
+        Ok(self.recv_async_with(Self::try_recv_frame).await?.0)
     }
 
-    async fn recv_frame_async(&self) -> Result<(Vec<u8>, Vec<std::os::fd::OwnedFd>)> {
+    /// Waits without blocking for the next message, taken by `step`.
+    async fn recv_async_with<R>(
+        &self,
+        mut step: impl FnMut(&Self) -> Result<TryRecv<R>>,
+    ) -> Result<R> {
         let mut wait = Wait::new();
         poll_fn(|cx| {
-            let step = match self.try_recv_frame() {
-                Ok(TryRecv::Frame(bytes, fds)) => return Poll::Ready(Ok((bytes, fds))),
+            let step = match step(self) {
+                Ok(TryRecv::Frame(out)) => return Poll::Ready(Ok(out)),
                 Err(e) => return Poll::Ready(Err(e)),
                 Ok(step) => step,
             };

@@ -67,6 +67,26 @@ fn large_task_arguments_and_results_arrive_whole_and_leave_nothing() {
     assert_eq!(dev_shm(), shm, "something appeared in /dev/shm");
 }
 
+/// `recv_async` decodes a message where it lies, as `recv` does: a large
+/// `Bytes` in it views the message's file; `recv_bytes_async` still hands
+/// back the bytes whole.
+#[test]
+fn a_large_bytes_received_async_views_its_file() {
+    let (rx, tx) = pipe_one_way::<Bytes>().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (got, raw) = rt.block_on(async {
+        tx.send_async(&Bytes::from(pattern(LARGE, 5))).await.unwrap();
+        tx.send_bytes_async(&pattern(LARGE, 6)).await.unwrap();
+        let limit = STARTUP;
+        let got = tokio::time::timeout(limit, rx.recv_async()).await.unwrap().unwrap();
+        let raw = tokio::time::timeout(limit, rx.recv_bytes_async()).await.unwrap().unwrap();
+        (got, raw)
+    });
+    assert!(got.is_shared(), "a large message received async was copied out of its file");
+    assert!(got.into_vec() == pattern(LARGE, 5));
+    assert!(raw == pattern(LARGE, 6));
+}
+
 fn send_large(tx: Sender<Bytes>) {
     for seed in 0..3 {
         tx.send(&Bytes::from(pattern(LARGE, seed))).unwrap();
