@@ -40,6 +40,8 @@
 //! - a name longer than [`MAX_NAME`] bytes, an unknown role, or a standard
 //!   output or error that is closed: that child only;
 //! - the server failed to fork (a process limit, say): that child only;
+//! - another thread's request has held the server for over
+//!   [`TURN_WITHIN`] (the server stopped answering it): that child only;
 //! - the server died or stopped answering: it is replaced, once per request;
 //!   a server that fails its very first request is not tried again.
 //!
@@ -72,6 +74,12 @@ pub(crate) const MAX_NAME: usize = 1024;
 /// it (a fork takes well under a millisecond; this is for a server that
 /// stopped without closing its channel).
 const REPLY_WITHIN: Duration = Duration::from_secs(10);
+
+/// How long a request waits for the server while another thread's request
+/// has it before this child is exec'd instead. Requests take a fraction of
+/// a millisecond each, so only a stopped or stuck server makes one wait
+/// this long: then only the request that met it waits out [`REPLY_WITHIN`].
+const TURN_WITHIN: Duration = Duration::from_millis(100);
 
 /// The server's process name (as `ps` shows it).
 const SERVER_NAME: &CStr = c"multiproc-fork";
@@ -215,7 +223,8 @@ pub(crate) fn fork(role: &str, name: &str) -> Option<Spawned> {
     if name.len() > MAX_NAME {
         return None;
     }
-    let mut state = state().lock();
+    // Not our turn within TURN_WITHIN: exec this child.
+    let mut state = state().try_lock_for(TURN_WITHIN)?;
     if state.off {
         return None;
     }

@@ -2,7 +2,7 @@
 //! (exit codes, signals, identity, handles, death with the parent), the
 //! server dies with the program, and a killed server is replaced.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use multiproc::{Pool, Process, Queue};
 
@@ -299,4 +299,52 @@ fn a_child_sees_the_loader_setting_of_the_program_not_of_the_server() {
     unsafe { std::env::set_var("LD_BIND_NOW", "") };
     assert_eq!(run_and_join(&mut Process::new(report_loader_env, beacon.path())), Some(0));
     assert_eq!(beacon.recv(STARTUP, "the child's view"), "true  -");
+}
+
+/// A fork server that stops answering (here: stopped with SIGSTOP) holds up
+/// only the start that met it, for the reply's bound, after which the server
+/// is replaced; a start from another thread meanwhile does not wait for it
+/// but execs its child at once.
+#[test]
+fn a_stopped_fork_server_holds_up_only_the_start_that_met_it() {
+    if !crate::support::alone() {
+        return;
+    }
+    let mut warm = Process::new(exit_with, 0);
+    assert_eq!(run_and_join(&mut warm), Some(0));
+    let stopped = server();
+    send_signal(stopped, libc::SIGSTOP);
+    let going = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let go = going.clone();
+    let first = std::thread::spawn(move || {
+        go.wait();
+        let t = Instant::now();
+        let mut p = Process::new(exit_with, 0);
+        p.set_daemon(true).unwrap();
+        p.start().unwrap();
+        (p, t.elapsed())
+    });
+    // Let the first start send its request and wait for the reply.
+    going.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let mut second = Process::new(exit_with, 3);
+    second.start().unwrap();
+    let took = t.elapsed();
+    assert!(took < PROMPT, "a start behind a stopped server waited {took:?}");
+    assert!(!forked(second.pid().unwrap()), "the start behind a stopped server was not exec'd");
+    assert!(second.join_timeout(STARTUP).unwrap());
+    assert_eq!(second.exitcode(), Some(3));
+    // The first start waits out the reply's bound, then the server is
+    // replaced and its child forked by the new one.
+    let (mut p, waited) = crate::support::bounded(
+        Duration::from_secs(10) + STARTUP,
+        "the start that met the stopped server",
+        move || first.join().unwrap(),
+    );
+    assert!(waited >= Duration::from_secs(9), "the first start waited only {waited:?}");
+    assert!(p.join_timeout(STARTUP).unwrap());
+    assert_eq!(p.exitcode(), Some(0));
+    assert!(wait_pid_gone(stopped, PROMPT), "the stopped server was not stopped for good");
+    assert_ne!(server(), stopped);
 }
