@@ -563,15 +563,34 @@ where
     }
 }
 
+/// The largest call (its closure with its captures and arguments, by
+/// value) kept in its completion's allocation. The space stays allocated
+/// as long as the caller holds the result, after the call has run: a larger
+/// call gets a box of its own, freed once it has run, so that results
+/// kept pending do not keep the calls' memory too.
+const INLINE_CALL: usize = 256;
+
 /// Queues `call` as one job, in one allocation with the completion it
-/// returns; the completion gets the call's outcome whatever happens:
-/// cancelled with the pool's error, or skipped when `ticket` was cancelled
-/// while it was queued. `arm` sees the completion first; its error keeps
-/// the call from being queued.
-fn submit_one<R: Send + 'static>(
+/// returns (unless it is larger than [`INLINE_CALL`]); the completion gets
+/// the call's outcome whatever happens: cancelled with the pool's error, or
+/// skipped when `ticket` was cancelled while it was queued. `arm` sees the
+/// completion first; its error keeps the call from being queued.
+fn submit_one<R: Send + 'static, C: FnOnce() -> R + Send + 'static>(
     engine: &Arc<ThreadEngine>,
     ticket: Option<Arc<Ticket>>,
-    call: impl FnOnce() -> R + Send + 'static,
+    call: C,
+    arm: impl Arm<R>,
+) -> Result<Arc<Completion<R>>> {
+    if std::mem::size_of::<C>() > INLINE_CALL {
+        return queue_one(engine, ticket, Box::new(call), arm);
+    }
+    queue_one(engine, ticket, call, arm)
+}
+
+fn queue_one<R: Send + 'static, C: FnOnce() -> R + Send + 'static>(
+    engine: &Arc<ThreadEngine>,
+    ticket: Option<Arc<Ticket>>,
+    call: C,
     arm: impl Arm<R>,
 ) -> Result<Arc<Completion<R>>> {
     let task = Completion::with(OneCall { call: parking_lot::Mutex::new(Some(call)), ticket });
