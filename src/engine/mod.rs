@@ -166,8 +166,12 @@ macro_rules! one_call_is_a_chunk {
             Self: $crate::pool::map::ChunkRunner<A, R>,
             R: Send + 'static,
         {
-            fn run(self, args: A, done: ::std::sync::Arc<$crate::pool::Completion<R>>) {
-                $crate::pool::map::ChunkRunner::run_one(&self, args, done)
+            fn run(
+                self,
+                args: A,
+                arm: impl $crate::pool::map::Arm<R>,
+            ) -> $crate::error::Result<::std::sync::Arc<$crate::pool::Completion<R>>> {
+                $crate::pool::map::ChunkRunner::run_one(&self, args, arm)
             }
             fn apply(self, args: A) -> $crate::error::Result<R> {
                 $crate::pool::map::ChunkRunner::apply(&self, args)

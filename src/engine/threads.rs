@@ -45,12 +45,80 @@ use crossbeam_deque::{Injector, Steal};
 use super::spin::Spin;
 use super::{Engine, Lifecycle, RunState, Ticket};
 use crate::error::{Error, ErrorKind, Result};
-use crate::pool::map::{ChunkDone, ChunkRunner, OneShot};
+use crate::pool::map::{unarmed, Arm, ChunkDone, ChunkRunner, OneShot};
 use crate::pool::Completion;
 use crate::task::{self, TaskFn, TaskOnce};
 
-/// A job: called with `None` to run, or with the reason it will not run.
-type Job = Box<dyn FnOnce(Option<Error>) + Send>;
+/// What the queue carries: called with `None` to run, or with the reason it
+/// will not run.
+enum Job {
+    /// A chunk of a map: its items, function and callback in one box.
+    Chunk(Box<dyn FnOnce(Option<Error>) + Send>),
+    /// One call (`apply`, `apply_async`, `submit`): its closure is kept in
+    /// the allocation of the completion its caller holds (see [`OneCall`]),
+    /// so the call allocates once.
+    One(Arc<dyn RunOne>),
+}
+
+impl Job {
+    fn run(self, engine: &ThreadEngine, cancel: Option<Error>) {
+        match self {
+            Job::Chunk(f) => f(cancel),
+            Job::One(task) => task.run(engine, cancel),
+        }
+    }
+}
+
+/// One call queued in its own completion.
+trait RunOne: Send + Sync {
+    /// Runs the call (`cancel` is `None`) or fails it with `cancel`, and
+    /// completes the completion; called once.
+    fn run(self: Arc<Self>, engine: &ThreadEngine, cancel: Option<Error>);
+}
+
+/// The tail of the completion of one call: the call, taken once by the
+/// thread that runs it (or by the drain that fails it), and the ticket it
+/// is tracked by (executor futures). The lock is never contended: only the
+/// one holder of the queued job takes it, and only once. It is there because
+/// the completion is shared with the caller, so the call can be moved out
+/// only through `&self`: a lock is the safe way (an `UnsafeCell` taken
+/// behind an atomic flag would need `unsafe` for a few instructions). A
+/// `parking_lot` lock has no poisoning to handle and measured 11
+/// instructions per task fewer than `std`'s under callgrind (`t3`).
+struct OneCall<C> {
+    call: parking_lot::Mutex<Option<C>>,
+    ticket: Option<Arc<Ticket>>,
+}
+
+impl<R, C> RunOne for Completion<R, OneCall<C>>
+where
+    R: Send + 'static,
+    C: FnOnce() -> R + Send + 'static,
+{
+    fn run(self: Arc<Self>, engine: &ThreadEngine, cancel: Option<Error>) {
+        let tail = self.tail();
+        let Some(call) = tail.call.lock().take() else {
+            return; // never: a job is queued once and taken once
+        };
+        let outcome = match cancel {
+            Some(e) => {
+                drop(call);
+                Err(e)
+            }
+            None => {
+                if tail.ticket.as_ref().is_some_and(|t| !t.start()) {
+                    // Cancelled while queued: `cancel` already completed it.
+                    drop(call);
+                    return engine.release(false);
+                }
+                let outcome = task::catch_panic(call).map_err(|fl| fl.into_error(None));
+                engine.release(true);
+                outcome
+            }
+        };
+        self.complete(outcome)
+    }
+}
 pub(crate) type Initializer = Arc<dyn Fn() + Send + Sync>;
 
 /// What a thread-pool builder collects.
@@ -182,7 +250,7 @@ impl ThreadEngine {
             self.admitting.fetch_sub(1, Ordering::SeqCst);
             // A thread of a closed pool may wait for this submission.
             self.wake_all();
-            return job(Some(err));
+            return job.run(self, Some(err));
         }
         self.queue.push(job);
         self.admitting.fetch_sub(1, Ordering::SeqCst);
@@ -265,7 +333,7 @@ impl ThreadEngine {
             }
             if let Some(job) = self.pop() {
                 self.meters.started_next(index);
-                job(None);
+                job.run(self, None);
                 continue;
             }
             if self.may_leave() {
@@ -351,7 +419,7 @@ impl Engine for ThreadEngine {
     fn fail_queued(&self, err: Error) {
         fence(Ordering::SeqCst);
         while let Some(job) = self.pop() {
-            job(Some(err.clone()));
+            job.run(self, Some(err.clone()));
         }
     }
 
@@ -405,7 +473,7 @@ impl<F, A, M> ThreadRunner<F, A, M> {
     {
         let (f, engine) = (self.f.clone(), self.engine.clone());
         self.engine.submit(
-            Box::new(move |cancel| {
+            Job::Chunk(Box::new(move |cancel| {
                 let outcomes = match cancel {
                     Some(e) => items.into_iter().map(|_| Err(e.clone())).collect(),
                     None => {
@@ -424,7 +492,7 @@ impl<F, A, M> ThreadRunner<F, A, M> {
                     }
                 };
                 done(outcomes)
-            }),
+            })),
             held,
         );
     }
@@ -450,11 +518,11 @@ where
         self.submit(items, done, true, Some(ticket))
     }
 
-    /// One allocation besides the completion: the job itself (no item or
+    /// One allocation: the completion, which holds the job (no item or
     /// outcome vector, no chunk callback).
-    fn run_one(&self, item: A, done: Arc<Completion<R>>) {
+    fn run_one(&self, item: A, arm: impl Arm<R>) -> Result<Arc<Completion<R>>> {
         let f = self.f.clone();
-        submit_one(&self.engine, None, move || f.call(item), done);
+        submit_one(&self.engine, None, move || f.call(item), arm)
     }
 }
 
@@ -485,44 +553,49 @@ where
     A: Send + 'static,
     R: Send + 'static,
 {
-    fn run(self, args: A, done: Arc<Completion<R>>) {
+    fn run(self, args: A, arm: impl Arm<R>) -> Result<Arc<Completion<R>>> {
         let f = self.f;
-        submit_one(&self.engine, self.ticket, move || f.call_once(args), done);
+        submit_one(&self.engine, self.ticket, move || f.call_once(args), arm)
     }
 
     fn apply(self, args: A) -> Result<R> {
-        let completion = Completion::new();
-        self.run(args, completion.clone());
-        completion.wait_take_soon()
+        self.run(args, unarmed)?.wait_take_soon()
     }
 }
 
-/// Queues `call` as one job whose outcome completes `done`, whatever
-/// happens: cancelled with the pool's error, or skipped when `ticket` was
-/// cancelled while it was queued.
-fn submit_one<R: Send + 'static>(
+/// The largest call (its closure with its captures and arguments, by
+/// value) kept in its completion's allocation. The space stays allocated
+/// as long as the caller holds the result, after the call has run: a larger
+/// call gets a box of its own, freed once it has run, so that results
+/// kept pending do not keep the calls' memory too.
+const INLINE_CALL: usize = 256;
+
+/// Queues `call` as one job, in one allocation with the completion it
+/// returns (unless it is larger than [`INLINE_CALL`]); the completion gets
+/// the call's outcome whatever happens: cancelled with the pool's error, or
+/// skipped when `ticket` was cancelled while it was queued. `arm` sees the
+/// completion first; its error keeps the call from being queued.
+fn submit_one<R: Send + 'static, C: FnOnce() -> R + Send + 'static>(
     engine: &Arc<ThreadEngine>,
     ticket: Option<Arc<Ticket>>,
-    call: impl FnOnce() -> R + Send + 'static,
-    done: Arc<Completion<R>>,
-) {
-    let worker_engine = engine.clone();
-    engine.submit(
-        Box::new(move |cancel| {
-            let outcome = match cancel {
-                Some(e) => Err(e),
-                None => {
-                    if ticket.as_ref().is_some_and(|t| !t.start()) {
-                        // Cancelled while queued: `cancel` already completed it.
-                        return worker_engine.release(false);
-                    }
-                    let outcome = task::catch_panic(call).map_err(|fl| fl.into_error(None));
-                    worker_engine.release(true);
-                    outcome
-                }
-            };
-            done.complete(outcome)
-        }),
-        false,
-    );
+    call: C,
+    arm: impl Arm<R>,
+) -> Result<Arc<Completion<R>>> {
+    if std::mem::size_of::<C>() > INLINE_CALL {
+        return queue_one(engine, ticket, Box::new(call), arm);
+    }
+    queue_one(engine, ticket, call, arm)
+}
+
+fn queue_one<R: Send + 'static, C: FnOnce() -> R + Send + 'static>(
+    engine: &Arc<ThreadEngine>,
+    ticket: Option<Arc<Ticket>>,
+    call: C,
+    arm: impl Arm<R>,
+) -> Result<Arc<Completion<R>>> {
+    let task = Completion::with(OneCall { call: parking_lot::Mutex::new(Some(call)), ticket });
+    let done: Arc<Completion<R>> = task.clone();
+    arm(&done)?;
+    engine.submit(Job::One(task), false);
+    Ok(done)
 }

@@ -54,12 +54,14 @@ impl<E: Engine> Executor<E> {
         }
         self.engine.check_running()?;
         let ticket = Ticket::new();
-        let completion = Completion::new();
         let engine = Arc::downgrade(&self.engine) as Weak<dyn Engine>;
-        if let Some((limit, task)) = limit {
-            crate::pool::deadline::arm_one(limit, task, &completion, &ticket, engine.clone())?;
-        }
-        runner(ticket.clone()).run(args, completion.clone());
+        let arm = |completion: &Arc<Completion<R>>| match limit {
+            Some((limit, task)) => {
+                crate::pool::deadline::arm_one(limit, task, completion, &ticket, engine.clone())
+            }
+            None => Ok(()),
+        };
+        let completion = runner(ticket.clone()).run(args, arm)?;
         Ok(Future::new(completion, ticket, engine))
     }
 

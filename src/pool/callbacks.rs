@@ -27,7 +27,7 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long the queue may stand still behind a busy callback before another
@@ -46,7 +46,7 @@ pub(crate) trait Deliver: Send + Sync {
 }
 
 struct Runners {
-    queue: VecDeque<(u64, Arc<dyn Deliver>)>,
+    queue: VecDeque<(u64, Box<dyn Deliver>)>,
     /// The number the next queued result gets.
     next: u64,
     /// The numbers of the results queued or being delivered: [`flush`]
@@ -165,8 +165,10 @@ impl Dispatch {
     }
 }
 
-/// Queues `result` for a callback thread.
-pub(crate) fn queue(result: Arc<dyn Deliver>) {
+/// Queues `result` for a callback thread (a box, not an `Arc`: a result's
+/// handle may be a pointer to an unsized `Completion`, which no `Arc<dyn _>`
+/// can view).
+pub(crate) fn queue(result: Box<dyn Deliver>) {
     let d = dispatch();
     let mut r = d.lock();
     let seq = r.next;

@@ -54,14 +54,19 @@ pub(crate) trait ChunkRunner<A, R> {
     /// The chunk is tracked by `ticket`, so the iterator can cancel it
     /// while it is still queued.
     fn run_chunk_held(&self, items: Vec<A>, done: ChunkDone<R>, ticket: Arc<Ticket>);
-    /// Runs one item as its own task and completes `done` with its outcome,
-    /// whatever happens. By default a chunk of one; a backend may skip the
-    /// chunk's vectors and callback (the thread pool's hot path).
-    fn run_one(&self, item: A, done: Arc<Completion<R>>)
+    /// Runs one item as its own task; the completion returned gets its
+    /// outcome, whatever happens. `arm` sees the completion before the task
+    /// is submitted (see [`Arm`]). By default a chunk of one; a backend may
+    /// skip the chunk's vectors and callback (the thread pool's hot path)
+    /// and make the completion itself.
+    fn run_one(&self, item: A, arm: impl Arm<R>) -> Result<Arc<Completion<R>>>
     where
         R: Send + 'static,
     {
-        self.run_chunk(vec![item], complete_one(done))
+        let done = Completion::new();
+        arm(&done)?;
+        self.run_chunk(vec![item], complete_one(done.clone()));
+        Ok(done)
     }
     /// Keeps a closed pool's workers for an iterator that will submit more;
     /// the returned closure lets go. `None` when the pool is not running.
@@ -91,11 +96,25 @@ pub(crate) trait ChunkRunner<A, R> {
 /// backend whose one call is a chunk of one implements it with
 /// [`ChunkRunner::run_one`] and [`ChunkRunner::apply`].
 pub(crate) trait OneShot<A, R>: Sized {
-    /// Runs `args` as one task and completes `done` with its outcome,
-    /// whatever happens.
-    fn run(self, args: A, done: Arc<Completion<R>>);
+    /// Runs `args` as one task; the completion returned gets its outcome,
+    /// whatever happens. The backend makes the completion, so that it may
+    /// keep the task in the same allocation; `arm` sees it before the task
+    /// is submitted (see [`Arm`]).
+    fn run(self, args: A, arm: impl Arm<R>) -> Result<Arc<Completion<R>>>;
     /// Runs `args` as one task and waits for its outcome.
     fn apply(self, args: A) -> Result<R>;
+}
+
+/// What a face does with the completion of one call before the call is
+/// submitted: arm its deadline. An error keeps the call from being
+/// submitted and is the call's error.
+pub(crate) trait Arm<R>: FnOnce(&Arc<Completion<R>>) -> Result<()> {}
+
+impl<R, T: FnOnce(&Arc<Completion<R>>) -> Result<()>> Arm<R> for T {}
+
+/// The [`Arm`] of a call without a deadline.
+pub(crate) fn unarmed<R>(_: &Arc<Completion<R>>) -> Result<()> {
+    Ok(())
 }
 
 /// The chunk callback of a chunk of one item: completes `done` with its

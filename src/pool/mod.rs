@@ -140,9 +140,10 @@ pub(crate) fn apply_via<A, R: Send + 'static>(
     runner: &impl ChunkRunner<A, R>,
     args: A,
 ) -> AsyncResult<R> {
-    let completion = Completion::new();
-    runner.run_one(args, completion.clone());
-    AsyncResult::new(completion)
+    match runner.run_one(args, map::unarmed) {
+        Ok(completion) => AsyncResult::new(completion),
+        Err(e) => AsyncResult::failed(e),
+    }
 }
 
 /// A pool or executor seen with settings for the maps called through it:
@@ -339,9 +340,10 @@ macro_rules! pool_methods {
                 if let Err(e) = $oengine.check_running() {
                     return AsyncResult::failed(e);
                 }
-                let completion = Completion::new();
-                OneShot::run($make_once, args, completion.clone());
-                AsyncResult::new(completion)
+                match OneShot::run($make_once, args, $crate::pool::map::unarmed) {
+                    Ok(completion) => AsyncResult::new(completion),
+                    Err(e) => AsyncResult::failed(e),
+                }
             }
 
             /// Applies `f` to every item, in chunks of Python's default size,
@@ -563,13 +565,15 @@ macro_rules! pool_methods {
                 if let Err(e) = $oengine.check_running() {
                     return AsyncResult::failed(e);
                 }
-                let (ticket, completion) = (Ticket::new(), Completion::new());
+                let ticket = Ticket::new();
                 let engine = Arc::downgrade($oengine) as Weak<dyn Engine>;
-                if let Err(e) = deadline::arm_one(limit, std::any::type_name::<F>(), &completion, &ticket, engine) {
-                    return AsyncResult::failed(e);
+                let task = std::any::type_name::<F>();
+                let armed = ticket.clone();
+                let arm = move |c: &_| deadline::arm_one(limit, task, c, &armed, engine);
+                match OneShot::run($make_once.with_ticket(ticket), args, arm) {
+                    Ok(completion) => AsyncResult::new(completion),
+                    Err(e) => AsyncResult::failed(e),
                 }
-                OneShot::run($make_once.with_ticket(ticket), args, completion.clone());
-                AsyncResult::new(completion)
             }
 
             /// [`map`]($pool::map) with these settings.

@@ -111,12 +111,20 @@ impl<T> State<T> {
 }
 
 /// The shared cell a task's outcome is delivered into, once.
-pub(crate) struct Completion<T> {
+///
+/// `tail` is what a backend keeps in the same allocation: nothing (`()`)
+/// for most, the task's closure for the thread backend's one call, so that
+/// `apply_async` allocates once. Everyone who only waits for the outcome
+/// holds `Arc<Completion<T>>`, the tail's type erased (an `Arc` of a
+/// completion with a sized tail coerces to it).
+pub(crate) struct Completion<T, X: ?Sized = dyn Send + Sync> {
     state: Mutex<State<T>>,
     cond: Condvar,
     /// Set when the state becomes settled: a waiter looks at it without the
     /// lock while it spins (`engine::spin`) before it sleeps on `cond`.
     settled: AtomicBool,
+    /// Last, so that it may be unsized.
+    tail: X,
 }
 
 fn report_callback_panic(payload: Box<dyn std::any::Any + Send>) {
@@ -134,7 +142,9 @@ fn run_guarded(f: impl FnOnce()) {
     }
 }
 
-impl<T: Send + 'static> callbacks::Deliver for Completion<T> {
+impl<T: Send + 'static, X: ?Sized + Send + Sync + 'static> callbacks::Deliver
+    for Arc<Completion<T, X>>
+{
     fn deliver(&self) {
         let mut st = self.lock();
         if st.delivery != Delivery::Queued {
@@ -146,13 +156,13 @@ impl<T: Send + 'static> callbacks::Deliver for Completion<T> {
     }
 }
 
-impl<T: Send + 'static> Completion<T> {
+impl<T: Send + 'static, X: ?Sized + Send + Sync + 'static> Completion<T, X> {
     /// Delivers the outcome; later calls are ignored. The callbacks run on a
     /// callback thread, so the caller (a pool's I/O or worker thread) goes on
     /// at once.
     pub(crate) fn complete(self: &Arc<Self>, result: Result<T>) {
         if self.store(result, false) {
-            callbacks::queue(self.clone());
+            callbacks::queue(Box::new(self.clone()));
         }
     }
 
@@ -166,7 +176,15 @@ impl<T: Send + 'static> Completion<T> {
 }
 
 impl<T> Completion<T> {
+    /// A completion with nothing in its tail.
     pub(crate) fn new() -> Arc<Completion<T>> {
+        Completion::with(())
+    }
+}
+
+impl<T, X> Completion<T, X> {
+    /// A completion that keeps `tail` in its allocation.
+    pub(crate) fn with(tail: X) -> Arc<Completion<T, X>> {
         Arc::new(Completion {
             state: Mutex::new(State {
                 outcome: Outcome::Pending,
@@ -176,7 +194,15 @@ impl<T> Completion<T> {
             }),
             cond: Condvar::new(),
             settled: AtomicBool::new(false),
+            tail,
         })
+    }
+}
+
+impl<T, X: ?Sized> Completion<T, X> {
+    /// What the backend keeps with this completion.
+    pub(crate) fn tail(&self) -> &X {
+        &self.tail
     }
 
     fn lock(&self) -> MutexGuard<'_, State<T>> {
@@ -598,7 +624,7 @@ impl<T> AsyncResult<T> {
     /// ```
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
         let mut st = self.inner.wait_until(crate::deadline_after(timeout));
-        Completion::take(&mut st).unwrap_or_else(|| {
+        Completion::<T>::take(&mut st).unwrap_or_else(|| {
             Err(Error::timeout(format!("the result was not ready within {timeout:?}")))
         })
     }

@@ -275,3 +275,68 @@ fn one_calls_take_fnonce_closures_that_move_their_captures_out() {
     assert_eq!(bad.unwrap_err().kind(), multiproc::ErrorKind::TaskPanicked);
     assert_eq!(pool.apply(|x: u32| x + 1, 1).unwrap(), 2);
 }
+
+#[test]
+fn one_calls_drop_their_captures_once_run_or_cancelled_while_their_results_are_held() {
+    // A one call's closure lives in the allocation of its result: it must
+    // still go as soon as the call ran or was failed, not with the result.
+    let pool = ThreadPool::new(1).unwrap();
+    let kept = Arc::new(1u32);
+    let k = kept.clone();
+    let ran = pool.apply_async(move |x: u32| x + *k, 1);
+    assert!(ran.wait_timeout(PROMPT), "the call ran");
+    assert_eq!(Arc::strong_count(&kept), 1, "a call that ran holds its captures no more");
+
+    let (task, started, release) = blocker();
+    let running = pool.apply_async(task, ());
+    started.recv_timeout(PROMPT).expect("the blocking task started");
+    let queued: Vec<_> = (0..3u32)
+        .map(|i| {
+            let k = kept.clone();
+            pool.apply_async(move |x: u32| x + *k, i)
+        })
+        .collect();
+    assert_eq!(Arc::strong_count(&kept), 4, "queued calls hold their captures");
+    pool.terminate();
+    assert_eq!(
+        Arc::strong_count(&kept),
+        1,
+        "calls failed by terminate hold their captures no more"
+    );
+    for r in &queued {
+        assert!(r.get_timeout(Duration::ZERO).unwrap_err().is_cancelled());
+    }
+    release.send(()).unwrap();
+    assert!(running.get_timeout(PROMPT).unwrap());
+    assert_eq!(ran.get().unwrap(), 2);
+    bounded(PROMPT, "thread pool join after terminate", move || pool.join()).unwrap();
+}
+
+#[test]
+fn one_calls_with_large_arguments_run_cancel_and_drop_their_captures() {
+    // A call larger than what a result keeps inline is boxed on its own:
+    // the same behaviour either way.
+    let pool = ThreadPool::new(1).unwrap();
+    let kept = Arc::new(1u32);
+    let k = kept.clone();
+    let sum = move |a: [u8; 4096]| a.iter().map(|&b| u32::from(b)).sum::<u32>() + *k;
+    let r = pool.apply_async(sum, [7u8; 4096]);
+    assert!(r.wait_timeout(PROMPT), "the call ran");
+    assert_eq!(Arc::strong_count(&kept), 1, "a call that ran holds its captures no more");
+    assert_eq!(r.get().unwrap(), 7 * 4096 + 1);
+    let k = kept.clone();
+    assert_eq!(pool.apply(move |a: [u8; 4096]| u32::from(a[4095]) + *k, [2u8; 4096]).unwrap(), 3);
+
+    let ex = multiproc::ThreadPoolExecutor::new(1).unwrap();
+    let (task, started, release) = blocker();
+    let running = ex.submit(task, ()).unwrap();
+    started.recv_timeout(PROMPT).expect("the blocking task started");
+    let k = kept.clone();
+    let queued = ex.submit(move |a: [u8; 4096]| u32::from(a[0]) + *k, [5u8; 4096]).unwrap();
+    assert!(queued.cancel(), "a queued call cancels");
+    assert!(queued.result().unwrap_err().is_cancelled());
+    release.send(()).unwrap();
+    assert!(running.result().unwrap());
+    bounded(PROMPT, "executor shutdown", move || ex.shutdown());
+    assert_eq!(Arc::strong_count(&kept), 1, "a cancelled call holds its captures no more");
+}

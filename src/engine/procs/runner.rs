@@ -12,7 +12,8 @@ use serde::Serialize;
 use super::{Config, DeliverOne, JobDone, Outcomes, ProcEngine, Sink};
 use crate::engine::Ticket;
 use crate::error::{Error, ErrorKind, Result};
-use crate::pool::map::{ChunkDone, ChunkRunner};
+use crate::pool::map::{Arm, ChunkDone, ChunkRunner};
+use crate::pool::Completion;
 use crate::task::{self, TaskFn};
 
 /// The initializer a worker runs before its first task.
@@ -139,7 +140,7 @@ impl<F, A, M> ProcRunner<F, A, M> {
 /// directly: no callback box (a chunk's callback wrapped in
 /// [`complete_one`](crate::pool::map::complete_one) is two), and no vector
 /// for the one outcome.
-impl<R: DeserializeOwned + Send + 'static> DeliverOne for crate::pool::Completion<R> {
+impl<R: DeserializeOwned + Send + 'static> DeliverOne for Completion<R, ()> {
     fn deliver(self: Arc<Self>, outcome: Result<Outcomes<'_>>, pid: Option<u32>) {
         self.complete(match outcome {
             Ok((bytes, fds)) => task::decode_one(bytes, fds, pid),
@@ -148,8 +149,12 @@ impl<R: DeserializeOwned + Send + 'static> DeliverOne for crate::pool::Completio
     }
 }
 
-fn one_done<R: DeserializeOwned + Send + 'static>(done: Arc<crate::pool::Completion<R>>) -> Sink {
-    Sink::One(done)
+/// The completion of one call, and its sink. The completion is made here,
+/// with its tail's type still known: only an `Arc` of a sized type can be
+/// viewed as an `Arc<dyn DeliverOne>`.
+fn one_done<R: DeserializeOwned + Send + 'static>() -> (Arc<Completion<R>>, Sink) {
+    let done = Completion::with(());
+    (done.clone(), Sink::One(done))
 }
 
 /// The job callback that decodes a chunk of `n` outcomes for `done`.
@@ -185,19 +190,22 @@ where
 
     /// A chunk of one, encoded from the item itself (no vector for it) and
     /// completed by one callback.
-    fn run_one(&self, item: A, done: Arc<crate::pool::Completion<R>>) {
+    fn run_one(&self, item: A, arm: impl Arm<R>) -> Result<Arc<Completion<R>>> {
+        let (done, sink) = one_done();
+        arm(&done)?;
         let encoded = task::encode_one(&item);
         drop(item);
-        self.engine.submit(self.entry, encoded, one_done(done), self.ticket.clone(), false);
+        self.engine.submit(self.entry, encoded, sink, self.ticket.clone(), false);
+        Ok(done)
     }
 
     /// Runs the task on this thread when a worker is idle: no thread
     /// hand-off on either side of the round trip (see `lend`).
     fn apply(&self, args: A) -> Result<R> {
-        let completion = crate::pool::Completion::new();
+        let (completion, sink) = one_done();
         let encoded = task::encode_one(&args);
         drop(args);
-        self.engine.run_waited(self.entry, encoded, one_done(completion.clone()));
+        self.engine.run_waited(self.entry, encoded, sink);
         crate::pool::AsyncResult::new(completion).get()
     }
 }
