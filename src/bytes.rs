@@ -655,6 +655,38 @@ mod tests {
         assert!(!after.1.is_shared());
     }
 
+    /// A decode in a thread-local's destructor that runs after this
+    /// module's own (`SOURCE`'s) is gone: a copy, not a panic (which would
+    /// abort the process from a thread-local destructor).
+    #[test]
+    fn a_decode_after_the_source_is_gone_copies() {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        /// 0: not run, 1: decoded a copy, 2: anything else.
+        static SEEN: AtomicU8 = AtomicU8::new(0);
+        struct Late;
+        impl Drop for Late {
+            fn drop(&mut self) {
+                let body = crate::codec::encode(&Bytes::from(vec![3u8; SHARE_FROM])).unwrap();
+                let _source = share_from(None);
+                let got: Result<Bytes, _> = crate::codec::decode(&body);
+                let copied = got.is_ok_and(|b| !b.is_shared() && b.len() == SHARE_FROM);
+                SEEN.store(if copied { 1 } else { 2 }, Ordering::SeqCst);
+            }
+        }
+        thread_local! {
+            static LATE: RefCell<Option<Late>> = const { RefCell::new(None) };
+        }
+        std::thread::spawn(|| {
+            // Registered first, so destroyed after `SOURCE` (destructors run
+            // in the reverse order of registration).
+            LATE.with(|l| *l.borrow_mut() = Some(Late));
+            drop(share_from(None));
+        })
+        .join()
+        .unwrap();
+        assert_eq!(SEEN.load(Ordering::SeqCst), 1);
+    }
+
     #[test]
     fn debug_shows_a_prefix() {
         let s = format!("{:?}", Bytes::from(vec![7u8; 1000]));
