@@ -131,7 +131,9 @@ thread_local! {
 /// view them instead of copying them (see [`SOURCE`]). Nests: the source
 /// before is back when it is dropped.
 pub(crate) fn share_from(map: Option<Arc<Mapped>>) -> ShareFrom {
-    ShareFrom(SOURCE.with(|s| s.replace(map)))
+    // `try_with`: in a thread-local's destructor run after `SOURCE`'s, no
+    // source (everything is copied) rather than a panic, which would abort.
+    ShareFrom(SOURCE.try_with(|s| s.replace(map)).ok().flatten())
 }
 
 /// See [`share_from`].
@@ -140,7 +142,7 @@ pub(crate) struct ShareFrom(Option<Arc<Mapped>>);
 impl Drop for ShareFrom {
     fn drop(&mut self) {
         let before = self.0.take();
-        SOURCE.with(|s| *s.borrow_mut() = before);
+        let _ = SOURCE.try_with(|s| *s.borrow_mut() = before);
     }
 }
 
@@ -150,12 +152,15 @@ fn shared(v: &[u8]) -> Option<Bytes> {
     if v.len() < SHARE_FROM {
         return None;
     }
-    SOURCE.with(|s| {
-        let s = s.borrow();
-        let map = s.as_ref()?;
-        let start = map.offset_of(v)?;
-        Some(Bytes(Repr::Shared { map: map.clone(), start, len: v.len() }))
-    })
+    SOURCE
+        .try_with(|s| {
+            let s = s.borrow();
+            let map = s.as_ref()?;
+            let start = map.offset_of(v)?;
+            Some(Bytes(Repr::Shared { map: map.clone(), start, len: v.len() }))
+        })
+        .ok()
+        .flatten()
 }
 
 impl fmt::Debug for Bytes {
