@@ -21,6 +21,9 @@ pub(crate) const FROM: usize = 1 << 20;
 /// The largest buffer kept.
 pub(crate) const KEEP_MAX: usize = 64 << 20;
 
+/// The most bytes kept in spare buffers by all threads together.
+pub(crate) const KEEP_TOTAL: usize = 2 * KEEP_MAX;
+
 thread_local! {
     static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
@@ -90,6 +93,57 @@ mod tests {
             let mut x = Vec::new();
             reserve(&mut x, FROM);
             assert!(x.capacity() < KEEP_MAX);
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// The spare buffers of all threads together stay within
+    /// [`KEEP_TOTAL`]: a process whose many threads each once sent a large
+    /// message does not keep a large buffer for each of them. A thread's
+    /// exit gives its share back.
+    #[test]
+    fn spare_buffers_are_bounded_across_threads() {
+        use std::sync::mpsc;
+        // Capacity only: no page of these buffers is ever touched.
+        let each = KEEP_MAX;
+        let threads = KEEP_TOTAL / each + 1;
+        let (kept_tx, kept_rx) = mpsc::channel();
+        let (end_tx, end_rx) = mpsc::channel::<()>();
+        let end_rx = std::sync::Arc::new(std::sync::Mutex::new(end_rx));
+        let holders: Vec<_> = (0..threads)
+            .map(|_| {
+                let (kept_tx, end_rx) = (kept_tx.clone(), end_rx.clone());
+                std::thread::spawn(move || {
+                    let big = Vec::<u8>::with_capacity(each);
+                    let at = big.as_ptr();
+                    give(big);
+                    let mut v = Vec::new();
+                    reserve(&mut v, FROM);
+                    let kept = v.as_ptr() == at;
+                    // Given back, and held until told to end.
+                    give(v);
+                    kept_tx.send(kept).unwrap();
+                    let _ = end_rx.lock().unwrap().recv_timeout(std::time::Duration::from_secs(30));
+                })
+            })
+            .collect();
+        let kept = (0..threads)
+            .filter(|_| kept_rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap())
+            .count();
+        assert_eq!(kept, KEEP_TOTAL / each, "threads that kept a spare of {each} bytes");
+        drop(end_tx);
+        for h in holders {
+            h.join().unwrap();
+        }
+        // Every holder is gone: a new thread keeps one again.
+        std::thread::spawn(move || {
+            let big = Vec::<u8>::with_capacity(each);
+            let at = big.as_ptr();
+            give(big);
+            let mut v = Vec::new();
+            reserve(&mut v, FROM);
+            assert_eq!(v.as_ptr(), at, "a spare freed by an ended thread still counts");
         })
         .join()
         .unwrap();
