@@ -10,10 +10,13 @@
 //! the same thread, whose pages are then already there.
 //!
 //! Only one buffer is kept per thread, only one of at least [`FROM`] bytes
-//! and at most [`KEEP_MAX`]: a thread that once sent a large message holds
-//! at most that much more memory than it did.
+//! and at most [`KEEP_MAX`], and all threads together keep at most
+//! [`KEEP_TOTAL`]: a process whose threads once sent large messages holds
+//! at most that much more memory than it did, however many threads it has.
+//! A thread's buffer is freed when it exits.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The least growth that takes the spare buffer.
 pub(crate) const FROM: usize = 1 << 20;
@@ -24,8 +27,41 @@ pub(crate) const KEEP_MAX: usize = 64 << 20;
 /// The most bytes kept in spare buffers by all threads together.
 pub(crate) const KEEP_TOTAL: usize = 2 * KEEP_MAX;
 
+/// Bytes of capacity in spare buffers now, all threads together.
+static KEPT: AtomicUsize = AtomicUsize::new(0);
+
+/// A thread's spare buffer, its capacity counted in [`KEPT`] while kept.
+#[derive(Default)]
+struct Spare(Vec<u8>);
+
+impl Spare {
+    /// `v` kept, if the process's spare buffers leave room for it.
+    fn keep(v: Vec<u8>) -> Option<Spare> {
+        let cap = v.capacity();
+        KEPT.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| {
+            k.checked_add(cap).filter(|&total| total <= KEEP_TOTAL)
+        })
+        .ok()?;
+        Some(Spare(v))
+    }
+
+    /// The buffer, no longer counted.
+    fn into_vec(mut self) -> Vec<u8> {
+        let v = std::mem::take(&mut self.0);
+        KEPT.fetch_sub(v.capacity(), Ordering::SeqCst);
+        v
+    }
+}
+
+impl Drop for Spare {
+    /// Freed (at a thread's exit, or replaced): no longer counted.
+    fn drop(&mut self) {
+        KEPT.fetch_sub(self.0.capacity(), Ordering::SeqCst);
+    }
+}
+
 thread_local! {
-    static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    static SPARE: Cell<Spare> = const { Cell::new(Spare(Vec::new())) };
 }
 
 /// Makes room in `v` for `extra` more bytes, as `Vec::reserve` does, but
@@ -39,8 +75,9 @@ pub(crate) fn reserve(v: &mut Vec<u8>, extra: usize) {
     }
     if need >= FROM {
         // `try_with`: during a thread-local's destructor, no spare.
-        if let Ok(mut spare) = SPARE.try_with(Cell::take) {
-            if spare.capacity() >= need {
+        if let Ok(spare) = SPARE.try_with(Cell::take) {
+            if spare.0.capacity() >= need {
+                let mut spare = spare.into_vec();
                 spare.clear();
                 spare.extend_from_slice(v);
                 std::mem::swap(v, &mut spare);
@@ -61,7 +98,15 @@ pub(crate) fn give(mut v: Vec<u8>) {
     v.clear();
     let _ = SPARE.try_with(|s| {
         let kept = s.take();
-        s.set(if kept.capacity() >= v.capacity() { kept } else { v });
+        if kept.0.capacity() >= v.capacity() {
+            s.set(kept);
+            return;
+        }
+        // The smaller one's share goes back first: `v` may take its place.
+        drop(kept);
+        if let Some(v) = Spare::keep(v) {
+            s.set(v);
+        }
     });
 }
 
