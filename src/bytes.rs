@@ -131,7 +131,9 @@ thread_local! {
 /// view them instead of copying them (see [`SOURCE`]). Nests: the source
 /// before is back when it is dropped.
 pub(crate) fn share_from(map: Option<Arc<Mapped>>) -> ShareFrom {
-    ShareFrom(SOURCE.with(|s| s.replace(map)))
+    // `try_with`: in a thread-local's destructor run after `SOURCE`'s, no
+    // source (everything is copied) rather than a panic, which would abort.
+    ShareFrom(SOURCE.try_with(|s| s.replace(map)).ok().flatten())
 }
 
 /// See [`share_from`].
@@ -140,7 +142,7 @@ pub(crate) struct ShareFrom(Option<Arc<Mapped>>);
 impl Drop for ShareFrom {
     fn drop(&mut self) {
         let before = self.0.take();
-        SOURCE.with(|s| *s.borrow_mut() = before);
+        let _ = SOURCE.try_with(|s| *s.borrow_mut() = before);
     }
 }
 
@@ -150,12 +152,15 @@ fn shared(v: &[u8]) -> Option<Bytes> {
     if v.len() < SHARE_FROM {
         return None;
     }
-    SOURCE.with(|s| {
-        let s = s.borrow();
-        let map = s.as_ref()?;
-        let start = map.offset_of(v)?;
-        Some(Bytes(Repr::Shared { map: map.clone(), start, len: v.len() }))
-    })
+    SOURCE
+        .try_with(|s| {
+            let s = s.borrow();
+            let map = s.as_ref()?;
+            let start = map.offset_of(v)?;
+            Some(Bytes(Repr::Shared { map: map.clone(), start, len: v.len() }))
+        })
+        .ok()
+        .flatten()
 }
 
 impl fmt::Debug for Bytes {
@@ -653,6 +658,38 @@ mod tests {
         // Out of scope: copies again.
         let after: (u32, Bytes, Bytes) = crate::codec::decode(&body).unwrap();
         assert!(!after.1.is_shared());
+    }
+
+    /// A decode in a thread-local's destructor that runs after this
+    /// module's own (`SOURCE`'s) is gone: a copy, not a panic (which would
+    /// abort the process from a thread-local destructor).
+    #[test]
+    fn a_decode_after_the_source_is_gone_copies() {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        /// 0: not run, 1: decoded a copy, 2: anything else.
+        static SEEN: AtomicU8 = AtomicU8::new(0);
+        struct Late;
+        impl Drop for Late {
+            fn drop(&mut self) {
+                let body = crate::codec::encode(&Bytes::from(vec![3u8; SHARE_FROM])).unwrap();
+                let _source = share_from(None);
+                let got: Result<Bytes, _> = crate::codec::decode(&body);
+                let copied = got.is_ok_and(|b| !b.is_shared() && b.len() == SHARE_FROM);
+                SEEN.store(if copied { 1 } else { 2 }, Ordering::SeqCst);
+            }
+        }
+        thread_local! {
+            static LATE: RefCell<Option<Late>> = const { RefCell::new(None) };
+        }
+        std::thread::spawn(|| {
+            // Registered first, so destroyed after `SOURCE` (destructors run
+            // in the reverse order of registration).
+            LATE.with(|l| *l.borrow_mut() = Some(Late));
+            drop(share_from(None));
+        })
+        .join()
+        .unwrap();
+        assert_eq!(SEEN.load(Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -249,6 +249,9 @@ struct Unsent {
     /// The exit flush gave up on these items: the feeder drops them all,
     /// takes them out of the queue's counts and ends (see `flush_at_exit`).
     abandoned: bool,
+    /// How many the feeder dropped when it found `abandoned`: fewer than
+    /// the flush saw left when its last push still moved some.
+    abandoned_dropped: Option<usize>,
 }
 
 impl Unsent {
@@ -675,7 +678,8 @@ fn feed(s: Arc<Shared>) {
                     }
                     if items.abandoned {
                         // The process is exiting without these items.
-                        s.drop_unsent(&mut items, &mut batch);
+                        let n = s.drop_unsent(&mut items, &mut batch);
+                        items.abandoned_dropped = Some(n);
                         items.feeder = false;
                         s.outbox.drained.notify_all();
                         return;
@@ -758,7 +762,7 @@ fn outboxes() -> &'static Mutex<Vec<Weak<Outbox>>> {
                         // `qsize` up and a `JoinableQueue::join` waiting
                         // forever. It looks at least once a nap (its waits
                         // for the ring are that short), so this wait is brief.
-                        let dropped = items.len();
+                        let left = items.len();
                         items.abandoned = true;
                         let until = Instant::now() + Duration::from_secs(1);
                         while items.feeder && Instant::now() < until {
@@ -769,6 +773,9 @@ fn outboxes() -> &'static Mutex<Vec<Weak<Outbox>>> {
                         } else {
                             ""
                         };
+                        // What the feeder dropped, not what was left when
+                        // it was told: its last push may have moved some.
+                        let dropped = items.abandoned_dropped.unwrap_or(left);
                         report!(
                             ERROR, pid = std::process::id(), dropped = dropped;
                             "multiproc: process {} exits with {} queue item(s) that did not \

@@ -10,10 +10,13 @@
 //! the same thread, whose pages are then already there.
 //!
 //! Only one buffer is kept per thread, only one of at least [`FROM`] bytes
-//! and at most [`KEEP_MAX`]: a thread that once sent a large message holds
-//! at most that much more memory than it did.
+//! and at most [`KEEP_MAX`], and all threads together keep at most
+//! [`KEEP_TOTAL`]: a process whose threads once sent large messages holds
+//! at most that much more memory than it did, however many threads it has.
+//! A thread's buffer is freed when it exits.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The least growth that takes the spare buffer.
 pub(crate) const FROM: usize = 1 << 20;
@@ -21,8 +24,44 @@ pub(crate) const FROM: usize = 1 << 20;
 /// The largest buffer kept.
 pub(crate) const KEEP_MAX: usize = 64 << 20;
 
+/// The most bytes kept in spare buffers by all threads together.
+pub(crate) const KEEP_TOTAL: usize = 2 * KEEP_MAX;
+
+/// Bytes of capacity in spare buffers now, all threads together.
+static KEPT: AtomicUsize = AtomicUsize::new(0);
+
+/// A thread's spare buffer, its capacity counted in [`KEPT`] while kept.
+#[derive(Default)]
+struct Spare(Vec<u8>);
+
+impl Spare {
+    /// `v` kept, if the process's spare buffers leave room for it.
+    fn keep(v: Vec<u8>) -> Option<Spare> {
+        let cap = v.capacity();
+        KEPT.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| {
+            k.checked_add(cap).filter(|&total| total <= KEEP_TOTAL)
+        })
+        .ok()?;
+        Some(Spare(v))
+    }
+
+    /// The buffer, no longer counted.
+    fn into_vec(mut self) -> Vec<u8> {
+        let v = std::mem::take(&mut self.0);
+        KEPT.fetch_sub(v.capacity(), Ordering::SeqCst);
+        v
+    }
+}
+
+impl Drop for Spare {
+    /// Freed (at a thread's exit, or replaced): no longer counted.
+    fn drop(&mut self) {
+        KEPT.fetch_sub(self.0.capacity(), Ordering::SeqCst);
+    }
+}
+
 thread_local! {
-    static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    static SPARE: Cell<Spare> = const { Cell::new(Spare(Vec::new())) };
 }
 
 /// Makes room in `v` for `extra` more bytes, as `Vec::reserve` does, but
@@ -36,8 +75,9 @@ pub(crate) fn reserve(v: &mut Vec<u8>, extra: usize) {
     }
     if need >= FROM {
         // `try_with`: during a thread-local's destructor, no spare.
-        if let Ok(mut spare) = SPARE.try_with(Cell::take) {
-            if spare.capacity() >= need {
+        if let Ok(spare) = SPARE.try_with(Cell::take) {
+            if spare.0.capacity() >= need {
+                let mut spare = spare.into_vec();
                 spare.clear();
                 spare.extend_from_slice(v);
                 std::mem::swap(v, &mut spare);
@@ -58,7 +98,15 @@ pub(crate) fn give(mut v: Vec<u8>) {
     v.clear();
     let _ = SPARE.try_with(|s| {
         let kept = s.take();
-        s.set(if kept.capacity() >= v.capacity() { kept } else { v });
+        if kept.0.capacity() >= v.capacity() {
+            s.set(kept);
+            return;
+        }
+        // The smaller one's share goes back first: `v` may take its place.
+        drop(kept);
+        if let Some(v) = Spare::keep(v) {
+            s.set(v);
+        }
     });
 }
 
@@ -90,6 +138,57 @@ mod tests {
             let mut x = Vec::new();
             reserve(&mut x, FROM);
             assert!(x.capacity() < KEEP_MAX);
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// The spare buffers of all threads together stay within
+    /// [`KEEP_TOTAL`]: a process whose many threads each once sent a large
+    /// message does not keep a large buffer for each of them. A thread's
+    /// exit gives its share back.
+    #[test]
+    fn spare_buffers_are_bounded_across_threads() {
+        use std::sync::mpsc;
+        // Capacity only: no page of these buffers is ever touched.
+        let each = KEEP_MAX;
+        let threads = KEEP_TOTAL / each + 1;
+        let (kept_tx, kept_rx) = mpsc::channel();
+        let (end_tx, end_rx) = mpsc::channel::<()>();
+        let end_rx = std::sync::Arc::new(std::sync::Mutex::new(end_rx));
+        let holders: Vec<_> = (0..threads)
+            .map(|_| {
+                let (kept_tx, end_rx) = (kept_tx.clone(), end_rx.clone());
+                std::thread::spawn(move || {
+                    let big = Vec::<u8>::with_capacity(each);
+                    let at = big.as_ptr();
+                    give(big);
+                    let mut v = Vec::new();
+                    reserve(&mut v, FROM);
+                    let kept = v.as_ptr() == at;
+                    // Given back, and held until told to end.
+                    give(v);
+                    kept_tx.send(kept).unwrap();
+                    let _ = end_rx.lock().unwrap().recv_timeout(std::time::Duration::from_secs(30));
+                })
+            })
+            .collect();
+        let kept = (0..threads)
+            .filter(|_| kept_rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap())
+            .count();
+        assert_eq!(kept, KEEP_TOTAL / each, "threads that kept a spare of {each} bytes");
+        drop(end_tx);
+        for h in holders {
+            h.join().unwrap();
+        }
+        // Every holder is gone: a new thread keeps one again.
+        std::thread::spawn(move || {
+            let big = Vec::<u8>::with_capacity(each);
+            let at = big.as_ptr();
+            give(big);
+            let mut v = Vec::new();
+            reserve(&mut v, FROM);
+            assert_eq!(v.as_ptr(), at, "a spare freed by an ended thread still counts");
         })
         .join()
         .unwrap();
