@@ -166,12 +166,7 @@ mod tests {
             .map(|_| {
                 let (kept_tx, end_rx) = (kept_tx.clone(), end_rx.clone());
                 std::thread::spawn(move || {
-                    let big = Vec::<u8>::with_capacity(each);
-                    let at = big.as_ptr();
-                    give(big);
-                    let mut v = Vec::new();
-                    reserve(&mut v, FROM);
-                    let kept = v.as_ptr() == at;
+                    let (kept, v) = give_and_take(each);
                     // Given back, and held until told to end.
                     give(v);
                     kept_tx.send(kept).unwrap();
@@ -190,15 +185,19 @@ mod tests {
             h.join().unwrap();
         }
         // Every holder is gone: a new thread keeps one again.
-        std::thread::spawn(move || {
-            let big = Vec::<u8>::with_capacity(each);
-            let at = big.as_ptr();
-            give(big);
-            let mut v = Vec::new();
-            reserve(&mut v, FROM);
-            assert_eq!(v.as_ptr(), at, "a spare freed by an ended thread still counts");
-        })
-        .join()
-        .unwrap();
+        let kept = std::thread::spawn(move || give_and_take(each).0).join().unwrap();
+        assert!(kept, "a spare freed by an ended thread still counts");
+    }
+
+    /// Gives a buffer of `capacity` (no page touched), then grows a new
+    /// vector past [`FROM`]: whether the growth took the given buffer, and
+    /// the grown vector.
+    fn give_and_take(capacity: usize) -> (bool, Vec<u8>) {
+        let big = Vec::<u8>::with_capacity(capacity);
+        let at = big.as_ptr();
+        give(big);
+        let mut v = Vec::new();
+        reserve(&mut v, FROM);
+        (v.as_ptr() == at, v)
     }
 }
