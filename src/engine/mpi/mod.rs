@@ -512,7 +512,7 @@ fn service() -> &'static Service {
 /// rank runs another build, MPI itself failed) is kept and returned to every
 /// later call. A timeout is not kept: a rank that did not answer the
 /// handshake in time may only have been slow to start, and the next pool
-/// asks again.
+/// asks again; nor is a failure to start a thread (resources may free up).
 struct StartOnce<T> {
     made: OnceLock<T>,
     /// Held while one call makes the value; the failure kept, if any.
@@ -528,7 +528,7 @@ impl<T> StartOnce<T> {
         self.made.get()
     }
 
-    fn get_or_try(&self, make: impl FnOnce() -> Result<T>) -> Result<&T> {
+    fn get_or_try(&self, make: impl FnOnce() -> Result<T, Failed>) -> Result<&T> {
         if let Some(v) = self.made.get() {
             return Ok(v);
         }
@@ -541,13 +541,28 @@ impl<T> StartOnce<T> {
         }
         match make() {
             Ok(v) => Ok(self.made.get_or_init(|| v)),
-            Err(e) => {
-                if e.kind() != ErrorKind::Timeout {
-                    *failed = Some(e.clone());
+            Err(Failed { error, for_good }) => {
+                if for_good {
+                    *failed = Some(error.clone());
                 }
-                Err(e)
+                Err(error)
             }
         }
+    }
+}
+
+/// Why a [`StartOnce`] could not make its value, and whether every later
+/// try would fail the same way. From an error: for good unless it is a
+/// timeout.
+struct Failed {
+    error: Error,
+    for_good: bool,
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Failed {
+        let for_good = error.kind() != ErrorKind::Timeout;
+        Failed { error, for_good }
     }
 }
 
@@ -566,7 +581,8 @@ fn start() -> Result<&'static Service> {
             let mut c = comm::comm()?;
             let world = c.world();
             if world.rank != 0 {
-                return Err(Error::new(ErrorKind::InvalidState, "only MPI rank 0 makes pools"));
+                let only = Error::new(ErrorKind::InvalidState, "only MPI rank 0 makes pools");
+                return Err(only.into());
             }
             handshake(&mut c)?;
             world
@@ -575,7 +591,10 @@ fn start() -> Result<&'static Service> {
         let thread = std::thread::Builder::new()
             .name("multiproc-mpi".into())
             .spawn(serve_ranks)
-            .map_err(|e| Error::io("could not start the MPI service thread", e))?;
+            .map_err(|e| Failed {
+                error: Error::io("could not start the MPI service thread", e),
+                for_good: false,
+            })?;
         Ok(Service { thread: thread.thread().clone(), current: Mutex::new(None), world })
     })
 }
@@ -805,7 +824,7 @@ mod tests {
         let tries = Cell::new(0);
         let timed_out = once.get_or_try(|| {
             tries.set(tries.get() + 1);
-            Err(Error::timeout("MPI ranks 1 did not answer within 60 s"))
+            Err(Error::timeout("MPI ranks 1 did not answer within 60 s").into())
         });
         assert_eq!(timed_out.unwrap_err().kind(), ErrorKind::Timeout);
         assert!(once.get().is_none());
@@ -823,10 +842,21 @@ mod tests {
     #[test]
     fn a_start_that_failed_for_good_is_not_tried_again() {
         let once = StartOnce::<u32>::new();
-        let first = once.get_or_try(|| Err(Error::build_mismatch("MPI rank 1")));
+        let first = once.get_or_try(|| Err(Error::build_mismatch("MPI rank 1").into()));
         let kind = first.unwrap_err().kind();
         let again = once.get_or_try(|| unreachable!("a kept failure is not retried"));
         assert_eq!(again.unwrap_err().kind(), kind);
         assert!(once.get().is_none());
+    }
+
+    /// A failure its maker marks as passing (a thread that could not
+    /// start) is not kept either.
+    #[test]
+    fn a_start_that_failed_for_now_is_tried_again() {
+        let once = StartOnce::<u32>::new();
+        let error = Error::io("could not start the MPI service thread", std::io::Error::other("x"));
+        let first = once.get_or_try(|| Err(Failed { error, for_good: false }));
+        assert_eq!(first.unwrap_err().kind(), ErrorKind::Io);
+        assert_eq!(once.get_or_try(|| Ok(3)).copied().unwrap(), 3);
     }
 }
