@@ -483,7 +483,15 @@ impl<T> Queue<T> {
     /// waited for until then instead, and `Ok(false)` when it stayed busy:
     /// nothing was put. The outbox is let go between the waits, so the
     /// other threads' puts meanwhile wait for it at most one of them.
-    fn send(&self, bytes: &[u8], fds: Vec<OwnedFd>, deadline: Option<Instant>) -> Result<bool> {
+    /// `lock` bounds each wait for the mutex ([`PUT_LOCK_WAIT`], or not at
+    /// all for a put that must not block its thread: `put_async`).
+    fn send(
+        &self,
+        bytes: &[u8],
+        fds: Vec<OwnedFd>,
+        deadline: Option<Instant>,
+        lock: LockWait,
+    ) -> Result<bool> {
         let outbox = &self.shared.outbox;
         let tx = self.shared.tx.as_fd();
         let mut items = loop {
@@ -494,7 +502,7 @@ impl<T> Queue<T> {
             if items.feeder {
                 break items;
             }
-            match self.shared.ring.try_push(bytes, &fds, tx, LockWait::For(PUT_LOCK_WAIT))? {
+            match self.shared.ring.try_push(bytes, &fds, tx, lock)? {
                 Some(true) => {
                     self.shared.committed();
                     return Ok(true);
@@ -921,6 +929,7 @@ impl<T: Serialize> Queue<T> {
         &self,
         value: T,
         timeout: Option<Duration>,
+        lock: LockWait,
     ) -> std::result::Result<(), PutError<T>> {
         if self.is_closed() {
             return Err(PutError::Closed(value));
@@ -947,7 +956,7 @@ impl<T: Serialize> Queue<T> {
                 m.unfinished.fetch_sub(1, Ordering::SeqCst);
                 self.give_place();
             };
-            match self.send(buf, fds, deadline) {
+            match self.send(buf, fds, deadline, lock) {
                 Ok(true) => Ok(()),
                 Ok(false) => {
                     undo();
@@ -976,7 +985,7 @@ impl<T: Serialize> Queue<T> {
     /// # Ok::<(), multiproc::Error>(())
     /// ```
     pub fn put(&self, value: T) -> std::result::Result<(), PutError<T>> {
-        self.put_within(value, None)
+        self.put_within(value, None, LockWait::For(PUT_LOCK_WAIT))
     }
 
     /// Puts `value`, waiting at most `timeout` for a free place.
@@ -988,7 +997,7 @@ impl<T: Serialize> Queue<T> {
     /// by another process (a stopped one) that long. On an unbounded queue
     /// it is [`put`](Queue::put): it never waits.
     pub fn put_timeout(&self, value: T, timeout: Duration) -> std::result::Result<(), PutError<T>> {
-        self.put_within(value, Some(timeout))
+        self.put_within(value, Some(timeout), LockWait::For(PUT_LOCK_WAIT))
     }
 
     /// Puts `value` only if there is a free place now (Python's `put_nowait`).
@@ -998,7 +1007,20 @@ impl<T: Serialize> Queue<T> {
     /// (or, a bounded queue, its shared memory stayed locked by another
     /// process for the couple of milliseconds a put waits for it).
     pub fn put_nowait(&self, value: T) -> std::result::Result<(), PutError<T>> {
-        match self.put_within(value, Some(Duration::ZERO)) {
+        match self.put_within(value, Some(Duration::ZERO), LockWait::For(PUT_LOCK_WAIT)) {
+            Err(PutError::Timeout(v)) => Err(PutError::Full(v)),
+            put => put,
+        }
+    }
+
+    /// As [`put_nowait`](Queue::put_nowait), but a bounded queue's put does
+    /// not wait for the ring's mutex at all: [`PutError::Full`] when it is
+    /// busy too, for the caller to try again (`put_async`, whose thread is
+    /// an executor's). An unbounded queue's put waits for it as briefly as
+    /// ever, then leaves the item to the feeder, which never waits again.
+    pub(crate) fn put_now(&self, value: T) -> std::result::Result<(), PutError<T>> {
+        let lock = if self.maxsize() != 0 { LockWait::Try } else { LockWait::For(PUT_LOCK_WAIT) };
+        match self.put_within(value, Some(Duration::ZERO), lock) {
             Err(PutError::Timeout(v)) => Err(PutError::Full(v)),
             put => put,
         }

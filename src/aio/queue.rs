@@ -109,7 +109,9 @@ impl<T: Serialize> Queue<T> {
         let mut value = Some(value);
         poll_fn(|cx| {
             let v = value.take().expect("polled after completion");
-            match self.put_nowait(v) {
+            // Never waits for the ring's mutex: a stopped holder does
+            // not block the executor's thread, the retry comes back later.
+            match self.put_now(v) {
                 Err(PutError::Full(v)) => {
                     if let Err(e) = wait.retry(cx) {
                         return Poll::Ready(Err(PutError::Failed(v, e)));

@@ -224,3 +224,48 @@ fn a_killed_stopped_holder_frees_the_queue_and_nothing_put_is_lost() {
     q.put(N).unwrap();
     assert_eq!(q.get_timeout(STARTUP).unwrap(), N);
 }
+
+/// Times every poll of the future it wraps.
+struct TimedPolls<F> {
+    inner: std::pin::Pin<Box<F>>,
+    polls: std::sync::Arc<std::sync::Mutex<Vec<Duration>>>,
+}
+
+impl<F: std::future::Future> std::future::Future for TimedPolls<F> {
+    type Output = F::Output;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let t = Instant::now();
+        let r = self.inner.as_mut().poll(cx);
+        self.polls.lock().unwrap().push(t.elapsed());
+        r
+    }
+}
+
+/// `put_async` on a bounded queue whose mutex a stopped process holds does
+/// not block the executor's thread: each poll tries the mutex without
+/// waiting for it (a put waits up to 2 ms for it, which on an executor's
+/// thread stalls every other task that long, poll after poll), and the put
+/// completes once the holder is gone.
+#[test]
+fn put_async_behind_a_stopped_holder_does_not_block_its_executor() {
+    let q = Queue::<u64>::bounded(4).unwrap();
+    let mut holder = StoppedHolder::start(&q);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let polls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let put = TimedPolls { inner: Box::pin(q.put_async(1)), polls: polls.clone() };
+    let waited = rt.block_on(async { tokio::time::timeout(Duration::from_millis(300), put).await });
+    assert!(waited.is_err(), "a put behind a stopped holder completed");
+    let mut took = polls.lock().unwrap().clone();
+    took.sort();
+    assert!(took.len() >= 10, "put_async was polled only {} times in 300 ms", took.len());
+    let median = took[took.len() / 2];
+    assert!(median < Duration::from_micros(500), "a poll took {median:?} (median of {took:?})");
+    assert_eq!(q.qsize(), 0, "a put that gave up left its item counted");
+    holder.kill();
+    let done = rt.block_on(async { tokio::time::timeout(STARTUP, q.put_async(2)).await });
+    done.expect("put_async after the holder was killed").unwrap();
+    assert_eq!(q.get_timeout(STARTUP).unwrap(), 2);
+}
