@@ -287,19 +287,19 @@ impl Shared {
     /// (or its `join` would wait for them forever) and a bounded queue's
     /// free places.
     fn uncount(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
         let m = self.mem.get();
-        for _ in 0..n {
-            let _ = m.count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
-            let _ =
-                m.unfinished.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
-            if m.maxsize.load(Ordering::SeqCst) != 0 {
-                m.free.fetch_add(1, Ordering::SeqCst);
-                sys::futex_wake(&m.free, 1);
-            }
+        let less = |c: u32| Some(c.saturating_sub(n));
+        let _ = m.count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, less);
+        let _ = m.unfinished.fetch_update(Ordering::SeqCst, Ordering::SeqCst, less);
+        if m.maxsize.load(Ordering::SeqCst) != 0 {
+            m.free.fetch_add(n, Ordering::SeqCst);
+            sys::futex_wake(&m.free, i32::try_from(n).unwrap_or(i32::MAX));
         }
-        if n > 0 {
-            sys::futex_wake(&m.unfinished, i32::MAX);
-        }
+        sys::futex_wake(&m.unfinished, i32::MAX);
     }
 
     /// Drops every item of this outbox not in the ring yet, the feeder's
@@ -1007,7 +1007,11 @@ impl<T: Serialize> Queue<T> {
     /// (or, a bounded queue, its shared memory stayed locked by another
     /// process for the couple of milliseconds a put waits for it).
     pub fn put_nowait(&self, value: T) -> std::result::Result<(), PutError<T>> {
-        match self.put_within(value, Some(Duration::ZERO), LockWait::For(PUT_LOCK_WAIT)) {
+        self.put_nowait_with(value, LockWait::For(PUT_LOCK_WAIT))
+    }
+
+    fn put_nowait_with(&self, value: T, lock: LockWait) -> std::result::Result<(), PutError<T>> {
+        match self.put_within(value, Some(Duration::ZERO), lock) {
             Err(PutError::Timeout(v)) => Err(PutError::Full(v)),
             put => put,
         }
@@ -1020,10 +1024,7 @@ impl<T: Serialize> Queue<T> {
     /// ever, then leaves the item to the feeder, which never waits again.
     pub(crate) fn put_now(&self, value: T) -> std::result::Result<(), PutError<T>> {
         let lock = if self.maxsize() != 0 { LockWait::Try } else { LockWait::For(PUT_LOCK_WAIT) };
-        match self.put_within(value, Some(Duration::ZERO), lock) {
-            Err(PutError::Timeout(v)) => Err(PutError::Full(v)),
-            put => put,
-        }
+        self.put_nowait_with(value, lock)
     }
 }
 
