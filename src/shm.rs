@@ -87,8 +87,15 @@ impl Region {
         Self::map(fd)
     }
 
+    /// As [`Region::new`], its file named `name` (seen in `/proc`).
+    pub(crate) fn new_named(name: &std::ffi::CStr, len: usize) -> Result<Region> {
+        let fd = sys::memfd_sealed_named(name, len)
+            .map_err(|e| Error::io("could not create shared memory", e))?;
+        Self::map(fd)
+    }
+
     /// Maps all of `fd`, whose size must be sealed.
-    fn map(fd: OwnedFd) -> Result<Region> {
+    pub(crate) fn map(fd: OwnedFd) -> Result<Region> {
         let (len, id) = sys::file_len_and_id(fd.as_fd())
             .map_err(|e| Error::io("could not inspect shared memory", e))?;
         let map_len = len.max(1);
@@ -108,6 +115,55 @@ impl Region {
 
     pub(crate) fn id(&self) -> RegionId {
         self.0.id
+    }
+
+    /// A descriptor of the region's file, to send to another process.
+    pub(crate) fn dup_fd(&self) -> Result<OwnedFd> {
+        self.0
+            .fd
+            .try_clone()
+            .map_err(|e| Error::io("could not duplicate shared memory's handle", e))
+    }
+
+    /// Copies `src` into the ring of `cap` bytes (a power of two) that
+    /// starts `at` bytes into the region, at stream position `pos`,
+    /// wrapping at the ring's end.
+    ///
+    /// # Panics
+    /// If the ring is not inside the region or `src` is longer than it.
+    pub(crate) fn write_wrapping(&self, at: usize, cap: usize, pos: u64, src: &[u8]) {
+        let (off, first) = self.wrap(at, cap, pos, src.len());
+        // SAFETY: `wrap` checked that `at + cap <= len` and `src.len() <=
+        // cap`, and `off + first <= cap`: both copies stay inside the ring,
+        // which `src` (private memory) does not overlap.
+        unsafe {
+            let ring = self.ptr().add(at);
+            std::ptr::copy_nonoverlapping(src.as_ptr(), ring.add(off), first);
+            std::ptr::copy_nonoverlapping(src.as_ptr().add(first), ring, src.len() - first);
+        }
+    }
+
+    /// Copies `dst.len()` bytes out of the ring (as [`Region::write_wrapping`]
+    /// names it) at stream position `pos`, wrapping. Another process may
+    /// write the ring meanwhile: the bytes may then be wrong, never read
+    /// from outside it.
+    pub(crate) fn read_wrapping(&self, at: usize, cap: usize, pos: u64, dst: &mut [u8]) {
+        let (off, first) = self.wrap(at, cap, pos, dst.len());
+        // SAFETY: as in `write_wrapping`.
+        unsafe {
+            let ring = self.ptr().add(at);
+            std::ptr::copy_nonoverlapping(ring.add(off), dst.as_mut_ptr(), first);
+            std::ptr::copy_nonoverlapping(ring, dst.as_mut_ptr().add(first), dst.len() - first);
+        }
+    }
+
+    /// Where a copy of `len` bytes at `pos` starts in the ring, and how much
+    /// of it fits before the ring's end.
+    fn wrap(&self, at: usize, cap: usize, pos: u64, len: usize) -> (usize, usize) {
+        assert!(cap.is_power_of_two() && at.checked_add(cap).is_some_and(|end| end <= self.len()));
+        assert!(len <= cap, "a copy of {len} bytes into a ring of {cap}");
+        let off = (pos as usize) & (cap - 1);
+        (off, len.min(cap - off))
     }
 }
 

@@ -65,6 +65,8 @@ mod progress;
 mod queue_ring;
 #[path = "it/queue_stuck_peer.rs"]
 mod queue_stuck_peer;
+#[path = "it/results_ring.rs"]
+mod results_ring;
 #[path = "it/scheduling.rs"]
 mod scheduling;
 #[path = "it/seccomp.rs"]

@@ -309,6 +309,20 @@ pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8], wait: bool) -> io::Result<usi
 }
 
 /// Shuts a socket down in both directions: the peer reads end of file.
+/// How many bytes this process sent on the stream socket `fd` that its peer
+/// has not read yet (`SIOCOUTQ`, which Linux numbers as `TIOCOUTQ`; a Unix
+/// socket charges them to the sender until the receiver takes them).
+pub(crate) fn unread_sent(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int through the pointer, which points at
+    // `n`; a descriptor that is not a socket fails with ENOTTY.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n.max(0) as usize)
+}
+
 pub(crate) fn shutdown(fd: BorrowedFd<'_>) {
     // Failure (the peer already gone) needs no handling.
     let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);
@@ -423,6 +437,11 @@ impl EventFd {
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.0.as_fd()
+    }
+
+    /// A descriptor of the same counter, to send to another process.
+    pub(crate) fn dup_fd(&self) -> io::Result<OwnedFd> {
+        self.0.try_clone()
     }
 
     /// One that arrived from another process: refused unless it is
@@ -867,9 +886,13 @@ const FIXED_SIZE_SEALS: rustix::fs::SealFlags = rustix::fs::SealFlags::SHRINK
 /// to leak or for another user to open) and vanishes when the last
 /// descriptor and mapping of it are gone, in whichever process.
 pub(crate) fn memfd_sealed(len: usize) -> io::Result<OwnedFd> {
+    memfd_sealed_named(c"multiproc", len)
+}
+
+/// As [`memfd_sealed`], under `name` (shown in `/proc/PID/maps` and `fd/`).
+pub(crate) fn memfd_sealed_named(name: &std::ffi::CStr, len: usize) -> io::Result<OwnedFd> {
     use rustix::fs::MemfdFlags;
-    let fd =
-        rustix::fs::memfd_create(c"multiproc", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
     let len = u64::try_from(len)
         .ok()
         .filter(|&l| l <= i64::MAX as u64)

@@ -312,6 +312,14 @@ impl Conn {
         !self.out.pieces.is_empty()
     }
 
+    /// The output queued, when it is plain bytes that nothing of was sent
+    /// yet: frames without descriptors whose bodies are in the buffer (not
+    /// shared with their owner, not in a file). A worker puts such a result
+    /// in its results ring (`wire::ring`) and then discards it here.
+    pub(crate) fn plain_output(&self) -> Option<&[u8]> {
+        self.out.plain()
+    }
+
     /// Drops the output not written yet (and the files and descriptors it
     /// holds): for a channel whose peer is gone.
     pub(crate) fn discard_output(&mut self) {
@@ -646,6 +654,12 @@ impl Conn {
         let from = (self.rpos + HEADER).min(self.rbuf.len());
         let to = (self.rpos + HEADER + h.stream_len()).min(self.rbuf.len());
         Some((h.kind, &self.rbuf[from..to]))
+    }
+
+    /// True when any input is buffered and not yet taken as a frame (or the
+    /// peer broke a rule).
+    pub(crate) fn has_input(&self) -> bool {
+        self.rpos < self.rbuf.len() || self.owning.is_some() || self.violation.is_some()
     }
 
     /// True when part of a frame is buffered (its writer stopped mid-frame).
@@ -1028,6 +1042,16 @@ impl Output {
         let start = self.begin_frame(kind);
         self.tail(body);
         self.end_frame(start, fds)
+    }
+
+    /// See [`Conn::plain_output`].
+    pub(crate) fn plain(&self) -> Option<&[u8]> {
+        match (self.pieces.front(), self.pieces.len(), self.first_sent) {
+            (Some(Piece { bytes: Bytes::Buf(r), fds }), 1, 0) if fds.is_empty() => {
+                Some(&self.buf[r.clone()])
+            }
+            _ => None,
+        }
     }
 
     fn piece_bytes<'a>(buf: &'a [u8], p: &'a Piece) -> &'a [u8] {

@@ -11,14 +11,20 @@
 //!
 //! | kind          | direction        | body                                                        |
 //! |---------------|------------------|-------------------------------------------------------------|
-//! | `INIT`        | parent → worker  | fingerprint (16) · has initializer (1) · entry (i64) · chunk |
+//! | `INIT`        | parent → worker  | fingerprint (16) · has initializer (1) · entry (i64) · memory limit (u64) · results ring (1) · chunk |
 //! | `TASK`        | parent → worker  | task id (u64) · entry (i64) · chunk                         |
 //! | `CALL`        | parent → worker  | as `TASK`, from a caller that waits for it (the worker then spins) |
 //! | `RUN`         | parent → process | fingerprint (16) · entry (i64) · chunk                      |
-//! | `READY`       | worker → parent  | pid (u32)                                                   |
+//! | `READY`       | worker → parent  | pid (u32) · uses the results ring (1)                        |
 //! | `MISMATCH`    | worker → parent  | nothing                                                     |
 //! | `INIT_FAILED` | worker → parent  | message (UTF-8)                                             |
 //! | `DONE`        | worker → parent  | task id (u64) · outcomes                                    |
+//! | `ON_CHANNEL`  | worker → parent, in its results ring | task id (u64): that result is the next DONE on the channel |
+//!
+//! - [`ring`]: a worker's results ring. Once READY, a worker puts its DONE
+//!   frames in shared memory both processes map, and the parent is woken
+//!   through a doorbell only when it sleeps; a result that cannot go there
+//!   takes the channel, announced in the ring so that the order holds.
 //!
 //! The parent closes the channel to tell a worker to exit.
 //!
@@ -36,6 +42,7 @@
 mod conn;
 mod memfd;
 mod msg;
+pub(crate) mod ring;
 
 pub(crate) use conn::{Accept, Body, Chunk, Conn, Frozen, Tail, INLINE};
 pub(crate) use memfd::Mapped;

@@ -21,6 +21,9 @@ pub(crate) const READY: u8 = 10;
 pub(crate) const MISMATCH: u8 = 11;
 pub(crate) const INIT_FAILED: u8 = 12;
 pub(crate) const DONE: u8 = 13;
+/// In a worker's results ring only (`wire::ring`): the result of a task
+/// comes on the channel instead.
+pub(crate) const ON_CHANNEL: u8 = 14;
 
 /// The kinds of a pipe's frames (a channel of its own: the numbers may
 /// repeat the ones above).
@@ -38,6 +41,7 @@ pub(crate) fn kind_name(kind: u8) -> String {
         MISMATCH => "MISMATCH".into(),
         INIT_FAILED => "INIT_FAILED".into(),
         DONE => "DONE".into(),
+        ON_CHANNEL => "ON_CHANNEL".into(),
         k => format!("unknown kind {k}"),
     }
 }
@@ -85,13 +89,17 @@ pub(crate) struct Call<C> {
 /// the pool's initializer, if it has one.
 ///
 /// `fingerprint [16] · has initializer u8 (0 or 1) · entry i64 ·
-/// memory limit u64 (0: none) · chunk`; without an initializer the entry is
-/// 0 and the chunk empty.
+/// memory limit u64 (0: none) · results ring u8 (0 or 1) · chunk`; without
+/// an initializer the entry is 0 and the chunk empty. With a results ring,
+/// the frame's last two descriptors are the ring and its doorbell
+/// (`wire::ring`); the initializer's handles come before them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Init<C> {
     pub(crate) fingerprint: [u8; 16],
     /// The address space the worker caps itself at, in bytes (0: no cap).
     pub(crate) memory_limit: u64,
+    /// The frame ends with a results ring and its doorbell.
+    pub(crate) results: bool,
     pub(crate) init: Option<Call<C>>,
 }
 
@@ -104,11 +112,13 @@ impl<C: Tail + Copy> Init<C> {
                 out.buf().push(1);
                 out.buf().extend_from_slice(&call.entry.to_le_bytes());
                 out.buf().extend_from_slice(&self.memory_limit.to_le_bytes());
+                out.buf().push(self.results.into());
                 out.tail(call.chunk);
             }
             None => {
                 out.buf().extend_from_slice(&[0; 9]);
                 out.buf().extend_from_slice(&self.memory_limit.to_le_bytes());
+                out.buf().push(self.results.into());
             }
         }
         out.end_frame(start, fds)
@@ -116,7 +126,7 @@ impl<C: Tail + Copy> Init<C> {
 }
 
 impl<'a> Init<&'a [u8]> {
-    pub(crate) const HEAD: usize = 33;
+    pub(crate) const HEAD: usize = 34;
 
     pub(crate) fn decode(body: &'a [u8]) -> Result<Self, Violation> {
         if body.len() < Self::HEAD {
@@ -125,6 +135,15 @@ impl<'a> Init<&'a [u8]> {
         let fingerprint = fixed::<16>(body, 0);
         let (entry, chunk) = (i64_at(body, 17), &body[Self::HEAD..]);
         let memory_limit = u64_at(body, 25);
+        let results = match body[33] {
+            0 => false,
+            1 => true,
+            b => {
+                return Err(Violation(format!(
+                    "an INIT frame whose results-ring flag is {b}, neither 0 nor 1"
+                )))
+            }
+        };
         let init = match body[16] {
             1 => Some(Call { entry, chunk }),
             0 if entry == 0 && chunk.is_empty() => None,
@@ -139,7 +158,7 @@ impl<'a> Init<&'a [u8]> {
                 )))
             }
         };
-        Ok(Init { fingerprint, memory_limit, init })
+        Ok(Init { fingerprint, memory_limit, results, init })
     }
 }
 
@@ -248,20 +267,28 @@ impl<'a> Run<&'a [u8]> {
 
 /// READY, worker → parent: the handshake passed; tasks may come.
 ///
-/// `pid u32` (more bytes after it are ignored, for a later version).
+/// `pid u32 · results ring u8 (1: the worker puts its results in the ring
+/// INIT gave it; anything else, or no byte: on the channel)`; more bytes
+/// after these are ignored, for a later version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Ready {
     pub(crate) pid: u32,
+    pub(crate) results: bool,
 }
 
 impl Ready {
     pub(crate) fn encode(&self, out: &mut Output) -> crate::Result<()> {
-        out.push_frame(READY, &self.pid.to_le_bytes()[..], Vec::new())
+        let mut body = [0; 5];
+        body[..4].copy_from_slice(&self.pid.to_le_bytes());
+        body[4] = self.results.into();
+        out.push_frame(READY, &body[..], Vec::new())
     }
 
     pub(crate) fn decode(body: &[u8]) -> Result<Self, Violation> {
         match le::<4>(body, 0) {
-            Some(pid) => Ok(Ready { pid: u32::from_le_bytes(pid) }),
+            Some(pid) => {
+                Ok(Ready { pid: u32::from_le_bytes(pid), results: body.get(4) == Some(&1) })
+            }
             None => Err(short(READY, body.len(), 4)),
         }
     }
@@ -353,6 +380,34 @@ impl<'a> Done<&'a [u8]> {
             return Err(Violation("a result too short to name its task".to_string()));
         }
         Ok(Done { id: u64_at(body, 0), outcomes: &body[Self::HEAD..] })
+    }
+}
+
+/// ON_CHANNEL, worker → parent, in the results ring only: the result of
+/// task `id` is too large for the ring (or carries descriptors) and is the
+/// next DONE on the channel. The parent takes no DONE from the channel that
+/// a record like this did not announce, so results from the two ways keep
+/// the order the worker ran its tasks in.
+///
+/// `task id u64`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OnChannel {
+    pub(crate) id: u64,
+}
+
+impl OnChannel {
+    pub(crate) fn encode(&self, out: &mut Output) -> crate::Result<()> {
+        out.push_frame(ON_CHANNEL, &self.id.to_le_bytes()[..], Vec::new())
+    }
+
+    pub(crate) fn decode(body: &[u8]) -> Result<Self, Violation> {
+        match le::<8>(body, 0) {
+            Some(id) if body.len() == 8 => Ok(OnChannel { id: u64::from_le_bytes(id) }),
+            _ => Err(Violation(format!(
+                "an ON_CHANNEL record of {} bytes, not the 8 of a task id",
+                body.len()
+            ))),
+        }
     }
 }
 
@@ -482,11 +537,12 @@ mod tests {
     #[test]
     fn init_round_trips_with_and_without_an_initializer() {
         let call = Some(Call { entry: -42, chunk: &b"args"[..] });
-        let with = Init { fingerprint: FP, memory_limit: 1 << 30, init: call };
+        let with = Init { fingerprint: FP, memory_limit: 1 << 30, results: true, init: call };
         let (kind, body, n) = through_socket(|o| with.encode(o, fds(2)).unwrap());
         assert_eq!((kind, n), (INIT, 2));
         assert_eq!(ToWorker::decode(kind, &body), Ok(ToWorker::Init(with)));
-        let without: Init<&[u8]> = Init { fingerprint: FP, memory_limit: 0, init: None };
+        let without: Init<&[u8]> =
+            Init { fingerprint: FP, memory_limit: 0, results: false, init: None };
         let (kind, body, _) = through_socket(|o| without.encode(o, Vec::new()).unwrap());
         assert_eq!(body.len(), Init::HEAD);
         assert_eq!(Init::decode(&body), Ok(without));
@@ -519,8 +575,18 @@ mod tests {
 
     #[test]
     fn worker_messages_round_trip() {
-        let (k, b, _) = through_socket(|o| Ready { pid: 4121 }.encode(o).unwrap());
-        assert_eq!(FromWorker::decode(k, &b), Ok(FromWorker::Ready(Ready { pid: 4121 })));
+        for results in [false, true] {
+            let ready = Ready { pid: 4121, results };
+            let (k, b, _) = through_socket(|o| ready.encode(o).unwrap());
+            assert_eq!(FromWorker::decode(k, &b), Ok(FromWorker::Ready(ready)));
+        }
+        // A READY of the first version, with no results byte: no ring.
+        let first_version = 4121u32.to_le_bytes();
+        let older = FromWorker::decode(READY, &first_version);
+        assert_eq!(older, Ok(FromWorker::Ready(Ready { pid: 4121, results: false })));
+        let (k, b, _) = through_socket(|o| OnChannel { id: 77 }.encode(o).unwrap());
+        assert_eq!((k, OnChannel::decode(&b)), (ON_CHANNEL, Ok(OnChannel { id: 77 })));
+        assert!(OnChannel::decode(&b[..7]).is_err() && OnChannel::decode(&[0; 9]).is_err());
         let (k, b, _) = through_socket(|o| Mismatch.encode(o).unwrap());
         assert!(b.is_empty(), "a MISMATCH must reveal nothing");
         assert_eq!(FromWorker::decode(k, &b), Ok(FromWorker::Mismatch(Mismatch)));
@@ -563,9 +629,10 @@ mod tests {
         // The next frame is whole and alone.
         let (k, b, _) = through_socket(|o| {
             let _ = Done::encode_with(o, 1, |_| fds(sys_max() + 1));
-            Ready { pid: 3 }.encode(o).unwrap();
+            Ready { pid: 3, results: true }.encode(o).unwrap();
         });
-        assert_eq!(FromWorker::decode(k, &b), Ok(FromWorker::Ready(Ready { pid: 3 })));
+        let ready = Ready { pid: 3, results: true };
+        assert_eq!(FromWorker::decode(k, &b), Ok(FromWorker::Ready(ready)));
     }
 
     fn sys_max() -> usize {
@@ -583,7 +650,7 @@ mod tests {
 
     #[test]
     fn truncated_bodies_are_violations_that_name_the_message() {
-        let full_init = [[7u8; 16].as_slice(), &[1], &[0; 16]].concat();
+        let full_init = [[7u8; 16].as_slice(), &[1], &[0; 17]].concat();
         for (kind, full, head) in [
             (INIT, full_init, Init::HEAD),
             (TASK, vec![0; Task::HEAD], Task::HEAD),
@@ -612,10 +679,14 @@ mod tests {
 
     #[test]
     fn malformed_init_heads_are_violations() {
-        let mut body = [[7u8; 16].as_slice(), &[2], &[0; 16]].concat();
+        let mut body = [[7u8; 16].as_slice(), &[2], &[0; 17]].concat();
         let v = Init::decode(&body).unwrap_err();
         assert!(v.0.contains("initializer flag is 2"), "{v}");
         body[16] = 0;
+        body[33] = 3;
+        let v = Init::decode(&body).unwrap_err();
+        assert!(v.0.contains("results-ring flag is 3"), "{v}");
+        body[33] = 1;
         body.push(1);
         let v = Init::decode(&body).unwrap_err();
         assert!(v.0.contains("without an initializer that carries one"), "{v}");

@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 use crate::engine::spin::Spin;
 use crate::sys;
 use crate::task::{self, Failure, FailureKind};
-use crate::wire::{Conn, Done, InitFailed, Mismatch, Ready, ToWorker};
+use crate::wire::{ring, Conn, Done, InitFailed, Mismatch, Ready, ToWorker};
 
 pub(crate) const ENV_ROLE: &str = "MULTIPROC_ROLE";
 pub(crate) const ENV_NAME: &str = "MULTIPROC_NAME";
@@ -195,7 +195,7 @@ fn recv_frame(conn: &mut Conn, spin: bool) -> Option<Frame> {
 
 fn serve_pool(channel: OwnedFd) -> i32 {
     let mut conn = Conn::new(channel);
-    let Some((kind, body, fds)) = recv_frame(&mut conn, false) else {
+    let Some((kind, body, mut fds)) = recv_frame(&mut conn, false) else {
         return EXIT_NO_PARENT;
     };
     // The fingerprint comes first whatever the rest of the frame is: a
@@ -222,6 +222,17 @@ fn serve_pool(channel: OwnedFd) -> i32 {
     {
         return EXIT_NO_LIMIT;
     }
+    // A ring this worker cannot use is declined in READY: its results then
+    // take the channel, as a parent without rings expects.
+    let ring = match (init.results, fds.len()) {
+        (true, 2..) => {
+            let bell = fds.pop().expect("counted");
+            let ring = fds.pop().expect("counted");
+            ring::Writer::open(ring, bell).ok()
+        }
+        (true, _) => return EXIT_NO_PARENT,
+        (false, _) => None,
+    };
     if let Some(call) = init.init {
         let mut out = Vec::new();
         drop(task::run_chunk_at(call.entry, call.chunk, fds, &mut out));
@@ -232,11 +243,11 @@ fn serve_pool(channel: OwnedFd) -> i32 {
             return 1;
         }
     }
-    let _ = Ready { pid: std::process::id() }.encode(conn.output());
+    let _ = Ready { pid: std::process::id(), results: ring.is_some() }.encode(conn.output());
     if conn.flush_blocking().is_err() {
         return EXIT_NO_PARENT;
     }
-    task_loop(&mut conn);
+    task_loop(&mut conn, ring);
     0
 }
 
@@ -254,9 +265,17 @@ fn describe(failure: &Failure) -> String {
 /// because if that task kills the worker the parent must receive every
 /// earlier result and blame only the task that was running.
 ///
+/// With a results ring, a result goes there (`wire::ring`): it has then left
+/// this process as surely as through the channel, for one copy instead of a
+/// `send` and the parent's wake-up. A result too large for the ring, one
+/// with descriptors, or one behind channel bytes the parent has not read,
+/// takes the channel after a record in the ring that announces it. The
+/// result of a CALL takes the channel unannounced: its caller reads it
+/// there itself.
+///
 /// After a task whose sender waits for it (a CALL), the next one is looked
 /// for without sleeping for a moment: see [`Task`](crate::wire::Task).
-fn task_loop(conn: &mut Conn) {
+fn task_loop(conn: &mut Conn, mut ring: Option<ring::Writer>) {
     let mut waited = false;
     loop {
         let Some((kind, body, fds)) = recv_frame(conn, waited) else { return };
@@ -267,6 +286,7 @@ fn task_loop(conn: &mut Conn) {
             return;
         };
         waited = t.waited;
+        let id = t.id;
         let outcomes = |out: &mut Vec<u8>| task::run_chunk_at(t.call.entry, t.call.chunk, fds, out);
         if let Err(e) = Done::encode_with(out, t.id, outcomes) {
             // The results cannot travel: report that instead, for every item.
@@ -277,6 +297,17 @@ fn task_loop(conn: &mut Conn) {
                 Vec::new()
             };
             let _ = Done::encode_with(out, t.id, each);
+        }
+        if let Some(ring) = ring.as_mut().filter(|_| !waited) {
+            // Only behind a channel the parent has read to its end: bytes
+            // the task wrote there (a bug, or hostile code) are then read
+            // before this result, and blamed on this task.
+            let drained = sys::unread_sent(conn.fd()).is_ok_and(|n| n == 0);
+            if drained && conn.plain_output().is_some_and(|frame| ring.put(frame)) {
+                conn.discard_output();
+                continue;
+            }
+            ring.announce(id);
         }
         if conn.flush_blocking().is_err() {
             return;

@@ -298,6 +298,16 @@ pub(crate) fn fd_count() -> usize {
     fd_targets().len()
 }
 
+/// How many message and shared-memory files of multiproc this worker has
+/// mapped, leaving out its results ring (which lives as long as it does).
+pub(crate) fn message_mapping_count() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .expect("read /proc/self/maps")
+        .lines()
+        .filter(|l| l.contains("/memfd:multiproc") && !l.contains("/memfd:multiproc-results"))
+        .count()
+}
+
 /// How many multiproc shared-memory files this process has mapped (a mapping
 /// outlives its descriptor, so this is the other half of "freed").
 pub(crate) fn memfd_mapping_count() -> usize {

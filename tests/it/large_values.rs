@@ -9,8 +9,8 @@ use std::time::Duration;
 use multiproc::{pipe_one_way, Bytes, ErrorKind, Pool, Process, Queue, Receiver, Sender};
 
 use crate::ipc_util::{
-    bounded, dev_shm, eventually, fd_count, memfd_count, memfd_mapping_count, start_daemon, PROMPT,
-    STARTUP,
+    bounded, dev_shm, eventually, fd_count, memfd_count, memfd_mapping_count,
+    message_mapping_count, start_daemon, PROMPT, STARTUP,
 };
 
 const MIB: usize = 1 << 20;
@@ -197,15 +197,15 @@ fn keep(b: Bytes) -> (bool, usize, u64) {
     let sum = b.iter().map(|&x| u64::from(x)).sum();
     let shared = b.is_shared();
     *KEPT.lock().unwrap() = Some(b);
-    (shared, memfd_mapping_count(), sum)
+    (shared, message_mapping_count(), sum)
 }
 
 /// The mappings of multiproc files in this worker while it still keeps the
 /// last argument, and once it has dropped it.
 fn release(_: u8) -> (usize, usize) {
-    let kept = memfd_mapping_count();
+    let kept = message_mapping_count();
     *KEPT.lock().unwrap() = None;
-    (kept, memfd_mapping_count())
+    (kept, message_mapping_count())
 }
 
 /// Whether the argument viewed shared memory before and after a write to

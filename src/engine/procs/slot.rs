@@ -25,7 +25,7 @@ use crate::error::{Error, ErrorKind};
 use crate::spawn::{self, Child};
 use crate::stats::RestartReason;
 use crate::sys::{self, Interest};
-use crate::wire::{self, Accept, Call, Conn, Done, FromWorker, Init, Task};
+use crate::wire::{self, ring, Accept, Body, Call, Conn, Done, FromWorker, Init, OnChannel, Task};
 use crate::worker::{EXIT_MEMORY_LIMIT, EXIT_MISMATCH, ROLE_POOL};
 
 /// How many workers in a row may fail to start by their own doing (an exit,
@@ -126,6 +126,10 @@ pub(crate) fn run(core: Arc<Core>, index: usize) {
             lend_failed: false,
             why: None,
             rss_checked: None,
+            results: None,
+            channel_due: false,
+            ring_mark: 0,
+            record: Vec::new(),
         };
         event!(DEBUG, pid = worker.pid, slot = index; "worker {} ({name}) started", worker.pid);
         // A worker that is starting will be free soon: busy slots leave
@@ -231,22 +235,50 @@ struct Worker {
     why: Option<RestartReason>,
     /// When the resident set was last compared with the soft cap.
     rss_checked: Option<Instant>,
+    /// The worker's results ring (`wire::ring`), unless it could not be
+    /// made or the worker declined it.
+    results: Option<ring::Reader>,
+    /// The head's result is due on the channel: the ring announced it, or
+    /// the head is a lent call handed back (its caller read the channel).
+    channel_due: bool,
+    /// Where the ring's published records ended just before the channel was
+    /// last read: what ended before it was published before anything that
+    /// read brought.
+    ring_mark: u64,
+    /// The body of the last record read from the ring.
+    record: Vec<u8>,
+}
+
+/// Where a result's outcomes are: in the channel's input or a ring record.
+enum Outcomes<'a> {
+    Channel(Body),
+    Ring(&'a [u8]),
 }
 
 impl Worker {
     fn serve(&mut self, core: &Core) -> End {
         let signal = &core.slots[self.index];
         let init = core.config.init.as_ref();
-        let fds = match init.map_or(Ok(Vec::new()), |i| dup_all(&i.fds)) {
+        let mut fds = match init.map_or(Ok(Vec::new()), |i| dup_all(&i.fds)) {
             Ok(fds) => fds,
             Err(e) => {
                 core.break_with(e.clone());
                 return self.shut_down(Some(e));
             }
         };
+        // A worker that cannot have a ring (no memory for it, no room for
+        // its descriptors beside the initializer's) sends its results on
+        // the channel.
+        if fds.len() + 2 <= sys::MAX_FDS_PER_MESSAGE {
+            if let Ok((reader, ring_fds)) = ring::Reader::new() {
+                fds.extend(ring_fds);
+                self.results = Some(reader);
+            }
+        }
         let init = init.map(|i| Call { entry: i.offset, chunk: &i.chunk[..] });
         let memory_limit = core.config.memory_limit.unwrap_or(0);
-        let _ = Init { fingerprint: core.config.fingerprint, memory_limit, init }
+        let results = self.results.is_some();
+        let _ = Init { fingerprint: core.config.fingerprint, memory_limit, results, init }
             .encode(self.conn.output(), fds);
         let quota = core.config.max_tasks_per_child;
         loop {
@@ -313,6 +345,7 @@ impl Worker {
             }
             let lendable = room_left
                 && self.inflight.is_empty()
+                && !self.results.as_ref().is_some_and(|r| r.has_records())
                 && !self.conn.has_output()
                 && !self.conn.has_more()
                 && quota.is_none()
@@ -338,26 +371,42 @@ impl Worker {
             } else if self.pidfd.is_none() {
                 timeout = Some(timeout.map_or(NO_PIDFD_CHECK, |t| t.min(NO_PIDFD_CHECK)));
             }
-            // Without a pidfd the eventfd stands in, asking for nothing.
+            if self.results.as_ref().is_some_and(|r| !r.sleep()) {
+                // Results came in the ring since the last look.
+                timeout = Some(Duration::ZERO);
+            }
+            // Without a pidfd (or a ring) the eventfd stands in, asking for
+            // nothing.
             let exit_fd = self.pidfd.as_ref().map_or(signal.wake.fd(), |p| p.as_fd());
+            let bell_fd = self.results.as_ref().map_or(signal.wake.fd(), |r| r.doorbell().fd());
             let polled = sys::poll(
                 [
                     Interest { fd: self.conn.fd(), read: true, write: self.conn.has_output() },
                     Interest { fd: signal.wake.fd(), read: true, write: false },
                     Interest { fd: exit_fd, read: self.pidfd.is_some(), write: false },
+                    Interest { fd: bell_fd, read: self.results.is_some(), write: false },
                 ],
                 timeout,
             );
             signal.wants_work.store(false, Ordering::SeqCst);
-            let [chan, wake, exited] = match polled {
+            let [chan, wake, exited, bell] = match polled {
                 Ok(r) => r,
                 Err(_) => return self.died(core, "while the pool polled it"),
             };
             if wake.read {
                 signal.wake.drain();
             }
-            if chan.read || chan.hangup || self.conn.has_more() {
-                let eof = self.conn.read_some();
+            let mut ringing = false;
+            if let Some(results) = &self.results {
+                results.awake();
+                if bell.read {
+                    results.doorbell().drain();
+                }
+                ringing = results.has_records();
+            }
+            let input = chan.read || chan.hangup || self.conn.has_more();
+            if input || ringing {
+                let eof = if input { self.read_channel() } else { Ok(false) };
                 if let Some(end) = self.handle_frames(core) {
                     return end;
                 }
@@ -380,6 +429,15 @@ impl Worker {
                 return self.timed_out(core);
             }
         }
+    }
+
+    /// Reads what the channel has, first marking where the ring's records
+    /// end (see [`Worker::handle_frames`]).
+    fn read_channel(&mut self) -> std::io::Result<bool> {
+        if let Some(results) = &self.results {
+            self.ring_mark = results.published();
+        }
+        self.conn.read_some()
     }
 
     /// Tells the other slots how many jobs this worker holds (see
@@ -474,6 +532,7 @@ impl Worker {
             self.head_since = Instant::now();
             core.meters.started(self.index, self.head_since);
             self.inflight.push_back(job);
+            self.channel_due = true;
         } else {
             core.requeue(std::iter::once(job));
         }
@@ -516,54 +575,110 @@ impl Worker {
         End::Respawn
     }
 
-    /// Handles every complete frame buffered; `Some` when the worker is done.
+    /// Handles every result in the ring and every complete frame buffered;
+    /// `Some` when the worker is done.
+    ///
+    /// Ring records are taken in order until one announces that the next
+    /// result is on the channel; then the channel's next DONE is that
+    /// result, and only then do ring records resume (see `wire::ring`).
+    ///
+    /// Once the worker is ready, channel input that no record announced is
+    /// a breach, blamed on the task that was running when it was written.
+    /// A worker puts a result in the ring only when the parent has read
+    /// the channel to its end, so that task is found thus: while channel
+    /// input is waiting, only records published before the read that
+    /// brought it are taken (earlier tasks' results, or the culprit's own
+    /// announcement); then one more only if it announces the head's result;
+    /// and if still nothing announced the input, the head is the culprit.
     fn handle_frames(&mut self, core: &Core) -> Option<End> {
         let signal = &core.slots[self.index];
         let mut finished = false;
         // When the results handled here arrived, as far as this thread can
-        // tell: one clock reading for every frame of one read.
+        // tell: one clock reading for every result of one wake-up.
         let mut arrived = None;
+        let mut announce_looked = false;
         loop {
+            if let Some(results) = self.results.as_mut().filter(|_| !self.channel_due) {
+                let take = match (self.conn.has_input(), self.inflight.front()) {
+                    (false, _) => ring::Take::All,
+                    (true, Some(head)) if announce_looked => ring::Take::AnnounceOf(head.id),
+                    (true, _) => ring::Take::Before(self.ring_mark),
+                };
+                let mut record = std::mem::take(&mut self.record);
+                let taken = results.next(take, &mut record);
+                let broken = match taken {
+                    Err(ref v) => Some(v.0.clone()),
+                    Ok(None) => None,
+                    Ok(Some(ring::Kind::Done)) => match Done::decode(&record) {
+                        Ok(done) => {
+                            finished = true;
+                            let outcomes = Outcomes::Ring(done.outcomes);
+                            self.deliver(core, done.id, outcomes, Vec::new(), &mut arrived)
+                        }
+                        Err(v) => Some(v.0),
+                    },
+                    Ok(Some(ring::Kind::OnChannel)) => match OnChannel::decode(&record) {
+                        Ok(OnChannel { id }) => {
+                            self.channel_due = true;
+                            self.wrong_result(Some(id)).map(|what| format!("word of {what}"))
+                        }
+                        Err(v) => Some(v.0),
+                    },
+                };
+                self.record = record;
+                if let Some(what) = broken {
+                    return Some(self.protocol_error(core, &what));
+                }
+                if matches!(taken, Ok(Some(_))) {
+                    continue;
+                }
+                if take != ring::Take::All && !announce_looked {
+                    announce_looked = true;
+                    continue;
+                }
+                if self.ready && take != ring::Take::All {
+                    return Some(self.unannounced_input(core));
+                }
+            }
             let (kind, body, fds) = match self.conn.try_next_frame() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(v) => return Some(self.protocol_error(core, &v.0)),
             };
+            announce_looked = false;
             // Large `Bytes` results view the result's file, not copies.
             let _share = crate::bytes::share_from(self.conn.body_file(&body));
-            let msg = match FromWorker::decode(kind, self.conn.body(body)) {
+            let msg = match FromWorker::decode(kind, self.conn.body(body.clone())) {
                 Ok(msg) => msg,
                 Err(v) => return Some(self.protocol_error(core, &v.0)),
             };
             match msg {
-                FromWorker::Ready(_) => {
+                FromWorker::Ready(ready) => {
                     self.ready = true;
+                    if !ready.results {
+                        self.results = None;
+                    }
                     core.meters.ready(self.index, Some(self.pid), Instant::now());
                     self.conn.set_accept(Accept::Only(wire::RUNNING));
                     signal.idle.store(self.inflight.is_empty(), Ordering::SeqCst);
                     signal.vacant.store(self.inflight.is_empty(), Ordering::SeqCst);
                 }
                 FromWorker::Done(done) => {
-                    if let Some(what) = self.wrong_result(Some(done.id)) {
+                    let id = done.id;
+                    if self.results.is_some() && !self.channel_due {
+                        let what = format!(
+                            "a result for task {id} on its channel that its results ring did not \
+                             announce"
+                        );
                         return Some(self.protocol_error(core, &what));
                     }
-                    let job = self.inflight.pop_front().expect("checked by wrong_result");
-                    self.count_held(core);
-                    let now = *arrived.get_or_insert_with(Instant::now);
-                    let took = now - self.head_since;
-                    self.avg = Some(match self.avg {
-                        None => took,
-                        Some(a) => (a * 3 + took) / 4,
-                    });
-                    self.head_since = now;
-                    let next = (!self.inflight.is_empty()).then_some(now);
-                    core.meters.finished(self.index, took, next);
-                    if self.inflight.is_empty() {
-                        signal.idle.store(true, Ordering::SeqCst);
-                        signal.vacant.store(true, Ordering::SeqCst);
-                    }
+                    self.channel_due = false;
                     finished = true;
-                    job.done.call(Ok((done.outcomes, fds)), Some(self.pid));
+                    if let Some(what) =
+                        self.deliver(core, id, Outcomes::Channel(body), fds, &mut arrived)
+                    {
+                        return Some(self.protocol_error(core, &what));
+                    }
                 }
                 FromWorker::Mismatch(_) => {
                     let err = Error::build_mismatch(&format!("worker {}", self.pid));
@@ -604,6 +719,71 @@ impl Worker {
         if finished {
             self.check_rss(core);
         }
+        None
+    }
+
+    /// Fails the head for channel input that the ring did not announce,
+    /// naming the input as well as it can.
+    fn unannounced_input(&mut self, core: &Core) -> End {
+        let what = match self.conn.try_next_frame() {
+            Err(v) => v.0,
+            Ok(Some((kind, body, _))) => match FromWorker::decode(kind, self.conn.body(body)) {
+                Ok(FromWorker::Done(done)) => format!(
+                    "a result for task {} on its channel that its results ring did not announce",
+                    done.id
+                ),
+                Ok(_) => format!("an unexpected {} frame", wire::kind_name(kind)),
+                Err(v) => v.0,
+            },
+            Ok(None) => match self.conn.partial_head() {
+                Some((wire::DONE, start)) if Done::id_of_partial(start).is_some() => format!(
+                    "the start of a result for task {} on its channel that its results ring did \
+                     not announce",
+                    Done::id_of_partial(start).unwrap_or_default()
+                ),
+                _ => "bytes on its channel that its results ring did not announce".to_string(),
+            },
+        };
+        self.protocol_error(core, &what)
+    }
+
+    /// Completes the head job with its result, `outcomes` of task `id`;
+    /// `Some` (and nothing completed) when the result is not the head's.
+    fn deliver(
+        &mut self,
+        core: &Core,
+        id: u64,
+        outcomes: Outcomes<'_>,
+        fds: Vec<OwnedFd>,
+        arrived: &mut Option<Instant>,
+    ) -> Option<String> {
+        if let Some(what) = self.wrong_result(Some(id)) {
+            return Some(what);
+        }
+        let signal = &core.slots[self.index];
+        let job = self.inflight.pop_front().expect("checked by wrong_result");
+        self.count_held(core);
+        let now = *arrived.get_or_insert_with(Instant::now);
+        let took = now - self.head_since;
+        self.avg = Some(match self.avg {
+            None => took,
+            Some(a) => (a * 3 + took) / 4,
+        });
+        self.head_since = now;
+        let next = (!self.inflight.is_empty()).then_some(now);
+        core.meters.finished(self.index, took, next);
+        if self.inflight.is_empty() {
+            signal.idle.store(true, Ordering::SeqCst);
+            signal.vacant.store(true, Ordering::SeqCst);
+        }
+        let outcomes = match outcomes {
+            Outcomes::Ring(outcomes) => outcomes,
+            Outcomes::Channel(body) => match Done::decode(self.conn.body(body)) {
+                Ok(done) => done.outcomes,
+                Err(_) => unreachable!("decoded by the caller"),
+            },
+        };
+        job.done.call(Ok((outcomes, fds)), Some(self.pid));
         None
     }
 
@@ -689,7 +869,7 @@ impl Worker {
         // Results the worker wrote before it died are still in the socket:
         // deliver them first, so only the job it was running is blamed.
         loop {
-            let read = self.conn.read_some();
+            let read = self.read_channel();
             if let Some(end) = self.handle_frames(core) {
                 return end;
             }
