@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use super::lend::{self, How, Lent};
 use super::{memory, Args, Job, ProcEngine as Core};
+use crate::engine::spin::Spin;
 use crate::engine::{cancelled, Engine, RunState};
 use crate::error::{Error, ErrorKind};
 use crate::spawn::{self, Child};
@@ -370,6 +371,13 @@ impl Worker {
                 timeout = Some(Duration::ZERO);
             } else if self.pidfd.is_none() {
                 timeout = Some(timeout.map_or(NO_PIDFD_CHECK, |t| t.min(NO_PIDFD_CHECK)));
+            }
+            // A worker holding jobs will put a result in the ring soon:
+            // looking at the ring for a moment costs memory reads, where
+            // sleeping costs the worker a doorbell and this thread a wake-up.
+            let soon = !self.inflight.is_empty() && timeout != Some(Duration::ZERO);
+            if let Some(results) = self.results.as_ref().filter(|_| soon) {
+                Spin::until(|| results.has_records());
             }
             if self.results.as_ref().is_some_and(|r| !r.sleep()) {
                 // Results came in the ring since the last look.
