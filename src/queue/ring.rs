@@ -269,39 +269,14 @@ impl Ring {
         Ok((head, tail))
     }
 
-    fn data(&self) -> *mut u8 {
-        // SAFETY: DATA is within the region (its length is DATA + CAP).
-        unsafe { self.region.ptr().add(DATA) }
-    }
-
     /// Copies `src` (at most CAP bytes) into the ring at `pos`, wrapping.
     fn write_at(&self, pos: u64, src: &[u8]) {
-        debug_assert!(src.len() <= CAP);
-        let off = (pos as usize) & (CAP - 1);
-        let first = src.len().min(CAP - off);
-        // SAFETY: `off + first <= CAP` and `src.len() - first <= CAP`: both
-        // copies stay inside the ring's CAP bytes, which `src` (private
-        // memory) does not overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), self.data().add(off), first);
-            std::ptr::copy_nonoverlapping(src.as_ptr().add(first), self.data(), src.len() - first);
-        }
+        self.region.write_wrapping(DATA, CAP, pos, src);
     }
 
     /// Copies `dst.len()` (at most CAP) bytes out of the ring at `pos`, wrapping.
     fn read_at(&self, pos: u64, dst: &mut [u8]) {
-        debug_assert!(dst.len() <= CAP);
-        let off = (pos as usize) & (CAP - 1);
-        let first = dst.len().min(CAP - off);
-        // SAFETY: as in `write_at`, both copies stay inside the ring.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.data().add(off), dst.as_mut_ptr(), first);
-            std::ptr::copy_nonoverlapping(
-                self.data(),
-                dst.as_mut_ptr().add(first),
-                dst.len() - first,
-            );
-        }
+        self.region.read_wrapping(DATA, CAP, pos, dst);
     }
 
     /// The count of async getters waiting for the wake-up descriptor.
