@@ -59,6 +59,8 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
 
+use crossbeam_utils::CachePadded;
+
 use super::conn::{le, Output, Violation, HEADER};
 use super::msg::{kind_name, OnChannel, DONE, ON_CHANNEL};
 use crate::error::Result;
@@ -70,27 +72,22 @@ use crate::sys::{self, EventFd};
 /// pages a worker touches count in its resident set.
 pub(crate) const CAP: usize = 64 * 1024;
 /// Where the records start in the region (after the header).
-const DATA: usize = 256;
+const DATA: usize = 512;
 /// The largest body a record holds; larger results take the channel.
 pub(crate) const RECORD_MAX: usize = 16 * 1024;
 /// How long a worker waiting for room sleeps before it looks again.
 const ROOM_NAP: Duration = Duration::from_millis(10);
 
-/// One cache line of its own, so that the worker's and the parent's stores
-/// do not pull each other's line back and forth.
-#[repr(C, align(64))]
-struct Line<T>(T);
-
 #[repr(C)]
 struct Header {
     /// Bytes of records published: stored by the worker.
-    written: Line<AtomicU64>,
+    written: CachePadded<AtomicU64>,
     /// Bytes of records consumed: stored by the parent.
-    read: Line<AtomicU64>,
+    read: CachePadded<AtomicU64>,
     /// Set by the parent before it sleeps; cleared by who wakes it.
-    sleeping: Line<AtomicU32>,
+    sleeping: CachePadded<AtomicU32>,
     /// Set by the worker before it waits for room; cleared by who wakes it.
-    room_wanted: Line<AtomicU32>,
+    room_wanted: CachePadded<AtomicU32>,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= DATA);
@@ -150,21 +147,21 @@ impl Reader {
 
     /// Where the published records end now.
     pub(crate) fn published(&self) -> u64 {
-        header(&self.region).written.0.load(SeqCst)
+        header(&self.region).written.load(SeqCst)
     }
 
     /// True when records are waiting.
     pub(crate) fn has_records(&self) -> bool {
-        header(&self.region).written.0.load(SeqCst) != self.read
+        header(&self.region).written.load(SeqCst) != self.read
     }
 
     /// Asks to be woken by the doorbell from now on, unless records are
     /// waiting already (then returns false: do not sleep).
     pub(crate) fn sleep(&self) -> bool {
         let h = header(&self.region);
-        h.sleeping.0.store(1, SeqCst);
-        if h.written.0.load(SeqCst) != self.read {
-            h.sleeping.0.store(0, SeqCst);
+        h.sleeping.store(1, SeqCst);
+        if h.written.load(SeqCst) != self.read {
+            h.sleeping.store(0, SeqCst);
             return false;
         }
         true
@@ -173,8 +170,8 @@ impl Reader {
     /// Awake again: the worker need not ring.
     pub(crate) fn awake(&self) {
         let h = header(&self.region);
-        if h.sleeping.0.load(SeqCst) != 0 {
-            h.sleeping.0.store(0, SeqCst);
+        if h.sleeping.load(SeqCst) != 0 {
+            h.sleeping.store(0, SeqCst);
         }
     }
 
@@ -188,7 +185,7 @@ impl Reader {
         body: &mut Vec<u8>,
     ) -> std::result::Result<Option<Kind>, Violation> {
         let h = header(&self.region);
-        let written = h.written.0.load(SeqCst);
+        let written = h.written.load(SeqCst);
         if let Take::Before(mark) = take {
             if (mark.wrapping_sub(self.read) as i64) <= 0 {
                 return Ok(None);
@@ -240,9 +237,9 @@ impl Reader {
             }
         }
         self.read += (HEADER + len) as u64;
-        h.read.0.store(self.read, SeqCst);
-        if h.room_wanted.0.load(SeqCst) != 0 && h.room_wanted.0.swap(0, SeqCst) != 0 {
-            sys::futex_wake(&h.room_wanted.0, 1);
+        h.read.store(self.read, SeqCst);
+        if h.room_wanted.load(SeqCst) != 0 && h.room_wanted.swap(0, SeqCst) != 0 {
+            sys::futex_wake(&h.room_wanted, 1);
         }
         Ok(Some(if kind == DONE { Kind::Done } else { Kind::OnChannel }))
     }
@@ -265,7 +262,7 @@ impl Writer {
             return Err(format!("a results ring of {} bytes, not {}", region.len(), DATA + CAP));
         }
         let doorbell = EventFd::adopt(doorbell).map_err(|e| e.to_string())?;
-        let written = header(&region).written.0.load(SeqCst);
+        let written = header(&region).written.load(SeqCst);
         Ok(Writer { region, doorbell, written })
     }
 
@@ -282,8 +279,8 @@ impl Writer {
         self.region.write_wrapping(DATA, CAP, self.written, frame);
         self.written += frame.len() as u64;
         let h = header(&self.region);
-        h.written.0.store(self.written, SeqCst);
-        if h.sleeping.0.load(SeqCst) != 0 && h.sleeping.0.swap(0, SeqCst) != 0 {
+        h.written.store(self.written, SeqCst);
+        if h.sleeping.load(SeqCst) != 0 && h.sleeping.swap(0, SeqCst) != 0 {
             self.doorbell.notify();
         }
         true
@@ -301,16 +298,16 @@ impl Writer {
     fn wait_for_room(&self, len: usize) {
         let h = header(&self.region);
         loop {
-            let read = h.read.0.load(SeqCst);
+            let read = h.read.load(SeqCst);
             // A parent that wrote nonsense has no room for anyone: the
             // worker waits, and dies with it.
             let used = self.written.wrapping_sub(read);
             if used <= (CAP - len) as u64 {
                 return;
             }
-            h.room_wanted.0.store(1, SeqCst);
-            if h.read.0.load(SeqCst) == read {
-                sys::futex_wait(&h.room_wanted.0, 1, Some(ROOM_NAP));
+            h.room_wanted.store(1, SeqCst);
+            if h.read.load(SeqCst) == read {
+                sys::futex_wait(&h.room_wanted, 1, Some(ROOM_NAP));
             }
         }
     }
@@ -448,7 +445,7 @@ mod tests {
     fn a_corrupt_ring_is_a_violation_naming_what_is_wrong() {
         let write_head = |r: &Reader, written: u64, record: &[u8]| {
             r.region.write_wrapping(DATA, CAP, r.read, record);
-            header(&r.region).written.0.store(written, SeqCst);
+            header(&r.region).written.store(written, SeqCst);
         };
         let cases: [(u64, Vec<u8>, &str); 6] = [
             (CAP as u64 + 1, Vec::new(), "it holds"),

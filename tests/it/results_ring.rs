@@ -89,11 +89,12 @@ fn ring_doorbells() {
 /// (a header is 6 bytes: 3 is cut short), wakes the parent, and waits.
 fn corrupt_ring(cut: u64) -> u32 {
     let header = ring_address() as *mut u64;
-    // SAFETY: the ring's header is at least 256 bytes of mapped, writable
-    // shared memory: the written position at 0, the read one at 64. The
-    // parent reads both only as atomics and checks them.
+    // SAFETY: the ring's header is at least 512 bytes of mapped, writable
+    // shared memory: the written position at 0, the read one at 128 (each
+    // on a line of 128 bytes). The parent reads both only as atomics and
+    // checks them.
     unsafe {
-        let read = header.add(8).read_volatile();
+        let read = header.add(16).read_volatile();
         header.write_volatile(read + cut);
     }
     ring_doorbells();
