@@ -1,19 +1,20 @@
 //! `Queue` and `JoinableQueue`: many producers and consumers in any processes.
 //!
-//! Items travel in a ring of records in shared memory (see `ring`), guarded
-//! by a robust process-shared mutex: a put copies the item's bytes in and
-//! then commits them, a get copies them out and then takes them, so a
-//! producer or consumer killed at any point loses at most its own in-flight
-//! item, no item arrives twice, and each producer's items arrive in the
-//! order it put them. A put or get that finds the mutex free and nobody
-//! asleep makes no system call. Getters that find the ring empty look again
+//! Items travel in a ring of records in shared memory (see `ring`), with a
+//! robust process-shared mutex for each end: a put copies the item's bytes
+//! in and then commits them under the put mutex, a get copies them out and
+//! then takes them under the get mutex, so producers and consumers do not
+//! wait for each other, a producer or consumer killed at any point loses at
+//! most its own in-flight item, no item arrives twice, and each producer's
+//! items arrive in the order it put them. A put or get that finds its mutex
+//! free and nobody asleep makes no system call. Getters that find the ring empty look again
 //! for a few microseconds, then sleep on a futex that a put wakes only when
 //! the header says someone sleeps.
 //!
 //! What cannot live in shared memory, an item's descriptors (handles inside
 //! it, or the anonymous shared-memory file an item too large for a record
 //! travels in), goes as a message on a socket pair of kind SOCK_SEQPACKET,
-//! sent under the ring's mutex and named by the item's record. Counters
+//! sent under the put mutex and named by the item's record. Counters
 //! (`qsize`, free places of a bounded queue, unfinished tasks) live in
 //! shared memory and are waited on with futexes.
 //!
@@ -23,7 +24,7 @@
 //! every later put of this process goes behind them. Nor does it wait for
 //! another process: a robust mutex covers a holder that dies, not one that
 //! is stopped (SIGSTOP, a debugger) or starved, so a put that cannot take
-//! the mutex within a couple of milliseconds leaves its item to the feeder
+//! the put mutex within a couple of milliseconds leaves its item to the feeder
 //! as well, and the feeder's own waits for it are bounded. A process
 //! flushes its outboxes when it exits, for a bounded time; the items it
 //! gives up on leave `qsize` and a `JoinableQueue`'s count of unfinished
@@ -42,6 +43,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
+use crossbeam_utils::CachePadded;
 use parking_lot::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,21 +66,35 @@ const ITEM_MAX: usize = 2 << 30;
 // An inline item fits one ring record.
 const _: () = assert!(INLINE_MAX <= ring::RECORD_MAX);
 const TAG_INLINE: u8 = 0;
-/// How long a put waits for the ring's mutex before it leaves the item to
+/// How long a put waits for the put mutex before it leaves the item to
 /// the feeder thread. A holder keeps the mutex for well under a
 /// microsecond; one that keeps it this long is stopped (SIGSTOP, a
 /// debugger) or starved of CPU, and an unbounded put never waits for it.
 const PUT_LOCK_WAIT: Duration = Duration::from_millis(2);
 const TAG_FILE: u8 = 1;
 
+/// A queue's counters, in shared memory.
+///
+/// What puts write and what gets write sit on cache lines of their own: a
+/// producer and a consumer in lockstep would otherwise pull one line back and
+/// forth for every item. (So `qsize` is two counters, not one both write.)
 #[repr(C)]
 struct QueueMem {
-    /// Items put and not yet taken.
-    count: AtomicU32,
-    /// The bound (0: none).
+    put: CachePadded<PutCounts>,
+    /// Items taken off the ring, and items dropped before they reached it,
+    /// wrapping: written by gets (and by a feeder that drops items).
+    takes: CachePadded<AtomicU32>,
+    /// The bound (0: none): written once, read by every put and get.
     maxsize: AtomicU32,
     /// Free places of a bounded queue (the futex word producers wait on).
     free: AtomicU32,
+}
+
+/// The counters a put writes.
+#[repr(C)]
+struct PutCounts {
+    /// Items put, wrapping: `qsize` is `puts - takes`.
+    puts: AtomicU32,
     /// Items put and not yet marked done (JoinableQueue).
     unfinished: AtomicU32,
 }
@@ -293,13 +309,13 @@ impl Shared {
         let n = u32::try_from(n).unwrap_or(u32::MAX);
         let m = self.mem.get();
         let less = |c: u32| Some(c.saturating_sub(n));
-        let _ = m.count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, less);
-        let _ = m.unfinished.fetch_update(Ordering::SeqCst, Ordering::SeqCst, less);
+        m.takes.fetch_add(n, Ordering::SeqCst);
+        let _ = m.put.unfinished.fetch_update(Ordering::SeqCst, Ordering::SeqCst, less);
         if m.maxsize.load(Ordering::SeqCst) != 0 {
             m.free.fetch_add(n, Ordering::SeqCst);
             sys::futex_wake(&m.free, i32::try_from(n).unwrap_or(i32::MAX));
         }
-        sys::futex_wake(&m.unfinished, i32::MAX);
+        sys::futex_wake(&m.put.unfinished, i32::MAX);
     }
 
     /// Drops every item of this outbox not in the ring yet, the feeder's
@@ -404,7 +420,17 @@ impl<T> Queue<T> {
 
     /// The number of items in the queue (approximate while others use it).
     pub fn qsize(&self) -> usize {
-        self.mem().count.load(Ordering::SeqCst) as usize
+        let m = self.mem();
+        // Takes first: every take follows its put, so puts read after it
+        // are at least as many, unless another process wrote over the
+        // counters (then this says 0, not four billion).
+        let takes = m.takes.load(Ordering::SeqCst);
+        let n = m.put.puts.load(Ordering::SeqCst).wrapping_sub(takes);
+        if n > i32::MAX as u32 {
+            0
+        } else {
+            n as usize
+        }
     }
 
     /// True when the queue holds no item (approximate).
@@ -476,7 +502,7 @@ impl<T> Queue<T> {
 
     /// Puts one item in the ring now, or leaves it to the feeder thread
     /// (only then are its bytes copied out of the caller's buffer): when the
-    /// ring is full, and when its mutex stays busy for [`PUT_LOCK_WAIT`]
+    /// ring is full, and when the put mutex stays busy for [`PUT_LOCK_WAIT`]
     /// (its holder is stopped or starved: a put does not wait for it).
     ///
     /// With a `deadline` (a timed put on a bounded queue) a busy mutex is
@@ -535,8 +561,8 @@ impl<T> Queue<T> {
         Ok(true)
     }
 
-    /// Takes this queue's shared mutex, stops this process (SIGSTOP) while
-    /// holding it, and lets it go when the process is continued: the
+    /// Takes both of this queue's shared mutexes, stops this process
+    /// (SIGSTOP) while holding them, and lets it go when the process is continued: the
     /// stalled peer of the tests. Not part of the API.
     #[doc(hidden)]
     pub fn __hold_lock_stopped(&self) -> Result<()> {
@@ -571,16 +597,16 @@ impl<T> Queue<T> {
 
     /// Takes one item off the ring, its bytes into `buf`, or none
     /// (`Ok(None)`) when there is none now; `wait` bounds the wait for the
-    /// ring's mutex.
+    /// get mutex.
     fn try_receive(&self, wait: LockWait, buf: &mut Vec<u8>) -> Result<Option<Vec<OwnedFd>>> {
         // Each record taken (ours, or a dead consumer's dropped one) leaves
         // the count and gives its place back inside `try_pop`, under the
-        // ring's mutex: a consumer killed after its take must leave neither
+        // get mutex: a consumer killed after its take must leave neither
         // `qsize` too high nor a bounded queue a place short (its producers
         // would then wait for a place that never comes).
         let left = || {
             let m = self.mem();
-            let _ = m.count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
+            m.takes.fetch_add(1, Ordering::SeqCst);
             self.give_place();
         };
         let Some(t) = self.shared.ring.try_pop(self.rx.as_fd(), wait, buf, &left)? else {
@@ -656,8 +682,8 @@ fn feed(s: Arc<Shared>) {
     /// The longest wait for room before the feeder looks whether any
     /// process still holds the receiving end.
     const NAP: Duration = Duration::from_millis(5);
-    /// The most items written to the ring under one hold of its mutex (a
-    /// get waits for that hold to end).
+    /// The most items written to the ring under one hold of the put mutex
+    /// (another producer's put waits for that hold to end; gets do not).
     const BATCH: usize = 256;
     // The feeder takes the outbox's whole contents at once and gives it its
     // own emptied buffers in exchange: two buffers between them, reused.
@@ -747,7 +773,7 @@ fn outboxes() -> &'static Mutex<Vec<Weak<Outbox>>> {
             const STALL: Duration = Duration::from_secs(5);
             let boxes = outboxes().lock().clone();
             for b in boxes.iter().filter_map(Weak::upgrade) {
-                // A put holds the outbox while it tries the ring's mutex,
+                // A put holds the outbox while it tries the put mutex,
                 // which is bounded (see `Queue::send`); the exit does not
                 // count on it all the same.
                 let Some(mut items) = b.items.try_lock_for(STALL) else {
@@ -940,7 +966,7 @@ impl<T: Serialize> Queue<T> {
                 Err(e) => return Err(PutError::Failed(value, e)),
             };
             // Only a bounded queue's put has a deadline (for its place, and
-            // for the ring's mutex): an unbounded queue's put never waits.
+            // for the put mutex): an unbounded queue's put never waits.
             let deadline = match timeout {
                 Some(t) if self.maxsize() != 0 => crate::deadline_after(t),
                 _ => None,
@@ -949,11 +975,11 @@ impl<T: Serialize> Queue<T> {
                 return Err(PutError::Timeout(value));
             }
             let m = self.mem();
-            m.unfinished.fetch_add(1, Ordering::SeqCst);
-            m.count.fetch_add(1, Ordering::SeqCst);
+            m.put.unfinished.fetch_add(1, Ordering::SeqCst);
+            m.put.puts.fetch_add(1, Ordering::SeqCst);
             let undo = || {
-                m.count.fetch_sub(1, Ordering::SeqCst);
-                m.unfinished.fetch_sub(1, Ordering::SeqCst);
+                m.put.puts.fetch_sub(1, Ordering::SeqCst);
+                m.put.unfinished.fetch_sub(1, Ordering::SeqCst);
                 self.give_place();
             };
             match self.send(buf, fds, deadline, lock) {
@@ -1018,7 +1044,7 @@ impl<T: Serialize> Queue<T> {
     }
 
     /// As [`put_nowait`](Queue::put_nowait), but a bounded queue's put does
-    /// not wait for the ring's mutex at all: [`PutError::Full`] when it is
+    /// not wait for the put mutex at all: [`PutError::Full`] when it is
     /// busy too, for the caller to try again (`put_async`, whose thread is
     /// an executor's). An unbounded queue's put waits for it as briefly as
     /// ever, then leaves the item to the feeder, which never waits again.
@@ -1286,7 +1312,7 @@ impl<T> JoinableQueue<T> {
     /// # Ok::<(), multiproc::Error>(())
     /// ```
     pub fn task_done(&self) -> Result<()> {
-        let u = &self.0.mem().unfinished;
+        let u = &self.0.mem().put.unfinished;
         match u.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1)) {
             Ok(1) => {
                 sys::futex_wake(u, i32::MAX);
@@ -1312,7 +1338,7 @@ impl<T> JoinableQueue<T> {
 
     fn join_within(&self, timeout: Option<Duration>) -> bool {
         let deadline = timeout.and_then(crate::deadline_after);
-        let u = &self.0.mem().unfinished;
+        let u = &self.0.mem().put.unfinished;
         loop {
             let n = u.load(Ordering::SeqCst);
             if n == 0 {

@@ -2,9 +2,16 @@
 //!
 //! One sealed memfd holds a header and `CAP` bytes of records. The header's
 //! `head` and `tail` are byte positions that only grow; the records between
-//! them are the items put and not yet taken. Every change happens under the
-//! header's robust, process-shared mutex, and in an order that makes a death
-//! at any point harmless:
+//! them are the items put and not yet taken. Two robust, process-shared
+//! mutexes guard it, one for each end: producers take the put mutex and
+//! alone move `tail`, consumers take the get mutex and alone move `head`.
+//! A put and a get therefore never wait for each other, and a producer and
+//! a consumer in lockstep share only the lines of the two positions and of
+//! the records, not a mutex word both write for every item. Each end reads
+//! the other's position with acquire and publishes its own with release, so
+//! a record's bytes are written before `tail` shows them and read before
+//! `head` gives their room back. Every change is made in an order that
+//! makes a death at any point harmless:
 //!
 //! - a put writes its record past `tail`, THEN moves `tail` over it: a
 //!   producer killed mid-copy committed nothing;
@@ -13,14 +20,18 @@
 //!
 //! An item's descriptors (a large item's memfd, handles inside it) cannot
 //! live in shared memory: they travel as a message on the queue's socket,
-//! sent while holding the mutex, and the record names that message by an id
-//! that grows by one per message (the id is the message's bytes too). The
-//! getter, holding the mutex, peeks at the socket's next message: an id below
+//! sent while holding the put mutex, and the record names that message by
+//! an id that grows by one per message (the id is the message's bytes too).
+//! Messages are sent and records committed in id order (both under the put
+//! mutex), so the socket holds messages in id order, and no message of a
+//! record still in the ring comes after one of a later record. The getter,
+//! holding the get mutex, peeks at the socket's next message: an id below
 //! the record's is an orphan of a producer killed between its send and its
 //! commit (dropped); an id above it, or no message, means a consumer killed
 //! between taking the message and moving `head` had it: that record was the
-//! dead consumer's in-flight item and is dropped. No item is delivered twice
-//! and none is stranded.
+//! dead consumer's in-flight item and is dropped. (A message above it may
+//! also be a later put's, sent meanwhile: the record's own would have come
+//! first.) No item is delivered twice and none is stranded.
 //!
 //! Every header word can be written by any process holding the queue, so
 //! every position and length read from it is checked before use: a corrupt
@@ -32,6 +43,8 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crossbeam_utils::CachePadded;
+
 use crate::error::{Error, ErrorKind, Result};
 use crate::shm::Region;
 use crate::sys::{self, Locked, RawMutex};
@@ -39,7 +52,7 @@ use crate::sys::{self, Locked, RawMutex};
 /// Bytes of records in a ring (a power of two).
 pub(super) const CAP: usize = 256 * 1024;
 /// Where the records start in the region (after the header).
-const DATA: usize = 256;
+const DATA: usize = 1024;
 /// A record's header: length, kind, socket message id.
 const RECORD_HEAD: usize = 16;
 /// A feeder waiting for room is woken when the ring's records have
@@ -50,22 +63,13 @@ pub(super) const RECORD_MAX: usize = 32 * 1024 + 64;
 const KIND_BYTES: u32 = 0;
 const KIND_WITH_MESSAGE: u32 = 1;
 
-/// One cache line of its own: what producers write is not on the line
-/// consumers write, so a put and a get in two processes do not pull each
-/// other's line back and forth for every word.
-#[repr(C, align(64))]
-struct Line<T>(T);
-
-impl<T> std::ops::Deref for Line<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
-
 #[repr(C)]
 struct PutSide {
     tail: AtomicU64,
+    /// `head` as a put last read it (it only grows, so the room it shows is
+    /// there): a put reads the get side's line only when this shows too
+    /// little room, not at every item.
+    head_seen: AtomicU64,
     /// The id the next socket message gets.
     next_id: AtomicU64,
     /// Grows at every commit: the futex word sleeping getters wait on.
@@ -93,10 +97,13 @@ struct Sleepers {
 
 #[repr(C)]
 struct Header {
-    mutex: Line<UnsafeCell<RawMutex>>,
-    put: Line<PutSide>,
-    get: Line<GetSide>,
-    sleepers: Line<Sleepers>,
+    /// Held by a put while it writes records and moves `tail`.
+    put_mutex: CachePadded<UnsafeCell<RawMutex>>,
+    /// Held by a get while it reads the record at `head` and moves it.
+    get_mutex: CachePadded<UnsafeCell<RawMutex>>,
+    put: CachePadded<PutSide>,
+    get: CachePadded<GetSide>,
+    sleepers: CachePadded<Sleepers>,
 }
 
 const _: () = assert!(size_of::<Header>() <= DATA);
@@ -107,11 +114,11 @@ const _: () = assert!(CAP as u64 - LOW_WATER >= (RECORD_HEAD + RECORD_MAX) as u6
 /// of producers killed between their send and their commit, or messages
 /// that are not the queue's at all). Each dead producer leaves one orphan at
 /// most, so more than this many in a row is a peer writing to the socket:
-/// without a bound it could keep a getter in the loop, holding the ring's
+/// without a bound it could keep a getter in the loop, holding the get
 /// mutex, for as long as it writes.
 pub(super) const FOREIGN_MAX: usize = 64;
 
-/// How long a get may wait for the ring's mutex.
+/// How long a get may wait for its mutex (or a put for its own).
 #[derive(Clone, Copy, Debug)]
 pub(super) enum LockWait {
     /// Not at all: two tries with a pause between them, no sleep (a
@@ -162,16 +169,24 @@ impl From<Ring> for Region {
     }
 }
 
-/// Holds a ring's mutex; releases it when dropped.
+/// Which of a ring's two mutexes (see the module's doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    Put,
+    Get,
+}
+
+/// Holds one of a ring's mutexes; releases it when dropped.
 struct Held<'a> {
     ring: &'a Ring,
+    end: End,
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         // SAFETY: the mutex was initialised by `Ring::new` and this guard
         // exists only while this thread holds it.
-        let _ = unsafe { sys::mutex_unlock(self.ring.header().mutex.get()) };
+        let _ = unsafe { sys::mutex_unlock(self.ring.mutex(self.end)) };
     }
 }
 
@@ -190,11 +205,22 @@ fn record_len(len: usize) -> u64 {
 impl Ring {
     pub(super) fn new() -> Result<Ring> {
         let region = Region::new(DATA + CAP)?;
-        // SAFETY: the region is fresh, private to this process until shared,
-        // page-aligned and large enough for the header.
-        unsafe { sys::mutex_init(region.ptr().cast::<Header>().cast(), false) }
-            .map_err(|e| Error::io("could not initialise a queue's shared mutex", e))?;
-        Ok(Ring { region })
+        let ring = Ring { region };
+        for end in [End::Put, End::Get] {
+            // SAFETY: the region is fresh, private to this process until
+            // shared, page-aligned and large enough for the header.
+            unsafe { sys::mutex_init(ring.mutex(end), false) }
+                .map_err(|e| Error::io("could not initialise a queue's shared mutex", e))?;
+        }
+        Ok(ring)
+    }
+
+    fn mutex(&self, end: End) -> *mut RawMutex {
+        let h = self.header();
+        match end {
+            End::Put => h.put_mutex.get(),
+            End::Get => h.get_mutex.get(),
+        }
     }
 
     fn header(&self) -> &Header {
@@ -204,12 +230,12 @@ impl Ring {
         unsafe { &*self.region.ptr().cast::<Header>() }
     }
 
-    fn lock(&self, timeout: Option<Duration>) -> Result<Option<Held<'_>>> {
+    fn lock(&self, end: End, timeout: Option<Duration>) -> Result<Option<Held<'_>>> {
         // SAFETY: the mutex was initialised by `Ring::new` in the creator.
-        match unsafe { sys::mutex_lock(self.header().mutex.0.get(), timeout) } {
+        match unsafe { sys::mutex_lock(self.mutex(end), timeout) } {
             // A dead owner left nothing half-done: every change is
             // committed by one store, after the copy it publishes.
-            Ok(Locked::Acquired | Locked::OwnerDied) => Ok(Some(Held { ring: self })),
+            Ok(Locked::Acquired | Locked::OwnerDied) => Ok(Some(Held { ring: self, end })),
             Ok(Locked::NotFree) if timeout.is_some() => Ok(None),
             Ok(_) => Err(Error::new(
                 ErrorKind::InvalidState,
@@ -224,10 +250,10 @@ impl Ring {
     /// while spinning briefly; after that the wait sleeps in the mutex
     /// itself (woken by the unlock, or by the owner's death: it is robust),
     /// bounded by the deadline.
-    fn lock_within(&self, wait: LockWait) -> Result<Option<Held<'_>>> {
+    fn lock_within(&self, end: End, wait: LockWait) -> Result<Option<Held<'_>>> {
         const SPINS: u32 = 64;
         for tries in 1..=SPINS {
-            if let Some(held) = self.lock(Some(Duration::ZERO))? {
+            if let Some(held) = self.lock(end, Some(Duration::ZERO))? {
                 return Ok(Some(held));
             }
             if matches!(wait, LockWait::Try) && tries >= 2 {
@@ -239,19 +265,20 @@ impl Ring {
         }
         match wait {
             LockWait::Try => Ok(None),
-            LockWait::Until(d) => self.lock(Some(d.saturating_duration_since(Instant::now()))),
-            LockWait::For(d) => self.lock(Some(d)),
-            LockWait::Forever => self.lock(None),
+            LockWait::Until(d) => self.lock(end, Some(d.saturating_duration_since(Instant::now()))),
+            LockWait::For(d) => self.lock(end, Some(d)),
+            LockWait::Forever => self.lock(end, None),
         }
     }
 
-    /// Takes the mutex, stops this process (SIGSTOP) while holding it, and
-    /// lets it go once continued: a test's stalled peer.
+    /// Takes both mutexes, stops this process (SIGSTOP) while holding them,
+    /// and lets them go once continued: a test's stalled peer.
     pub(super) fn hold_lock_stopped(&self) -> Result<()> {
-        let held = self.lock(None)?;
+        let put = self.lock(End::Put, None)?;
+        let get = self.lock(End::Get, None)?;
         let stopped = sys::kill(std::process::id(), sys::SIGSTOP)
             .map_err(|e| Error::io("could not stop this process", e));
-        drop(held);
+        drop((get, put));
         stopped
     }
 
@@ -325,14 +352,22 @@ impl Ring {
             // has to be woken by the other's unlock. A holder that keeps
             // it longer is stopped or starved: the wait is bounded, and the
             // caller hands the item to its feeder or gives up.
-            let Some(_held) = self.lock_within(wait)? else { return Ok(None) };
-            let (head, mut tail) = self.bounds()?;
+            let Some(_held) = self.lock_within(End::Put, wait)? else { return Ok(None) };
+            let mut tail = h.put.tail.load(Ordering::Acquire);
+            let mut head = h.put.head_seen.load(Ordering::Relaxed);
             while pushed < n {
                 let (bytes, fds) = item(pushed);
                 debug_assert!(bytes.len() <= RECORD_MAX);
                 let need = record_len(bytes.len());
-                if CAP as u64 - (tail - head) < need {
-                    break;
+                // (A `head_seen` written over shows more than CAP used, or
+                // a head past the tail: the fresh look checks the real one.)
+                let room = |head: u64| (CAP as u64).checked_sub(tail.wrapping_sub(head));
+                if room(head).is_none_or(|r| r < need) {
+                    head = self.bounds()?.0;
+                    h.put.head_seen.store(head, Ordering::Relaxed);
+                    if room(head).is_none_or(|r| r < need) {
+                        break;
+                    }
                 }
                 let (kind, id) = if fds.is_empty() {
                     (KIND_BYTES, 0)
@@ -389,7 +424,7 @@ impl Ring {
             return Ok(None);
         }
         let h = self.header();
-        let Some(_held) = self.lock_within(wait)? else { return Ok(None) };
+        let Some(_held) = self.lock_within(End::Get, wait)? else { return Ok(None) };
         loop {
             let (head, tail) = self.bounds()?;
             if head == tail {
@@ -536,7 +571,7 @@ mod tests {
 
     /// A hostile peer's messages ahead of a record's own: at most the bound
     /// is dropped, then the get fails naming why, instead of looping under
-    /// the ring's mutex for as long as the peer writes.
+    /// the get mutex for as long as the peer writes.
     #[test]
     fn foreign_messages_before_a_record_are_bounded() {
         let ring = Ring::new().unwrap();
@@ -547,7 +582,7 @@ mod tests {
         }
         let fd = rx.try_clone().unwrap();
         assert_eq!(ring.try_push(b"x", &[fd], tx.as_fd(), LockWait::Forever).unwrap(), Some(true));
-        let _held = ring.lock(None).unwrap().unwrap();
+        let _held = ring.lock(End::Get, None).unwrap().unwrap();
         let e = ring.take_message(rx.as_fd(), 0, 2).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
         assert!(e.to_string().contains("more than 2 messages"), "{e}");

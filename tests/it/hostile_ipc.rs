@@ -293,12 +293,13 @@ fn a_large_queue_item_in_an_unsealed_file_is_refused() {
 /// Nothing else uses the queue meanwhile, so its mutex is not taken.
 fn commit_record(ring: &Fd<OwnedFd>, bytes: &[u8]) -> u64 {
     use std::os::unix::fs::FileExt;
-    const DATA: u64 = 256;
+    const DATA: u64 = 1024;
     const CAP: u64 = 256 * 1024;
-    // The header: cache lines of 64 bytes, the mutex's, then the producers'
-    // (tail, then the next message id), then the consumers' (head).
-    const TAIL_AT: u64 = 64;
-    const ID_AT: u64 = 72;
+    // The header: lines of 128 bytes, the put mutex's, the get mutex's, then
+    // the producers' (tail, the head a put last saw, the next message id),
+    // then the consumers' (head).
+    const TAIL_AT: u64 = 256;
+    const ID_AT: u64 = 272;
     let file = std::fs::File::from(ring.try_clone().unwrap());
     let word = |off: u64| {
         let mut b = [0u8; 8];

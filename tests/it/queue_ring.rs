@@ -278,7 +278,6 @@ fn items_with_handles_interleave_with_small_ones_in_order() {
 
 /// The ring's memfd in this process (the only multiproc memfd of its size).
 fn ring_file() -> std::fs::File {
-    const RING_LEN: u64 = 256 + 256 * 1024;
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
         let Ok(target) = std::fs::read_link(e.path()) else { continue };
@@ -296,11 +295,16 @@ fn ring_file() -> std::fs::File {
     found.pop().unwrap()
 }
 
-/// Where the header's words are: each side's on a cache line of its own,
-/// after the pthread mutex's line (tail on the producers' line, head on the
-/// consumers', the sleeper counts on the last).
-const TAIL_AT: u64 = 64;
-const HEAD_AT: u64 = 128;
+/// Where the ring's parts are. The header's parts each have a line of 128
+/// bytes (two cache lines, as x86-64 prefetches them in pairs): the put
+/// mutex, the get mutex, the producers' words (tail first), the consumers'
+/// (head first), the sleeper counts. Records start at DATA_AT.
+const PUT_MUTEX_AT: usize = 0;
+const GET_MUTEX_AT: usize = 128;
+const TAIL_AT: u64 = 256;
+const HEAD_AT: u64 = 384;
+const DATA_AT: u64 = 1024;
+const RING_LEN: u64 = DATA_AT + 256 * 1024;
 
 #[test]
 fn a_corrupted_ring_is_an_error_not_a_hang() {
@@ -311,7 +315,7 @@ fn a_corrupted_ring_is_an_error_not_a_hang() {
     q.put(1).unwrap();
     let ring = ring_file();
     // A record length beyond any record.
-    let data = 256;
+    let data = DATA_AT;
     let mut len = [0u8; 4];
     ring.read_exact_at(&mut len, data).unwrap();
     assert_ne!(u32::from_le_bytes(len), 0, "the first record is where it was expected");
@@ -342,7 +346,7 @@ fn map_ring(ring: &std::fs::File) -> *mut u8 {
     let p = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            256 + 256 * 1024,
+            RING_LEN as usize,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_SHARED,
             ring.as_raw_fd(),
@@ -353,6 +357,28 @@ fn map_ring(ring: &std::fs::File) -> *mut u8 {
     p.cast()
 }
 
+/// Holds the ring's mutex at `at` on a thread of its own (as a put or get
+/// in another process would) until the returned sender is dropped or sent to.
+fn hold_ring_mutex(
+    base: usize,
+    at: usize,
+) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let m = (base + at) as *mut libc::pthread_mutex_t;
+        // SAFETY: one of the ring's mutexes, initialised by the queue,
+        // mapped by the caller for the whole test.
+        assert_eq!(unsafe { libc::pthread_mutex_lock(m) }, 0);
+        held_tx.send(()).unwrap();
+        let _ = go_rx.recv_timeout(Duration::from_secs(10));
+        // SAFETY: this thread holds it.
+        assert_eq!(unsafe { libc::pthread_mutex_unlock(m) }, 0);
+    });
+    held_rx.recv().unwrap();
+    (go_tx, holder)
+}
+
 #[test]
 fn get_nowait_does_not_wait_for_a_busy_ring_mutex() {
     if !crate::support::alone() {
@@ -361,20 +387,7 @@ fn get_nowait_does_not_wait_for_a_busy_ring_mutex() {
     let q = Queue::<u64>::new().unwrap();
     q.put(7).unwrap();
     let base = map_ring(&ring_file()) as usize;
-    // Another thread holds the ring's mutex (as a put or get in another
-    // process would) until told to let go.
-    let (held_tx, held_rx) = std::sync::mpsc::channel();
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-    let holder = std::thread::spawn(move || {
-        let m = base as *mut libc::pthread_mutex_t;
-        // SAFETY: the ring's mutex, initialised by the queue, mapped above.
-        assert_eq!(unsafe { libc::pthread_mutex_lock(m) }, 0);
-        held_tx.send(()).unwrap();
-        let _ = go_rx.recv_timeout(Duration::from_secs(10));
-        // SAFETY: this thread holds it.
-        assert_eq!(unsafe { libc::pthread_mutex_unlock(m) }, 0);
-    });
-    held_rx.recv().unwrap();
+    let (go, holder) = hold_ring_mutex(base, GET_MUTEX_AT);
     let t = Instant::now();
     for _ in 0..20 {
         let e = q.get_nowait().unwrap_err();
@@ -387,9 +400,33 @@ fn get_nowait_does_not_wait_for_a_busy_ring_mutex() {
     let e = q.get_timeout(Duration::from_millis(30)).unwrap_err();
     assert!(e.is_timeout(), "{e}");
     assert!(t.elapsed() < PROMPT, "took {:?}", t.elapsed());
-    go_tx.send(()).unwrap();
+    go.send(()).unwrap();
     holder.join().unwrap();
     assert_eq!(q.get_nowait().unwrap(), 7);
+}
+
+#[test]
+fn a_get_does_not_wait_for_a_put_in_progress() {
+    if !crate::support::alone() {
+        return;
+    }
+    let q = Queue::<u64>::new().unwrap();
+    q.put(7).unwrap();
+    q.put(8).unwrap();
+    let base = map_ring(&ring_file()) as usize;
+    // A put holds its mutex (here for as long as the test likes): gets take
+    // the other one and go on reading what was committed.
+    let (go, holder) = hold_ring_mutex(base, PUT_MUTEX_AT);
+    assert_eq!(q.get_nowait().unwrap(), 7);
+    assert_eq!(q.get_timeout(PROMPT).unwrap(), 8);
+    // This put cannot take the ring now: it goes to the feeder, which
+    // commits it once the mutex is free; nothing is lost or reordered.
+    q.put(9).unwrap();
+    let e = q.get_timeout(Duration::from_millis(30)).unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+    go.send(()).unwrap();
+    holder.join().unwrap();
+    assert_eq!(q.get_timeout(PROMPT).unwrap(), 9);
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the same clock in every process.
