@@ -215,6 +215,9 @@ impl<R> Collect<R> {
         // The whole output, if the allocator agrees (the length is the
         // input's word); otherwise it grows as chunks arrive.
         let _ = out.try_reserve_exact(len);
+        // Chunks write all of it: in huge pages, that is a few page faults
+        // rather than one per 4 KiB (most of a large map's first run).
+        crate::sys::prefer_huge_pages(out.spare_capacity_mut());
         let mut arrived = Vec::new();
         let _ = arrived.try_reserve_exact(len.div_ceil(size.max(1)).min(1 << 20));
         Collect {
