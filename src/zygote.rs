@@ -30,6 +30,18 @@
 //! made after either has changed first replaces the server. Resource limits,
 //! the umask and the signal mask are the program's at the server's start.
 //!
+//! # How a child ends
+//!
+//! A forked child whose task has returned flushes Rust's standard output
+//! and C's stdio, and `_exit`s with its code, as Python's forked children
+//! do: the C library's exit would run the server's `atexit` list and every
+//! library's destructors, a quarter of a child's page faults, for nothing of
+//! its own. The flush is bounded (a full pipe that nobody reads, another
+//! thread holding the output's lock): after 2 s the child exits with its
+//! code all the same. A child that registered an exit hook of multiproc's
+//! (a `Queue`'s flush, children of its own to join) exits the usual way,
+//! through `std::process::exit`; so does every exec'd child.
+//!
 //! # When the program execs instead
 //!
 //! - `MULTIPROC_START=exec` in the program's environment (read once);
@@ -376,6 +388,7 @@ pub(crate) fn serve(channel: OwnedFd) -> i32 {
     // executable and a hash): the children's pages stay fewer, and their
     // start shorter. The server runs the same file as its children.
     let _ = crate::task::fingerprint();
+    let _ = sys::image();
     forget_bind_now();
     // Named so that `ps` (and a test) tells the server from its children,
     // which take the program's name back.

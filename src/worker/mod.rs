@@ -168,7 +168,10 @@ fn server(role: &str) -> Option<fn(OwnedFd) -> i32> {
 /// Serves `role` in a child the fork server just forked, then exits.
 pub(crate) fn run_forked(role: &str, name: String, parent: u32, channel: OwnedFd) -> ! {
     let _ = IDENTITY.set(Identity { name, parent });
-    std::process::exit(server(role).map_or(EXIT_NO_PARENT, |serve| serve(channel)))
+    let code = server(role).map_or(EXIT_NO_PARENT, |serve| serve(channel));
+    // As a forked child in Python ends: its own exit, not the fork server's.
+    crate::sys::exit_lean(code);
+    std::process::exit(code)
 }
 
 type Frame = (u8, crate::wire::Body, Vec<OwnedFd>);

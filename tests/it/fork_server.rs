@@ -348,3 +348,107 @@ fn a_stopped_fork_server_holds_up_only_the_start_that_met_it() {
     assert!(wait_pid_gone(stopped, PROMPT), "the stopped server was not stopped for good");
     assert_ne!(server(), stopped);
 }
+
+/// Set in the copy of this test binary that `forked_children_flush_*`
+/// runs: there the test acts as the program whose output is read.
+const LEAN_EXIT_ROLE: &str = "MULTIPROC_TEST_LEAN_EXIT";
+
+fn print_unterminated(fill_first: bool) {
+    if fill_first {
+        // Fill the pipe the program's reader is not reading: every later
+        // write to standard output blocks until it reads.
+        // The pipe is shared with the program (one open file), so it is
+        // non-blocking only while it is filled.
+        use rustix::fs::{fcntl_getfl, fcntl_setfl, OFlags};
+        let out = rustix::stdio::stdout();
+        let flags = fcntl_getfl(out).unwrap();
+        fcntl_setfl(out, flags | OFlags::NONBLOCK).unwrap();
+        while rustix::io::write(out, &[b'.'; 4096]).is_ok() {}
+        fcntl_setfl(out, flags).unwrap();
+    }
+    // No newline: both stay in their buffers until the exit flushes them.
+    print!("rust-part");
+    // SAFETY: a C string literal, no format directives.
+    unsafe { libc::printf(c"|c-part".as_ptr()) };
+}
+
+/// The program side, run in a copy of this binary: starts the child, joins
+/// it, and says on standard error how long the join took.
+fn lean_exit_program(fill_first: bool) {
+    let mut p = Process::new(print_unterminated, fill_first);
+    let t = Instant::now();
+    p.start().unwrap();
+    assert!(p.join_timeout(STARTUP).unwrap(), "the child did not exit");
+    eprintln!("joined in {} ms, exit code {:?}", t.elapsed().as_millis(), p.exitcode());
+}
+
+/// Runs `test` in a copy of this binary as the program, its standard
+/// output a pipe read only once its standard error says the join is over.
+fn run_lean_exit_program(test: &str) -> (String, String) {
+    use std::io::{BufRead, Read};
+    let exe = std::env::current_exe().unwrap();
+    let mut child = std::process::Command::new(exe)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(LEAN_EXIT_ROLE, "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut report = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        if line.starts_with("joined in") {
+            report = line.clone();
+            break;
+        }
+        line.clear();
+    }
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(child.wait().unwrap().success(), "the program failed: {report}{rest}");
+    (report, out)
+}
+
+fn join_ms(report: &str) -> u128 {
+    report
+        .strip_prefix("joined in ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no join time in {report:?}"))
+}
+
+/// A forked child ends without the C library's exit (the fork server's
+/// exit handlers are not its own), but what it printed still comes out:
+/// Rust's buffered standard output and C's stdio, neither ending in a newline.
+#[test]
+fn forked_children_flush_their_rust_and_c_output_at_exit() {
+    if std::env::var_os(LEAN_EXIT_ROLE).is_some() {
+        return lean_exit_program(false);
+    }
+    let (report, out) =
+        run_lean_exit_program("fork_server::forked_children_flush_their_rust_and_c_output_at_exit");
+    assert!(report.contains("exit code Some(0)"), "{report}");
+    assert!(out.contains("rust-part|c-part"), "the child's output was lost: {out:?}");
+}
+
+/// A child whose exit flush cannot finish (its standard output is a full
+/// pipe nobody reads) still exits, with its own code, within the flush's
+/// bound (2 s) rather than never.
+#[test]
+fn forked_children_exit_in_bounded_time_when_their_output_is_stuck() {
+    if std::env::var_os(LEAN_EXIT_ROLE).is_some() {
+        return lean_exit_program(true);
+    }
+    let (report, out) = run_lean_exit_program(
+        "fork_server::forked_children_exit_in_bounded_time_when_their_output_is_stuck",
+    );
+    assert!(report.contains("exit code Some(0)"), "{report}");
+    let ms = join_ms(&report);
+    assert!((1500..8000).contains(&ms), "the stuck child took {ms} ms to exit");
+    // The pipe's fill arrived; the words buffered behind it were dropped.
+    assert!(out.contains("...."), "the fill is missing: {:?}", &out[..out.len().min(80)]);
+    assert!(!out.contains("rust-part"), "a flush that never finished wrote its words");
+}
