@@ -1066,14 +1066,10 @@ pub(crate) fn exit_lean(code: i32) {
     };
     let timer =
         libc::itimerval { it_interval: libc::timeval { tv_sec: 0, tv_usec: 0 }, it_value: within };
-    // SAFETY: an all-zero `sigaction` is a valid value (no flags, empty mask)
-    // that is then filled in; the handler reads an atomic and calls `_exit`,
-    // both async-signal-safe. `setitimer` reads the value it is given.
+    // SAFETY: the handler reads an atomic and calls `_exit`, both
+    // async-signal-safe. `setitimer` reads the value it is given.
     let armed = unsafe {
-        let mut act: libc::sigaction = std::mem::zeroed();
-        act.sa_sigaction = on_alarm as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        libc::sigemptyset(&mut act.sa_mask);
-        libc::sigaction(libc::SIGALRM, &act, std::ptr::null_mut()) == 0
+        on_signal(libc::SIGALRM, on_alarm).is_ok()
             && libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) == 0
     };
     if !armed {
@@ -1113,15 +1109,29 @@ static ENOMEM_ABORT_EXIT: std::sync::atomic::AtomicI32 = std::sync::atomic::Atom
 /// task that ran out of memory from any other abort.
 pub(crate) fn exit_when_abort_follows_enomem(code: i32) -> io::Result<()> {
     ENOMEM_ABORT_EXIT.store(code, std::sync::atomic::Ordering::SeqCst);
-    // SAFETY: an all-zero `sigaction` is a valid value (no flags, empty mask)
-    // that is then filled in; the handler only reads errno and an atomic and
-    // calls `_exit`, all async-signal-safe, and returns otherwise, after
-    // which `abort()` restores the default action and raises the signal again.
+    // SAFETY: the handler only reads errno and an atomic and calls `_exit`,
+    // all async-signal-safe, and returns otherwise, after which `abort()`
+    // restores the default action and raises the signal again.
+    unsafe { on_signal(libc::SIGABRT, on_abort) }
+}
+
+/// Installs `handler` for `signal` (no flags, nothing else blocked while it
+/// runs), replacing whatever handled it before.
+///
+/// # Safety
+///
+/// `handler` runs between any two instructions of any thread: it may call
+/// only async-signal-safe functions and touch only atomics or memory no
+/// other code uses.
+unsafe fn on_signal(signal: libc::c_int, handler: extern "C" fn(libc::c_int)) -> io::Result<()> {
+    // SAFETY: an all-zero `sigaction` is a valid value (no flags, empty
+    // mask) that is then filled in; `sigaction` reads it and keeps nothing
+    // of ours but the handler, whose safety the caller vouches for.
     unsafe {
         let mut act: libc::sigaction = std::mem::zeroed();
-        act.sa_sigaction = on_abort as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        act.sa_sigaction = handler as libc::sighandler_t;
         libc::sigemptyset(&mut act.sa_mask);
-        if libc::sigaction(libc::SIGABRT, &act, std::ptr::null_mut()) != 0 {
+        if libc::sigaction(signal, &act, std::ptr::null_mut()) != 0 {
             return Err(io::Error::last_os_error());
         }
     }
