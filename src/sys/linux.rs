@@ -59,6 +59,33 @@ pub(crate) fn die_with_parent(expected_parent: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Gives this thread the name process `pid` bears (its main thread's, as
+/// `ps`, `top` and `pgrep` show it, at most 15 bytes). Called on a worker's
+/// main thread, it names the worker after the program, rather than after
+/// the path it was started by (`/proc/self/exe`, which would read `exe`).
+pub(crate) fn take_name_of(pid: u32) -> io::Result<()> {
+    use std::io::Read;
+    // The kernel writes at most 15 bytes and a newline; reading a little
+    // more tells a longer (foreign) file from a whole name.
+    let mut buf = [0u8; 32];
+    let mut file = std::fs::File::open(format!("/proc/{pid}/comm"))?;
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read(&mut buf[len..])? {
+            0 => break,
+            n => len += n,
+        }
+    }
+    let name = buf[..len].strip_suffix(b"\n").unwrap_or(&buf[..len]);
+    if name.is_empty() || name.len() > 15 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "not a process name"));
+    }
+    let name = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not a process name"))?;
+    rustix::thread::set_name(&name)?;
+    Ok(())
+}
+
 /// True when this process runs with privileges its invoker does not have:
 /// setuid or setgid, or file capabilities (the kernel's `AT_SECURE`). Such a
 /// program must never let its environment decide what it runs.

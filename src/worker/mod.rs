@@ -144,6 +144,11 @@ pub(crate) fn divert_if_worker() {
     if sys::die_with_parent(parent).is_err() {
         std::process::exit(EXIT_NO_PARENT);
     }
+    // Started through `/proc/self/exe`, this process is named `exe`; it
+    // takes the program's name, as a forked child would have it (the fork
+    // server passes it on to its children). A name it cannot read leaves
+    // `exe`: the name is for people, nothing depends on it.
+    let _ = sys::take_name_of(parent);
     if !zygote {
         // The fork server has no identity of its own: its children get theirs.
         let _ = IDENTITY.set(Identity { name, parent });

@@ -452,3 +452,61 @@ fn forked_children_exit_in_bounded_time_when_their_output_is_stuck() {
     assert!(out.contains("...."), "the fill is missing: {:?}", &out[..out.len().min(80)]);
     assert!(!out.contains("rust-part"), "a flush that never finished wrote its words");
 }
+
+/// Set in a copy of this binary that starts every child by exec.
+const EXEC_ROLE: &str = "MULTIPROC_TEST_NAMES_BY_EXEC";
+
+/// What `ps` names process `pid` (`None` once it is gone).
+fn comm_of(pid: u32) -> Option<String> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(comm.trim_end().to_string())
+}
+
+fn own_comm(_: ()) -> (String, bool) {
+    (comm_of(std::process::id()).unwrap(), forked(std::process::id()))
+}
+
+/// Children show in `ps`, `top` and `pgrep` under the program's name, as
+/// Python's do, whether forked or exec'd, a `Process` or a pool worker; not
+/// as `exe`, the name of the path they are started by (`/proc/self/exe`).
+#[test]
+fn children_bear_the_program_name() {
+    let by_exec = std::env::var_os(EXEC_ROLE).is_some();
+    if !by_exec {
+        let exe = std::env::current_exe().unwrap();
+        let copy = std::process::Command::new(exe)
+            .args(["fork_server::children_bear_the_program_name", "--exact", "--test-threads=1"])
+            .env(EXEC_ROLE, "1")
+            .env("MULTIPROC_START", "exec")
+            .output()
+            .unwrap();
+        assert!(
+            copy.status.success(),
+            "with every child exec'd: {}{}",
+            String::from_utf8_lossy(&copy.stdout),
+            String::from_utf8_lossy(&copy.stderr)
+        );
+    }
+    let program = comm_of(std::process::id()).unwrap();
+    assert_ne!(program, "exe", "the test binary itself is named exe");
+
+    let pool = Pool::new(1).unwrap();
+    let (worker, worker_forked) = pool.apply(own_comm, ()).unwrap();
+    assert_eq!(worker, program, "a pool worker's name");
+    assert_eq!(worker_forked, !by_exec, "how the worker was started");
+
+    let mut p = Process::new(sleep_forever, ());
+    p.start().unwrap();
+    let pid = p.pid().unwrap();
+    // Just after its start a child bears its starter's name (the fork
+    // server's, or the path's) for a moment.
+    let end = Instant::now() + STARTUP;
+    let mut seen = comm_of(pid);
+    while seen.as_deref() != Some(program.as_str()) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+        seen = comm_of(pid);
+    }
+    p.kill().unwrap();
+    p.join().unwrap();
+    assert_eq!(seen.as_deref(), Some(program.as_str()), "a process's name");
+}
