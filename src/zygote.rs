@@ -40,7 +40,9 @@
 //! thread holding the output's lock): after 2 s the child exits with its
 //! code all the same. A child that registered an exit hook of multiproc's
 //! (a `Queue`'s flush, children of its own to join) exits the usual way,
-//! through `std::process::exit`; so does every exec'd child.
+//! through `std::process::exit`. So does every exec'd child, whose exit
+//! handlers are its own; without hooks of multiproc's to wait for, its
+//! exit is bounded by the same 2 s.
 //!
 //! # When the program execs instead
 //!

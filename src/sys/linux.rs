@@ -1059,11 +1059,33 @@ pub(crate) fn at_exit(hook: extern "C" fn()) {
     unsafe { libc::atexit(hook) };
 }
 
-/// The exit code of a lean exit whose flush ran out of time ([`exit_lean`]).
+/// The exit code of an exit that ran out of time ([`exit_lean`],
+/// [`exit_bounded`]).
 static LEAN_EXIT_CODE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
-/// How long [`exit_lean`] lets the flush of the standard output take.
+/// How long [`exit_lean`] and [`exit_bounded`] let an exit take.
 const LEAN_FLUSH_WITHIN: Duration = Duration::from_secs(2);
+
+/// Arms an alarm that ends the process with `code` after
+/// [`LEAN_FLUSH_WITHIN`]; false when it cannot be set.
+fn arm_exit_alarm(code: i32) -> bool {
+    extern "C" fn on_alarm(_: libc::c_int) {
+        exit_now(LEAN_EXIT_CODE.load(std::sync::atomic::Ordering::SeqCst));
+    }
+    LEAN_EXIT_CODE.store(code, std::sync::atomic::Ordering::SeqCst);
+    let within = libc::timeval {
+        tv_sec: LEAN_FLUSH_WITHIN.as_secs() as libc::time_t,
+        tv_usec: LEAN_FLUSH_WITHIN.subsec_micros() as libc::suseconds_t,
+    };
+    let timer =
+        libc::itimerval { it_interval: libc::timeval { tv_sec: 0, tv_usec: 0 }, it_value: within };
+    // SAFETY: the handler reads an atomic and calls `_exit`, both
+    // async-signal-safe. `setitimer` reads the value it is given.
+    unsafe {
+        on_signal(libc::SIGALRM, on_alarm).is_ok()
+            && libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) == 0
+    }
+}
 
 /// Ends a process that has registered no exit hook of multiproc's with
 /// `code`, as `std::process::exit` would, but without the C library's exit:
@@ -1080,32 +1102,27 @@ const LEAN_FLUSH_WITHIN: Duration = Duration::from_secs(2);
 /// Returns (and the caller exits the usual way) where there are hooks to run
 /// or the alarm cannot be set.
 pub(crate) fn exit_lean(code: i32) {
-    if EXIT_HOOKED.load(std::sync::atomic::Ordering::SeqCst) {
-        return;
-    }
-    extern "C" fn on_alarm(_: libc::c_int) {
-        exit_now(LEAN_EXIT_CODE.load(std::sync::atomic::Ordering::SeqCst));
-    }
-    LEAN_EXIT_CODE.store(code, std::sync::atomic::Ordering::SeqCst);
-    let within = libc::timeval {
-        tv_sec: LEAN_FLUSH_WITHIN.as_secs() as libc::time_t,
-        tv_usec: LEAN_FLUSH_WITHIN.subsec_micros() as libc::suseconds_t,
-    };
-    let timer =
-        libc::itimerval { it_interval: libc::timeval { tv_sec: 0, tv_usec: 0 }, it_value: within };
-    // SAFETY: the handler reads an atomic and calls `_exit`, both
-    // async-signal-safe. `setitimer` reads the value it is given.
-    let armed = unsafe {
-        on_signal(libc::SIGALRM, on_alarm).is_ok()
-            && libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) == 0
-    };
-    if !armed {
+    if EXIT_HOOKED.load(std::sync::atomic::Ordering::SeqCst) || !arm_exit_alarm(code) {
         return;
     }
     let _ = std::io::Write::flush(&mut std::io::stdout());
     // SAFETY: fflush(NULL) flushes every C stream; it takes no pointer of ours.
     unsafe { libc::fflush(std::ptr::null_mut()) };
     exit_now(code)
+}
+
+/// Ends the process with `code` through `std::process::exit` (the
+/// process's own exit handlers run, its output is flushed), in bounded
+/// time where it has registered no exit hook of multiproc's: after
+/// [`LEAN_FLUSH_WITHIN`] an alarm ends it with `code` all the same, so that
+/// a flush into a pipe nobody reads, or an exit handler that never
+/// returns, cannot keep it alive. Hooks (a queue's flush, which has its own
+/// bound; children to join, which may rightly take long) are waited for.
+pub(crate) fn exit_bounded(code: i32) -> ! {
+    if !EXIT_HOOKED.load(std::sync::atomic::Ordering::SeqCst) {
+        arm_exit_alarm(code);
+    }
+    std::process::exit(code)
 }
 
 /// Caps this process's address space at `limit` bytes (`RLIMIT_AS`),

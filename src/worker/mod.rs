@@ -157,7 +157,10 @@ pub(crate) fn divert_if_worker() {
         Ok(fd) => fd,
         Err(_) => std::process::exit(EXIT_NO_PARENT),
     };
-    std::process::exit(serve(channel));
+    // An exec'd child's exit handlers are its own (a forked child's are
+    // the fork server's, and it skips them: `run_forked`); they run, but
+    // neither they nor a stuck flush of its output keep it alive for long.
+    sys::exit_bounded(serve(channel));
 }
 
 /// What serves `role` in a child.

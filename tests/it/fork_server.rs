@@ -382,12 +382,17 @@ fn lean_exit_program(fill_first: bool) {
     eprintln!("joined in {} ms, exit code {:?}", t.elapsed().as_millis(), p.exitcode());
 }
 
-/// Runs `test` in a copy of this binary as the program, its standard
-/// output a pipe read only once its standard error says the join is over.
-fn run_lean_exit_program(test: &str) -> (String, String) {
+/// Runs `test` in a copy of this binary as the program (which starts every
+/// child by exec where `by_exec`), its standard output a pipe read only
+/// once its standard error says the join is over.
+fn run_lean_exit_program(test: &str, by_exec: bool) -> (String, String) {
     use std::io::{BufRead, Read};
     let exe = std::env::current_exe().unwrap();
-    let mut child = std::process::Command::new(exe)
+    let mut program = std::process::Command::new(exe);
+    if by_exec {
+        program.env("MULTIPROC_START", "exec");
+    }
+    let mut child = program
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(LEAN_EXIT_ROLE, "1")
         .stdout(std::process::Stdio::piped())
@@ -428,8 +433,10 @@ fn forked_children_flush_their_rust_and_c_output_at_exit() {
     if std::env::var_os(LEAN_EXIT_ROLE).is_some() {
         return lean_exit_program(false);
     }
-    let (report, out) =
-        run_lean_exit_program("fork_server::forked_children_flush_their_rust_and_c_output_at_exit");
+    let (report, out) = run_lean_exit_program(
+        "fork_server::forked_children_flush_their_rust_and_c_output_at_exit",
+        false,
+    );
     assert!(report.contains("exit code Some(0)"), "{report}");
     assert!(out.contains("rust-part|c-part"), "the child's output was lost: {out:?}");
 }
@@ -439,12 +446,29 @@ fn forked_children_flush_their_rust_and_c_output_at_exit() {
 /// bound (2 s) rather than never.
 #[test]
 fn forked_children_exit_in_bounded_time_when_their_output_is_stuck() {
+    stuck_exit_is_bounded(
+        "fork_server::forked_children_exit_in_bounded_time_when_their_output_is_stuck",
+        false,
+    );
+}
+
+/// The same for a child started by exec, whose exit is the usual one (its
+/// own exit handlers run): it is bounded alike.
+#[test]
+fn execd_children_exit_in_bounded_time_when_their_output_is_stuck() {
+    stuck_exit_is_bounded(
+        "fork_server::execd_children_exit_in_bounded_time_when_their_output_is_stuck",
+        true,
+    );
+}
+
+/// The body of the two tests above: `test` is the test's own name, run
+/// again as the program whose child gets stuck.
+fn stuck_exit_is_bounded(test: &str, by_exec: bool) {
     if std::env::var_os(LEAN_EXIT_ROLE).is_some() {
         return lean_exit_program(true);
     }
-    let (report, out) = run_lean_exit_program(
-        "fork_server::forked_children_exit_in_bounded_time_when_their_output_is_stuck",
-    );
+    let (report, out) = run_lean_exit_program(test, by_exec);
     assert!(report.contains("exit code Some(0)"), "{report}");
     let ms = join_ms(&report);
     assert!((1500..8000).contains(&ms), "the stuck child took {ms} ms to exit");
