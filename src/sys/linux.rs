@@ -335,7 +335,6 @@ pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8], wait: bool) -> io::Result<usi
     retry(|| rustix::net::send(fd, buf, send_flags(wait)))
 }
 
-/// Shuts a socket down in both directions: the peer reads end of file.
 /// How many bytes this process sent on the stream socket `fd` that its peer
 /// has not read yet (`SIOCOUTQ`, which Linux numbers as `TIOCOUTQ`; a Unix
 /// socket charges them to the sender until the receiver takes them).
@@ -350,6 +349,7 @@ pub(crate) fn unread_sent(fd: BorrowedFd<'_>) -> io::Result<usize> {
     Ok(n.max(0) as usize)
 }
 
+/// Shuts a socket down in both directions: the peer reads end of file.
 pub(crate) fn shutdown(fd: BorrowedFd<'_>) {
     // Failure (the peer already gone) needs no handling.
     let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);
