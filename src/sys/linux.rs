@@ -67,16 +67,9 @@ pub(crate) fn take_name_of(pid: u32) -> io::Result<()> {
     use std::io::Read;
     // The kernel writes at most 15 bytes and a newline; reading a little
     // more tells a longer (foreign) file from a whole name.
-    let mut buf = [0u8; 32];
-    let mut file = std::fs::File::open(format!("/proc/{pid}/comm"))?;
-    let mut len = 0;
-    while len < buf.len() {
-        match file.read(&mut buf[len..])? {
-            0 => break,
-            n => len += n,
-        }
-    }
-    let name = buf[..len].strip_suffix(b"\n").unwrap_or(&buf[..len]);
+    let mut read = Vec::with_capacity(32);
+    std::fs::File::open(format!("/proc/{pid}/comm"))?.take(32).read_to_end(&mut read)?;
+    let name = read.strip_suffix(b"\n").unwrap_or(&read);
     if name.is_empty() || name.len() > 15 {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "not a process name"));
     }
@@ -1061,21 +1054,21 @@ pub(crate) fn at_exit(hook: extern "C" fn()) {
 
 /// The exit code of an exit that ran out of time ([`exit_lean`],
 /// [`exit_bounded`]).
-static LEAN_EXIT_CODE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+static EXIT_ALARM_CODE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
 /// How long [`exit_lean`] and [`exit_bounded`] let an exit take.
-const LEAN_FLUSH_WITHIN: Duration = Duration::from_secs(2);
+const EXIT_WITHIN: Duration = Duration::from_secs(2);
 
 /// Arms an alarm that ends the process with `code` after
-/// [`LEAN_FLUSH_WITHIN`]; false when it cannot be set.
+/// [`EXIT_WITHIN`]; false when it cannot be set.
 fn arm_exit_alarm(code: i32) -> bool {
     extern "C" fn on_alarm(_: libc::c_int) {
-        exit_now(LEAN_EXIT_CODE.load(std::sync::atomic::Ordering::SeqCst));
+        exit_now(EXIT_ALARM_CODE.load(std::sync::atomic::Ordering::SeqCst));
     }
-    LEAN_EXIT_CODE.store(code, std::sync::atomic::Ordering::SeqCst);
+    EXIT_ALARM_CODE.store(code, std::sync::atomic::Ordering::SeqCst);
     let within = libc::timeval {
-        tv_sec: LEAN_FLUSH_WITHIN.as_secs() as libc::time_t,
-        tv_usec: LEAN_FLUSH_WITHIN.subsec_micros() as libc::suseconds_t,
+        tv_sec: EXIT_WITHIN.as_secs() as libc::time_t,
+        tv_usec: EXIT_WITHIN.subsec_micros() as libc::suseconds_t,
     };
     let timer =
         libc::itimerval { it_interval: libc::timeval { tv_sec: 0, tv_usec: 0 }, it_value: within };
@@ -1096,25 +1089,25 @@ fn arm_exit_alarm(code: i32) -> bool {
 /// and skipping it spares such a child a quarter of its page faults.
 ///
 /// The flush is bounded: another thread may hold the standard output's lock,
-/// or its reader may have stopped reading. After [`LEAN_FLUSH_WITHIN`] an
+/// or its reader may have stopped reading. After [`EXIT_WITHIN`] an
 /// alarm ends the process with `code` all the same (what was still buffered
 /// is lost, as `std::process::exit` drops it when the lock is held).
-/// Returns (and the caller exits the usual way) where there are hooks to run
-/// or the alarm cannot be set.
-pub(crate) fn exit_lean(code: i32) {
-    if EXIT_HOOKED.load(std::sync::atomic::Ordering::SeqCst) || !arm_exit_alarm(code) {
-        return;
+/// Where there are hooks to run, or the alarm cannot be set, the process
+/// exits the usual way instead (`std::process::exit`).
+pub(crate) fn exit_lean(code: i32) -> ! {
+    if !EXIT_HOOKED.load(std::sync::atomic::Ordering::SeqCst) && arm_exit_alarm(code) {
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        // SAFETY: fflush(NULL) flushes every C stream; it takes no pointer of ours.
+        unsafe { libc::fflush(std::ptr::null_mut()) };
+        exit_now(code)
     }
-    let _ = std::io::Write::flush(&mut std::io::stdout());
-    // SAFETY: fflush(NULL) flushes every C stream; it takes no pointer of ours.
-    unsafe { libc::fflush(std::ptr::null_mut()) };
-    exit_now(code)
+    std::process::exit(code)
 }
 
 /// Ends the process with `code` through `std::process::exit` (the
 /// process's own exit handlers run, its output is flushed), in bounded
 /// time where it has registered no exit hook of multiproc's: after
-/// [`LEAN_FLUSH_WITHIN`] an alarm ends it with `code` all the same, so that
+/// [`EXIT_WITHIN`] an alarm ends it with `code` all the same, so that
 /// a flush into a pipe nobody reads, or an exit handler that never
 /// returns, cannot keep it alive. Hooks (a queue's flush, which has its own
 /// bound; children to join, which may rightly take long) are waited for.

@@ -178,8 +178,7 @@ pub(crate) fn run_forked(role: &str, name: String, parent: u32, channel: OwnedFd
     let _ = IDENTITY.set(Identity { name, parent });
     let code = server(role).map_or(EXIT_NO_PARENT, |serve| serve(channel));
     // As a forked child in Python ends: its own exit, not the fork server's.
-    crate::sys::exit_lean(code);
-    std::process::exit(code)
+    sys::exit_lean(code)
 }
 
 type Frame = (u8, crate::wire::Body, Vec<OwnedFd>);

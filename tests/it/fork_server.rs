@@ -497,19 +497,7 @@ fn own_comm(_: ()) -> (String, bool) {
 fn children_bear_the_program_name() {
     let by_exec = std::env::var_os(EXEC_ROLE).is_some();
     if !by_exec {
-        let exe = std::env::current_exe().unwrap();
-        let copy = std::process::Command::new(exe)
-            .args(["fork_server::children_bear_the_program_name", "--exact", "--test-threads=1"])
-            .env(EXEC_ROLE, "1")
-            .env("MULTIPROC_START", "exec")
-            .output()
-            .unwrap();
-        assert!(
-            copy.status.success(),
-            "with every child exec'd: {}{}",
-            String::from_utf8_lossy(&copy.stdout),
-            String::from_utf8_lossy(&copy.stderr)
-        );
+        crate::support::rerun_with(&[(EXEC_ROLE, "1"), ("MULTIPROC_START", "exec")]);
     }
     let program = comm_of(std::process::id()).unwrap();
     assert_ne!(program, "exe", "the test binary itself is named exe");

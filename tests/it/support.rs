@@ -345,24 +345,32 @@ pub(crate) fn alone() -> bool {
     if own_process {
         return true;
     }
+    rerun_with(&[(MARK, "1")]);
+    false
+}
+
+/// Runs the calling test again in a copy of this binary, alone, with `env`
+/// added to its environment, and asserts that it passed there. The test
+/// tells the copy from itself by what `env` sets.
+#[track_caller]
+pub(crate) fn rerun_with(env: &[(&str, &str)]) {
     let name = std::thread::current()
         .name()
-        .expect("alone() is called on the test's own thread (libtest names it after the test)")
+        .expect("called on the test's own thread (libtest names it after the test)")
         .to_string();
     let exe = std::env::current_exe().expect("the test binary's path");
     let out = std::process::Command::new(exe)
         .args([name.as_str(), "--exact", "--test-threads=1"])
-        .env(MARK, "1")
+        .envs(env.iter().copied())
         .output()
         .expect("run the test in a process of its own");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("1 passed"),
-        "{name}, run alone, failed ({}):\n{stdout}\n{}",
+        "{name}, run again with {env:?}, failed ({}):\n{stdout}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    false
 }
 
 /// The count of items a process's exit flush reports it dropped, read from
